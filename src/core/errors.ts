@@ -1,0 +1,58 @@
+// One catalogue of the errors VRG raises on purpose. Callers and tests match on `code`, never on text.
+// The management APIs map these codes to HTTP status and the source documents' error numbers.
+
+export const ErrorCode = {
+  INVALID_ARGUMENT: 'VRG_INVALID_ARGUMENT',
+  CONFIG_INVALID: 'VRG_CONFIG_INVALID',
+  CLOSED: 'VRG_CLOSED',
+  TIMEOUT: 'VRG_TIMEOUT',
+  // Link
+  FRAME_MALFORMED: 'VRG_FRAME_MALFORMED',
+  FRAME_TOO_LARGE: 'VRG_FRAME_TOO_LARGE',
+  FRAME_SEQUENCE: 'VRG_FRAME_SEQUENCE',
+  FRAME_AUTH_FAILED: 'VRG_FRAME_AUTH_FAILED',
+  FRAME_UNEXPECTED: 'VRG_FRAME_UNEXPECTED',
+  HANDSHAKE_FAILED: 'VRG_HANDSHAKE_FAILED',
+  PROTOCOL_VERSION: 'VRG_PROTOCOL_VERSION',
+  CONNECTION_CLOSED: 'VRG_CONNECTION_CLOSED',
+  PEER_ERROR: 'VRG_PEER_ERROR',
+  // Codec
+  DECOMPRESS_FAILED: 'VRG_DECOMPRESS_FAILED',
+  // Journal
+  JOURNAL_CORRUPT: 'VRG_JOURNAL_CORRUPT',
+  JOURNAL_FULL: 'VRG_JOURNAL_FULL',
+  RECORD_TOO_LARGE: 'VRG_RECORD_TOO_LARGE',
+  // Volumes and replication
+  VOLUME_NOT_FOUND: 'VRG_VOLUME_NOT_FOUND',
+  VOLUME_OUT_OF_RANGE: 'VRG_VOLUME_OUT_OF_RANGE',
+  VOLUME_IO: 'VRG_VOLUME_IO',
+  VM_NOT_FOUND: 'VRG_VM_NOT_FOUND',
+  APPLY_GAP: 'VRG_APPLY_GAP',
+} as const;
+
+export type ErrorCode = (typeof ErrorCode)[keyof typeof ErrorCode];
+
+export class VrgError extends Error {
+  readonly code: ErrorCode;
+  readonly details: Record<string, unknown> | undefined;
+
+  constructor(code: ErrorCode, message: string, details?: Record<string, unknown>, options?: { cause?: unknown }) {
+    super(message, options);
+    this.name = 'VrgError';
+    this.code = code;
+    this.details = details;
+  }
+}
+
+export function vrgError(
+  code: ErrorCode,
+  message: string,
+  details?: Record<string, unknown>,
+  cause?: unknown,
+): VrgError {
+  return new VrgError(code, message, details, cause === undefined ? undefined : { cause });
+}
+
+export function isVrgError(err: unknown, code?: ErrorCode): err is VrgError {
+  return err instanceof VrgError && (code === undefined || err.code === code);
+}

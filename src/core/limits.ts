@@ -1,0 +1,37 @@
+// Every bound in one place, units last. Config may lower these; nothing may exceed them.
+
+export const KiB = 1024;
+export const MiB = 1024 * KiB;
+export const GiB = 1024 * MiB;
+
+export const limits = {
+  /** Largest frame body accepted from a peer (header + payload + tag). */
+  frameBytesMax: 8 * MiB,
+  /** Largest protobuf header inside a frame. */
+  frameHeaderBytesMax: 256 * KiB,
+  /** Target payload of one write-batch frame (0.5–1 MiB keeps per-task pool cost low). */
+  batchBytesTarget: 1 * MiB,
+  /** Largest single journal record payload; bigger writes are split. */
+  recordBytesMax: 1 * MiB,
+  /** Records in one write batch. */
+  batchRecordsMax: 4096,
+  /** Write-batch frames sent but not yet acknowledged. */
+  framesInFlightMax: 16,
+  /** Bytes sent but not yet acknowledged. */
+  bytesInFlightMax: 32 * MiB,
+  handshakeTimeoutMs: 5_000,
+  heartbeatIntervalMs: 1_000,
+  heartbeatTimeoutMs: 6_000,
+  reconnectBackoffMinMs: 50,
+  reconnectBackoffMaxMs: 5_000,
+  /** Journal segment size before rolling to a new file. */
+  journalSegmentBytes: 64 * MiB,
+  /** Appends waiting for one group commit. */
+  groupCommitBytesMax: 4 * MiB,
+  /** Hot records kept in memory for shipping without reading the journal back. */
+  journalCacheBytesMax: 256 * MiB,
+  /** Writes accepted by the intake but not yet durable. */
+  intakePendingBytesMax: 64 * MiB,
+  /** Volumes per VM (the VRG document's seqNum range is 1–40). */
+  volumesPerVmMax: 40,
+} as const;
