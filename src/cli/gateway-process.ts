@@ -1,0 +1,88 @@
+import { systemClock } from '../core/clock.js';
+import { createLogger, type Logger } from '../core/log.js';
+import { systemRandom } from '../core/random.js';
+import { tcpTransport } from '../link/transport.js';
+import { PoolCodec } from '../pipeline/codec.js';
+import { loadConfig, type GatewayConfig } from '../replication/config.js';
+import { DrGateway } from '../replication/dr-gateway.js';
+import { ProductionGateway } from '../replication/production-gateway.js';
+import { runLoad, type LoadOptions } from './load-generator.js';
+
+// `vrg start --config FILE`: one gateway process. When started by `vrg demo` (an IPC channel is
+// present) it also takes a few commands from its parent: run the built-in load, drain, report status.
+
+export type IpcRequest =
+  | { type: 'load'; load: LoadOptions }
+  | { type: 'drain' }
+  | { type: 'status' };
+
+export type IpcMessage =
+  | { type: 'ready'; role: string; linkPort?: number }
+  | { type: 'status'; status: unknown; load?: LoadProgress }
+  | { type: 'loadDone'; load: LoadProgress }
+  | { type: 'drained' }
+  | { type: 'error'; code?: string; message: string };
+
+export interface LoadProgress {
+  bytes: number;
+  writes: number;
+  latenciesUs: number[];
+}
+
+type Gateway = ProductionGateway | DrGateway;
+
+export async function openGateway(config: GatewayConfig, logger: Logger): Promise<{ gw: Gateway; close(): Promise<void> }> {
+  const codec = new PoolCodec({ threads: config.codecThreads });
+  const deps = { clock: systemClock, random: systemRandom, transport: tcpTransport, codec, logger };
+  const gw = config.role === 'production' ? await ProductionGateway.open(config, deps) : await DrGateway.open(config, deps);
+  return {
+    gw,
+    async close() {
+      await gw.close();
+      await codec.close();
+    },
+  };
+}
+
+export async function startCommand(configPath: string): Promise<void> {
+  const config = await loadConfig(configPath);
+  const logger = createLogger(`vrg-${config.role}`);
+  const { gw, close } = await openGateway(config, logger);
+  logger.info({ gatewayId: config.gatewayId, role: config.role }, 'gateway started');
+  const send = (m: IpcMessage): void => {
+    if (process.send && process.connected) process.send(m);
+  };
+  let stopping = false;
+  const stop = async (): Promise<void> => {
+    if (stopping) return;
+    stopping = true;
+    await close();
+    logger.info('gateway stopped');
+    process.exit(0);
+  };
+  process.on('SIGTERM', () => void stop());
+  process.on('SIGINT', () => void stop());
+  process.on('disconnect', () => void stop());
+  send({ type: 'ready', role: config.role, ...(gw instanceof DrGateway ? { linkPort: gw.linkPort } : {}) });
+  const progress: LoadProgress = { bytes: 0, writes: 0, latenciesUs: [] };
+  process.on('message', (req: IpcRequest) => {
+    void handle(req).catch((err: Error & { code?: string }) => send({ type: 'error', code: err.code, message: err.message }));
+  });
+  const handle = async (req: IpcRequest): Promise<void> => {
+    if (req.type === 'status') {
+      send({ type: 'status', status: gw.status(), load: progress });
+      progress.latenciesUs = [];
+    } else if (req.type === 'load' && gw instanceof ProductionGateway) {
+      await runLoad(req.load, (w) => gw.write(w.volUuid, w.offset, w.data), (bytes, ns) => {
+        progress.bytes += bytes;
+        progress.writes++;
+        if (progress.latenciesUs.length < 100_000) progress.latenciesUs.push(Number(ns / 1000n));
+      });
+      await gw.flush();
+      send({ type: 'loadDone', load: progress });
+    } else if (req.type === 'drain' && gw instanceof ProductionGateway) {
+      await gw.drain();
+      send({ type: 'drained' });
+    }
+  };
+}

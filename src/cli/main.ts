@@ -1,0 +1,111 @@
+#!/usr/bin/env node
+import { parseArgs } from 'node:util';
+import { isVrgError } from '../core/errors.js';
+import { parseSize } from '../core/size.js';
+import { runDemo, type DemoOptions } from './demo.js';
+import { startCommand } from './gateway-process.js';
+
+const usage = `usage: vrg <command> [options]
+
+commands:
+  demo     run a production and a DR gateway on loopback, replicate a built-in load, verify the replica
+             --dir DIR            data directory (default ./vrg-data)
+             --size SIZE          bytes of load to write (default 512MiB)
+             --volume-size SIZE   size of each of the two volumes (default 1GiB)
+             --compress 0|1       LZ4 compression (default 1)
+             --encrypt 0|1        AES-128-GCM payload encryption (default 1)
+             --source FILE        replay a disk image as the write content
+             --seed N             load generator seed (default 1)
+             --write-size SIZE    bytes per write (default 256KiB)
+             --queue-depth N      writes in flight (default 32)
+  start    run one gateway: vrg start --config FILE
+  help     this text
+`;
+
+class UsageError extends Error {}
+
+function flag01(v: string | undefined, name: string, def: 0 | 1): 0 | 1 {
+  if (v === undefined) return def;
+  if (v !== '0' && v !== '1') throw new UsageError(`--${name} must be 0 or 1, not "${v}"`);
+  return v === '1' ? 1 : 0;
+}
+
+function positiveInt(v: string | undefined, name: string, def: number): number {
+  if (v === undefined) return def;
+  if (!/^\d+$/.test(v) || Number(v) <= 0) throw new UsageError(`--${name} must be a positive integer, not "${v}"`);
+  return Number(v);
+}
+
+function parseDemo(args: string[]): DemoOptions {
+  const { values } = parseArgs({
+    args, strict: true, allowPositionals: false,
+    options: {
+      dir: { type: 'string' }, size: { type: 'string' }, 'volume-size': { type: 'string' },
+      compress: { type: 'string' }, encrypt: { type: 'string' }, source: { type: 'string' },
+      seed: { type: 'string' }, 'write-size': { type: 'string' }, 'queue-depth': { type: 'string' },
+    },
+  });
+  const o: DemoOptions = {
+    dir: values.dir ?? './vrg-data',
+    sizeBytes: parseSize(values.size ?? '512MiB', '--size'),
+    volumeSizeBytes: parseSize(values['volume-size'] ?? '1GiB', '--volume-size'),
+    compress: flag01(values.compress, 'compress', 1),
+    encrypt: flag01(values.encrypt, 'encrypt', 1),
+    source: values.source,
+    seed: positiveInt(values.seed, 'seed', 1),
+    writeBytes: parseSize(values['write-size'] ?? '256KiB', '--write-size'),
+    queueDepth: positiveInt(values['queue-depth'], 'queue-depth', 32),
+  };
+  if (o.sizeBytes <= 0) throw new UsageError('--size must be more than 0 bytes');
+  if (o.volumeSizeBytes < 1024 * 1024 || o.volumeSizeBytes % 4096 !== 0) {
+    throw new UsageError('--volume-size must be at least 1MiB and a multiple of 4KiB');
+  }
+  if (o.writeBytes < 4096 || o.writeBytes % 4096 !== 0 || o.writeBytes > o.volumeSizeBytes) {
+    throw new UsageError('--write-size must be a multiple of 4KiB between 4KiB and the volume size');
+  }
+  return o;
+}
+
+async function main(argv: string[]): Promise<number> {
+  const [cmd, ...rest] = argv;
+  switch (cmd) {
+    case 'demo': {
+      const r = await runDemo(parseDemo(rest));
+      return r.verified ? 0 : 1;
+    }
+    case 'start': {
+      const { values } = parseArgs({ args: rest, strict: true, options: { config: { type: 'string' } } });
+      if (!values.config) throw new UsageError('start needs --config FILE');
+      await startCommand(values.config);
+      return -1; // keeps running until a signal
+    }
+    case undefined:
+    case 'help':
+    case '--help':
+      process.stdout.write(usage);
+      return 0;
+    default:
+      throw new UsageError(`unknown command "${cmd}"`);
+  }
+}
+
+main(process.argv.slice(2)).then(
+  (code) => {
+    if (code >= 0) process.exit(code);
+  },
+  (err: unknown) => {
+    const e = err as Error & { code?: string };
+    if (err instanceof UsageError || (e.code && isVrgError(err))) {
+      process.stderr.write(`vrg: ${e.message}\n`);
+      if (err instanceof UsageError) process.stderr.write(`run "vrg help" for the options\n`);
+      process.exit(2);
+    }
+    if (e.code === 'ERR_PARSE_ARGS_UNKNOWN_OPTION' || e.code === 'ERR_PARSE_ARGS_INVALID_OPTION_VALUE' ||
+        e.code === 'ERR_PARSE_ARGS_UNEXPECTED_POSITIONAL') {
+      process.stderr.write(`vrg: ${e.message}\nrun "vrg help" for the options\n`);
+      process.exit(2);
+    }
+    process.stderr.write(`vrg: ${e.stack ?? String(err)}\n`);
+    process.exit(1);
+  },
+);

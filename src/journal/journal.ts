@@ -1,0 +1,550 @@
+import { mkdir, open, readdir, unlink, type FileHandle } from 'node:fs/promises';
+import { assert } from '../core/assert.js';
+import { systemClock, type Clock } from '../core/clock.js';
+import { ErrorCode, isVrgError, vrgError, type VrgError } from '../core/errors.js';
+import { limits, GiB } from '../core/limits.js';
+import { silentLogger, type Logger } from '../core/log.js';
+import {
+  HEADER_BYTES, PAYLOAD_BYTES_MAX, RecordKind, crcMatches, decodeHeader, encodeHeader, toRecord,
+  type JournalRecord, type JournalRecordInput,
+} from './record-codec.js';
+import { RecordCache } from './record-cache.js';
+import {
+  findIntactRecordFrom, fsyncDir, newSegment, parseSegmentName, recordBytesAt, scanSegment, segmentEnd, writeFully,
+  type ScanResult, type Segment,
+} from './segment.js';
+
+export interface JournalOptions {
+  dir: string;
+  capacityBytes: number;
+  /** Roll to a new segment once the active one reaches this size (default: min(limit, capacity / 4)). */
+  segmentBytes?: number;
+  clock?: Clock;
+  logger?: Logger;
+  /** Most bytes written by one group commit (default and maximum limits.groupCommitBytesMax). */
+  groupCommitBytes?: number;
+  /** In-memory cache of recent records for read() (default and maximum limits.journalCacheBytesMax; 0 disables). */
+  cacheBytes?: number;
+}
+
+export interface JournalCounters {
+  recordsAppended: number;
+  payloadBytesAppended: number;
+  /** Record bytes written to segment files (headers + payloads). */
+  bytesWritten: number;
+  /** Group commits, i.e. fdatasync calls. */
+  commits: number;
+  segmentsCreated: number;
+  segmentsDeleted: number;
+  recordsReadFromCache: number;
+  recordsReadFromDisk: number;
+  tailsCut: number;
+}
+
+interface PendingAppend {
+  records: JournalRecordInput[];
+  headers: Buffer;
+  firstSeq: number;
+  lastSeq: number;
+  timestampMs: number;
+  resolve: (r: { firstSeq: number; lastSeq: number }) => void;
+  reject: (err: unknown) => void;
+}
+
+interface Group {
+  iov: Buffer[];
+  sizes: number[];
+  owners: PendingAppend[];
+  bytes: number;
+  endSeq: number;
+}
+
+/** A group commit never writes more than this, so a torn write never spans more (see replay). */
+const TORN_WINDOW_BYTES = Math.max(limits.groupCommitBytesMax, HEADER_BYTES + PAYLOAD_BYTES_MAX);
+const SEGMENT_BYTES_MAX = 1 * GiB;
+
+/** Per-VM durable write journal: append-only segment files, group commit, replay with torn-tail repair. */
+export class Journal {
+  readonly capacityBytes: number;
+  readonly segmentBytes: number;
+  readonly groupCommitBytes: number;
+  readonly dir: string;
+  private readonly clock: Clock;
+  private readonly logger: Logger;
+  private readonly cache: RecordCache;
+  private readonly counters: JournalCounters = {
+    recordsAppended: 0, payloadBytesAppended: 0, bytesWritten: 0, commits: 0, segmentsCreated: 0,
+    segmentsDeleted: 0, recordsReadFromCache: 0, recordsReadFromDisk: 0, tailsCut: 0,
+  };
+  private segments: Segment[] = [];
+  private first = 1; // lowest seq still needed
+  private last = 0; // highest durable seq
+  private nextSeq = 1; // next seq to assign
+  private writeSeq = 1; // next seq to write
+  private segBytes = 0;
+  private reservedBytes = 0;
+  private queue: (PendingAppend | undefined)[] = [];
+  private qHead = 0;
+  private loop: Promise<void> | null = null;
+  private trimChain: Promise<void> = Promise.resolve();
+  private readonly reads = new Set<Promise<unknown>>();
+  private state: 'open' | 'closing' | 'closed' = 'open';
+  private closing: Promise<void> | null = null;
+  private failure: VrgError | null = null;
+
+  private constructor(opts: JournalOptions) {
+    this.dir = opts.dir;
+    this.capacityBytes = opts.capacityBytes;
+    this.segmentBytes = opts.segmentBytes ?? Math.min(limits.journalSegmentBytes, Math.max(1, Math.floor(opts.capacityBytes / 4)));
+    this.groupCommitBytes = opts.groupCommitBytes ?? limits.groupCommitBytesMax;
+    this.clock = opts.clock ?? systemClock;
+    this.logger = opts.logger ?? silentLogger;
+    this.cache = new RecordCache(opts.cacheBytes ?? limits.journalCacheBytesMax);
+    const bad = (what: string): VrgError => vrgError(ErrorCode.CONFIG_INVALID, `journal: ${what}`, { dir: opts.dir });
+    if (typeof opts.dir !== 'string' || opts.dir === '') throw bad('dir is required');
+    if (!Number.isSafeInteger(this.capacityBytes) || this.capacityBytes <= 0) throw bad('capacityBytes must be a positive integer');
+    if (!Number.isSafeInteger(this.segmentBytes) || this.segmentBytes < 1 || this.segmentBytes > SEGMENT_BYTES_MAX) {
+      throw bad(`segmentBytes must be 1..${SEGMENT_BYTES_MAX}`);
+    }
+    if (this.capacityBytes < 2 * this.segmentBytes) throw bad('capacityBytes must be at least 2 × segmentBytes');
+    if (!Number.isSafeInteger(this.groupCommitBytes) || this.groupCommitBytes < 1 || this.groupCommitBytes > limits.groupCommitBytesMax) {
+      throw bad(`groupCommitBytes must be 1..${limits.groupCommitBytesMax}`);
+    }
+    const cacheMax = this.cache.bytesMax;
+    if (!Number.isSafeInteger(cacheMax) || cacheMax < 0 || cacheMax > limits.journalCacheBytesMax) {
+      throw bad(`cacheBytes must be 0..${limits.journalCacheBytesMax}`);
+    }
+  }
+
+  static async open(opts: JournalOptions): Promise<Journal> {
+    const j = new Journal(opts);
+    await mkdir(j.dir, { recursive: true });
+    try {
+      await j.replay();
+    } catch (err) {
+      await j.closeHandles();
+      throw err;
+    }
+    return j;
+  }
+
+  get firstSeq(): number { return this.first; }
+  get lastSeq(): number { return this.last; }
+  get usedBytes(): number { return this.segBytes + this.reservedBytes; }
+  get availableBytes(): number { return Math.max(0, this.capacityBytes - this.usedBytes); }
+  get segmentCount(): number { return this.segments.length; }
+  get stats(): JournalCounters { return { ...this.counters }; }
+
+  // ---- append / group commit -------------------------------------------------------------------------------------
+
+  /**
+   * Appends records with consecutive seqs; resolves once they are durable (write + fdatasync). The payload buffers
+   * are written and cached without copying: callers must not modify them afterwards.
+   */
+  async append(records: JournalRecordInput[]): Promise<{ firstSeq: number; lastSeq: number }> {
+    if (this.state !== 'open') throw vrgError(ErrorCode.CLOSED, 'journal is closed', { dir: this.dir });
+    if (this.failure) throw this.failure;
+    const bytes = validateRecords(records);
+    if (this.usedBytes + bytes > this.capacityBytes) {
+      throw vrgError(ErrorCode.JOURNAL_FULL, 'journal is full', {
+        dir: this.dir, bytes, usedBytes: this.usedBytes, capacityBytes: this.capacityBytes,
+      });
+    }
+    const timestampMs = this.clock.nowMs();
+    const firstSeq = this.nextSeq;
+    const headers = Buffer.allocUnsafe(HEADER_BYTES * records.length);
+    for (let i = 0; i < records.length; i++) encodeHeader(headers, i * HEADER_BYTES, firstSeq + i, timestampMs, records[i]!);
+    this.nextSeq += records.length;
+    this.reservedBytes += bytes;
+    return new Promise((resolve, reject) => {
+      this.queue.push({ records, headers, firstSeq, lastSeq: this.nextSeq - 1, timestampMs, resolve, reject });
+      this.kick();
+    });
+  }
+
+  private kick(): void {
+    if (this.loop || this.writeSeq >= this.nextSeq) return;
+    this.loop = this.commitLoop().finally(() => {
+      this.loop = null;
+    });
+  }
+
+  private async commitLoop(): Promise<void> {
+    try {
+      while (this.writeSeq < this.nextSeq && !this.failure) await this.commitOnce();
+    } catch (err) {
+      this.fail(err);
+    }
+  }
+
+  private async commitOnce(): Promise<void> {
+    let seg = this.active;
+    if (seg.size >= this.segmentBytes && seg.offsets.length > 0) seg = await this.createSegment(this.writeSeq);
+    const room = Math.max(this.segmentBytes - seg.size, 1);
+    const g = this.takeGroup(Math.min(this.groupCommitBytes, room));
+    const fh = await seg.fh!;
+    await writeFully(fh, g.iov, seg.size);
+    let at = seg.size;
+    for (const size of g.sizes) {
+      seg.offsets.push(at);
+      at += size;
+    }
+    seg.size = at;
+    this.segBytes += g.bytes;
+    this.reservedBytes -= g.bytes;
+    this.writeSeq = g.endSeq;
+    await fh.datasync();
+    this.counters.commits++;
+    this.counters.bytesWritten += g.bytes;
+    this.completeGroup(g);
+  }
+
+  /** Records from writeSeq on, in queue order, up to `limit` bytes (at least one record). */
+  private takeGroup(limit: number): Group {
+    const g: Group = { iov: [], sizes: [], owners: [], bytes: 0, endSeq: this.writeSeq };
+    for (let qi = this.qHead; qi < this.queue.length; qi++) {
+      const p = this.queue[qi]!;
+      for (let i = g.endSeq - p.firstSeq; i < p.records.length; i++) {
+        const payload = p.records[i]!.payload;
+        const size = HEADER_BYTES + payload.length;
+        if (g.bytes > 0 && g.bytes + size > limit) return g;
+        g.iov.push(p.headers.subarray(i * HEADER_BYTES, (i + 1) * HEADER_BYTES));
+        if (payload.length > 0) g.iov.push(payload);
+        g.sizes.push(size);
+        g.owners.push(p);
+        g.bytes += size;
+        g.endSeq++;
+      }
+    }
+    return g;
+  }
+
+  /** The group is durable: publish lastSeq, cache its records, resolve the appends it completes. */
+  private completeGroup(g: Group): void {
+    const firstSeq = this.last + 1;
+    this.last = g.endSeq - 1;
+    for (let k = 0; k < g.owners.length; k++) {
+      const p = g.owners[k]!;
+      const seq = firstSeq + k;
+      const rec = p.records[seq - p.firstSeq]!;
+      this.counters.recordsAppended++;
+      this.counters.payloadBytesAppended += rec.payload.length;
+      if (this.cache.bytesMax > 0 && seq >= this.first) {
+        this.cache.add({
+          seq, timestampMs: p.timestampMs, volumeIndex: rec.volumeIndex, offset: rec.offset, length: rec.length,
+          kind: rec.kind, codec: rec.codec, payload: rec.payload,
+        });
+      }
+    }
+    while (this.qHead < this.queue.length && this.queue[this.qHead]!.lastSeq <= this.last) {
+      const p = this.queue[this.qHead]!;
+      this.queue[this.qHead++] = undefined;
+      p.resolve({ firstSeq: p.firstSeq, lastSeq: p.lastSeq });
+    }
+    if (this.qHead === this.queue.length || this.qHead >= 1024) {
+      this.queue = this.queue.slice(this.qHead);
+      this.qHead = 0;
+    }
+  }
+
+  /** A failed write or fdatasync leaves the file in an unknown state: stop accepting anything (fail-stop). */
+  private fail(err: unknown): void {
+    this.failure = vrgError(ErrorCode.JOURNAL_IO, 'journal write failed; the journal must be reopened', { dir: this.dir }, err);
+    this.logger.error({ err, dir: this.dir }, 'journal: write failed, refusing further appends');
+    for (let qi = this.qHead; qi < this.queue.length; qi++) this.queue[qi]!.reject(this.failure);
+    this.queue = [];
+    this.qHead = 0;
+  }
+
+  private get active(): Segment {
+    const seg = this.segments[this.segments.length - 1];
+    assert(seg, 'journal has an active segment');
+    return seg;
+  }
+
+  /** Creates segment `firstSeq` durably (file and directory fsynced) and makes it the active one. */
+  private async createSegment(firstSeq: number): Promise<Segment> {
+    const seg = newSegment(this.dir, firstSeq);
+    const fh = await open(seg.path, 'wx+');
+    try {
+      await fh.sync();
+      await fsyncDir(this.dir);
+    } catch (err) {
+      await fh.close();
+      throw err;
+    }
+    seg.fh = Promise.resolve(fh);
+    this.segments.push(seg);
+    this.counters.segmentsCreated++;
+    return seg;
+  }
+
+  // ---- read --------------------------------------------------------------------------------------------------------
+
+  /**
+   * Consecutive durable records from `fromSeq`: at least one when any exists, then as many as fit in `maxBytes` of
+   * payload. Empty when fromSeq > lastSeq. A seq below firstSeq (trimmed) is VRG_INVALID_ARGUMENT.
+   */
+  async read(fromSeq: number, maxBytes: number): Promise<JournalRecord[]> {
+    if (this.state !== 'open') throw vrgError(ErrorCode.CLOSED, 'journal is closed', { dir: this.dir });
+    if (!Number.isSafeInteger(fromSeq) || fromSeq < 1 || !(maxBytes >= 0)) {
+      throw vrgError(ErrorCode.INVALID_ARGUMENT, 'journal read: bad fromSeq or maxBytes', { fromSeq, maxBytes });
+    }
+    if (fromSeq < this.first) {
+      throw vrgError(ErrorCode.INVALID_ARGUMENT, 'journal read: seq was trimmed', { fromSeq, firstSeq: this.first });
+    }
+    const p = this.readRange(fromSeq, maxBytes);
+    this.reads.add(p);
+    try {
+      return await p;
+    } finally {
+      this.reads.delete(p);
+    }
+  }
+
+  private async readRange(fromSeq: number, maxBytes: number): Promise<JournalRecord[]> {
+    const out: JournalRecord[] = [];
+    let payloadBytes = 0;
+    let seq = fromSeq;
+    while (seq <= this.last && seq >= this.first) {
+      const cached = this.cache.get(seq);
+      if (cached) {
+        if (out.length > 0 && payloadBytes + cached.payload.length > maxBytes) break;
+        out.push(cached);
+        payloadBytes += cached.payload.length;
+        this.counters.recordsReadFromCache++;
+        seq++;
+        continue;
+      }
+      const recs = await this.readFromDisk(seq, maxBytes - payloadBytes, out.length === 0);
+      if (recs.length === 0) break;
+      for (const r of recs) {
+        out.push(r);
+        payloadBytes += r.payload.length;
+      }
+      seq += recs.length;
+    }
+    return out;
+  }
+
+  private findSegment(seq: number): Segment {
+    let lo = 0;
+    let hi = this.segments.length - 1;
+    while (lo < hi) {
+      const mid = (lo + hi + 1) >> 1;
+      if (this.segments[mid]!.firstSeq <= seq) lo = mid;
+      else hi = mid - 1;
+    }
+    const seg = this.segments[lo];
+    assert(seg && seg.firstSeq <= seq && seq < segmentEnd(seg), `seq ${seq} is in a live segment`);
+    return seg;
+  }
+
+  /** Records of one segment from `seq`, read back with one pread and CRC-checked. Stops where the cache begins. */
+  private async readFromDisk(seq: number, budget: number, atLeastOne: boolean): Promise<JournalRecord[]> {
+    const seg = this.findSegment(seq);
+    const end = Math.min(segmentEnd(seg), this.last + 1, this.cache.firstSeq);
+    const i0 = seq - seg.firstSeq;
+    let i = i0;
+    let bytes = 0;
+    let payload = 0;
+    while (seg.firstSeq + i < end) {
+      const size = recordBytesAt(seg, i);
+      if ((i > i0 || !atLeastOne) && payload + size - HEADER_BYTES > budget) break;
+      bytes += size;
+      payload += size - HEADER_BYTES;
+      i++;
+    }
+    if (i === i0) return [];
+    const start = seg.offsets.get(i0);
+    const buf = await this.preadSegment(seg, start, bytes);
+    const out: JournalRecord[] = [];
+    let at = 0;
+    for (let k = i0; k < i; k++) {
+      const size = recordBytesAt(seg, k);
+      const h = decodeHeader(buf, at);
+      const ok = typeof h !== 'string' && h.seq === seg.firstSeq + k && HEADER_BYTES + h.payloadLength === size && crcMatches(buf, at, h);
+      if (!ok) {
+        throw vrgError(ErrorCode.JOURNAL_CORRUPT, 'journal record failed verification on read-back', {
+          path: seg.path, seq: seg.firstSeq + k, fileOffset: start + at, reason: typeof h === 'string' ? h : 'bad seq, length or crc',
+        });
+      }
+      out.push(toRecord(h, buf.subarray(at + HEADER_BYTES, at + size)));
+      at += size;
+    }
+    this.counters.recordsReadFromDisk += out.length;
+    return out;
+  }
+
+  private async preadSegment(seg: Segment, position: number, length: number): Promise<Buffer> {
+    seg.readers++;
+    try {
+      seg.fh ??= open(seg.path, 'r');
+      const fh = await seg.fh;
+      const buf = Buffer.allocUnsafe(length);
+      let got = 0;
+      while (got < length) {
+        const { bytesRead } = await fh.read(buf, got, length - got, position + got);
+        if (bytesRead === 0) {
+          throw vrgError(ErrorCode.JOURNAL_CORRUPT, 'journal segment shorter than its index', { path: seg.path, position, length });
+        }
+        got += bytesRead;
+      }
+      return buf;
+    } finally {
+      seg.readers--;
+      if (seg.dropped && seg.readers === 0) await closeSegment(seg);
+    }
+  }
+
+  // ---- trim --------------------------------------------------------------------------------------------------------
+
+  /** Everything ≤ durableSeq is acknowledged by the DR side: forget it and delete segments that hold nothing else. */
+  async trim(durableSeq: number): Promise<void> {
+    if (this.state !== 'open') throw vrgError(ErrorCode.CLOSED, 'journal is closed', { dir: this.dir });
+    assert(Number.isSafeInteger(durableSeq) && durableSeq >= 0, `trim seq ${durableSeq} is a non-negative integer`);
+    assert(durableSeq <= this.last, `trim seq ${durableSeq} ≤ lastSeq ${this.last}`);
+    if (durableSeq < this.first) return;
+    this.first = durableSeq + 1;
+    this.cache.evictBefore(this.first);
+    const doomed: Segment[] = [];
+    while (this.segments.length > 1 && segmentEnd(this.segments[0]!) - 1 <= durableSeq) {
+      const seg = this.segments.shift()!;
+      seg.dropped = true;
+      this.segBytes -= seg.size;
+      doomed.push(seg);
+    }
+    if (doomed.length === 0) return;
+    const p = this.trimChain.then(() => this.deleteSegments(doomed));
+    this.trimChain = p.catch(() => undefined);
+    return p;
+  }
+
+  private async deleteSegments(doomed: Segment[]): Promise<void> {
+    for (const seg of doomed) {
+      if (seg.fh) await seg.fh.catch(() => undefined); // an open in flight completes before the unlink
+      await unlink(seg.path);
+      if (seg.readers === 0) await closeSegment(seg);
+      this.counters.segmentsDeleted++;
+    }
+    await fsyncDir(this.dir);
+  }
+
+  // ---- close -------------------------------------------------------------------------------------------------------
+
+  /** Waits for accepted appends to commit, trims and reads to finish, then closes the files. */
+  async close(): Promise<void> {
+    if (!this.closing) {
+      this.state = 'closing';
+      this.closing = (async () => {
+        while (this.loop) await this.loop;
+        await this.trimChain;
+        await Promise.allSettled([...this.reads]);
+        await this.closeHandles();
+        this.state = 'closed';
+      })();
+    }
+    return this.closing;
+  }
+
+  private async closeHandles(): Promise<void> {
+    for (const seg of this.segments) await closeSegment(seg);
+  }
+
+  // ---- replay ------------------------------------------------------------------------------------------------------
+
+  /** Verifies every segment, cuts a torn tail of the last one, rebuilds the index and the seq counters. */
+  private async replay(): Promise<void> {
+    const names = await readdir(this.dir);
+    const seqs = names.map(parseSegmentName).filter((s): s is number => s !== null).sort((a, b) => a - b);
+    if (seqs.length === 0) await this.createSegment(1);
+    for (let i = 0; i < seqs.length; i++) {
+      const seg = newSegment(this.dir, seqs[i]!);
+      const prev = this.segments[this.segments.length - 1];
+      if (prev && segmentEnd(prev) !== seg.firstSeq) {
+        throw vrgError(ErrorCode.JOURNAL_CORRUPT, 'journal segments are not consecutive', {
+          path: seg.path, expectedFirstSeq: segmentEnd(prev), firstSeq: seg.firstSeq,
+        });
+      }
+      await this.replaySegment(seg, i === seqs.length - 1);
+    }
+    this.last = segmentEnd(this.active) - 1;
+    this.first = this.segments[0]!.firstSeq;
+    this.nextSeq = this.writeSeq = this.last + 1;
+  }
+
+  private async replaySegment(seg: Segment, isLast: boolean): Promise<void> {
+    const fh = await open(seg.path, isLast ? 'r+' : 'r');
+    try {
+      const scan = await scanSegment(fh, seg);
+      if (scan.badReason !== null) {
+        if (!isLast) {
+          throw vrgError(ErrorCode.JOURNAL_CORRUPT, 'journal segment is corrupt before its end', {
+            path: seg.path, fileOffset: scan.goodBytes, reason: scan.badReason, fileSize: scan.fileSize,
+          });
+        }
+        await this.cutTail(fh, seg, scan);
+      }
+      seg.size = scan.goodBytes;
+    } catch (err) {
+      await fh.close();
+      throw isVrgError(err) ? err : vrgError(ErrorCode.JOURNAL_IO, 'journal replay failed', { path: seg.path }, err);
+    }
+    this.segBytes += seg.size;
+    this.segments.push(seg);
+    if (isLast) seg.fh = Promise.resolve(fh);
+    else await fh.close();
+  }
+
+  /** A bad record in the last segment is a torn write unless intact data follows beyond one group commit. */
+  private async cutTail(fh: FileHandle, seg: Segment, scan: ScanResult): Promise<void> {
+    const intactAt = await findIntactRecordFrom(fh, scan.fileSize, scan.goodBytes + TORN_WINDOW_BYTES, segmentEnd(seg));
+    if (intactAt !== null) {
+      throw vrgError(ErrorCode.JOURNAL_CORRUPT, 'journal record is corrupt but later records are intact', {
+        path: seg.path, fileOffset: scan.goodBytes, reason: scan.badReason, intactRecordAt: intactAt,
+      });
+    }
+    await fh.truncate(scan.goodBytes);
+    await fh.sync();
+    this.counters.tailsCut++;
+    this.logger.warn({
+      path: seg.path, reason: scan.badReason, keptBytes: scan.goodBytes, cutBytes: scan.fileSize - scan.goodBytes,
+      lastSeq: segmentEnd(seg) - 1,
+    }, 'journal: cut a torn tail');
+  }
+}
+
+async function closeSegment(seg: Segment): Promise<void> {
+  const p = seg.fh;
+  seg.fh = null;
+  if (!p) return;
+  const fh = await p.catch(() => null);
+  await fh?.close();
+}
+
+/** Checks the records of one append; returns their size on disk. */
+function validateRecords(records: JournalRecordInput[]): number {
+  if (!Array.isArray(records) || records.length === 0) {
+    throw vrgError(ErrorCode.INVALID_ARGUMENT, 'journal append: no records');
+  }
+  let bytes = 0;
+  for (const r of records) {
+    const okFields = Number.isInteger(r.volumeIndex) && r.volumeIndex >= 0 && r.volumeIndex <= 0xffff
+      && Number.isSafeInteger(r.offset) && r.offset >= 0 && Number.isSafeInteger(r.length) && r.length >= 0
+      && Number.isSafeInteger(r.offset + r.length)
+      && Number.isInteger(r.kind) && r.kind >= RecordKind.WRITE && r.kind <= RecordKind.BARRIER
+      && Number.isInteger(r.codec) && r.codec >= 0 && r.codec <= 0xff && r.payload instanceof Uint8Array;
+    if (!okFields) {
+      throw vrgError(ErrorCode.INVALID_ARGUMENT, 'journal append: bad record fields', {
+        volumeIndex: r.volumeIndex, offset: r.offset, length: r.length, kind: r.kind, codec: r.codec,
+      });
+    }
+    if (r.payload.length > limits.recordBytesMax) {
+      throw vrgError(ErrorCode.RECORD_TOO_LARGE, 'journal append: record payload too large', {
+        payloadBytes: r.payload.length, max: limits.recordBytesMax,
+      });
+    }
+    bytes += HEADER_BYTES + r.payload.length;
+  }
+  return bytes;
+}

@@ -1,0 +1,233 @@
+import { systemClock } from '../core/clock.js';
+import { ErrorCode, isVrgError, vrgError } from '../core/errors.js';
+import { limits } from '../core/limits.js';
+import { encodeFrame, FrameDecoder, FrameType, openFrame, type DirectionKeys, type RawFrame } from '../protocol/frame.js';
+import { decodeWriteBatch, type WriteBatch } from '../protocol/messages.js';
+import { RecordCodec, type CompressResult, type StageSample } from './codec-types.js';
+import { lz4Decode, lz4Encode, lz4EncodeBound } from './lz4-native.js';
+
+// Pure, synchronous codec operations shared by InlineCodec (calling thread) and codec-worker.ts (piscina).
+// Every output buffer they return owns its whole ArrayBuffer (Buffer.allocUnsafeSlow), so it can be transferred.
+
+/** Record kinds of WriteRecord.kind (same numbers as the journal's RecordKind). */
+const Kind = { WRITE: 1, TRIM: 2, ZERO: 3, BARRIER: 4 } as const;
+
+/**
+ * Largest total declared plain length (sum of WRITE lengths) one batch may decode to: what a RAW frame could carry.
+ * Checked before allocating; a shipper must keep each batch's plain bytes at or under it.
+ */
+export const batchPlainBytesMax = limits.frameBytesMax;
+
+export interface Timed<T> {
+  value: T;
+  samples: StageSample[];
+}
+
+const now = (): bigint => systemClock.monotonicNs();
+const since = (t0: bigint): number => Number(now() - t0);
+
+/** A Buffer that owns its whole ArrayBuffer (transferable without copying anything else). */
+export function ownsArrayBuffer(b: Uint8Array): boolean {
+  return b.byteOffset === 0 && b.byteLength === b.buffer.byteLength && !(b.buffer instanceof SharedArrayBuffer);
+}
+
+/** A Buffer view over the same memory (worker messages deliver Buffers as plain Uint8Arrays). */
+export function asBuffer(u: Uint8Array): Buffer {
+  return Buffer.isBuffer(u) ? u : Buffer.from(u.buffer, u.byteOffset, u.byteLength);
+}
+
+/** `b` itself when it owns its ArrayBuffer, else a copy that does. */
+export function toOwned(b: Uint8Array): Buffer {
+  if (ownsArrayBuffer(b)) return Buffer.from(b.buffer as ArrayBuffer, 0, b.byteLength);
+  const out = Buffer.allocUnsafeSlow(b.byteLength);
+  out.set(b);
+  return out;
+}
+
+// Per-thread scratch for compression output (reused; each worker has its own module instance).
+let scratch: Buffer = Buffer.allocUnsafeSlow(0);
+function scratchOf(size: number): Buffer {
+  if (scratch.length < size) scratch = Buffer.allocUnsafeSlow(Math.max(size, 2 * scratch.length));
+  return scratch;
+}
+
+/**
+ * Compresses records laid back to back in `data`. Output layout: stored bytes of record 0, record 1, ... back to back;
+ * a record is LZ4 (one LZ4 block) when that is strictly smaller than its length, RAW (its bytes verbatim) otherwise.
+ */
+export function compressRecords(data: Buffer, lengths: readonly number[], compress: boolean): Timed<CompressResult> {
+  const t0 = now();
+  let total = 0;
+  for (const len of lengths) {
+    if (!Number.isSafeInteger(len) || len < 0) throw vrgError(ErrorCode.INVALID_ARGUMENT, `bad record length ${len}`);
+    total += len;
+  }
+  if (total !== data.length) {
+    throw vrgError(ErrorCode.INVALID_ARGUMENT, 'record lengths do not add up to the data length', { total, dataLength: data.length });
+  }
+  const work = scratchOf(total);
+  const storedLengths: number[] = new Array<number>(lengths.length);
+  const codecs: number[] = new Array<number>(lengths.length);
+  let inPos = 0;
+  let outPos = 0;
+  for (let i = 0; i < lengths.length; i++) {
+    const len = lengths[i]!;
+    const src = data.subarray(inPos, inPos + len);
+    // Capacity len - 1: LZ4 returns 0 unless the block is strictly smaller than the record.
+    const n = compress && len > 1 ? lz4Encode(src, work.subarray(outPos, outPos + len - 1)) : 0;
+    if (n > 0 && n < len) {
+      codecs[i] = RecordCodec.LZ4;
+      storedLengths[i] = n;
+    } else {
+      work.set(src, outPos);
+      codecs[i] = RecordCodec.RAW;
+      storedLengths[i] = len;
+    }
+    outPos += storedLengths[i]!;
+    inPos += len;
+  }
+  const stored = Buffer.allocUnsafeSlow(outPos);
+  work.copy(stored, 0, 0, outPos);
+  return {
+    value: { stored, storedLengths, codecs },
+    samples: [{ stage: 'compress', bytesIn: total, bytesOut: outPos, ns: since(t0) }],
+  };
+}
+
+/** A complete sealed WRITE_BATCH frame: header = encoded WriteBatch, payload = the records' stored bytes. */
+export function sealBatch(keys: DirectionKeys, seq: number, header: Uint8Array, payload: Buffer, encrypt: boolean): Timed<Buffer> {
+  const t0 = now();
+  const frame = toOwned(encodeFrame({ type: FrameType.WRITE_BATCH, seq, header, payload }, { keys, encrypt }));
+  return {
+    value: frame,
+    samples: [{ stage: 'seal', bytesIn: header.byteLength + payload.length, bytesOut: frame.length, ns: since(t0) }],
+  };
+}
+
+/** Re-parses one complete frame (exactly one, nothing left over). */
+function parseSingleFrame(bytes: Buffer): RawFrame {
+  const decoder = new FrameDecoder();
+  const frames = decoder.push(bytes);
+  if (frames.length !== 1 || decoder.bufferedBytes !== 0) {
+    throw vrgError(ErrorCode.FRAME_MALFORMED, 'expected exactly one complete frame', {
+      frames: frames.length, leftover: decoder.bufferedBytes,
+    });
+  }
+  return frames[0]!;
+}
+
+function decodeHeader(header: Buffer): WriteBatch {
+  try {
+    return decodeWriteBatch(header);
+  } catch (err) {
+    if (isVrgError(err)) throw err;
+    throw vrgError(ErrorCode.FRAME_MALFORMED, 'undecodable WriteBatch header', undefined, err);
+  }
+}
+
+/**
+ * The decoded batch as a plain object with every field present (protobufjs keeps proto3 defaults on the prototype,
+ * which structured clone between threads would drop).
+ */
+function plainBatch(b: WriteBatch): WriteBatch {
+  return {
+    vmUuid: b.vmUuid,
+    firstSeq: b.firstSeq,
+    volumeUuids: [...(b.volumeUuids ?? [])],
+    records: (b.records ?? []).map((r) => ({
+      volumeIndex: r.volumeIndex, offset: r.offset, length: r.length, kind: r.kind, codec: r.codec,
+      storedLength: r.storedLength,
+    })),
+    producedAtMs: b.producedAtMs,
+  };
+}
+
+/**
+ * Checks every record against the payload before anything is allocated or decompressed.
+ * Returns the total declared plain length of the WRITE records.
+ */
+export function validateBatch(batch: WriteBatch, payloadLength: number): number {
+  const bad = (why: string, details?: Record<string, unknown>): never => {
+    throw vrgError(ErrorCode.FRAME_MALFORMED, `WriteBatch: ${why}`, details);
+  };
+  const records = batch.records ?? [];
+  const volumes = batch.volumeUuids?.length ?? 0;
+  if (records.length > limits.batchRecordsMax) bad('too many records', { records: records.length });
+  let storedTotal = 0;
+  let plainTotal = 0;
+  for (let i = 0; i < records.length; i++) {
+    const r = records[i]!;
+    const { kind, codec, length, storedLength: stored, volumeIndex, offset } = r;
+    const where = { record: i, kind, codec, length, storedLength: stored };
+    if (!isU32(kind) || kind < Kind.WRITE || kind > Kind.BARRIER) bad('bad record kind', where);
+    if (codec !== RecordCodec.RAW && codec !== RecordCodec.LZ4) bad('bad record codec', where);
+    if (!isU32(length) || !isU32(stored) || !isU32(volumeIndex)) bad('bad record field', where);
+    if (!Number.isSafeInteger(offset) || offset < 0) bad('bad record offset', where);
+    if (volumeIndex >= volumes) bad('volume index out of range', { ...where, volumeIndex, volumes });
+    if (kind === Kind.WRITE) {
+      if (length === 0 || length > limits.recordBytesMax) bad('bad WRITE length', where);
+      if (codec === RecordCodec.RAW && stored !== length) bad('RAW stored length differs from length', where);
+      if (codec === RecordCodec.LZ4 && (stored === 0 || stored > lz4EncodeBound(length))) bad('bad LZ4 stored length', where);
+      plainTotal += length;
+    } else if (stored !== 0 || codec !== RecordCodec.RAW) {
+      bad('TRIM/ZERO/BARRIER record carries a payload', where);
+    }
+    storedTotal += stored;
+  }
+  if (storedTotal !== payloadLength) bad('stored lengths do not add up to the payload', { storedTotal, payloadLength });
+  if (plainTotal > batchPlainBytesMax) {
+    throw vrgError(ErrorCode.FRAME_TOO_LARGE, 'WriteBatch declares too many plain bytes', { plainTotal, max: batchPlainBytesMax });
+  }
+  return plainTotal;
+}
+
+function isU32(v: unknown): v is number {
+  return typeof v === 'number' && Number.isInteger(v) && v >= 0 && v <= 0xffff_ffff;
+}
+
+/** Decompresses the (validated) WRITE records of `payload` into one buffer of `plainTotal` bytes. */
+function decompressRecords(batch: WriteBatch, payload: Buffer, plainTotal: number): Buffer {
+  const out = Buffer.allocUnsafeSlow(plainTotal);
+  let inPos = 0;
+  let outPos = 0;
+  for (const [i, r] of (batch.records ?? []).entries()) {
+    const stored = payload.subarray(inPos, inPos + r.storedLength);
+    inPos += r.storedLength;
+    if (r.kind !== Kind.WRITE) continue;
+    const dst = out.subarray(outPos, outPos + r.length);
+    outPos += r.length;
+    if (r.codec === RecordCodec.RAW) {
+      dst.set(stored);
+      continue;
+    }
+    const n = lz4Decode(stored, dst);
+    if (n < 0 || n !== r.length) {
+      throw vrgError(ErrorCode.DECOMPRESS_FAILED, 'LZ4 record does not decode to its declared length', {
+        record: i, declared: r.length, decoded: n,
+      });
+    }
+  }
+  return out;
+}
+
+/**
+ * DR side: parse, authenticate and decrypt (openFrame, before anything else touches the payload), decode and
+ * validate the WriteBatch header, then decompress each WRITE record into a buffer bounded by its declared length.
+ */
+export function openBatch(keys: DirectionKeys, expectedSeq: number, frameBytes: Buffer): Timed<{ batch: WriteBatch; data: Buffer }> {
+  const t0 = now();
+  const raw = parseSingleFrame(frameBytes);
+  if (raw.type !== FrameType.WRITE_BATCH) {
+    throw vrgError(ErrorCode.FRAME_UNEXPECTED, 'not a WRITE_BATCH frame', { type: raw.type });
+  }
+  const { header, payload } = openFrame(raw, keys, expectedSeq);
+  const batch = plainBatch(decodeHeader(header));
+  const plainTotal = validateBatch(batch, payload.length);
+  const t1 = now();
+  const data = decompressRecords(batch, payload, plainTotal);
+  const samples: StageSample[] = [
+    { stage: 'open', bytesIn: frameBytes.length, bytesOut: payload.length, ns: Number(t1 - t0) },
+    { stage: 'decompress', bytesIn: payload.length, bytesOut: data.length, ns: since(t1) },
+  ];
+  return { value: { batch, data }, samples };
+}

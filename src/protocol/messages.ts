@@ -1,0 +1,118 @@
+import { existsSync } from 'node:fs';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import protobuf from 'protobufjs';
+import { ErrorCode, VrgError, vrgError } from '../core/errors.js';
+
+// Typed codecs for the link messages of proto/link.proto (the wire layout is protobuf, proto3).
+// 64-bit fields decode as JS numbers (protobufjs without Long) and must be safe integers.
+// Decoding garbage throws VRG_FRAME_MALFORMED; encoding an out-of-range value throws VRG_INVALID_ARGUMENT.
+
+(protobuf.util as { Long: unknown }).Long = undefined;
+protobuf.configure();
+
+function findProto(): string {
+  let dir = dirname(fileURLToPath(import.meta.url));
+  for (;;) {
+    const candidate = join(dir, 'proto', 'link.proto');
+    if (existsSync(candidate)) return candidate;
+    const parent = dirname(dir);
+    if (parent === dir) throw new Error('proto/link.proto not found above ' + fileURLToPath(import.meta.url));
+    dir = parent;
+  }
+}
+
+const root = protobuf.loadSync(findProto());
+const lookup = (name: string): protobuf.Type => root.lookupType(`vrg.link.${name}`);
+
+export interface Hello { protocolVersion: number; gatewayId: string; nonce: Buffer; role: string }
+export interface Auth { transcriptHash: Buffer }
+export interface ResumeVm { vmUuid: string; appliedSeq: number }
+export interface Resume { vms: ResumeVm[] }
+export interface WriteRecord {
+  volumeIndex: number; offset: number; length: number; kind: number; codec: number; storedLength: number;
+}
+export interface WriteBatch {
+  vmUuid: string; firstSeq: number; volumeUuids: string[]; records: WriteRecord[]; producedAtMs: number;
+}
+export interface Ack { vmUuid: string; durableSeq: number }
+export interface Heartbeat { id: number; sentAtUs: number }
+export interface LinkError { code: string; message: string }
+
+const UINT32_MAX = 0xffff_ffff;
+
+/** Checks every integer field of `msg` (recursively) against its protobuf type; returns a problem or null. */
+function checkIntegers(type: protobuf.Type, msg: Record<string, unknown>, path: string): string | null {
+  for (const field of type.fieldsArray) {
+    const value = msg[field.name];
+    if (value === undefined || value === null) continue;
+    const values = field.repeated ? (value as unknown[]) : [value];
+    if (field.repeated && !Array.isArray(value)) return `${path}${field.name}: not an array`;
+    for (const v of values) {
+      if (field.resolvedType instanceof protobuf.Type) {
+        const problem = checkIntegers(field.resolvedType, v as Record<string, unknown>, `${path}${field.name}.`);
+        if (problem) return problem;
+        continue;
+      }
+      const max = field.type === 'uint64' ? Number.MAX_SAFE_INTEGER : field.type === 'uint32' ? UINT32_MAX : null;
+      if (max === null) continue;
+      if (typeof v !== 'number' || !Number.isInteger(v) || v < 0 || v > max) {
+        return `${path}${field.name}: ${String(v)} is not a ${field.type} safe integer`;
+      }
+    }
+  }
+  return null;
+}
+
+function makeCodec<T extends object>(name: string): { encode(obj: T): Uint8Array; decode(buf: Uint8Array): T } {
+  const type = lookup(name);
+  return {
+    encode(obj: T): Uint8Array {
+      const problem = checkIntegers(type, obj as Record<string, unknown>, `${name}.`);
+      if (problem) throw vrgError(ErrorCode.INVALID_ARGUMENT, `cannot encode ${problem}`);
+      try {
+        return type.encode(obj as Record<string, unknown>).finish();
+      } catch (err) {
+        throw vrgError(ErrorCode.INVALID_ARGUMENT, `cannot encode ${name}: ${(err as Error).message}`, undefined, err);
+      }
+    },
+    decode(buf: Uint8Array): T {
+      let obj: Record<string, unknown>;
+      try {
+        obj = type.toObject(type.decode(buf), { defaults: true, arrays: true });
+      } catch (err) {
+        if (err instanceof VrgError) throw err;
+        throw vrgError(ErrorCode.FRAME_MALFORMED, `malformed ${name}: ${(err as Error).message}`, undefined, err);
+      }
+      const problem = checkIntegers(type, obj, `${name}.`);
+      if (problem) throw vrgError(ErrorCode.FRAME_MALFORMED, `malformed ${problem}`);
+      return obj as T;
+    },
+  };
+}
+
+const hello = makeCodec<Hello>('Hello');
+const auth = makeCodec<Auth>('Auth');
+const resume = makeCodec<Resume>('Resume');
+const writeBatch = makeCodec<WriteBatch>('WriteBatch');
+const writeRecord = makeCodec<WriteRecord>('WriteRecord');
+const ack = makeCodec<Ack>('Ack');
+const heartbeat = makeCodec<Heartbeat>('Heartbeat');
+const linkError = makeCodec<LinkError>('LinkError');
+
+export const encodeHello = (m: Hello): Uint8Array => hello.encode(m);
+export const decodeHello = (b: Uint8Array): Hello => hello.decode(b);
+export const encodeAuth = (m: Auth): Uint8Array => auth.encode(m);
+export const decodeAuth = (b: Uint8Array): Auth => auth.decode(b);
+export const encodeResume = (m: Resume): Uint8Array => resume.encode(m);
+export const decodeResume = (b: Uint8Array): Resume => resume.decode(b);
+export const encodeWriteBatch = (m: WriteBatch): Uint8Array => writeBatch.encode(m);
+export const decodeWriteBatch = (b: Uint8Array): WriteBatch => writeBatch.decode(b);
+export const encodeWriteRecord = (m: WriteRecord): Uint8Array => writeRecord.encode(m);
+export const decodeWriteRecord = (b: Uint8Array): WriteRecord => writeRecord.decode(b);
+export const encodeAck = (m: Ack): Uint8Array => ack.encode(m);
+export const decodeAck = (b: Uint8Array): Ack => ack.decode(b);
+export const encodeHeartbeat = (m: Heartbeat): Uint8Array => heartbeat.encode(m);
+export const decodeHeartbeat = (b: Uint8Array): Heartbeat => heartbeat.decode(b);
+export const encodeLinkError = (m: LinkError): Uint8Array => linkError.encode(m);
+export const decodeLinkError = (b: Uint8Array): LinkError => linkError.decode(b);
