@@ -14,6 +14,8 @@ import {
   type ScanResult, type Segment,
 } from './segment.js';
 
+export { RecordKind, type JournalRecord, type JournalRecordInput } from './record-codec.js';
+
 export interface JournalOptions {
   dir: string;
   capacityBytes: number;
