@@ -1,15 +1,15 @@
-import { fork, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { openSync, closeSync } from 'node:fs';
 import { mkdir, open, rm, stat, writeFile } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { ErrorCode, vrgError } from '../core/errors.js';
 import { MiB } from '../core/limits.js';
 import { formatBytes } from '../core/size.js';
 import type { DrStatus } from '../replication/dr-gateway.js';
 import type { ProductionStatus } from '../replication/production-gateway.js';
-import type { IpcMessage, IpcRequest, LoadProgress } from './gateway-process.js';
+import { spawnGateway, type GatewayChild } from './gateway-child.js';
+import type { IpcMessage, LoadProgress, ProcessFigures } from './gateway-process.js';
+
+type StatusReply = Extract<IpcMessage, { type: 'status' }>;
 import { ProgressDisplay } from './progress.js';
 
 // `vrg demo`: a production and a DR gateway as two processes on loopback, one protected VM with two
@@ -33,46 +33,9 @@ export interface DemoResult {
   bytes: number;
   latenciesUs: number[];
   production: ProductionStatus;
-}
-
-const mainScript = fileURLToPath(new URL('./main.js', import.meta.url));
-
-class GatewayChild {
-  private waiters: Array<{ type: string; resolve: (m: IpcMessage) => void; reject: (e: Error) => void }> = [];
-  readonly exited: Promise<number | null>;
-
-  constructor(readonly role: string, readonly proc: ChildProcess) {
-    proc.on('message', (m: IpcMessage) => {
-      const i = this.waiters.findIndex((w) => w.type === m.type || m.type === 'error');
-      if (i < 0) return;
-      const [w] = this.waiters.splice(i, 1);
-      if (m.type === 'error') w!.reject(vrgError((m.code as ErrorCode) ?? ErrorCode.INVALID_ARGUMENT, `${role}: ${m.message}`));
-      else w!.resolve(m);
-    });
-    this.exited = new Promise((res) => proc.on('exit', (code) => {
-      for (const w of this.waiters.splice(0)) w.reject(new Error(`${role} gateway exited with code ${code}`));
-      res(code);
-    }));
-  }
-
-  request<T extends IpcMessage>(req: IpcRequest | null, reply: T['type']): Promise<T> {
-    return new Promise((resolve, reject) => {
-      this.waiters.push({ type: reply, resolve: resolve as (m: IpcMessage) => void, reject });
-      if (req) this.proc.send(req);
-    });
-  }
-
-  async stop(): Promise<number | null> {
-    if (this.proc.exitCode === null) this.proc.kill('SIGTERM');
-    return this.exited;
-  }
-}
-
-function spawnGateway(role: string, configPath: string, logPath: string): GatewayChild {
-  const log = openSync(logPath, 'a');
-  const proc = fork(mainScript, ['start', '--config', configPath], { stdio: ['ignore', 'ignore', log, 'ipc'] });
-  closeSync(log);
-  return new GatewayChild(role, proc);
+  productionProcess: ProcessFigures;
+  dr: DrStatus | null;
+  drProcess: ProcessFigures | null;
 }
 
 function gatewayConfig(role: 'production' | 'dr', dir: string, port: number, secret: string, o: DemoOptions, vmUuid: string) {
@@ -116,6 +79,9 @@ export async function runDemo(o: DemoOptions, out: NodeJS.WriteStream = process.
     for (const v of vols) out.write(`source: ${v.volUuid} ${v.path}\n`);
     for (const v of drCfg.vms[0]!.volumes) out.write(`target: ${v.volUuid} ${v.path}\n`);
     const result = await driveLoad(prod, o, vols, out);
+    const drReply = await dr.request<StatusReply>({ type: 'status' }, 'status');
+    result.dr = drReply.status as DrStatus;
+    result.drProcess = drReply.process;
     const [pc, dc] = [await prod.stop(), await dr.stop()];
     if (pc !== 0 || dc !== 0) throw new Error(`gateways exited with codes ${pc} and ${dc}`);
     const mismatch = await compareVolumes(vols.map((v, i) => [v.path, drCfg.vms[0]!.volumes[i]!.path]));
@@ -134,10 +100,12 @@ async function driveLoad(prod: GatewayChild, o: DemoOptions, vols: Array<{ volUu
   const started = Date.now();
   const latencies: number[] = [];
   let last: ProductionStatus | null = null;
-  let load: LoadProgress = { bytes: 0, writes: 0, latenciesUs: [] };
+  let figures: ProcessFigures | null = null;
+  let load: LoadProgress = { bytes: 0, writes: 0, latenciesUs: [], ackedIndices: [] };
   const poll = async (): Promise<void> => {
-    const s = await prod.request<{ type: 'status'; status: unknown; load?: LoadProgress }>({ type: 'status' }, 'status');
+    const s = await prod.request<StatusReply>({ type: 'status' }, 'status');
     last = s.status as ProductionStatus;
+    figures = s.process;
     if (s.load) {
       load = s.load;
       latencies.push(...s.load.latenciesUs);
@@ -169,7 +137,10 @@ async function driveLoad(prod: GatewayChild, o: DemoOptions, vols: Array<{ volUu
     `${(load.bytes / 1e6 / (elapsedMs / 1000)).toFixed(1)} MB/s end to end; ` +
     `compression ${(vm.bytesStored > 0 ? vm.bytesIn / vm.bytesStored : 1).toFixed(2)}:1; ` +
     `ack latency p50 ${(pct(0.5) / 1000).toFixed(2)} ms p99 ${(pct(0.99) / 1000).toFixed(2)} ms\n`);
-  return { verified: false, elapsedMs, bytes: load.bytes, latenciesUs: latencies, production: last! };
+  return {
+    verified: false, elapsedMs, bytes: load.bytes, latenciesUs: latencies, production: last!, productionProcess: figures!,
+    dr: null, drProcess: null,
+  };
 }
 
 /** Null when every pair of files is identical, else where the first difference is. */

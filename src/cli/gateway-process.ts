@@ -2,7 +2,7 @@ import { systemClock } from '../core/clock.js';
 import { createLogger, type Logger } from '../core/log.js';
 import { systemRandom } from '../core/random.js';
 import { tcpTransport } from '../link/transport.js';
-import { PoolCodec } from '../pipeline/codec.js';
+import { PoolCodec, type CodecStats } from '../pipeline/codec.js';
 import { loadConfig, type GatewayConfig } from '../replication/config.js';
 import { DrGateway } from '../replication/dr-gateway.js';
 import { ProductionGateway } from '../replication/production-gateway.js';
@@ -18,7 +18,7 @@ export type IpcRequest =
 
 export type IpcMessage =
   | { type: 'ready'; role: string; linkPort?: number }
-  | { type: 'status'; status: unknown; load?: LoadProgress }
+  | { type: 'status'; status: unknown; load?: LoadProgress; process: ProcessFigures }
   | { type: 'loadDone'; load: LoadProgress }
   | { type: 'drained' }
   | { type: 'error'; code?: string; message: string };
@@ -26,17 +26,29 @@ export type IpcMessage =
 export interface LoadProgress {
   bytes: number;
   writes: number;
+  /** Since the previous status report. */
   latenciesUs: number[];
+  /** Load indices of the writes acknowledged since the previous status report. */
+  ackedIndices: number[];
 }
 
 type Gateway = ProductionGateway | DrGateway;
 
-export async function openGateway(config: GatewayConfig, logger: Logger): Promise<{ gw: Gateway; close(): Promise<void> }> {
+export interface ProcessFigures {
+  /** Peak resident set size of this gateway process. */
+  rssPeakBytes: number;
+  cpuUserUs: number;
+  cpuSystemUs: number;
+  codec: CodecStats;
+}
+
+export async function openGateway(config: GatewayConfig, logger: Logger): Promise<{ gw: Gateway; codec: PoolCodec; close(): Promise<void> }> {
   const codec = new PoolCodec({ threads: config.codecThreads });
   const deps = { clock: systemClock, random: systemRandom, transport: tcpTransport, codec, logger };
   const gw = config.role === 'production' ? await ProductionGateway.open(config, deps) : await DrGateway.open(config, deps);
   return {
     gw,
+    codec,
     async close() {
       await gw.close();
       await codec.close();
@@ -47,7 +59,7 @@ export async function openGateway(config: GatewayConfig, logger: Logger): Promis
 export async function startCommand(configPath: string): Promise<void> {
   const config = await loadConfig(configPath);
   const logger = createLogger(`vrg-${config.role}`);
-  const { gw, close } = await openGateway(config, logger);
+  const { gw, codec, close } = await openGateway(config, logger);
   logger.info({ gatewayId: config.gatewayId, role: config.role }, 'gateway started');
   const send = (m: IpcMessage): void => {
     if (process.send && process.connected) process.send(m);
@@ -64,19 +76,26 @@ export async function startCommand(configPath: string): Promise<void> {
   process.on('SIGINT', () => void stop());
   process.on('disconnect', () => void stop());
   send({ type: 'ready', role: config.role, ...(gw instanceof DrGateway ? { linkPort: gw.linkPort } : {}) });
-  const progress: LoadProgress = { bytes: 0, writes: 0, latenciesUs: [] };
+  const progress: LoadProgress = { bytes: 0, writes: 0, latenciesUs: [], ackedIndices: [] };
+  const samplesMax = 100_000;
   process.on('message', (req: IpcRequest) => {
     void handle(req).catch((err: Error & { code?: string }) => send({ type: 'error', code: err.code, message: err.message }));
   });
   const handle = async (req: IpcRequest): Promise<void> => {
     if (req.type === 'status') {
-      send({ type: 'status', status: gw.status(), load: progress });
+      const cpu = process.cpuUsage();
+      const figures: ProcessFigures = {
+        rssPeakBytes: process.resourceUsage().maxRSS * 1024, cpuUserUs: cpu.user, cpuSystemUs: cpu.system, codec: codec.stats(),
+      };
+      send({ type: 'status', status: gw.status(), load: progress, process: figures });
       progress.latenciesUs = [];
+      progress.ackedIndices = [];
     } else if (req.type === 'load' && gw instanceof ProductionGateway) {
-      await runLoad(req.load, (w) => gw.write(w.volUuid, w.offset, w.data), (bytes, ns) => {
-        progress.bytes += bytes;
+      await runLoad(req.load, (w) => gw.write(w.volUuid, w.offset, w.data), (w, ns) => {
+        progress.bytes += w.data.byteLength;
         progress.writes++;
-        if (progress.latenciesUs.length < 100_000) progress.latenciesUs.push(Number(ns / 1000n));
+        if (progress.latenciesUs.length < samplesMax) progress.latenciesUs.push(Number(ns / 1000n));
+        if (progress.ackedIndices.length < samplesMax) progress.ackedIndices.push(w.index);
       });
       await gw.flush();
       send({ type: 'loadDone', load: progress });

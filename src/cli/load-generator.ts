@@ -14,9 +14,13 @@ export interface LoadOptions {
   queueDepth: number;
   seed: number;
   sourcePath?: string | undefined;
+  /** Lay writes end to end from offset 0 (wrapping) instead of at random offsets. */
+  sequential?: boolean | undefined;
 }
 
 export interface LoadWrite {
+  /** Position of the write in the load, from 0. */
+  index: number;
   volUuid: string;
   offset: number;
   data: Buffer;
@@ -68,12 +72,19 @@ export async function* generateLoad(opts: LoadOptions): AsyncGenerator<LoadWrite
     throw vrgError(ErrorCode.INVALID_ARGUMENT, `source ${opts.sourcePath} is smaller than one write`);
   }
   let sourceAt = 0;
+  const nextOffset = opts.volumes.map(() => 0);
   try {
     for (let written = 0, n = 0; written < opts.totalBytes; n++) {
       const vol = opts.volumes[n % opts.volumes.length]!;
       const len = Math.min(opts.writeBytes, opts.totalBytes - written, vol.sizeBytes);
       const slots = Math.floor((vol.sizeBytes - len) / blockBytes) + 1;
-      const offset = (rnd.uint32() % slots) * blockBytes;
+      let offset = (rnd.uint32() % slots) * blockBytes;
+      if (opts.sequential) {
+        const v = n % opts.volumes.length;
+        if (nextOffset[v]! + len > vol.sizeBytes) nextOffset[v] = 0;
+        offset = nextOffset[v]!;
+        nextOffset[v] = offset + len;
+      }
       const data = Buffer.allocUnsafe(len);
       if (source) {
         if (sourceAt + len > sourceSize) sourceAt = 0;
@@ -88,7 +99,7 @@ export async function* generateLoad(opts: LoadOptions): AsyncGenerator<LoadWrite
         }
       }
       written += len;
-      yield { volUuid: vol.volUuid, offset, data };
+      yield { index: n, volUuid: vol.volUuid, offset, data };
     }
   } finally {
     await source?.close();
@@ -99,7 +110,7 @@ export async function* generateLoad(opts: LoadOptions): AsyncGenerator<LoadWrite
 export async function runLoad(
   opts: LoadOptions,
   write: (w: LoadWrite) => Promise<void>,
-  onDone: (bytes: number, latencyNs: bigint) => void,
+  onDone: (w: LoadWrite, latencyNs: bigint) => void,
 ): Promise<void> {
   const inFlight = new Set<Promise<void>>();
   let failure: unknown = null;
@@ -107,7 +118,7 @@ export async function runLoad(
     if (failure) break;
     const started = process.hrtime.bigint();
     const p: Promise<void> = write(w).then(
-      () => onDone(w.data.byteLength, process.hrtime.bigint() - started),
+      () => onDone(w, process.hrtime.bigint() - started),
       (err) => { failure = err; },
     ).finally(() => inFlight.delete(p));
     inFlight.add(p);

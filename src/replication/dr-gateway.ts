@@ -94,6 +94,7 @@ export class DrGateway {
       clock: deps.clock, random: deps.random, logger: deps.logger, resume,
     });
     const port = await server.listen(config.link.host, config.link.port);
+    for (const vm of vms.values()) deps.logger.info({ vmUuid: vm.config.vmUuid, durableSeq: vm.durableSeq }, 'dr vm opened');
     return new DrGateway(config, deps, vms, server, port);
   }
 
@@ -222,7 +223,8 @@ export class DrGateway {
     vm.duplicatesSkipped += skipped;
     vm.recordsApplied += batch.records.length - skipped;
     vm.bytesApplied += data.byteLength;
-    this.deps.logger.debug({ vmUuid: vm.config.vmUuid, firstSeq: batch.firstSeq, lastSeq, skipped }, 'applied');
+    const msg = skipped === batch.records.length ? 'skipped' : 'applied';
+    this.deps.logger.debug({ vmUuid: vm.config.vmUuid, firstSeq: batch.firstSeq, lastSeq, skipped }, msg);
   }
 
   private kickFlush(): void {

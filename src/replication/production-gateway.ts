@@ -8,13 +8,36 @@ import type { LinkConnection } from '../link/connection.js';
 import { LinkClient } from '../link/link-client.js';
 import type { Transport } from '../link/transport.js';
 import type { Codec } from '../pipeline/codec.js';
+import { decodeRecordPayload } from '../pipeline/record-payload.js';
+import { applyInOrder } from '../volume/ordered-writes.js';
 import { FrameType } from '../protocol/frame.js';
 import type { Ack, Resume } from '../protocol/messages.js';
 import { FileVolume } from '../volume/file-volume.js';
 import type { Volume } from '../volume/volume.js';
 import type { GatewayConfig, VmConfig } from './config.js';
-import { Intake } from './intake.js';
+import { Intake, toVolumeOp } from './intake.js';
 import { Shipper } from './shipper.js';
+
+/**
+ * The journal is written ahead of the source volume, so after a crash the source may lack the tail of
+ * what the journal holds (and DR will get). Re-applying every record still in the journal, in order,
+ * is idempotent and brings the source up to the journal's last record.
+ */
+async function replayOntoSource(journal: Journal, volumes: Volume[], logger: Logger): Promise<void> {
+  let seq = journal.firstSeq;
+  let records = 0;
+  while (seq <= journal.lastSeq) {
+    const batch = await journal.read(seq, 16 * 1024 * 1024);
+    await applyInOrder(batch.map((r) => toVolumeOp(volumes[r.volumeIndex]!, {
+      volumeIndex: r.volumeIndex, offset: r.offset, kind: r.kind, length: r.length,
+      data: r.kind === RecordKind.WRITE ? decodeRecordPayload(r.codec, r.payload, r.length) : null,
+    })));
+    seq = batch[batch.length - 1]!.seq + 1;
+    records += batch.length;
+  }
+  await Promise.all(volumes.map((v) => v.flush()));
+  if (records > 0) logger.info({ records, firstSeq: journal.firstSeq, lastSeq: journal.lastSeq }, 'journal replayed onto the source volumes');
+}
 
 export interface GatewayDeps {
   clock: Clock;
@@ -94,6 +117,7 @@ export class ProductionGateway {
       const journal = await Journal.open({
         dir: join(config.dataDir, 'journal', vmc.vmUuid), capacityBytes: perVmCapacity, clock: deps.clock, logger,
       });
+      await replayOntoSource(journal, volumes, logger);
       const shipper = new Shipper(vmc.vmUuid, vmc.volumes.map((v) => v.volUuid), journal, deps.codec, {
         encrypt: () => vmc.encryptOption === 1, logger,
       });

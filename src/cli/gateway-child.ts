@@ -1,0 +1,65 @@
+import { fork, type ChildProcess } from 'node:child_process';
+import { closeSync, existsSync, openSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
+import { ErrorCode, vrgError } from '../core/errors.js';
+import type { IpcMessage, IpcRequest } from './gateway-process.js';
+
+// A gateway running as a child process (`vrg start`), driven over its IPC channel: the demo runs one
+// production and one DR gateway this way, and the crash tests SIGKILL them.
+
+/** The compiled CLI entry: beside this file when compiled, under dist/ when running from source. */
+function mainScript(): string {
+  const sibling = fileURLToPath(new URL('./main.js', import.meta.url));
+  if (existsSync(sibling)) return sibling;
+  return fileURLToPath(new URL('../../dist/src/cli/main.js', import.meta.url));
+}
+
+export class GatewayChild {
+  private waiters: Array<{ type: string; resolve: (m: IpcMessage) => void; reject: (e: Error) => void }> = [];
+  readonly exited: Promise<number | null>;
+
+  constructor(readonly role: string, readonly proc: ChildProcess) {
+    proc.on('message', (m: IpcMessage) => {
+      const i = this.waiters.findIndex((w) => w.type === m.type || m.type === 'error');
+      if (i < 0) return;
+      const [w] = this.waiters.splice(i, 1);
+      if (m.type === 'error') w!.reject(vrgError((m.code as ErrorCode) ?? ErrorCode.INVALID_ARGUMENT, `${role}: ${m.message}`));
+      else w!.resolve(m);
+    });
+    this.exited = new Promise((res) => proc.on('exit', (code, signal) => {
+      for (const w of this.waiters.splice(0)) w.reject(new Error(`${role} gateway exited (${code ?? signal})`));
+      res(code);
+    }));
+  }
+
+  /** Sends `req` (if any) and resolves with the next message of type `reply`. */
+  request<T extends IpcMessage>(req: IpcRequest | null, reply: T['type']): Promise<T> {
+    return new Promise((resolve, reject) => {
+      if (this.proc.exitCode !== null || this.proc.signalCode !== null) {
+        reject(new Error(`${this.role} gateway is not running`));
+        return;
+      }
+      this.waiters.push({ type: reply, resolve: resolve as (m: IpcMessage) => void, reject });
+      if (req) this.proc.send(req);
+    });
+  }
+
+  kill(): Promise<number | null> {
+    this.proc.kill('SIGKILL');
+    return this.exited;
+  }
+
+  async stop(): Promise<number | null> {
+    if (this.proc.exitCode === null && this.proc.signalCode === null) this.proc.kill('SIGTERM');
+    return this.exited;
+  }
+}
+
+export function spawnGateway(role: string, configPath: string, logPath: string, env?: NodeJS.ProcessEnv): GatewayChild {
+  const log = openSync(logPath, 'a');
+  const proc = fork(mainScript(), ['start', '--config', configPath], {
+    stdio: ['ignore', 'ignore', log, 'ipc'], env: env ?? process.env,
+  });
+  closeSync(log);
+  return new GatewayChild(role, proc);
+}

@@ -1,0 +1,78 @@
+import { randomBytes } from 'node:crypto';
+import { join } from 'node:path';
+import { systemClock } from '../../src/core/clock.js';
+import { silentLogger } from '../../src/core/log.js';
+import { systemRandom } from '../../src/core/random.js';
+import { tcpTransport } from '../../src/link/transport.js';
+import { InlineCodec, PoolCodec, type Codec } from '../../src/pipeline/codec.js';
+import { parseConfig, type GatewayConfig } from '../../src/replication/config.js';
+import { DrGateway } from '../../src/replication/dr-gateway.js';
+import { ProductionGateway } from '../../src/replication/production-gateway.js';
+import { FaultProxy } from './fault-proxy.js';
+
+// Both gateways in this process over real TCP on loopback, optionally through a FaultProxy.
+
+export interface PairOptions {
+  dir: string;
+  compress?: 0 | 1;
+  encrypt?: 0 | 1;
+  volumeSizeBytes?: number;
+  volumes?: number;
+  pool?: boolean;
+  proxy?: boolean;
+  journalCapacityBytes?: number;
+}
+
+export const vmUuid = '0b7d3c4e-1f2a-4b5c-9d8e-7f6a5b4c3d2e';
+
+/** Both gateways' configuration files (JSON objects) for one protected VM. */
+export function pairConfigJson(o: PairOptions, secret = randomBytes(32).toString('hex')) {
+  const vols = (side: string) => Array.from({ length: o.volumes ?? 2 }, (_, i) => ({
+    volUuid: `vol-${i}`, path: join(o.dir, side, `disk${i}.img`), sizeBytes: o.volumeSizeBytes ?? 16 * 1024 * 1024,
+  }));
+  const base = (role: string, side: string) => ({
+    role, gatewayId: `test-${role}`, dataDir: join(o.dir, role), link: { host: '127.0.0.1', port: 0, secret },
+    journalCapacityBytes: o.journalCapacityBytes ?? 256 * 1024 * 1024,
+    vms: [{ vmUuid, vmName: 'vm', compressOption: o.compress ?? 1, encryptOption: o.encrypt ?? 1, volumes: vols(side) }],
+  });
+  return { prod: base('production', 'source'), dr: base('dr', 'target') };
+}
+
+export function pairConfigs(o: PairOptions): { prod: GatewayConfig; dr: GatewayConfig } {
+  const json = pairConfigJson(o);
+  return { prod: parseConfig(json.prod), dr: parseConfig(json.dr) };
+}
+
+export interface Pair {
+  prod: ProductionGateway;
+  dr: DrGateway;
+  proxy: FaultProxy | null;
+  configs: { prod: GatewayConfig; dr: GatewayConfig };
+  restartDr(): Promise<void>;
+  close(): Promise<void>;
+}
+
+export async function startPair(o: PairOptions): Promise<Pair> {
+  const configs = pairConfigs(o);
+  const codec: Codec = o.pool ? new PoolCodec({ threads: 1 }) : new InlineCodec();
+  const deps = { clock: systemClock, random: systemRandom, transport: tcpTransport, codec, logger: silentLogger };
+  let dr = await DrGateway.open(configs.dr, deps);
+  const proxy = o.proxy ? await FaultProxy.start(dr.linkPort) : null;
+  configs.dr.link.port = dr.linkPort;
+  configs.prod.link.port = proxy ? proxy.port : dr.linkPort;
+  const prod = await ProductionGateway.open(configs.prod, deps);
+  const pair: Pair = {
+    prod, dr, proxy, configs,
+    async restartDr() {
+      await pair.dr.close();
+      pair.dr = dr = await DrGateway.open(configs.dr, deps);
+    },
+    async close() {
+      await prod.close();
+      await pair.dr.close();
+      await proxy?.close();
+      await codec.close();
+    },
+  };
+  return pair;
+}

@@ -1,0 +1,99 @@
+import t from 'tap';
+import { compareVolumes } from '../src/cli/demo.js';
+import { runLoad } from '../src/cli/load-generator.js';
+import { ErrorCode } from '../src/core/errors.js';
+import { startPair } from './lib/pair.js';
+
+const MiB = 1024 * 1024;
+
+async function replicate(t: Tap.Test, o: { compress: 0 | 1; encrypt: 0 | 1; pool: boolean }) {
+  const dir = t.testdir();
+  const pair = await startPair({ dir, ...o });
+  const vols = pair.configs.prod.vms[0]!.volumes;
+  await runLoad({ totalBytes: 24 * MiB, volumes: vols, writeBytes: 64 * 1024, queueDepth: 16, seed: 7 },
+    (w) => pair.prod.write(w.volUuid, w.offset, w.data), () => undefined);
+  await pair.prod.writeZeroes('vol-0', 4096, 65536);
+  await pair.prod.trim('vol-1', 1 * MiB, 2 * MiB);
+  await pair.prod.flush();
+  await pair.prod.drain();
+  const status = pair.prod.status().vms[0]!;
+  const drStatus = pair.dr.status().vms[0]!;
+  await pair.close();
+  t.equal(status.ackedSeq, status.lastSeq, 'DR acknowledged every record');
+  t.equal(drStatus.recordsApplied, status.lastSeq, 'each record applied exactly once');
+  t.equal(await compareVolumes(vols.map((v, i) => [v.path, pair.configs.dr.vms[0]!.volumes[i]!.path])), null,
+    'DR volumes identical to the source volumes');
+  if (o.compress) t.ok(status.bytesIn / status.bytesStored > 1.5, `compressed ${(status.bytesIn / status.bytesStored).toFixed(2)}:1`);
+  else t.equal(status.bytesStored, status.bytesIn, 'stored raw without compression');
+}
+
+// Tap's global type for a subtest.
+declare global {
+  namespace Tap {
+    type Test = typeof t;
+  }
+}
+
+for (const [compress, encrypt] of [[1, 1], [0, 0], [1, 0], [0, 1]] as const) {
+  t.test(`replicates with compress=${compress} encrypt=${encrypt} (inline codec)`, (t) =>
+    replicate(t, { compress, encrypt, pool: false }));
+}
+t.test('replicates through the worker pool', (t) => replicate(t, { compress: 1, encrypt: 1, pool: true }));
+
+t.test('resumes after dropped TCP connections with no gap and no duplicate', async (t) => {
+  const dir = t.testdir();
+  const pair = await startPair({ dir, proxy: true, pool: true });
+  const vols = pair.configs.prod.vms[0]!.volumes;
+  let cuts = 0;
+  const cutter = setInterval(() => {
+    pair.proxy!.cut();
+    cuts++;
+  }, 150);
+  try {
+    await runLoad({ totalBytes: 48 * MiB, volumes: vols, writeBytes: 128 * 1024, queueDepth: 8, seed: 3 },
+      (w) => pair.prod.write(w.volUuid, w.offset, w.data), () => undefined);
+  } finally {
+    clearInterval(cutter);
+  }
+  await pair.prod.drain();
+  const prodStatus = pair.prod.status().vms[0]!;
+  const drStatus = pair.dr.status().vms[0]!;
+  await pair.close();
+  t.ok(cuts >= 2 && pair.proxy!.connections >= 2, `link was cut ${cuts} times, ${pair.proxy!.connections} connections`);
+  t.equal(drStatus.durableSeq, prodStatus.lastSeq, 'DR durable up to the last record');
+  t.equal(drStatus.recordsApplied, prodStatus.lastSeq, 'each record applied exactly once across reconnects');
+  t.equal(await compareVolumes(vols.map((v, i) => [v.path, pair.configs.dr.vms[0]!.volumes[i]!.path])), null,
+    'DR volumes identical');
+});
+
+t.test('a DR gateway restart resumes from its durable position', async (t) => {
+  const dir = t.testdir();
+  const pair = await startPair({ dir, pool: false });
+  const vols = pair.configs.prod.vms[0]!.volumes;
+  const load = (seed: number) => runLoad({ totalBytes: 8 * MiB, volumes: vols, writeBytes: 64 * 1024, queueDepth: 8, seed },
+    (w) => pair.prod.write(w.volUuid, w.offset, w.data), () => undefined);
+  await load(1);
+  await pair.prod.drain();
+  const before = pair.dr.status().vms[0]!.durableSeq;
+  await pair.restartDr();
+  t.equal(pair.dr.status().vms[0]!.durableSeq, before, 'durable position survives the restart');
+  await load(2);
+  await pair.prod.drain();
+  const after = pair.dr.status().vms[0]!;
+  const prodStatus = pair.prod.status().vms[0]!;
+  await pair.close();
+  t.equal(after.recordsApplied, prodStatus.lastSeq - before, 'the new process applied exactly the records after it');
+  t.equal(after.duplicatesSkipped, 0, 'nothing was resent');
+  t.equal(await compareVolumes(vols.map((v, i) => [v.path, pair.configs.dr.vms[0]!.volumes[i]!.path])), null,
+    'DR volumes identical');
+});
+
+t.test('bad intake requests get a clear error and change nothing', async (t) => {
+  const dir = t.testdir();
+  const pair = await startPair({ dir });
+  await t.rejects(pair.prod.write('no-such-volume', 0, Buffer.alloc(4096)), { code: ErrorCode.VOLUME_NOT_FOUND });
+  await t.rejects(pair.prod.write('vol-0', 16 * MiB - 1024, Buffer.alloc(4096)), { code: ErrorCode.VOLUME_OUT_OF_RANGE });
+  await t.rejects(pair.prod.write('vol-0', -4096, Buffer.alloc(4096)), { code: ErrorCode.VOLUME_OUT_OF_RANGE });
+  t.equal(pair.prod.status().vms[0]!.lastSeq, 0, 'nothing journaled');
+  await pair.close();
+});
