@@ -142,8 +142,10 @@ export class Journal {
   /**
    * Appends records with consecutive seqs; resolves once they are durable (write + fdatasync). The payload buffers
    * are written and cached without copying: callers must not modify them afterwards.
+   * Refusals (closed, failed, invalid, full) throw synchronously, before any seq is taken, so a caller
+   * holding an ordering turn can wait for room and retry without a later append overtaking it.
    */
-  async append(records: JournalRecordInput[]): Promise<{ firstSeq: number; lastSeq: number }> {
+  append(records: JournalRecordInput[]): Promise<{ firstSeq: number; lastSeq: number }> {
     if (this.state !== 'open') throw vrgError(ErrorCode.CLOSED, 'journal is closed', { dir: this.dir });
     if (this.failure) throw this.failure;
     const bytes = validateRecords(records);
@@ -165,9 +167,10 @@ export class Journal {
   }
 
   private kick(): void {
-    if (this.loop || this.writeSeq >= this.nextSeq) return;
+    if (this.loop || this.failure || this.writeSeq >= this.nextSeq) return;
     this.loop = this.commitLoop().finally(() => {
       this.loop = null;
+      this.kick(); // appends made while the last commit's callers were resumed
     });
   }
 
