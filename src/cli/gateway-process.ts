@@ -43,7 +43,8 @@ export interface ProcessFigures {
 }
 
 export async function openGateway(config: GatewayConfig, logger: Logger): Promise<{ gw: Gateway; codec: PoolCodec; close(): Promise<void> }> {
-  const codec = new PoolCodec({ threads: config.codecThreads });
+  // Every input the engine hands the pool is a fresh buffer it never touches again: move, do not copy.
+  const codec = new PoolCodec({ threads: config.codecThreads, transferInputs: true });
   const deps = { clock: systemClock, random: systemRandom, transport: tcpTransport, codec, logger };
   const gw = config.role === 'production' ? await ProductionGateway.open(config, deps) : await DrGateway.open(config, deps);
   return {

@@ -1,7 +1,7 @@
 import { systemClock } from '../core/clock.js';
 import { ErrorCode, isVrgError, vrgError } from '../core/errors.js';
 import { limits } from '../core/limits.js';
-import { encodeFrame, FrameDecoder, FrameType, openFrame, type DirectionKeys, type RawFrame } from '../protocol/frame.js';
+import { encodeFrame, FrameType, openFrame, parseFrame, type DirectionKeys } from '../protocol/frame.js';
 import { decodeWriteBatch, type WriteBatch } from '../protocol/messages.js';
 import { RecordCodec, type CompressResult, type StageSample } from './codec-types.js';
 import { lz4Decode, lz4Encode, lz4EncodeBound } from './lz4-native.js';
@@ -104,18 +104,6 @@ export function sealBatch(keys: DirectionKeys, seq: number, header: Uint8Array, 
   };
 }
 
-/** Re-parses one complete frame (exactly one, nothing left over). */
-function parseSingleFrame(bytes: Buffer): RawFrame {
-  const decoder = new FrameDecoder();
-  const frames = decoder.push(bytes);
-  if (frames.length !== 1 || decoder.bufferedBytes !== 0) {
-    throw vrgError(ErrorCode.FRAME_MALFORMED, 'expected exactly one complete frame', {
-      frames: frames.length, leftover: decoder.bufferedBytes,
-    });
-  }
-  return frames[0]!;
-}
-
 function decodeHeader(header: Buffer): WriteBatch {
   try {
     return decodeWriteBatch(header);
@@ -216,11 +204,11 @@ function decompressRecords(batch: WriteBatch, payload: Buffer, plainTotal: numbe
  */
 export function openBatch(keys: DirectionKeys, expectedSeq: number, frameBytes: Buffer): Timed<{ batch: WriteBatch; data: Buffer }> {
   const t0 = now();
-  const raw = parseSingleFrame(frameBytes);
+  const raw = parseFrame(frameBytes); // exactly one complete frame, views into frameBytes
+  const { header, payload } = openFrame(raw, keys, expectedSeq);
   if (raw.type !== FrameType.WRITE_BATCH) {
     throw vrgError(ErrorCode.FRAME_UNEXPECTED, 'not a WRITE_BATCH frame', { type: raw.type });
   }
-  const { header, payload } = openFrame(raw, keys, expectedSeq);
   const batch = plainBatch(decodeHeader(header));
   const plainTotal = validateBatch(batch, payload.length);
   const t1 = now();

@@ -2,10 +2,10 @@ import { assert } from '../core/assert.js';
 import { ErrorCode, vrgError } from '../core/errors.js';
 import { limits } from '../core/limits.js';
 import type { Logger } from '../core/log.js';
-import type { Journal, JournalRecord } from '../journal/journal.js';
+import { RecordKind, type Journal, type JournalRecord } from '../journal/journal.js';
 import type { LinkConnection } from '../link/connection.js';
 import { encodeWriteBatch } from '../protocol/messages.js';
-import type { Codec } from '../pipeline/codec.js';
+import { batchPlainBytesMax, type Codec } from '../pipeline/codec.js';
 
 // Ships one VM's journal to the DR gateway over the current link connection: consecutive records
 // in ~1 MiB write-batch frames, sealed in the codec pool, with a bounded window of unacknowledged
@@ -132,7 +132,7 @@ export class Shipper {
       if (conn !== this.conn) return;
       if (from !== this.shippedSeq + 1) continue; // an ack skipped us ahead meanwhile
       assert(records.length > 0 && records[0]!.seq === from, 'journal read is consecutive');
-      this.sendBatch(conn, records);
+      this.sendBatch(conn, capPlainBytes(records));
     }
   }
 
@@ -167,4 +167,17 @@ export class Shipper {
       (err) => conn.close(err as Error),
     );
   }
+}
+
+/**
+ * The DR side refuses a batch whose records expand past batchPlainBytesMax, and LZ4 can shrink zeros
+ * ~255x: cap a batch by its plain size and record count, not only by stored bytes.
+ */
+function capPlainBytes(records: JournalRecord[]): JournalRecord[] {
+  let plain = 0;
+  for (let i = 0; i < records.length; i++) {
+    plain += records[i]!.kind === RecordKind.WRITE ? records[i]!.length : 0;
+    if (i > 0 && (plain > batchPlainBytesMax / 2 || i >= limits.batchRecordsMax)) return records.slice(0, i);
+  }
+  return records;
 }
