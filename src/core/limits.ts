@@ -8,13 +8,13 @@ export const limits = {
   /** Largest frame body accepted from a peer (header + payload + tag). */
   frameBytesMax: 8 * MiB,
   /** Largest protobuf header inside a frame. */
-  frameHeaderBytesMax: 256 * KiB,
+  frameHeaderBytesMax: 65_535, // u16 on the wire
   /** Target payload of one write-batch frame (0.5–1 MiB keeps per-task pool cost low). */
   batchBytesTarget: 1 * MiB,
   /** Largest single journal record payload; bigger writes are split. */
   recordBytesMax: 1 * MiB,
   /** Records in one write batch. */
-  batchRecordsMax: 4096,
+  batchRecordsMax: 1024,
   /** Write-batch frames sent but not yet acknowledged. */
   framesInFlightMax: 16,
   /** Bytes sent but not yet acknowledged. */

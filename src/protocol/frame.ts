@@ -1,0 +1,250 @@
+import { createCipheriv, createDecipheriv } from 'node:crypto';
+import { ErrorCode, vrgError } from '../core/errors.js';
+import { limits } from '../core/limits.js';
+
+// The link frame:
+//  0  u32be bodyLen     bytes after this field (≤ frameBytesMax)
+//  4  u8    type        FrameType
+//  5  u8    flags       bit0 SEALED (a 16-byte GCM tag ends the frame), bit1 ENCRYPTED (payload is ciphertext)
+//  6  u16be headerLen   protobuf header bytes (≤ frameHeaderBytesMax, and a u16 in any case)
+//  8  u64be seq         per-direction frame sequence, 0 for the first sealed frame of a session
+// 16  header            protobuf message of the frame type
+//     payload           raw bytes (write-batch data), possibly empty
+//     tag               16 bytes, present iff SEALED
+// AAD = bytes [0, 16 + headerLen) and, when not ENCRYPTED, the payload too.
+// IV = 4-byte direction salt || u64be seq. AES-128-GCM, authTagLength 16 always.
+// ENCRYPTED without SEALED and unknown flag bits are malformed.
+
+export const FrameType = {
+  HELLO: 1, AUTH: 2, WRITE_BATCH: 3, ACK: 4, HEARTBEAT: 5, HEARTBEAT_REPLY: 6, LINK_ERROR: 7, RESUME: 8,
+} as const;
+
+export const FrameFlags = { SEALED: 1, ENCRYPTED: 2 } as const;
+
+export const FRAME_PREFIX_BYTES = 16;
+export const FRAME_TAG_BYTES = 16;
+/** Bytes of the body (after the length field) that every frame has. */
+const BODY_FIXED_BYTES = FRAME_PREFIX_BYTES - 4;
+/** headerLen is a u16 on the wire, whatever the configured limit. */
+export const frameHeaderBytesMax = Math.min(limits.frameHeaderBytesMax, 0xffff);
+/** Cipher work is done in chunks so no call returns a buffer bigger than this. */
+const CIPHER_CHUNK_BYTES = 64 * 1024;
+
+export interface DirectionKeys { key: Buffer /* 16 */; salt: Buffer /* 4 */ }
+
+export interface RawFrame {
+  type: number;
+  flags: number;
+  seq: number;
+  header: Buffer;
+  payload: Buffer;
+  tag: Buffer | null;
+  /** The whole frame including the length field; header/payload/tag are views into it. */
+  bytes: Buffer;
+}
+
+function ivFor(keys: DirectionKeys, seq: number): Buffer {
+  const iv = Buffer.allocUnsafe(12);
+  keys.salt.copy(iv, 0, 0, 4);
+  writeSeq(iv, 4, seq);
+  return iv;
+}
+
+function writeSeq(buf: Buffer, at: number, seq: number): void {
+  buf.writeUInt32BE(Math.floor(seq / 0x1_0000_0000), at);
+  buf.writeUInt32BE(seq % 0x1_0000_0000, at + 4);
+}
+
+function checkKeys(keys: DirectionKeys): void {
+  if (keys.key.length !== 16 || keys.salt.length !== 4) {
+    throw vrgError(ErrorCode.INVALID_ARGUMENT, 'direction keys need a 16-byte key and a 4-byte salt');
+  }
+}
+
+/** Runs `update` over `src` in chunks, writing the output into `dst` at `at`. */
+function cipherInto(c: { update(b: Buffer): Buffer }, src: Uint8Array, dst: Buffer, at: number): void {
+  const source = Buffer.from(src.buffer, src.byteOffset, src.byteLength);
+  for (let i = 0; i < source.length; i += CIPHER_CHUNK_BYTES) {
+    const out = c.update(source.subarray(i, i + CIPHER_CHUNK_BYTES));
+    out.copy(dst, at + i);
+    if (out.length !== Math.min(CIPHER_CHUNK_BYTES, source.length - i)) {
+      throw new Error('GCM update returned an unexpected length');
+    }
+  }
+}
+
+/** Builds a frame in one buffer that owns its ArrayBuffer (transferable). Unsealed when `seal` is omitted. */
+export function encodeFrame(
+  f: { type: number; seq: number; header: Uint8Array; payload?: Uint8Array },
+  seal?: { keys: DirectionKeys; encrypt: boolean },
+): Buffer {
+  const payload = f.payload ?? new Uint8Array(0);
+  const headerLen = f.header.byteLength;
+  if (!Number.isInteger(f.type) || f.type < 0 || f.type > 0xff) throw vrgError(ErrorCode.INVALID_ARGUMENT, `bad frame type ${f.type}`);
+  if (!Number.isSafeInteger(f.seq) || f.seq < 0) throw vrgError(ErrorCode.INVALID_ARGUMENT, `bad frame seq ${f.seq}`);
+  if (headerLen > frameHeaderBytesMax) {
+    throw vrgError(ErrorCode.FRAME_TOO_LARGE, `frame header of ${headerLen} bytes exceeds ${frameHeaderBytesMax}`);
+  }
+  const bodyLen = BODY_FIXED_BYTES + headerLen + payload.byteLength + (seal ? FRAME_TAG_BYTES : 0);
+  if (bodyLen > limits.frameBytesMax) {
+    throw vrgError(ErrorCode.FRAME_TOO_LARGE, `frame body of ${bodyLen} bytes exceeds ${limits.frameBytesMax}`);
+  }
+  const out = Buffer.allocUnsafeSlow(4 + bodyLen);
+  const flags = seal ? FrameFlags.SEALED | (seal.encrypt ? FrameFlags.ENCRYPTED : 0) : 0;
+  out.writeUInt32BE(bodyLen, 0);
+  out[4] = f.type;
+  out[5] = flags;
+  out.writeUInt16BE(headerLen, 6);
+  writeSeq(out, 8, f.seq);
+  out.set(f.header, FRAME_PREFIX_BYTES);
+  const payloadAt = FRAME_PREFIX_BYTES + headerLen;
+  if (!seal) {
+    out.set(payload, payloadAt);
+    return out;
+  }
+  checkKeys(seal.keys);
+  const cipher = createCipheriv('aes-128-gcm', seal.keys.key, ivFor(seal.keys, f.seq), { authTagLength: FRAME_TAG_BYTES });
+  cipher.setAAD(out.subarray(0, payloadAt));
+  if (seal.encrypt) {
+    cipherInto(cipher, payload, out, payloadAt);
+  } else {
+    out.set(payload, payloadAt);
+    if (payload.byteLength > 0) cipher.setAAD(out.subarray(payloadAt, payloadAt + payload.byteLength));
+  }
+  cipher.final();
+  cipher.getAuthTag().copy(out, payloadAt + payload.byteLength);
+  return out;
+}
+
+/**
+ * Authenticates a sealed frame (and decrypts an ENCRYPTED payload) before returning anything.
+ * VRG_FRAME_SEQUENCE when f.seq !== expectedSeq; VRG_FRAME_AUTH_FAILED on a missing or bad tag.
+ */
+export function openFrame(f: RawFrame, keys: DirectionKeys, expectedSeq: number): { header: Buffer; payload: Buffer } {
+  if ((f.flags & FrameFlags.SEALED) === 0 || f.tag === null || f.tag.length !== FRAME_TAG_BYTES) {
+    throw vrgError(ErrorCode.FRAME_AUTH_FAILED, `frame type ${f.type} seq ${f.seq} is not sealed`, { type: f.type, seq: f.seq });
+  }
+  if (f.seq !== expectedSeq) {
+    throw vrgError(ErrorCode.FRAME_SEQUENCE, `frame seq ${f.seq}, expected ${expectedSeq}`, { seq: f.seq, expectedSeq });
+  }
+  checkKeys(keys);
+  const headerEnd = FRAME_PREFIX_BYTES + f.header.length;
+  const decipher = createDecipheriv('aes-128-gcm', keys.key, ivFor(keys, f.seq), { authTagLength: FRAME_TAG_BYTES });
+  decipher.setAuthTag(f.tag);
+  decipher.setAAD(f.bytes.subarray(0, headerEnd));
+  let payload = f.payload;
+  if ((f.flags & FrameFlags.ENCRYPTED) !== 0) {
+    payload = Buffer.allocUnsafeSlow(f.payload.length);
+    cipherInto(decipher, f.payload, payload, 0);
+  } else if (f.payload.length > 0) {
+    decipher.setAAD(f.payload);
+  }
+  try {
+    decipher.final();
+  } catch (err) {
+    throw vrgError(ErrorCode.FRAME_AUTH_FAILED, `frame type ${f.type} seq ${f.seq} failed authentication`,
+      { type: f.type, seq: f.seq }, err);
+  }
+  return { header: f.header, payload };
+}
+
+function malformed(msg: string): Error {
+  return vrgError(ErrorCode.FRAME_MALFORMED, msg);
+}
+
+/** Parses one complete frame (length field included); the result's views share `bytes`. */
+export function parseFrame(bytes: Buffer, frameBytesMax: number = limits.frameBytesMax): RawFrame {
+  if (bytes.length < FRAME_PREFIX_BYTES) throw malformed(`frame of ${bytes.length} bytes is shorter than its prefix`);
+  const bodyLen = bytes.readUInt32BE(0);
+  if (bodyLen > frameBytesMax) throw vrgError(ErrorCode.FRAME_TOO_LARGE, `frame body of ${bodyLen} bytes exceeds ${frameBytesMax}`);
+  if (bodyLen !== bytes.length - 4) throw malformed(`frame length field ${bodyLen} does not match ${bytes.length - 4} bytes`);
+  const type = bytes[4]!;
+  const flags = bytes[5]!;
+  if ((flags & ~(FrameFlags.SEALED | FrameFlags.ENCRYPTED)) !== 0) throw malformed(`unknown frame flags 0x${flags.toString(16)}`);
+  const sealed = (flags & FrameFlags.SEALED) !== 0;
+  if (!sealed && (flags & FrameFlags.ENCRYPTED) !== 0) throw malformed('ENCRYPTED frame without SEALED');
+  const headerLen = bytes.readUInt16BE(6);
+  if (headerLen > frameHeaderBytesMax) throw malformed(`frame header of ${headerLen} bytes exceeds ${frameHeaderBytesMax}`);
+  const seqHigh = bytes.readUInt32BE(8);
+  if (seqHigh > 0x1f_ffff) throw malformed('frame seq is not a safe integer');
+  const seq = seqHigh * 0x1_0000_0000 + bytes.readUInt32BE(12);
+  const headerEnd = FRAME_PREFIX_BYTES + headerLen;
+  const payloadEnd = bytes.length - (sealed ? FRAME_TAG_BYTES : 0);
+  if (headerEnd > payloadEnd) {
+    throw malformed(sealed ? `sealed frame too short for header of ${headerLen} bytes and tag` : `header of ${headerLen} bytes overruns the frame`);
+  }
+  return {
+    type, flags, seq,
+    header: bytes.subarray(FRAME_PREFIX_BYTES, headerEnd),
+    payload: bytes.subarray(headerEnd, payloadEnd),
+    tag: sealed ? bytes.subarray(payloadEnd) : null,
+    bytes,
+  };
+}
+
+/**
+ * Incremental frame decoder: any split of the byte stream gives the same frames. Holds at most one
+ * partial frame, whose size is checked against frameBytesMax before any of its body is buffered.
+ * Each frame is copied once into its own buffer (transferable to a worker). After an error it stays failed.
+ */
+export class FrameDecoder {
+  private readonly lenBuf = Buffer.alloc(4);
+  private lenFill = 0;
+  private cur: Buffer | null = null;
+  private curFill = 0;
+  private failure: Error | null = null;
+
+  constructor(private readonly frameBytesMax: number = limits.frameBytesMax) {}
+
+  get bufferedBytes(): number {
+    return this.cur ? this.curFill : this.lenFill;
+  }
+
+  push(chunk: Buffer): RawFrame[] {
+    if (this.failure) throw this.failure;
+    try {
+      return this.consume(chunk);
+    } catch (err) {
+      this.failure = err as Error;
+      throw err;
+    }
+  }
+
+  private consume(chunk: Buffer): RawFrame[] {
+    const frames: RawFrame[] = [];
+    let at = 0;
+    while (at < chunk.length) {
+      if (this.cur === null) {
+        const n = Math.min(4 - this.lenFill, chunk.length - at);
+        chunk.copy(this.lenBuf, this.lenFill, at, at + n);
+        this.lenFill += n;
+        at += n;
+        if (this.lenFill < 4) break;
+        this.cur = this.startFrame(this.lenBuf.readUInt32BE(0));
+        this.curFill = 4;
+      }
+      const n = Math.min(this.cur.length - this.curFill, chunk.length - at);
+      chunk.copy(this.cur, this.curFill, at, at + n);
+      this.curFill += n;
+      at += n;
+      if (this.curFill === this.cur.length) {
+        const bytes = this.cur;
+        this.cur = null;
+        this.curFill = 0;
+        this.lenFill = 0;
+        frames.push(parseFrame(bytes, this.frameBytesMax));
+      }
+    }
+    return frames;
+  }
+
+  private startFrame(bodyLen: number): Buffer {
+    if (bodyLen > this.frameBytesMax) {
+      throw vrgError(ErrorCode.FRAME_TOO_LARGE, `frame body of ${bodyLen} bytes exceeds ${this.frameBytesMax}`, { bodyLen });
+    }
+    if (bodyLen < BODY_FIXED_BYTES) throw malformed(`frame body of ${bodyLen} bytes is shorter than ${BODY_FIXED_BYTES}`);
+    const buf = Buffer.allocUnsafeSlow(4 + bodyLen);
+    this.lenBuf.copy(buf, 0);
+    return buf;
+  }
+}
