@@ -142,17 +142,17 @@ export class ProductionGateway {
 
   // ---- intake API (the NBD front calls these) ----
 
-  write(volUuid: string, offset: number, data: Uint8Array): Promise<void> {
+  async write(volUuid: string, offset: number, data: Uint8Array): Promise<void> {
     const { vm, index } = this.volume(volUuid);
     return vm.intake.submit({ volumeIndex: index, offset, kind: RecordKind.WRITE, length: data.byteLength, data });
   }
 
-  writeZeroes(volUuid: string, offset: number, length: number): Promise<void> {
+  async writeZeroes(volUuid: string, offset: number, length: number): Promise<void> {
     const { vm, index } = this.volume(volUuid);
     return vm.intake.submit({ volumeIndex: index, offset, kind: RecordKind.ZERO, length, data: null });
   }
 
-  trim(volUuid: string, offset: number, length: number): Promise<void> {
+  async trim(volUuid: string, offset: number, length: number): Promise<void> {
     const { vm, index } = this.volume(volUuid);
     return vm.intake.submit({ volumeIndex: index, offset, kind: RecordKind.TRIM, length, data: null });
   }

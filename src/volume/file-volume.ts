@@ -1,4 +1,5 @@
-import { open, type FileHandle } from 'node:fs/promises';
+import { mkdir, open, type FileHandle } from 'node:fs/promises';
+import { dirname } from 'node:path';
 import { assert } from '../core/assert.js';
 import { ErrorCode, vrgError } from '../core/errors.js';
 import { MiB } from '../core/limits.js';
@@ -21,6 +22,7 @@ export class FileVolume implements Volume {
   static async open(path: string, opts: { sizeBytes?: number; create?: boolean } = {}): Promise<FileVolume> {
     let fh: FileHandle;
     try {
+      if (opts.create) await mkdir(dirname(path), { recursive: true });
       fh = await open(path, opts.create ? 'a+' : 'r+');
       if (opts.create) {
         await fh.close();
