@@ -124,7 +124,7 @@ t.test('DR gateway SIGKILLed mid-load resumes with no gap and no duplicate', asy
     if (l.firstSeq + l.skipped !== run.next) gaps++;
     run.next = l.lastSeq + 1;
   }
-  t.equal(byPid.size, 2, 'two DR processes ran');
+  t.equal(byPid.size, 2, `two DR processes ran: ${JSON.stringify([...byPid])}`);
   t.equal(gaps, 0, 'no gap and no duplicate in what each DR process applied');
   t.equal([...byPid.values()].at(-1)!.next - 1, final.vms[0]!.lastSeq, 'the restarted DR applied up to the last record');
   const vols = json.prod.vms[0]!.volumes;
