@@ -57,8 +57,10 @@ export class GatewayChild {
 
 export function spawnGateway(role: string, configPath: string, logPath: string, env?: NodeJS.ProcessEnv): GatewayChild {
   const log = openSync(logPath, 'a');
+  // VRG_GATEWAY_NODE_ARGS passes flags NODE_OPTIONS refuses (e.g. --cpu-prof) to the gateway processes.
+  const execArgv = (process.env.VRG_GATEWAY_NODE_ARGS ?? '').split(' ').filter(Boolean);
   const proc = fork(mainScript(), ['start', '--config', configPath], {
-    stdio: ['ignore', 'ignore', log, 'ipc'], env: env ?? process.env,
+    stdio: ['ignore', 'ignore', log, 'ipc'], env: env ?? process.env, execArgv,
   });
   closeSync(log);
   return new GatewayChild(role, proc);

@@ -1,3 +1,4 @@
+import { readFileSync } from 'node:fs';
 import { systemClock } from '../core/clock.js';
 import { createLogger, type Logger } from '../core/log.js';
 import { systemRandom } from '../core/random.js';
@@ -30,9 +31,25 @@ export interface LoadProgress {
   latenciesUs: number[];
   /** Load indices of the writes acknowledged since the previous status report. */
   ackedIndices: number[];
+  /** Wall-clock time of the first write (after the generator's set-up). */
+  startedAtMs: number | null;
 }
 
 type Gateway = ProductionGateway | DrGateway;
+
+/**
+ * This process's peak RSS. VmHWM starts afresh at exec; getrusage's maxrss does not (a child started
+ * by a large parent would report the parent's size), so it is only the fallback off Linux.
+ */
+function peakRssBytes(): number {
+  try {
+    const m = /VmHWM:\s+(\d+) kB/.exec(readFileSync('/proc/self/status', 'utf8'));
+    if (m) return Number(m[1]) * 1024;
+  } catch {
+    // not Linux
+  }
+  return process.resourceUsage().maxRSS * 1024;
+}
 
 export interface ProcessFigures {
   /** Peak resident set size of this gateway process. */
@@ -77,7 +94,7 @@ export async function startCommand(configPath: string): Promise<void> {
   process.on('SIGINT', () => void stop());
   process.on('disconnect', () => void stop());
   send({ type: 'ready', role: config.role, ...(gw instanceof DrGateway ? { linkPort: gw.linkPort } : {}) });
-  const progress: LoadProgress = { bytes: 0, writes: 0, latenciesUs: [], ackedIndices: [] };
+  const progress: LoadProgress = { bytes: 0, writes: 0, latenciesUs: [], ackedIndices: [], startedAtMs: null };
   const samplesMax = 100_000;
   process.on('message', (req: IpcRequest) => {
     void handle(req).catch((err: Error & { code?: string }) => send({ type: 'error', code: err.code, message: err.message }));
@@ -86,13 +103,16 @@ export async function startCommand(configPath: string): Promise<void> {
     if (req.type === 'status') {
       const cpu = process.cpuUsage();
       const figures: ProcessFigures = {
-        rssPeakBytes: process.resourceUsage().maxRSS * 1024, cpuUserUs: cpu.user, cpuSystemUs: cpu.system, codec: codec.stats(),
+        rssPeakBytes: peakRssBytes(), cpuUserUs: cpu.user, cpuSystemUs: cpu.system, codec: codec.stats(),
       };
       send({ type: 'status', status: gw.status(), load: progress, process: figures });
       progress.latenciesUs = [];
       progress.ackedIndices = [];
     } else if (req.type === 'load' && gw instanceof ProductionGateway) {
-      await runLoad(req.load, (w) => gw.write(w.volUuid, w.offset, w.data), (w, ns) => {
+      await runLoad(req.load, (w) => {
+        progress.startedAtMs ??= Date.now();
+        return gw.write(w.volUuid, w.offset, w.data);
+      }, (w, ns) => {
         progress.bytes += w.data.byteLength;
         progress.writes++;
         if (progress.latenciesUs.length < samplesMax) progress.latenciesUs.push(Number(ns / 1000n));

@@ -13,19 +13,22 @@ export const systemRandom: Random = {
   float: () => randomBytes(4).readUInt32BE(0) / 0x1_0000_0000,
 };
 
-/** Deterministic generator (xorshift128+) for tests, simulators and the demo load. Not for keys. */
+/** Deterministic generator (sfc32) for tests, simulators and the demo load. Not for keys. */
 export function seededRandom(seed: number): Random & { uint32(): number } {
-  let s0 = BigInt.asUintN(64, BigInt(seed) * 0x9e3779b97f4a7c15n + 1n);
-  let s1 = BigInt.asUintN(64, (s0 ^ 0xbf58476d1ce4e5b9n) * 0x94d049bb133111ebn + 7n);
-  const next64 = (): bigint => {
-    let x = s0;
-    const y = s1;
-    s0 = y;
-    x = BigInt.asUintN(64, x ^ (x << 23n));
-    s1 = x ^ y ^ (x >> 17n) ^ (y >> 26n);
-    return BigInt.asUintN(64, s1 + y);
+  let a = 0x9e3779b9;
+  let b = 0x243f6a88;
+  let c = 0xb7e15162;
+  let d = seed >>> 0;
+  const uint32 = (): number => {
+    const t = (((a + b) | 0) + d) | 0;
+    d = (d + 1) | 0;
+    a = b ^ (b >>> 9);
+    b = (c + (c << 3)) | 0;
+    c = (c << 21) | (c >>> 11);
+    c = (c + t) | 0;
+    return t >>> 0;
   };
-  const uint32 = (): number => Number(next64() >> 32n);
+  for (let i = 0; i < 15; i++) uint32(); // mix the seed in
   return {
     uint32,
     float: () => uint32() / 0x1_0000_0000,
