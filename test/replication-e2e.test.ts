@@ -97,3 +97,20 @@ t.test('bad intake requests get a clear error and change nothing', async (t) => 
   t.equal(pair.prod.status().vms[0]!.lastSeq, 0, 'nothing journaled');
   await pair.close();
 });
+
+t.test('a journal smaller than the load fills up, checkpoints, and replication completes', async (t) => {
+  const dir = t.testdir();
+  const pair = await startPair({ dir, journalCapacityBytes: 16 * MiB, compress: 0, volumeSizeBytes: 32 * MiB });
+  const vols = pair.configs.prod.vms[0]!.volumes;
+  let peakUsed = 0;
+  await runLoad({ totalBytes: 64 * MiB, volumes: vols, writeBytes: 256 * 1024, queueDepth: 16, seed: 5 },
+    (w) => pair.prod.write(w.volUuid, w.offset, w.data),
+    () => { peakUsed = Math.max(peakUsed, pair.prod.status().vms[0]!.journalUsedBytes); });
+  await pair.prod.drain();
+  const status = pair.prod.status().vms[0]!;
+  await pair.close();
+  t.ok(peakUsed <= 16 * MiB, `journal never exceeded its capacity (peak ${(peakUsed / MiB).toFixed(1)} MiB)`);
+  t.ok(status.bytesIn >= 64 * MiB, 'the whole load was accepted');
+  t.equal(await compareVolumes(vols.map((v, i) => [v.path, pair.configs.dr.vms[0]!.volumes[i]!.path])), null,
+    'DR volumes identical');
+});

@@ -32,6 +32,12 @@ export const limits = {
   journalCacheBytesMax: 256 * MiB,
   /** Writes accepted by the intake but not yet durable. */
   intakePendingBytesMax: 64 * MiB,
+  /**
+   * The journal is trimmed only at checkpoints: once the source volumes are fsynced up to what DR
+   * acknowledged. Checkpoint at least this often, and at once when the journal is this full.
+   */
+  checkpointIntervalMs: 5_000,
+  checkpointJournalFraction: 0.5,
   /** Volumes per VM (the VRG document's seqNum range is 1–40). */
   volumesPerVmMax: 40,
 } as const;

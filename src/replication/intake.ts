@@ -46,6 +46,8 @@ export class Intake {
   /** Source volume writes of consecutive groups must not reorder either. */
   private sourceTurn: Promise<void> = Promise.resolve();
   private closed = false;
+  /** Highest journal seq whose source-volume write has completed (in seq order; not yet fsynced). */
+  sourceAppliedSeq = 0;
 
   constructor(
     private readonly journal: Journal,
@@ -133,10 +135,12 @@ export class Intake {
    */
   private async commitGroup(group: Pending[]): Promise<void> {
     const sourceTurn = this.sourceTurn;
-    const durable = this.compress(group).then((records) => this.appendInOrder(records).then(() => records));
-    const sourceDone = durable.then(async () => {
+    const appended = this.compress(group).then((records) => this.appendInOrder(records).then((seqs) => ({ records, seqs })));
+    const durable = appended.then((a) => a.records);
+    const sourceDone = appended.then(async ({ seqs }) => {
       await sourceTurn;
       await applyInOrder(group.map((op) => toVolumeOp(this.volumes[op.volumeIndex]!, op)));
+      this.sourceAppliedSeq = Math.max(this.sourceAppliedSeq, seqs.lastSeq);
     });
     this.sourceTurn = sourceDone.catch(() => undefined);
     try {
@@ -183,7 +187,7 @@ export class Intake {
    * journal.append is called in group order. It refuses a full journal synchronously (before any
    * seq is taken), so the group can wait for room while holding its turn: no later group overtakes it.
    */
-  private appendInOrder(records: JournalRecordInput[]): Promise<unknown> {
+  private appendInOrder(records: JournalRecordInput[]): Promise<{ firstSeq: number; lastSeq: number }> {
     const called = this.appendTurn.then(async () => {
       for (;;) {
         try {

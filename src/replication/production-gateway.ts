@@ -1,5 +1,6 @@
 import { join } from 'node:path';
-import type { Clock } from '../core/clock.js';
+import type { Clock, TimerHandle } from '../core/clock.js';
+import { limits } from '../core/limits.js';
 import { ErrorCode, vrgError } from '../core/errors.js';
 import type { Logger } from '../core/log.js';
 import type { Random } from '../core/random.js';
@@ -48,6 +49,11 @@ export interface GatewayDeps {
 }
 
 class ProductionVm {
+  /** The journal is trimmed up to here: DR has it durably and so do the source volumes. */
+  checkpointSeq = 0;
+  lastCheckpointMs = 0;
+  checkpointing: Promise<void> | null = null;
+
   constructor(
     readonly config: VmConfig,
     readonly volumes: Volume[],
@@ -87,6 +93,8 @@ export class ProductionGateway {
   private conn: LinkConnection | null = null;
   private readonly byVolume = new Map<string, { vm: ProductionVm; index: number }>();
   private readonly roomWaiters: Array<() => void> = [];
+  private checkpointTimer: TimerHandle | null = null;
+  private closed = false;
 
   private constructor(
     readonly config: GatewayConfig,
@@ -119,7 +127,9 @@ export class ProductionGateway {
       });
       await replayOntoSource(journal, volumes, logger);
       const shipper = new Shipper(vmc.vmUuid, vmc.volumes.map((v) => v.volUuid), journal, deps.codec, {
-        encrypt: () => vmc.encryptOption === 1, logger,
+        encrypt: () => vmc.encryptOption === 1,
+        onAcked: () => holder.gw?.checkpointSoon(),
+        logger,
       });
       const intake = new Intake(journal, deps.codec, volumes, {
         compress: () => vmc.compressOption === 1,
@@ -137,6 +147,7 @@ export class ProductionGateway {
     const gw = new ProductionGateway(config, deps, vms, link);
     holder.gw = gw;
     link.start();
+    gw.scheduleCheckpoints();
     return gw;
   }
 
@@ -157,10 +168,13 @@ export class ProductionGateway {
     return vm.intake.submit({ volumeIndex: index, offset, kind: RecordKind.TRIM, length, data: null });
   }
 
-  /** Everything acknowledged before the call is durable, on the source volumes as in the journal. */
+  /**
+   * NBD FLUSH: everything acknowledged before the call is durable. In Async mode an acknowledged write
+   * is already durable in the journal, which is the source volumes' write-ahead log (replayed onto them
+   * at start, trimmed only at checkpoints after they are fsynced), so there is nothing left to wait for.
+   */
   async flush(): Promise<void> {
-    await Promise.all(this.vms.map((vm) => vm.intake.idle()));
-    await Promise.all(this.vms.flatMap((vm) => vm.volumes.map((v) => v.flush())));
+    if (this.closed) throw vrgError(ErrorCode.CLOSED, 'gateway is closed');
   }
 
   /** Resolves once the DR side has durably applied everything written before the call. */
@@ -198,10 +212,13 @@ export class ProductionGateway {
   }
 
   async close(): Promise<void> {
+    this.closed = true;
+    this.checkpointTimer?.cancel();
     this.link.stop();
     this.onDisconnected(null);
     for (const vm of this.vms) {
       await vm.intake.close();
+      await vm.checkpointing;
       await vm.journal.close();
       for (const v of vm.volumes) {
         await v.flush();
@@ -217,9 +234,51 @@ export class ProductionGateway {
     return found;
   }
 
-  /** A full journal waits for the DR side's acknowledgements to trim it (issue 4 adds CBT fallback). */
+  /** A full journal waits for a checkpoint to trim it (issue 4 adds the CBT fallback). */
   private waitForRoom(): Promise<void> {
-    return new Promise((resolve) => this.roomWaiters.push(resolve));
+    const p = new Promise<void>((resolve) => this.roomWaiters.push(resolve));
+    this.checkpointSoon();
+    return p;
+  }
+
+  scheduleCheckpoints(): void {
+    if (this.closed) return;
+    this.checkpointTimer = this.deps.clock.setTimer(limits.checkpointIntervalMs, () => {
+      this.checkpointSoon();
+      this.scheduleCheckpoints();
+    });
+  }
+
+  /** Checkpoints each VM that is due: interval elapsed, journal filling up, or writers waiting for room. */
+  checkpointSoon(): void {
+    const now = this.deps.clock.nowMs();
+    for (const vm of this.vms) {
+      const due = this.roomWaiters.length > 0 ||
+        vm.journal.usedBytes >= vm.journal.capacityBytes * limits.checkpointJournalFraction ||
+        now - vm.lastCheckpointMs >= limits.checkpointIntervalMs;
+      if (due) this.checkpoint(vm);
+    }
+  }
+
+  /**
+   * Trims the journal to what DR acknowledged *and* the source volumes hold durably: the source writes
+   * are not fsynced per write (the journal is their WAL), so they are fsynced here, before the journal
+   * forgets the records that could have replayed them.
+   */
+  private checkpoint(vm: ProductionVm): void {
+    const target = Math.min(vm.shipper.ackedSeq, vm.intake.sourceAppliedSeq);
+    if (vm.checkpointing || target <= vm.checkpointSeq) return;
+    vm.checkpointing = (async () => {
+      await Promise.all(vm.volumes.map((v) => v.flush()));
+      await vm.journal.trim(target);
+      vm.checkpointSeq = target;
+      vm.lastCheckpointMs = this.deps.clock.nowMs();
+    })()
+      .catch((err) => this.deps.logger.error({ err }, 'checkpoint failed'))
+      .finally(() => {
+        vm.checkpointing = null;
+        for (const w of this.roomWaiters.splice(0)) w();
+      });
   }
 
   private onConnected(conn: LinkConnection): void {
@@ -234,7 +293,6 @@ export class ProductionGateway {
         return;
       }
       vm.shipper.onAck(ack.durableSeq);
-      for (const w of this.roomWaiters.splice(0)) w();
     });
     for (const vm of this.vms) {
       const at = resume.vms.find((r) => r.vmUuid === vm.config.vmUuid);

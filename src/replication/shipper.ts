@@ -9,7 +9,8 @@ import { batchPlainBytesMax, type Codec } from '../pipeline/codec.js';
 
 // Ships one VM's journal to the DR gateway over the current link connection: consecutive records
 // in ~1 MiB write-batch frames, sealed in the codec pool, with a bounded window of unacknowledged
-// frames. The DR side acknowledges the highest seq it has made durable; the journal is trimmed to it.
+// frames. The DR side acknowledges the highest seq it has made durable; `onAcked` lets the gateway trim
+// the journal once the source volumes are durable up to there too (a checkpoint).
 // After a reconnect the DR side's Resume says where to continue, so nothing is skipped or sent twice.
 
 interface InFlight {
@@ -44,7 +45,7 @@ export class Shipper {
     private readonly volumeUuids: readonly string[],
     private readonly journal: Journal,
     private readonly codec: Codec,
-    private readonly opts: { encrypt: () => boolean; logger: Logger },
+    private readonly opts: { encrypt: () => boolean; onAcked: (seq: number) => void; logger: Logger },
   ) {}
 
   get connected(): boolean {
@@ -106,7 +107,7 @@ export class Shipper {
   private acknowledge(seq: number): void {
     if (seq <= this.ackedSeq) return;
     this.ackedSeq = seq;
-    void this.journal.trim(seq).catch((err) => this.opts.logger.error({ err }, 'journal trim failed'));
+    this.opts.onAcked(seq);
     for (const w of this.ackWaiters.splice(0)) w();
   }
 
