@@ -192,13 +192,41 @@ const ratio = (ours: number, theirs: number | null): number | null =>
   theirs === null || theirs <= 0 || !Number.isFinite(ours) ? null : ours / theirs;
 
 /** Single-thread codec stages vs lz4 -b1 and openssl speed, on the same image and chunk size. */
-export async function benchCodec(opts: { imagePath: string; chunkBytes?: number; seconds?: number }): Promise<CodecBenchResult> {
+function bestOf<T extends Record<string, number>>(a: T, b: T): T {
+  const out = { ...a };
+  for (const k of Object.keys(a) as Array<keyof T>) {
+    const x = a[k] as number;
+    const y = b[k] as number;
+    (out[k] as number) = Number.isFinite(y) && !(y <= x) ? y : x;
+  }
+  return out;
+}
+
+function bestReference(a: CodecBenchResult['reference'], b: CodecBenchResult['reference']): CodecBenchResult['reference'] {
+  const max = (x: number | null, y: number | null): number | null => (x === null ? y : y === null ? x : Math.max(x, y));
+  return {
+    ...a,
+    lz4CompressMBps: max(a.lz4CompressMBps, b.lz4CompressMBps),
+    lz4DecompressMBps: max(a.lz4DecompressMBps, b.lz4DecompressMBps),
+    opensslAesGcmMBps: max(a.opensslAesGcmMBps, b.opensslAesGcmMBps),
+    errors: [...a.errors, ...b.errors],
+  };
+}
+
+export async function benchCodec(opts: { imagePath: string; chunkBytes?: number; seconds?: number; rounds?: number }): Promise<CodecBenchResult> {
   const chunkBytes = opts.chunkBytes ?? MiB;
-  const seconds = opts.seconds ?? 2;
+  const seconds = opts.seconds ?? 1;
   const chunks = await readChunks(opts.imagePath, chunkBytes);
   const keys: DirectionKeys = { key: systemRandom.bytes(16), salt: systemRandom.bytes(4) };
-  const ours = measureOurs(chunks, seconds, keys);
-  const reference = await measureReference(opts.imagePath, chunkBytes, seconds);
+  // Rounds alternate ours and the references, and each figure is the best of its rounds: on a small
+  // shared machine a single pass mostly measures whatever else ran at that moment.
+  const rounds = opts.rounds ?? 3;
+  let ours = measureOurs(chunks, seconds, keys);
+  let reference = await measureReference(opts.imagePath, chunkBytes, seconds);
+  for (let r = 1; r < rounds; r++) {
+    ours = bestOf(ours, measureOurs(chunks, seconds, keys));
+    reference = bestReference(reference, await measureReference(opts.imagePath, chunkBytes, seconds));
+  }
   return {
     imagePath: opts.imagePath,
     imageBytes: chunks.length * chunkBytes,
@@ -230,7 +258,7 @@ export function formatCodecBench(r: CodecBenchResult): string {
     ['compression ratio', r.ours.ratio, r.reference.lz4Ratio, null],
   ];
   const lines = [
-    `codec bench: ${r.imagePath} (${(r.imageBytes / MiB).toFixed(0)} MiB, ${r.chunkBytes}-byte chunks, one thread)`,
+    `codec bench: ${r.imagePath} (${(r.imageBytes / MiB).toFixed(0)} MiB, ${r.chunkBytes}-byte chunks, one thread, best of rounds)`,
     `${'stage'.padEnd(30)}${'vrg'.padStart(10)}${'reference'.padStart(12)}${'vrg/ref'.padStart(10)}`,
     ...rows.map(([name, a, b, c]) => `${name.padEnd(30)}${f(a).padStart(10)}${f(b).padStart(12)}${x(c).padStart(10)}`),
     `reference: ${r.reference.lz4Command}; ${r.reference.opensslCommand}`,

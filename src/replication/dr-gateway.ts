@@ -1,6 +1,7 @@
 import { mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { ErrorCode, vrgError } from '../core/errors.js';
+import { RwLock } from '../core/rw-lock.js';
 import { limits } from '../core/limits.js';
 import type { LinkConnection } from '../link/connection.js';
 import { LinkServer } from '../link/link-server.js';
@@ -26,6 +27,8 @@ class DrVm {
   recordsApplied = 0;
   duplicatesSkipped = 0;
   lastProducedAtMs = 0;
+  /** Batches apply under the write side; replica reads take the read side, so none sees half a batch. */
+  readonly gate = new RwLock();
 
   constructor(
     readonly config: VmConfig,
@@ -96,6 +99,25 @@ export class DrGateway {
     const port = await server.listen(config.link.host, config.link.port);
     for (const vm of vms.values()) deps.logger.info({ vmUuid: vm.config.vmUuid, durableSeq: vm.durableSeq }, 'dr vm opened');
     return new DrGateway(config, deps, vms, server, port);
+  }
+
+  /**
+   * Reads a DR replica as of a batch boundary: production's image at some point of its acknowledged
+   * write history (for test failover and verification).
+   */
+  readReplica(volUuid: string, offset: number, length: number): Promise<Buffer> {
+    for (const vm of this.vms.values()) {
+      const volume = vm.volumes.get(volUuid);
+      if (volume) return vm.gate.read(() => volume.read(offset, length));
+    }
+    return Promise.reject(vrgError(ErrorCode.VOLUME_NOT_FOUND, `no replica volume ${volUuid}`, { volUuid }));
+  }
+
+  /** The replica volumes, for exporting them read-only. */
+  replicaVolumes(): Array<{ vmUuid: string; volUuid: string; sizeBytes: number }> {
+    return [...this.vms.values()].flatMap((vm) => [...vm.volumes.entries()].map(([volUuid, v]) => ({
+      vmUuid: vm.config.vmUuid, volUuid, sizeBytes: v.sizeBytes,
+    })));
   }
 
   status(): DrStatus {
@@ -214,7 +236,7 @@ export class DrGateway {
       ops.push({ volume, offset: r.offset, length: r.length, data: payload, kind });
     });
     if (at !== data.byteLength) throw vrgError(ErrorCode.FRAME_MALFORMED, 'batch data length does not match its records');
-    await applyInOrder(ops);
+    await vm.gate.write(() => applyInOrder(ops));
     const lastSeq = batch.firstSeq + batch.records.length - 1;
     if (lastSeq > vm.appliedSeq) {
       vm.appliedSeq = lastSeq;
