@@ -232,7 +232,9 @@ export class DrGateway {
         return;
       }
       if (r.kind === RecordKind.BARRIER) return;
-      const kind = r.kind === RecordKind.WRITE ? 'write' : r.kind === RecordKind.ZERO ? 'zero' : 'trim';
+      // A TRIM applies as zeroing: production's trim reads back zeros, and a discard on a DR block
+      // device or write agent need not, which would leave the replica different.
+      const kind = r.kind === RecordKind.WRITE ? 'write' : 'zero';
       ops.push({ volume, offset: r.offset, length: r.length, data: payload, kind });
     });
     if (at !== data.byteLength) throw vrgError(ErrorCode.FRAME_MALFORMED, 'batch data length does not match its records');

@@ -6,12 +6,27 @@ export interface Volume {
   readonly sizeBytes: number;
   read(offset: number, length: number): Promise<Buffer>;
   write(offset: number, data: Uint8Array): Promise<void>;
-  writeZeroes(offset: number, length: number): Promise<void>;
+  /** The range reads back as zeros afterwards; with `noHole` it also stays allocated. */
+  writeZeroes(offset: number, length: number, opts?: WriteZeroesOptions): Promise<void>;
+  /** A hint that the range is unused; whether it then reads as zeros depends on the volume (see each class). */
   trim(offset: number, length: number): Promise<void>;
+  /**
+   * Optional: the parts of [offset, offset+length) that may hold data, ascending [start, end) pairs; the rest
+   * reads as zeros (initial sync skips it). Volumes that cannot tell omit it or return the whole range.
+   */
+  dataRanges?(offset: number, length: number): Promise<DataRange[]>;
   /** Everything written before the call is durable when it resolves. */
   flush(): Promise<void>;
   close(): Promise<void>;
 }
+
+export interface WriteZeroesOptions {
+  /** Keep the range allocated (no hole / no deallocation), e.g. for thick-provisioned replicas. */
+  noHole?: boolean;
+}
+
+/** [start, end) in bytes. */
+export type DataRange = [number, number];
 
 export interface VolumeWrite {
   offset: number;

@@ -1,0 +1,270 @@
+// vrg_native: the Linux calls VRG needs that Node's fs does not expose.
+//
+//   punchHole(fd, offset, length)            -> Promise<void>     fallocate(PUNCH_HOLE | KEEP_SIZE)
+//   zeroRange(fd, offset, length, mayPunch?)  -> Promise<'zero-range' | 'punch-hole'>
+//        fallocate(ZERO_RANGE | KEEP_SIZE); when the file system says EOPNOTSUPP and mayPunch (default true),
+//        punch a hole instead; when that is unsupported too, rejects with code 'EOPNOTSUPP' (== ENOTSUP on Linux)
+//        so the caller writes zeros itself.
+//   seekData(fd, offset) / seekHole(fd, offset) -> Promise<number>  lseek SEEK_DATA / SEEK_HOLE, -1 on ENXIO
+//   blockDeviceSize(fd)                       -> Promise<number>  ioctl BLKGETSIZE64
+//   discard(fd, offset, length)               -> Promise<void>     ioctl BLKDISCARD
+//   isBlockDevice(fd)                         -> boolean           fstat S_ISBLK (synchronous)
+//   addon                                     -> 'vrg_native', version -> 1 (the loader checks both)
+//
+// The promise-returning calls run on libuv's thread pool (Napi::AsyncWorker), so large ranges do not block the
+// event loop. Failures reject with an Error carrying `code` (errno name, e.g. 'EOPNOTSUPP'), `errno` (negative,
+// as Node's fs errors do) and `syscall`. Offsets and lengths are JS numbers: non-negative safe integers.
+
+#include <napi.h>
+
+#include <cerrno>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <functional>
+#include <string>
+
+#include <fcntl.h>
+#include <linux/falloc.h>
+#include <linux/fs.h>
+#include <sys/ioctl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+namespace {
+
+constexpr double kMaxSafeInteger = 9007199254740991.0;
+
+enum class ResultKind { Void, Number, ZeroMode };
+
+// What a thread-pool job returns: a value, or the errno and the syscall that failed.
+struct Outcome {
+  int64_t value = 0;
+  int err = 0;
+  const char* syscall = "";
+};
+
+Napi::Error ErrnoError(Napi::Env env, int err, const char* syscall) {
+  const char* name = strerrorname_np(err);
+  std::string code = name != nullptr ? name : ("E" + std::to_string(err));
+  Napi::Error e = Napi::Error::New(env, code + ": " + std::strerror(err) + ", " + syscall);
+  e.Set("code", Napi::String::New(env, code));
+  e.Set("errno", Napi::Number::New(env, -err));
+  e.Set("syscall", Napi::String::New(env, syscall));
+  return e;
+}
+
+class OpWorker : public Napi::AsyncWorker {
+ public:
+  OpWorker(Napi::Env env, ResultKind kind, std::function<Outcome()> job)
+      : Napi::AsyncWorker(env), deferred_(Napi::Promise::Deferred::New(env)), kind_(kind), job_(std::move(job)) {}
+
+  Napi::Promise Promise() { return deferred_.Promise(); }
+
+ protected:
+  void Execute() override { outcome_ = job_(); }
+
+  void OnOK() override {
+    Napi::Env env = Env();
+    if (outcome_.err != 0) {
+      deferred_.Reject(ErrnoError(env, outcome_.err, outcome_.syscall).Value());
+      return;
+    }
+    switch (kind_) {
+      case ResultKind::Void:
+        deferred_.Resolve(env.Undefined());
+        break;
+      case ResultKind::Number:
+        deferred_.Resolve(Napi::Number::New(env, static_cast<double>(outcome_.value)));
+        break;
+      case ResultKind::ZeroMode:
+        deferred_.Resolve(Napi::String::New(env, outcome_.value == 0 ? "zero-range" : "punch-hole"));
+        break;
+    }
+  }
+
+  void OnError(const Napi::Error& e) override { deferred_.Reject(e.Value()); }
+
+ private:
+  Napi::Promise::Deferred deferred_;
+  ResultKind kind_;
+  std::function<Outcome()> job_;
+  Outcome outcome_;
+};
+
+// Argument checks. On failure they throw a TypeError/RangeError in `env` and return false.
+bool ArgFd(const Napi::CallbackInfo& info, size_t i, int* fd) {
+  Napi::Env env = info.Env();
+  if (info.Length() <= i || !info[i].IsNumber()) {
+    Napi::TypeError::New(env, "fd must be a number").ThrowAsJavaScriptException();
+    return false;
+  }
+  double v = info[i].As<Napi::Number>().DoubleValue();
+  if (!(v >= 0 && v <= 2147483647.0 && std::floor(v) == v)) {
+    Napi::RangeError::New(env, "fd must be a non-negative int32").ThrowAsJavaScriptException();
+    return false;
+  }
+  *fd = static_cast<int>(v);
+  return true;
+}
+
+bool ArgOffset(const Napi::CallbackInfo& info, size_t i, const char* what, int64_t* out) {
+  Napi::Env env = info.Env();
+  if (info.Length() <= i || !info[i].IsNumber()) {
+    Napi::TypeError::New(env, std::string(what) + " must be a number").ThrowAsJavaScriptException();
+    return false;
+  }
+  double v = info[i].As<Napi::Number>().DoubleValue();
+  if (!(v >= 0 && v <= kMaxSafeInteger && std::floor(v) == v)) {
+    Napi::RangeError::New(env, std::string(what) + " must be a non-negative safe integer")
+        .ThrowAsJavaScriptException();
+    return false;
+  }
+  *out = static_cast<int64_t>(v);
+  return true;
+}
+
+bool ArgRange(const Napi::CallbackInfo& info, int* fd, int64_t* offset, int64_t* length) {
+  if (!ArgFd(info, 0, fd) || !ArgOffset(info, 1, "offset", offset) || !ArgOffset(info, 2, "length", length)) {
+    return false;
+  }
+  if (*offset + *length > static_cast<int64_t>(kMaxSafeInteger)) {
+    Napi::RangeError::New(info.Env(), "offset + length overflows").ThrowAsJavaScriptException();
+    return false;
+  }
+  return true;
+}
+
+Napi::Value Queue(Napi::Env env, ResultKind kind, std::function<Outcome()> job) {
+  auto* worker = new OpWorker(env, kind, std::move(job));
+  Napi::Promise promise = worker->Promise();
+  worker->Queue();  // the worker deletes itself after OnOK/OnError
+  return promise;
+}
+
+int Fallocate(int fd, int mode, int64_t offset, int64_t length) {
+  int rc;
+  do {
+    rc = fallocate(fd, mode, offset, length);
+  } while (rc != 0 && errno == EINTR);
+  return rc == 0 ? 0 : errno;
+}
+
+bool Unsupported(int err) { return err == EOPNOTSUPP || err == ENOSYS; }
+
+Napi::Value PunchHole(const Napi::CallbackInfo& info) {
+  int fd;
+  int64_t offset, length;
+  if (!ArgRange(info, &fd, &offset, &length)) return info.Env().Undefined();
+  return Queue(info.Env(), ResultKind::Void, [=]() {
+    Outcome o;
+    if (length == 0) return o;
+    o.err = Fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, offset, length);
+    o.syscall = "fallocate";
+    return o;
+  });
+}
+
+Napi::Value ZeroRange(const Napi::CallbackInfo& info) {
+  int fd;
+  int64_t offset, length;
+  if (!ArgRange(info, &fd, &offset, &length)) return info.Env().Undefined();
+  bool mayPunch = info.Length() <= 3 || info[3].IsUndefined() || info[3].ToBoolean().Value();
+  return Queue(info.Env(), ResultKind::ZeroMode, [=]() {
+    Outcome o;
+    o.syscall = "fallocate";
+    if (length == 0) return o;
+    o.err = Fallocate(fd, FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE, offset, length);
+    if (o.err == 0 || !Unsupported(o.err)) return o;
+    if (!mayPunch) {
+      o.err = EOPNOTSUPP;
+      return o;
+    }
+    o.err = Fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, offset, length);
+    if (Unsupported(o.err)) o.err = EOPNOTSUPP;
+    o.value = 1;
+    return o;
+  });
+}
+
+Napi::Value Seek(const Napi::CallbackInfo& info, int whence) {
+  int fd;
+  int64_t offset;
+  if (!ArgFd(info, 0, &fd) || !ArgOffset(info, 1, "offset", &offset)) return info.Env().Undefined();
+  return Queue(info.Env(), ResultKind::Number, [=]() {
+    Outcome o;
+    o.syscall = "lseek";
+    off_t r = lseek(fd, offset, whence);
+    if (r >= 0) {
+      o.value = r;
+    } else if (errno == ENXIO) {
+      o.value = -1;
+    } else {
+      o.err = errno;
+    }
+    return o;
+  });
+}
+
+Napi::Value SeekData(const Napi::CallbackInfo& info) { return Seek(info, SEEK_DATA); }
+Napi::Value SeekHole(const Napi::CallbackInfo& info) { return Seek(info, SEEK_HOLE); }
+
+Napi::Value BlockDeviceSize(const Napi::CallbackInfo& info) {
+  int fd;
+  if (!ArgFd(info, 0, &fd)) return info.Env().Undefined();
+  return Queue(info.Env(), ResultKind::Number, [=]() {
+    Outcome o;
+    o.syscall = "ioctl(BLKGETSIZE64)";
+    uint64_t size = 0;
+    if (ioctl(fd, BLKGETSIZE64, &size) != 0) {
+      o.err = errno;
+    } else if (size > static_cast<uint64_t>(kMaxSafeInteger)) {
+      o.err = EOVERFLOW;
+    } else {
+      o.value = static_cast<int64_t>(size);
+    }
+    return o;
+  });
+}
+
+Napi::Value Discard(const Napi::CallbackInfo& info) {
+  int fd;
+  int64_t offset, length;
+  if (!ArgRange(info, &fd, &offset, &length)) return info.Env().Undefined();
+  return Queue(info.Env(), ResultKind::Void, [=]() {
+    Outcome o;
+    o.syscall = "ioctl(BLKDISCARD)";
+    if (length == 0) return o;
+    uint64_t range[2] = {static_cast<uint64_t>(offset), static_cast<uint64_t>(length)};
+    if (ioctl(fd, BLKDISCARD, &range) != 0) o.err = errno;
+    return o;
+  });
+}
+
+Napi::Value IsBlockDevice(const Napi::CallbackInfo& info) {
+  int fd;
+  if (!ArgFd(info, 0, &fd)) return info.Env().Undefined();
+  struct stat st;
+  if (fstat(fd, &st) != 0) {
+    ErrnoError(info.Env(), errno, "fstat").ThrowAsJavaScriptException();
+    return info.Env().Undefined();
+  }
+  return Napi::Boolean::New(info.Env(), S_ISBLK(st.st_mode));
+}
+
+Napi::Object Init(Napi::Env env, Napi::Object exports) {
+  exports.Set("addon", Napi::String::New(env, "vrg_native"));
+  exports.Set("version", Napi::Number::New(env, 1));
+  exports.Set("punchHole", Napi::Function::New(env, PunchHole, "punchHole"));
+  exports.Set("zeroRange", Napi::Function::New(env, ZeroRange, "zeroRange"));
+  exports.Set("seekData", Napi::Function::New(env, SeekData, "seekData"));
+  exports.Set("seekHole", Napi::Function::New(env, SeekHole, "seekHole"));
+  exports.Set("blockDeviceSize", Napi::Function::New(env, BlockDeviceSize, "blockDeviceSize"));
+  exports.Set("discard", Napi::Function::New(env, Discard, "discard"));
+  exports.Set("isBlockDevice", Napi::Function::New(env, IsBlockDevice, "isBlockDevice"));
+  return exports;
+}
+
+}  // namespace
+
+NODE_API_MODULE(vrg_native, Init)
