@@ -9,6 +9,7 @@ import { runDemo, type DemoResult } from '../src/cli/demo.js';
 import { MiB } from '../src/core/limits.js';
 import type { CodecStats } from '../src/pipeline/codec.js';
 import { benchCodec, formatCodecBench, type CodecBenchResult } from './codec-bench.js';
+import { benchNbd, formatNbdBench } from './nbd-bench.js';
 
 // `npm run bench`: one run on this machine, side by side: the codec per worker beside `lz4 -b1` and
 // `openssl speed` on the same data, and end-to-end Async replication of a realistic disk image (an ext4
@@ -84,7 +85,7 @@ function e2eFigures(r: DemoResult) {
 async function e2e(image: string, compress: 0 | 1, encrypt: 0 | 1, sizeBytes: number) {
   const r = await runDemo({
     dir: join(workDir, 'e2e'), sizeBytes, volumeSizeBytes: 1024 * MiB, compress, encrypt, source: image,
-    seed: 1, writeBytes: 256 * 1024, queueDepth: 32,
+    seed: 1, writeBytes: 256 * 1024, queueDepth: 32, load: 'builtin',
   }, sink);
   return e2eFigures(r);
 }
@@ -118,10 +119,15 @@ async function main(): Promise<void> {
     process.stdout.write(`end to end, ${name}...\n`);
     rows.push([name, await e2e(image, c, e, sizeBytes)]);
   }
-  const result = { at: new Date().toISOString(), machine: { cores: (await import('node:os')).cpus().length }, codec, e2e: Object.fromEntries(rows) };
+  process.stdout.write('NBD intake: fio against VRG, qemu-nbd and a QEMU blockdev-mirror...\n');
+  const nbd = await benchNbd({ workDir: join(workDir, 'nbd') });
+  await rm(join(workDir, 'nbd'), { recursive: true, force: true });
+  const result = {
+    at: new Date().toISOString(), machine: { cores: (await import('node:os')).cpus().length }, codec, e2e: Object.fromEntries(rows), nbd,
+  };
   const file = join(root, 'bench', 'results', `bench-${result.at.replaceAll(':', '-')}.json`);
   await writeFile(file, JSON.stringify(result, null, 2));
-  process.stdout.write(`${table(codec, rows)}\n\nresult: ${file}\n`);
+  process.stdout.write(`${table(codec, rows)}\n\n${formatNbdBench(nbd)}\n\nresult: ${file}\n`);
   await rm(join(workDir, 'e2e'), { recursive: true, force: true });
 }
 

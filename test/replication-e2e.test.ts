@@ -21,7 +21,7 @@ async function replicate(t: Tap.Test, o: { compress: 0 | 1; encrypt: 0 | 1; pool
   await pair.close();
   t.equal(status.ackedSeq, status.lastSeq, 'DR acknowledged every record');
   t.equal(drStatus.recordsApplied, status.lastSeq, 'each record applied exactly once');
-  t.equal(await compareVolumes(vols.map((v, i) => [v.path, pair.configs.dr.vms[0]!.volumes[i]!.path])), null,
+  t.equal(await compareVolumes(vols.map((v, i) => [v.url, pair.configs.dr.vms[0]!.volumes[i]!.url])), null,
     'DR volumes identical to the source volumes');
   if (o.compress) t.ok(status.bytesIn / status.bytesStored > 1.5, `compressed ${(status.bytesIn / status.bytesStored).toFixed(2)}:1`);
   else t.equal(status.bytesStored, status.bytesIn, 'stored raw without compression');
@@ -62,7 +62,7 @@ t.test('resumes after dropped TCP connections with no gap and no duplicate', asy
   t.ok(cuts >= 2 && pair.proxy!.connections >= 2, `link was cut ${cuts} times, ${pair.proxy!.connections} connections`);
   t.equal(drStatus.durableSeq, prodStatus.lastSeq, 'DR durable up to the last record');
   t.equal(drStatus.recordsApplied, prodStatus.lastSeq, 'each record applied exactly once across reconnects');
-  t.equal(await compareVolumes(vols.map((v, i) => [v.path, pair.configs.dr.vms[0]!.volumes[i]!.path])), null,
+  t.equal(await compareVolumes(vols.map((v, i) => [v.url, pair.configs.dr.vms[0]!.volumes[i]!.url])), null,
     'DR volumes identical');
 });
 
@@ -84,7 +84,7 @@ t.test('a DR gateway restart resumes from its durable position', async (t) => {
   await pair.close();
   t.equal(after.recordsApplied, prodStatus.lastSeq - before, 'the new process applied exactly the records after it');
   t.equal(after.duplicatesSkipped, 0, 'nothing was resent');
-  t.equal(await compareVolumes(vols.map((v, i) => [v.path, pair.configs.dr.vms[0]!.volumes[i]!.path])), null,
+  t.equal(await compareVolumes(vols.map((v, i) => [v.url, pair.configs.dr.vms[0]!.volumes[i]!.url])), null,
     'DR volumes identical');
 });
 
@@ -111,6 +111,6 @@ t.test('a journal smaller than the load fills up, checkpoints, and replication c
   await pair.close();
   t.ok(peakUsed <= 16 * MiB, `journal never exceeded its capacity (peak ${(peakUsed / MiB).toFixed(1)} MiB)`);
   t.ok(status.bytesIn >= 64 * MiB, 'the whole load was accepted');
-  t.equal(await compareVolumes(vols.map((v, i) => [v.path, pair.configs.dr.vms[0]!.volumes[i]!.path])), null,
+  t.equal(await compareVolumes(vols.map((v, i) => [v.url, pair.configs.dr.vms[0]!.volumes[i]!.url])), null,
     'DR volumes identical');
 });

@@ -25,6 +25,8 @@ export interface DemoOptions {
   seed: number;
   writeBytes: number;
   queueDepth: number;
+  /** 'builtin' writes the built-in load; 'none' waits for outside NBD clients until SIGINT/SIGTERM. */
+  load: 'builtin' | 'none';
 }
 
 export interface DemoResult {
@@ -42,6 +44,7 @@ function gatewayConfig(role: 'production' | 'dr', dir: string, port: number, sec
   return {
     role, gatewayId: `demo-${role}`, dataDir: join(dir, role), codecThreads: 1,
     link: { host: '127.0.0.1', port, secret },
+    nbd: { host: '127.0.0.1', port: 0 },
     journalCapacityBytes: 1024 * MiB,
     vms: [{
       vmUuid, vmName: 'demo-vm', compressOption: o.compress, encryptOption: o.encrypt,
@@ -69,15 +72,18 @@ export async function runDemo(o: DemoOptions, out: NodeJS.WriteStream = process.
   const dr = spawnGateway('dr', join(dir, 'dr.json'), join(dir, 'dr.log'));
   const children: GatewayChild[] = [dr];
   try {
-    const ready = await dr.request<{ type: 'ready'; role: string; linkPort?: number }>(null, 'ready');
+    type Ready = { type: 'ready'; role: string; linkPort?: number; nbdPort?: number };
+    const ready = await dr.request<Ready>(null, 'ready');
     const prodCfg = gatewayConfig('production', dir, ready.linkPort!, secret, o, vmUuid);
     await writeFile(join(dir, 'production.json'), JSON.stringify(prodCfg, null, 2));
     const prod = spawnGateway('production', join(dir, 'production.json'), join(dir, 'production.log'));
     children.push(prod);
-    await prod.request(null, 'ready');
+    const prodReady = await prod.request<Ready>(null, 'ready');
     const vols = prodCfg.vms[0]!.volumes;
     for (const v of vols) out.write(`source: ${v.volUuid} ${v.path}\n`);
     for (const v of drCfg.vms[0]!.volumes) out.write(`target: ${v.volUuid} ${v.path}\n`);
+    for (const v of vols) out.write(`intake: ${v.volUuid} nbd://127.0.0.1:${prodReady.nbdPort}/${v.volUuid}\n`);
+    for (const v of vols) out.write(`replica: ${v.volUuid} nbd://127.0.0.1:${ready.nbdPort}/${v.volUuid}\n`);
     const result = await driveLoad(prod, o, vols, out);
     const drReply = await dr.request<StatusReply>({ type: 'status' }, 'status');
     result.dr = drReply.status as DrStatus;
@@ -111,17 +117,23 @@ async function driveLoad(prod: GatewayChild, o: DemoOptions, vols: Array<{ volUu
       latencies.push(...s.load.latenciesUs);
     }
     const vm = last.vms[0]!;
+    if (o.load === 'none') load = { ...load, bytes: vm.bytesIn, writes: vm.writes };
     display.update({
-      loadBytes: load.bytes, loadTotalBytes: o.sizeBytes, ackedBytes: 0, backlogBytes: vm.journalUsedBytes,
+      loadBytes: load.bytes, loadTotalBytes: o.load === 'none' ? 0 : o.sizeBytes, ackedBytes: 0, backlogBytes: vm.journalUsedBytes,
       ratio: vm.bytesStored > 0 ? vm.bytesIn / vm.bytesStored : 1, rttMs: last.rttMs, connected: last.connected,
-      state: load.bytes < o.sizeBytes ? 'writing' : 'draining',
+      state: o.load === 'none' ? 'serving' : load.bytes < o.sizeBytes ? 'writing' : 'draining',
     }, Date.now());
   };
-  const timer = setInterval(() => void poll().catch(() => undefined), 250);
+  const timer = setInterval(() => void poll().catch(() => undefined), o.load === 'none' ? 1000 : 250);
   try {
-    await prod.request({ type: 'load', load: {
-      totalBytes: o.sizeBytes, volumes: vols, writeBytes: o.writeBytes, queueDepth: o.queueDepth, seed: o.seed, sourcePath: o.source,
-    } }, 'loadDone');
+    if (o.load === 'none') {
+      out.write('waiting for NBD clients on the intake exports; SIGINT or SIGTERM drains, verifies and stops\n');
+      await untilSignal();
+    } else {
+      await prod.request({ type: 'load', load: {
+        totalBytes: o.sizeBytes, volumes: vols, writeBytes: o.writeBytes, queueDepth: o.queueDepth, seed: o.seed, sourcePath: o.source,
+      } }, 'loadDone');
+    }
     await prod.request({ type: 'drain' }, 'drained');
     clearInterval(timer);
     await poll();
@@ -142,6 +154,18 @@ async function driveLoad(prod: GatewayChild, o: DemoOptions, vols: Array<{ volUu
     verified: false, elapsedMs, bytes: load.bytes, latenciesUs: latencies, production: last!, productionProcess: figures!,
     dr: null, drProcess: null,
   };
+}
+
+function untilSignal(): Promise<void> {
+  return new Promise((resolve) => {
+    const done = (): void => {
+      process.off('SIGINT', done);
+      process.off('SIGTERM', done);
+      resolve();
+    };
+    process.on('SIGINT', done);
+    process.on('SIGTERM', done);
+  });
 }
 
 /** Null when every pair of files is identical, else where the first difference is. */

@@ -61,6 +61,9 @@ export function spawnGateway(role: string, configPath: string, logPath: string, 
   const execArgv = (process.env.VRG_GATEWAY_NODE_ARGS ?? '').split(' ').filter(Boolean);
   const proc = fork(mainScript(), ['start', '--config', configPath], {
     stdio: ['ignore', 'ignore', log, 'ipc'], env: env ?? process.env, execArgv,
+    // Its own process group: a Ctrl-C meant for `vrg demo` must not stop the gateways before the
+    // demo drains them. A gateway whose parent dies sees its IPC channel close and stops itself.
+    detached: true,
   });
   closeSync(log);
   return new GatewayChild(role, proc);

@@ -5,7 +5,9 @@ import { systemRandom } from '../core/random.js';
 import { tcpTransport } from '../link/transport.js';
 import { PoolCodec, type CodecStats } from '../pipeline/codec.js';
 import { loadConfig, type GatewayConfig } from '../replication/config.js';
+import { NbdServer } from '../nbd/nbd-server.js';
 import { DrGateway } from '../replication/dr-gateway.js';
+import { productionExports, replicaExports } from '../replication/nbd-exports.js';
 import { ProductionGateway } from '../replication/production-gateway.js';
 import { runLoad, type LoadOptions } from './load-generator.js';
 
@@ -18,7 +20,7 @@ export type IpcRequest =
   | { type: 'status' };
 
 export type IpcMessage =
-  | { type: 'ready'; role: string; linkPort?: number }
+  | { type: 'ready'; role: string; linkPort?: number; nbdPort?: number }
   | { type: 'status'; status: unknown; load?: LoadProgress; process: ProcessFigures }
   | { type: 'loadDone'; load: LoadProgress }
   | { type: 'drained' }
@@ -59,15 +61,26 @@ export interface ProcessFigures {
   codec: CodecStats;
 }
 
-export async function openGateway(config: GatewayConfig, logger: Logger): Promise<{ gw: Gateway; codec: PoolCodec; close(): Promise<void> }> {
+export async function openGateway(config: GatewayConfig, logger: Logger):
+    Promise<{ gw: Gateway; codec: PoolCodec; nbdPort: number | null; close(): Promise<void> }> {
   // Every input the engine hands the pool is a fresh buffer it never touches again: move, do not copy.
   const codec = new PoolCodec({ threads: config.codecThreads, transferInputs: true });
   const deps = { clock: systemClock, random: systemRandom, transport: tcpTransport, codec, logger };
   const gw = config.role === 'production' ? await ProductionGateway.open(config, deps) : await DrGateway.open(config, deps);
+  let nbd: NbdServer | null = null;
+  let nbdPort: number | null = null;
+  if (config.nbd) {
+    const exports = gw instanceof ProductionGateway ? productionExports(gw) : replicaExports(gw);
+    nbd = new NbdServer({ exports: () => exports, logger: logger.child({ front: 'nbd' }) });
+    nbdPort = await nbd.listen(config.nbd.host, config.nbd.port);
+    logger.info({ host: config.nbd.host, port: nbdPort, exports: exports.map((e) => e.name) }, 'nbd listening');
+  }
   return {
     gw,
     codec,
+    nbdPort,
     async close() {
+      await nbd?.close();
       await gw.close();
       await codec.close();
     },
@@ -77,7 +90,7 @@ export async function openGateway(config: GatewayConfig, logger: Logger): Promis
 export async function startCommand(configPath: string): Promise<void> {
   const config = await loadConfig(configPath);
   const logger = createLogger(`vrg-${config.role}`);
-  const { gw, codec, close } = await openGateway(config, logger);
+  const { gw, codec, nbdPort, close } = await openGateway(config, logger);
   logger.info({ gatewayId: config.gatewayId, role: config.role }, 'gateway started');
   const send = (m: IpcMessage): void => {
     if (process.send && process.connected) process.send(m);
@@ -93,7 +106,11 @@ export async function startCommand(configPath: string): Promise<void> {
   process.on('SIGTERM', () => void stop());
   process.on('SIGINT', () => void stop());
   process.on('disconnect', () => void stop());
-  send({ type: 'ready', role: config.role, ...(gw instanceof DrGateway ? { linkPort: gw.linkPort } : {}) });
+  send({
+    type: 'ready', role: config.role,
+    ...(gw instanceof DrGateway ? { linkPort: gw.linkPort } : {}),
+    ...(nbdPort === null ? {} : { nbdPort }),
+  });
   const progress: LoadProgress = { bytes: 0, writes: 0, latenciesUs: [], ackedIndices: [], startedAtMs: null };
   const samplesMax = 100_000;
   process.on('message', (req: IpcRequest) => {

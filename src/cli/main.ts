@@ -18,6 +18,7 @@ commands:
              --seed N             load generator seed (default 1)
              --write-size SIZE    bytes per write (default 256KiB)
              --queue-depth N      writes in flight (default 32)
+             --load builtin|none  none: no built-in load; serve the intake over NBD until SIGINT/SIGTERM
   start    run one gateway: vrg start --config FILE
   help     this text
 `;
@@ -36,6 +37,12 @@ function positiveInt(v: string | undefined, name: string, def: number): number {
   return Number(v);
 }
 
+function loadKind(v: string | undefined): 'builtin' | 'none' {
+  if (v === undefined || v === 'builtin') return 'builtin';
+  if (v === 'none') return 'none';
+  throw new UsageError(`--load must be "builtin" or "none", not "${v}"`);
+}
+
 function parseDemo(args: string[]): DemoOptions {
   const { values } = parseArgs({
     args, strict: true, allowPositionals: false,
@@ -43,6 +50,7 @@ function parseDemo(args: string[]): DemoOptions {
       dir: { type: 'string' }, size: { type: 'string' }, 'volume-size': { type: 'string' },
       compress: { type: 'string' }, encrypt: { type: 'string' }, source: { type: 'string' },
       seed: { type: 'string' }, 'write-size': { type: 'string' }, 'queue-depth': { type: 'string' },
+      load: { type: 'string' },
     },
   });
   const o: DemoOptions = {
@@ -55,6 +63,7 @@ function parseDemo(args: string[]): DemoOptions {
     seed: positiveInt(values.seed, 'seed', 1),
     writeBytes: parseSize(values['write-size'] ?? '256KiB', '--write-size'),
     queueDepth: positiveInt(values['queue-depth'], 'queue-depth', 32),
+    load: loadKind(values.load),
   };
   if (o.sizeBytes <= 0) throw new UsageError('--size must be more than 0 bytes');
   if (o.volumeSizeBytes < 1024 * 1024 || o.volumeSizeBytes % 4096 !== 0) {

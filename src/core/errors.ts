@@ -29,6 +29,8 @@ export const ErrorCode = {
   VOLUME_IO: 'VRG_VOLUME_IO',
   VM_NOT_FOUND: 'VRG_VM_NOT_FOUND',
   APPLY_GAP: 'VRG_APPLY_GAP',
+  // NBD front end
+  NBD_PROTOCOL: 'VRG_NBD_PROTOCOL',
 } as const;
 
 export type ErrorCode = (typeof ErrorCode)[keyof typeof ErrorCode];

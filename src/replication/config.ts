@@ -13,15 +13,22 @@ import { limits, MiB } from '../core/limits.js';
 //   "codecThreads": 1,
 //   "journalCapacityBytes": 1073741824,               // production only
 //   "vms": [ { "vmUuid": "...", "vmName": "...", "compressOption": 1, "encryptOption": 1,
-//              "volumes": [ { "volUuid": "...", "path": "/data/disk0.img", "sizeBytes": 1073741824 } ] } ]
+//              "volumes": [ { "volUuid": "...", "url": "/data/disk0.img", "sizeBytes": 1073741824 } ] } ],
+//   "nbd": { "host": "127.0.0.1", "port": 10809 }      // optional: NBD intake (production) / replica exports (DR)
 // }
 
 export type Role = 'production' | 'dr';
 
 export interface VolumeConfig {
   volUuid: string;
-  path: string;
+  /** A file or block device path, or nbd://host:port/export (a write agent on the DR side). */
+  url: string;
   sizeBytes: number;
+}
+
+export interface NbdListenConfig {
+  host: string;
+  port: number;
 }
 
 export interface VmConfig {
@@ -39,6 +46,8 @@ export interface GatewayConfig {
   link: { host: string; port: number; secret: Buffer };
   codecThreads: number;
   journalCapacityBytes: number;
+  /** Production: the NBD intake (one export per protected volume); DR: read-only replica exports. */
+  nbd: NbdListenConfig | null;
   vms: VmConfig[];
 }
 
@@ -71,7 +80,7 @@ function parseVolume(v: unknown, path: string): VolumeConfig {
   const o = obj(v, path);
   return {
     volUuid: str(o, 'volUuid', path),
-    path: str(o, 'path', path),
+    url: str(o, o.url === undefined ? 'path' : 'url', path),
     sizeBytes: int(o, 'sizeBytes', path, 4096, Number.MAX_SAFE_INTEGER),
   };
 }
@@ -97,6 +106,11 @@ function parseVm(v: unknown, path: string): VmConfig {
   };
 }
 
+function parseListen(v: unknown, path: string): NbdListenConfig {
+  const o = obj(v, path);
+  return { host: str(o, 'host', path), port: int(o, 'port', path, 0, 65535) };
+}
+
 export function parseConfig(raw: unknown): GatewayConfig {
   const o = obj(raw, '$');
   const role = o.role;
@@ -119,6 +133,7 @@ export function parseConfig(raw: unknown): GatewayConfig {
     link: { host: str(link, 'host', '$.link'), port: int(link, 'port', '$.link', 0, 65535), secret: Buffer.from(secretHex, 'hex') },
     codecThreads: int(o, 'codecThreads', '$', 1, 16, 1),
     journalCapacityBytes: int(o, 'journalCapacityBytes', '$', 4 * MiB, Number.MAX_SAFE_INTEGER, 1024 * MiB),
+    nbd: o.nbd === undefined || o.nbd === null ? null : parseListen(o.nbd, '$.nbd'),
     vms,
   };
 }

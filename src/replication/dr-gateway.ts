@@ -8,7 +8,7 @@ import { LinkServer } from '../link/link-server.js';
 import { RecordKind } from '../journal/journal.js';
 import { FrameType, type RawFrame } from '../protocol/frame.js';
 import { encodeAck, type Resume, type WriteBatch } from '../protocol/messages.js';
-import { FileVolume } from '../volume/file-volume.js';
+import { openVolume } from '../volume/open-volume.js';
 import { applyInOrder, type VolumeOp } from '../volume/ordered-writes.js';
 import type { Volume } from '../volume/volume.js';
 import { ApplyState } from './apply-state.js';
@@ -82,7 +82,7 @@ export class DrGateway {
     const vms = new Map<string, DrVm>();
     for (const vmc of config.vms) {
       const volumes = new Map<string, Volume>();
-      for (const v of vmc.volumes) volumes.set(v.volUuid, await FileVolume.open(v.path, { sizeBytes: v.sizeBytes, create: true }));
+      for (const v of vmc.volumes) volumes.set(v.volUuid, await openVolume(v.url, { sizeBytes: v.sizeBytes, create: true }));
       const dir = join(config.dataDir, 'dr', vmc.vmUuid);
       await mkdir(dir, { recursive: true });
       vms.set(vmc.vmUuid, new DrVm(vmc, volumes, await ApplyState.open(join(dir, 'applied.state'))));
@@ -197,6 +197,7 @@ export class DrGateway {
         await this.applyBatch(opened.batch, opened.data);
       } catch (err) {
         this.deps.logger.error({ err }, 'apply failed');
+        this.rewindToDurable();
         conn.close(err as Error);
         return;
       }
@@ -251,12 +252,22 @@ export class DrGateway {
     this.deps.logger.debug({ vmUuid: vm.config.vmUuid, firstSeq: batch.firstSeq, lastSeq, skipped }, msg);
   }
 
+  /**
+   * After a target volume failed (a write agent dropped, a flush refused), what was applied since the
+   * last durability point may be lost on the target: forget it, so the resend from the durable position
+   * (production resumes from there on the next connection) applies it again instead of skipping it.
+   */
+  private rewindToDurable(): void {
+    for (const vm of this.vms.values()) vm.appliedSeq = vm.durableSeq;
+  }
+
   private kickFlush(): void {
     if (this.flushing) return;
     this.flushing = true;
     void this.flushDurable()
       .catch((err) => {
         this.deps.logger.error({ err }, 'durability flush failed');
+        this.rewindToDurable();
         this.conn?.close(err as Error);
       })
       .finally(() => {

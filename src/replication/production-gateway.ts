@@ -13,7 +13,7 @@ import { decodeRecordPayload } from '../pipeline/record-payload.js';
 import { applyInOrder } from '../volume/ordered-writes.js';
 import { FrameType } from '../protocol/frame.js';
 import type { Ack, Resume } from '../protocol/messages.js';
-import { FileVolume } from '../volume/file-volume.js';
+import { openVolume } from '../volume/open-volume.js';
 import type { Volume } from '../volume/volume.js';
 import type { GatewayConfig, VmConfig } from './config.js';
 import { Intake, toVolumeOp } from './intake.js';
@@ -120,7 +120,7 @@ export class ProductionGateway {
     const vms: ProductionVm[] = [];
     for (const vmc of config.vms) {
       const volumes: Volume[] = [];
-      for (const v of vmc.volumes) volumes.push(await FileVolume.open(v.path, { sizeBytes: v.sizeBytes, create: true }));
+      for (const v of vmc.volumes) volumes.push(await openVolume(v.url, { sizeBytes: v.sizeBytes, create: true }));
       const logger = deps.logger.child({ vmUuid: vmc.vmUuid });
       const journal = await Journal.open({
         dir: join(config.dataDir, 'journal', vmc.vmUuid), capacityBytes: perVmCapacity, clock: deps.clock, logger,
@@ -149,6 +149,11 @@ export class ProductionGateway {
     link.start();
     gw.scheduleCheckpoints();
     return gw;
+  }
+
+  /** The protected volumes, for the NBD front. */
+  protectedVolumes(): Array<{ vmUuid: string; volUuid: string; volume: Volume }> {
+    return this.vms.flatMap((vm) => vm.config.volumes.map((v, i) => ({ vmUuid: vm.config.vmUuid, volUuid: v.volUuid, volume: vm.volumes[i]! })));
   }
 
   // ---- intake API (the NBD front calls these) ----

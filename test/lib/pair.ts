@@ -21,6 +21,8 @@ export interface PairOptions {
   pool?: boolean;
   proxy?: boolean;
   journalCapacityBytes?: number;
+  /** DR target URLs (e.g. nbd:// write agents) instead of files, one per volume. */
+  drUrls?: string[];
 }
 
 export const vmUuid = '0b7d3c4e-1f2a-4b5c-9d8e-7f6a5b4c3d2e';
@@ -28,7 +30,9 @@ export const vmUuid = '0b7d3c4e-1f2a-4b5c-9d8e-7f6a5b4c3d2e';
 /** Both gateways' configuration files (JSON objects) for one protected VM. */
 export function pairConfigJson(o: PairOptions, secret = randomBytes(32).toString('hex')) {
   const vols = (side: string) => Array.from({ length: o.volumes ?? 2 }, (_, i) => ({
-    volUuid: `vol-${i}`, path: join(o.dir, side, `disk${i}.img`), sizeBytes: o.volumeSizeBytes ?? 16 * 1024 * 1024,
+    volUuid: `vol-${i}`,
+    path: side === 'target' && o.drUrls?.[i] ? o.drUrls[i]! : join(o.dir, side, `disk${i}.img`),
+    sizeBytes: o.volumeSizeBytes ?? 16 * 1024 * 1024,
   }));
   const base = (role: string, side: string) => ({
     role, gatewayId: `test-${role}`, dataDir: join(o.dir, role), link: { host: '127.0.0.1', port: 0, secret },

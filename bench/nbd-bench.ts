@@ -1,0 +1,588 @@
+import { spawn, type ChildProcess } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { existsSync, openSync, closeSync } from 'node:fs';
+import { mkdir, readFile, rm, truncate, writeFile } from 'node:fs/promises';
+import { connect, createServer, type Socket } from 'node:net';
+import { delimiter, join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { compareVolumes } from '../src/cli/demo.js';
+import { spawnGateway, type GatewayChild } from '../src/cli/gateway-child.js';
+import type { IpcMessage, ProcessFigures } from '../src/cli/gateway-process.js';
+import { GiB, MiB } from '../src/core/limits.js';
+
+// The NBD section of `npm run bench`: the same two fio jobs (fio's nbd engine, libnbd, QD 16, buffers 50%
+// compressible, refilled per I/O) against three targets on loopback:
+//   vrg            VRG Async intake: a production and a DR gateway as two `vrg start` processes; fio writes
+//                  to the production gateway's NBD export; after each job the gateway drains to DR.
+//   qemu-nbd       the ceiling: qemu-nbd serving a plain raw file (no replication), its default cache=writeback
+//                  (acknowledged from the page cache), and again with cache=writethrough (each write durable
+//                  before its reply, as VRG acknowledges a write once its journal group commit is fdatasync'ed).
+//   qemu-mirror    the peer: qemu-storage-daemon exports the source over NBD while a blockdev-mirror job
+//                  copies it to a second qemu-nbd (the "DR" target); copy-mode=background (asynchronous)
+//                  and copy-mode=write-blocking (synchronous).
+// Every DR copy is compared byte for byte with its source once all processes are stopped.
+// MB = 10^6 bytes; latencies are fio's completion latency (clat) percentiles.
+
+export type NbdJobName = 'seq64k' | 'rand4k';
+export type NbdTargetName = 'vrg' | 'qemuNbd' | 'qemuNbdWritethrough' | 'qemuMirrorBackground' | 'qemuMirrorWriteBlocking';
+
+export interface FioFigures {
+  bytes: number;
+  seconds: number;
+  MBps: number;
+  iops: number;
+  p50Ms: number;
+  p99Ms: number;
+  /** Replicating targets: from the end of the fio job until the DR copy had every write (replication lag). */
+  syncMs: number | null;
+}
+
+export interface NbdTargetResult {
+  description: string;
+  skipped: string | null;
+  error: string | null;
+  jobs: Partial<Record<NbdJobName, FioFigures>>;
+  /** True when the DR copy equals the source byte for byte; null when the target has no DR copy (or failed early). */
+  verified: boolean | null;
+  verifyDetail: string | null;
+  /** VRG only: peak RSS and CPU seconds of the two gateway processes over the whole target run. */
+  processes?: { productionRssPeakMiB: number; drRssPeakMiB: number; productionCpuSeconds: number; drCpuSeconds: number };
+}
+
+export interface NbdBenchResult {
+  volumeBytes: number;
+  fio: { version: string | null; common: string[]; jobs: Record<NbdJobName, string[]> };
+  targets: Record<NbdTargetName, NbdTargetResult>;
+  /** VRG MB/s divided by the peer's MB/s, per job (IOPS ratios are the same number). */
+  ratios: Record<NbdJobName, {
+    vsQemuNbd: number | null; vsQemuNbdWritethrough: number | null;
+    vsQemuMirrorBackground: number | null; vsQemuMirrorWriteBlocking: number | null;
+  }>;
+  seconds: number;
+}
+
+export interface NbdBenchOptions {
+  workDir: string;
+  /** Volume size (default 1 GiB). */
+  sizeBytes?: number;
+  /** Upper bound on the random-write job's run time (default 10 s). */
+  seconds?: number;
+}
+
+const jobNames: NbdJobName[] = ['seq64k', 'rand4k'];
+
+// ---------------------------------------------------------------------------------------------------------
+// Processes: every one started here is tracked and killed at the end (and on exit, should the bench crash).
+
+const live = new Set<ChildProcess>();
+process.on('exit', () => {
+  for (const p of live) p.kill('SIGKILL');
+});
+
+function startDaemon(cmd: string, args: string[], logPath: string): ChildProcess {
+  const log = openSync(logPath, 'a');
+  const p = spawn(cmd, args, { stdio: ['ignore', log, log] });
+  closeSync(log);
+  live.add(p);
+  p.on('exit', () => live.delete(p));
+  p.on('error', () => live.delete(p));
+  return p;
+}
+
+async function stopDaemon(p: ChildProcess, graceMs = 5000): Promise<number | null> {
+  if (p.exitCode !== null || p.signalCode !== null) return p.exitCode;
+  const exited = new Promise<number | null>((res) => p.once('exit', (code) => res(code)));
+  p.kill('SIGTERM');
+  const timer = setTimeout(() => p.kill('SIGKILL'), graceMs);
+  try {
+    return await exited;
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+async function stopGateway(g: GatewayChild, graceMs = 10_000): Promise<number | null> {
+  const timer = setTimeout(() => g.proc.kill('SIGKILL'), graceMs);
+  try {
+    return await g.stop();
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+/** Gateways run in their own process group: tracked like the daemons so a crash here still kills them. */
+function track(g: GatewayChild): GatewayChild {
+  live.add(g.proc);
+  g.proc.on('exit', () => live.delete(g.proc));
+  return g;
+}
+
+function which(cmd: string): string | null {
+  for (const dir of (process.env.PATH ?? '').split(delimiter)) {
+    const p = join(dir, cmd);
+    if (dir && existsSync(p)) return p;
+  }
+  return null;
+}
+
+function capture(cmd: string, args: string[], timeoutMs: number): Promise<{ code: number | null; out: string }> {
+  return new Promise((res, rej) => {
+    const p = spawn(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'] });
+    live.add(p);
+    let out = '';
+    p.stdout.on('data', (c: Buffer) => (out += c.toString()));
+    p.stderr.on('data', (c: Buffer) => (out += c.toString()));
+    const timer = setTimeout(() => p.kill('SIGKILL'), timeoutMs);
+    p.on('error', (e) => {
+      clearTimeout(timer);
+      live.delete(p);
+      rej(e);
+    });
+    p.on('close', (code) => {
+      clearTimeout(timer);
+      live.delete(p);
+      res({ code, out });
+    });
+  });
+}
+
+function freePort(): Promise<number> {
+  return new Promise((res, rej) => {
+    const s = createServer();
+    s.once('error', rej);
+    s.listen(0, '127.0.0.1', () => {
+      const port = (s.address() as { port: number }).port;
+      s.close(() => res(port));
+    });
+  });
+}
+
+const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+
+/** Resolves once something accepts TCP connections on 127.0.0.1:port (or rejects when `p` dies first). */
+async function waitListening(port: number, p: ChildProcess, what: string, timeoutMs = 10_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    if (p.exitCode !== null || p.signalCode !== null) throw new Error(`${what} exited (${p.exitCode ?? p.signalCode}) before listening`);
+    const ok = await new Promise<boolean>((res) => {
+      const s = connect(port, '127.0.0.1');
+      s.once('connect', () => {
+        s.destroy();
+        res(true);
+      });
+      s.once('error', () => res(false));
+    });
+    if (ok) return;
+    if (Date.now() > deadline) throw new Error(`${what} not listening on ${port} after ${timeoutMs} ms`);
+    await sleep(50);
+  }
+}
+
+async function sparseFile(path: string, bytes: number): Promise<void> {
+  await rm(path, { force: true });
+  await writeFile(path, '');
+  await truncate(path, bytes);
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// fio
+
+interface JobPlan {
+  common: string[];
+  jobs: Record<NbdJobName, string[]>;
+}
+
+function planJobs(volumeBytes: number, seconds: number): JobPlan {
+  const seqBytes = Math.min(512 * MiB, volumeBytes / 2);
+  const randBytes = Math.min(256 * MiB, volumeBytes / 4);
+  return {
+    common: ['--ioengine=nbd', '--iodepth=16', '--buffer_compress_percentage=50', '--refill_buffers', '--eta=never'],
+    jobs: {
+      // 512 MiB written once from offset 0 (stopping early after 3 x `seconds`, a bound for slow targets).
+      seq64k: ['--name=seq64k', '--rw=write', '--bs=64k', `--size=${seqBytes}`, `--runtime=${3 * seconds}`],
+      // 256 MiB of 4 KiB writes spread over the whole volume, stopping early after `seconds`.
+      rand4k: ['--name=rand4k', '--rw=randwrite', '--bs=4k', `--size=${volumeBytes}`, `--io_size=${randBytes}`,
+        `--runtime=${seconds}`],
+    },
+  };
+}
+
+interface FioWrite {
+  io_bytes: number;
+  bw_bytes: number;
+  iops: number;
+  runtime: number;
+  clat_ns: { percentile?: Record<string, number> };
+}
+
+async function runFio(plan: JobPlan, job: NbdJobName, uri: string, outPath: string, timeoutMs: number): Promise<FioFigures> {
+  const args = [...plan.common, ...plan.jobs[job], `--uri=${uri}`, '--output-format=json', `--output=${outPath}`];
+  const r = await capture('fio', args, timeoutMs);
+  if (r.code !== 0) throw new Error(`fio ${job} on ${uri} exited ${r.code}: ${r.out.trim().slice(-500)}`);
+  const text = await readFile(outPath, 'utf8');
+  const json = JSON.parse(text.slice(text.indexOf('{'))) as { jobs: Array<{ error: number; write: FioWrite }> };
+  const j = json.jobs[0];
+  if (!j || j.error !== 0) throw new Error(`fio ${job} on ${uri}: job error ${j?.error}`);
+  const w = j.write;
+  const pctMs = (p: string): number => (w.clat_ns.percentile?.[p] ?? 0) / 1e6;
+  return {
+    bytes: w.io_bytes, seconds: w.runtime / 1000, MBps: w.bw_bytes / 1e6, iops: w.iops,
+    p50Ms: pctMs('50.000000'), p99Ms: pctMs('99.000000'), syncMs: null,
+  };
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// QMP: newline-delimited JSON over a unix socket.
+
+interface QmpEvent { event: string; data?: Record<string, unknown> }
+
+class Qmp {
+  private buf = '';
+  private pending: Array<{ resolve: (v: unknown) => void; reject: (e: Error) => void }> = [];
+  readonly events: QmpEvent[] = [];
+  private greeted!: Promise<void>;
+
+  private constructor(private readonly sock: Socket) {}
+
+  static async connect(path: string, timeoutMs = 10_000): Promise<Qmp> {
+    const deadline = Date.now() + timeoutMs;
+    for (;;) {
+      const sock = await new Promise<Socket | null>((res) => {
+        const s = connect(path);
+        s.once('connect', () => res(s));
+        s.once('error', () => res(null));
+      });
+      if (sock) {
+        const q = new Qmp(sock);
+        q.listen();
+        await q.greeted;
+        await q.execute('qmp_capabilities');
+        return q;
+      }
+      if (Date.now() > deadline) throw new Error(`QMP socket ${path} not ready after ${timeoutMs} ms`);
+      await sleep(50);
+    }
+  }
+
+  private listen(): void {
+    let greet!: () => void;
+    this.greeted = new Promise((r) => (greet = r));
+    this.sock.setEncoding('utf8');
+    this.sock.on('data', (chunk: string) => {
+      this.buf += chunk;
+      for (let nl = this.buf.indexOf('\n'); nl >= 0; nl = this.buf.indexOf('\n')) {
+        const line = this.buf.slice(0, nl).trim();
+        this.buf = this.buf.slice(nl + 1);
+        if (!line) continue;
+        const m = JSON.parse(line) as { QMP?: unknown; event?: string; return?: unknown; error?: { class: string; desc: string } };
+        if (m.QMP) greet();
+        else if (m.event) this.events.push(m as QmpEvent);
+        else {
+          const w = this.pending.shift();
+          if (m.error) w?.reject(new Error(`QMP ${m.error.class}: ${m.error.desc}`));
+          else w?.resolve(m.return);
+        }
+      }
+    });
+    const fail = (): void => {
+      for (const w of this.pending.splice(0)) w.reject(new Error('QMP connection closed'));
+    };
+    this.sock.on('close', fail);
+    this.sock.on('error', fail);
+  }
+
+  execute<T = unknown>(command: string, args?: Record<string, unknown>): Promise<T> {
+    return new Promise((resolve, reject) => {
+      this.pending.push({ resolve: resolve as (v: unknown) => void, reject });
+      this.sock.write(`${JSON.stringify(args ? { execute: command, arguments: args } : { execute: command })}\n`);
+    });
+  }
+
+  async waitEvent(name: string, pred: (e: QmpEvent) => boolean, timeoutMs: number): Promise<QmpEvent> {
+    const deadline = Date.now() + timeoutMs;
+    for (;;) {
+      const e = this.events.find((x) => x.event === name && pred(x));
+      if (e) return e;
+      if (Date.now() > deadline) throw new Error(`no QMP ${name} event after ${timeoutMs} ms`);
+      await sleep(20);
+    }
+  }
+
+  close(): void {
+    this.sock.destroy();
+  }
+}
+
+interface BlockJobInfo { device: string; len: number; offset: number; ready: boolean; status: string; busy: boolean }
+
+/** Waits until the mirror job is ready and has copied every dirty byte it knows of. */
+async function mirrorSynced(qmp: Qmp, jobId: string, timeoutMs: number): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const jobs = await qmp.execute<BlockJobInfo[]>('query-block-jobs');
+    const j = jobs.find((x) => x.device === jobId);
+    if (!j) throw new Error(`mirror job ${jobId} is gone`);
+    if (j.ready && j.offset === j.len) return;
+    if (Date.now() > deadline) throw new Error(`mirror ${jobId} not in sync after ${timeoutMs} ms (${j.offset}/${j.len})`);
+    await sleep(20);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Targets
+
+interface Ctx {
+  dir: string;
+  volumeBytes: number;
+  plan: JobPlan;
+  fioTimeoutMs: number;
+}
+
+function emptyResult(description: string): NbdTargetResult {
+  return { description, skipped: null, error: null, jobs: {}, verified: null, verifyDetail: null };
+}
+
+// qemu-nbd's defaults spelled out (raw, page cache, thread-pool AIO) plus -t: stay up across connections.
+const qemuNbdFlags = ['-f', 'raw', '-t', '--cache=writeback', '--aio=threads'];
+
+async function targetQemuNbd(ctx: Ctx, r: NbdTargetResult, cache: 'writeback' | 'writethrough'): Promise<void> {
+  const file = join(ctx.dir, `ceiling-${cache}.img`);
+  await sparseFile(file, ctx.volumeBytes);
+  const port = await freePort();
+  const flags = qemuNbdFlags.map((f) => (f.startsWith('--cache=') ? `--cache=${cache}` : f));
+  const p = startDaemon('qemu-nbd', [...flags, '-x', 'disk', '-b', '127.0.0.1', '-p', String(port), file],
+    join(ctx.dir, `qemu-nbd-${cache}.log`));
+  try {
+    await waitListening(port, p, 'qemu-nbd');
+    for (const job of jobNames) {
+      r.jobs[job] = await runFio(ctx.plan, job, `nbd://127.0.0.1:${port}/disk`, join(ctx.dir, `qemu-nbd-${cache}-${job}.json`), ctx.fioTimeoutMs);
+    }
+  } finally {
+    await stopDaemon(p);
+    await rm(file, { force: true });
+  }
+}
+
+async function targetQemuMirror(ctx: Ctx, r: NbdTargetResult, copyMode: 'background' | 'write-blocking'): Promise<void> {
+  const tag = `mirror-${copyMode}`;
+  const [src, dst] = [join(ctx.dir, `${tag}-source.img`), join(ctx.dir, `${tag}-dr.img`)];
+  await sparseFile(src, ctx.volumeBytes);
+  await sparseFile(dst, ctx.volumeBytes);
+  const [drPort, port] = [await freePort(), await freePort()];
+  const qmpPath = join(ctx.dir, `${tag}-qmp.sock`);
+  await rm(qmpPath, { force: true });
+  const procs: ChildProcess[] = [];
+  let qmp: Qmp | null = null;
+  try {
+    const dr = startDaemon('qemu-nbd', [...qemuNbdFlags, '-x', 'dr', '-b', '127.0.0.1', '-p', String(drPort), dst],
+      join(ctx.dir, `${tag}-dr.log`));
+    procs.push(dr);
+    await waitListening(drPort, dr, 'qemu-nbd (DR)');
+    const qsd = startDaemon('qemu-storage-daemon', [
+      '--blockdev', `driver=file,node-name=src-file,filename=${src},cache.direct=off,aio=threads`,
+      '--blockdev', 'driver=raw,node-name=src,file=src-file',
+      '--blockdev', `driver=nbd,node-name=dr,server.type=inet,server.host=127.0.0.1,server.port=${drPort},export=dr`,
+      '--nbd-server', `addr.type=inet,addr.host=127.0.0.1,addr.port=${port}`,
+      '--export', 'type=nbd,id=exp0,node-name=src,name=disk,writable=on',
+      '--chardev', `socket,path=${qmpPath},server=on,wait=off,id=qmp0`, '--monitor', 'chardev=qmp0',
+    ], join(ctx.dir, `${tag}-qsd.log`));
+    procs.unshift(qsd);
+    await waitListening(port, qsd, 'qemu-storage-daemon');
+    qmp = await Qmp.connect(qmpPath);
+    // The mirror inserts its filter above `src`, moving every parent (the NBD export too) onto it, so
+    // writes through the export are mirrored; the DR compare at the end proves it.
+    await qmp.execute('blockdev-mirror', { 'job-id': 'm0', device: 'src', target: 'dr', sync: 'full', 'copy-mode': copyMode });
+    await qmp.waitEvent('BLOCK_JOB_READY', (e) => e.data?.device === 'm0', 60_000);
+    for (const job of jobNames) {
+      const f = await runFio(ctx.plan, job, `nbd://127.0.0.1:${port}/disk`, join(ctx.dir, `${tag}-${job}.json`), ctx.fioTimeoutMs);
+      const t0 = Date.now();
+      await mirrorSynced(qmp, 'm0', 120_000);
+      f.syncMs = Date.now() - t0;
+      r.jobs[job] = f;
+    }
+    // Cancelling a ready mirror lets it converge and leaves the target a consistent copy (no pivot).
+    await qmp.execute('block-job-cancel', { device: 'm0' });
+    const done = await qmp.waitEvent('BLOCK_JOB_COMPLETED', (e) => e.data?.device === 'm0', 60_000);
+    if (done.data?.error) throw new Error(`mirror job failed: ${String(done.data.error)}`);
+    await qmp.execute('quit').catch(() => undefined);
+    qmp.close();
+    qmp = null;
+    for (const p of procs) await stopDaemon(p);
+    const mismatch = await compareVolumes([[src, dst]]);
+    r.verified = mismatch === null;
+    r.verifyDetail = mismatch ?? `${ctx.volumeBytes} bytes identical`;
+  } finally {
+    qmp?.close();
+    for (const p of procs) await stopDaemon(p);
+    await rm(src, { force: true });
+    await rm(dst, { force: true });
+  }
+}
+
+type StatusReply = Extract<IpcMessage, { type: 'status' }>;
+type Ready = Extract<IpcMessage, { type: 'ready' }>;
+
+function vrgConfig(role: 'production' | 'dr', dir: string, linkPort: number, secret: string, volumeBytes: number) {
+  const vmUuid = '7d2f3a90-5b1e-4c8d-9e0f-1a2b3c4d5e6f';
+  return {
+    role, gatewayId: `bench-${role}`, dataDir: join(dir, role), codecThreads: 1,
+    link: { host: '127.0.0.1', port: linkPort, secret },
+    // Port 0: the gateway picks a free port and reports it in its `ready` message.
+    nbd: { host: '127.0.0.1', port: 0 },
+    journalCapacityBytes: 1024 * MiB,
+    vms: [{
+      vmUuid, vmName: 'bench-vm', compressOption: 1, encryptOption: 1,
+      volumes: [{ volUuid: `${vmUuid.slice(0, 24)}000000000000`, url: join(dir, role === 'production' ? 'source.img' : 'dr.img'), sizeBytes: volumeBytes }],
+    }],
+  };
+}
+
+async function targetVrg(ctx: Ctx, r: NbdTargetResult): Promise<void> {
+  const dir = join(ctx.dir, 'vrg');
+  await rm(dir, { recursive: true, force: true });
+  await mkdir(dir, { recursive: true });
+  const secret = randomBytes(32).toString('hex');
+  const drCfg = vrgConfig('dr', dir, 0, secret, ctx.volumeBytes);
+  await writeFile(join(dir, 'dr.json'), JSON.stringify(drCfg, null, 2));
+  const gateways: GatewayChild[] = [];
+  try {
+    const dr = track(spawnGateway('dr', join(dir, 'dr.json'), join(dir, 'dr.log')));
+    gateways.push(dr);
+    const drReady = await withTimeout(dr.request<Ready>(null, 'ready'), 30_000, 'DR gateway start');
+    const prodCfg = vrgConfig('production', dir, drReady.linkPort!, secret, ctx.volumeBytes);
+    await writeFile(join(dir, 'production.json'), JSON.stringify(prodCfg, null, 2));
+    const prod = track(spawnGateway('production', join(dir, 'production.json'), join(dir, 'production.log')));
+    gateways.unshift(prod);
+    const ready = await withTimeout(prod.request<Ready>(null, 'ready'), 30_000, 'production gateway start');
+    if (!ready.nbdPort) throw new Error('the production gateway reported no NBD port (NBD intake not wired?)');
+    const vol = prodCfg.vms[0]!.volumes[0]!;
+    for (const job of jobNames) {
+      const f = await runFio(ctx.plan, job, `nbd://127.0.0.1:${ready.nbdPort}/${vol.volUuid}`, join(dir, `${job}.json`), ctx.fioTimeoutMs);
+      const t0 = Date.now();
+      await withTimeout(prod.request({ type: 'drain' }, 'drained'), 300_000, 'drain');
+      f.syncMs = Date.now() - t0;
+      r.jobs[job] = f;
+    }
+    const [ps, ds] = [await prod.request<StatusReply>({ type: 'status' }, 'status'), await dr.request<StatusReply>({ type: 'status' }, 'status')];
+    const cpu = (p: ProcessFigures): number => (p.cpuUserUs + p.cpuSystemUs) / 1e6;
+    r.processes = {
+      productionRssPeakMiB: ps.process.rssPeakBytes / MiB, drRssPeakMiB: ds.process.rssPeakBytes / MiB,
+      productionCpuSeconds: cpu(ps.process), drCpuSeconds: cpu(ds.process),
+    };
+    const codes = [await stopGateway(prod), await stopGateway(dr)];
+    if (codes.some((c) => c !== 0)) throw new Error(`gateways exited with codes ${codes.join(' and ')}`);
+    const mismatch = await compareVolumes([[vol.url, drCfg.vms[0]!.volumes[0]!.url]]);
+    r.verified = mismatch === null;
+    r.verifyDetail = mismatch ?? `${ctx.volumeBytes} bytes identical`;
+  } finally {
+    for (const g of gateways) await stopGateway(g);
+    await rm(dir, { recursive: true, force: true });
+  }
+}
+
+function withTimeout<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  return Promise.race([
+    p.finally(() => clearTimeout(timer)),
+    new Promise<never>((_, rej) => (timer = setTimeout(() => rej(new Error(`${what} timed out after ${ms} ms`)), ms))),
+  ]);
+}
+
+// ---------------------------------------------------------------------------------------------------------
+
+export async function benchNbd(opts: NbdBenchOptions): Promise<NbdBenchResult> {
+  const started = Date.now();
+  const volumeBytes = opts.sizeBytes ?? GiB;
+  const plan = planJobs(volumeBytes, opts.seconds ?? 10);
+  const dir = resolve(opts.workDir);
+  await mkdir(dir, { recursive: true });
+  const ctx: Ctx = { dir, volumeBytes, plan, fioTimeoutMs: 120_000 };
+  const targets: Record<NbdTargetName, NbdTargetResult> = {
+    vrg: emptyResult('VRG Async intake (lz4+aes, 1 codec thread), production -> DR gateway, drained after each job'),
+    qemuNbd: emptyResult(`qemu-nbd ${qemuNbdFlags.join(' ')} on a raw file, no replication (ceiling)`),
+    qemuNbdWritethrough: emptyResult('the same with --cache=writethrough: each write durable before its reply (durable ceiling)'),
+    qemuMirrorBackground: emptyResult('qemu-storage-daemon NBD export + blockdev-mirror copy-mode=background -> qemu-nbd DR'),
+    qemuMirrorWriteBlocking: emptyResult('qemu-storage-daemon NBD export + blockdev-mirror copy-mode=write-blocking -> qemu-nbd DR'),
+  };
+  const needs: Record<NbdTargetName, string[]> = {
+    vrg: ['fio'], qemuNbd: ['fio', 'qemu-nbd'], qemuNbdWritethrough: ['fio', 'qemu-nbd'],
+    qemuMirrorBackground: ['fio', 'qemu-nbd', 'qemu-storage-daemon'], qemuMirrorWriteBlocking: ['fio', 'qemu-nbd', 'qemu-storage-daemon'],
+  };
+  const fioVersion = which('fio') ? (await capture('fio', ['--version'], 10_000).catch(() => ({ out: '' }))).out.trim() || null : null;
+  const nbdEngine = fioVersion ? (await capture('fio', ['--enghelp=nbd'], 10_000).catch(() => ({ code: 1, out: '' }))).code === 0 : false;
+  const runners: Record<NbdTargetName, (r: NbdTargetResult) => Promise<void>> = {
+    vrg: (r) => targetVrg(ctx, r),
+    qemuNbd: (r) => targetQemuNbd(ctx, r, 'writeback'),
+    qemuNbdWritethrough: (r) => targetQemuNbd(ctx, r, 'writethrough'),
+    qemuMirrorBackground: (r) => targetQemuMirror(ctx, r, 'background'),
+    qemuMirrorWriteBlocking: (r) => targetQemuMirror(ctx, r, 'write-blocking'),
+  };
+  for (const name of Object.keys(runners) as NbdTargetName[]) {
+    const r = targets[name];
+    const missing = needs[name].filter((c) => !which(c));
+    if (missing.length > 0) r.skipped = `not installed: ${missing.join(', ')}`;
+    else if (!nbdEngine) r.skipped = 'fio has no nbd engine (built without libnbd)';
+    if (r.skipped) continue;
+    process.stdout.write(`nbd: ${name}...\n`);
+    try {
+      await runners[name](r);
+    } catch (err) {
+      r.error = (err as Error).message;
+      process.stdout.write(`nbd: ${name} failed: ${r.error}\n`);
+    }
+  }
+  const ratio = (a?: FioFigures, b?: FioFigures): number | null => (a && b && b.MBps > 0 ? a.MBps / b.MBps : null);
+  const ratios = Object.fromEntries(jobNames.map((j) => [j, {
+    vsQemuNbd: ratio(targets.vrg.jobs[j], targets.qemuNbd.jobs[j]),
+    vsQemuNbdWritethrough: ratio(targets.vrg.jobs[j], targets.qemuNbdWritethrough.jobs[j]),
+    vsQemuMirrorBackground: ratio(targets.vrg.jobs[j], targets.qemuMirrorBackground.jobs[j]),
+    vsQemuMirrorWriteBlocking: ratio(targets.vrg.jobs[j], targets.qemuMirrorWriteBlocking.jobs[j]),
+  }])) as NbdBenchResult['ratios'];
+  return { volumeBytes, fio: { version: fioVersion, ...plan }, targets, ratios, seconds: (Date.now() - started) / 1000 };
+}
+
+export function formatNbdBench(r: NbdBenchResult): string {
+  const lines = [`NBD intake, fio ${r.fio.version ?? '?'} nbd engine, QD 16, 50% compressible buffers, ${r.volumeBytes / MiB} MiB volume:`];
+  lines.push('  target                    job       MB/s     IOPS  p50 ms  p99 ms  sync ms  DR verified');
+  const labels: Record<NbdTargetName, string> = {
+    vrg: 'VRG async', qemuNbd: 'qemu-nbd (no repl.)', qemuNbdWritethrough: 'qemu-nbd writethrough',
+    qemuMirrorBackground: 'QEMU mirror background', qemuMirrorWriteBlocking: 'QEMU mirror write-block',
+  };
+  for (const [name, t] of Object.entries(r.targets) as Array<[NbdTargetName, NbdTargetResult]>) {
+    if (t.skipped || (t.error && Object.keys(t.jobs).length === 0)) {
+      lines.push(`  ${labels[name].padEnd(25)} ${t.skipped ? `skipped: ${t.skipped}` : `failed: ${t.error}`}`);
+      continue;
+    }
+    const verified = t.verified === null ? (name.startsWith('qemuNbd') ? 'n/a' : '-') : String(t.verified);
+    for (const job of jobNames) {
+      const f = t.jobs[job];
+      if (!f) continue;
+      lines.push(`  ${labels[name].padEnd(25)} ${job.padEnd(7)} ${f.MBps.toFixed(1).padStart(7)} ${f.iops.toFixed(0).padStart(8)} ` +
+        `${f.p50Ms.toFixed(2).padStart(7)} ${f.p99Ms.toFixed(2).padStart(7)} ${(f.syncMs === null ? '-' : String(f.syncMs)).padStart(8)}  ${verified}`);
+    }
+    if (t.error) lines.push(`    error: ${t.error}`);
+  }
+  const x = (v: number | null): string => (v === null ? '-' : `${v.toFixed(2)}x`);
+  for (const job of jobNames) {
+    const q = r.ratios[job];
+    lines.push(`  VRG ${job} MB/s: ${x(q.vsQemuNbd)} of qemu-nbd, ${x(q.vsQemuNbdWritethrough)} of qemu-nbd writethrough, ` +
+      `${x(q.vsQemuMirrorBackground)} of QEMU background mirror, ${x(q.vsQemuMirrorWriteBlocking)} of write-blocking mirror`);
+  }
+  lines.push(`  (sync ms: after the fio job ended, until DR had every write; ${r.seconds.toFixed(0)} s for the section)`);
+  return lines.join('\n');
+}
+
+// `node dist/bench/nbd-bench.js [workDir]`: only this section.
+if (process.argv[1] && resolve(process.argv[1]) === fileURLToPath(import.meta.url)) {
+  const root = resolve(import.meta.dirname ?? '.', '..', '..');
+  const workDir = process.argv[2] ?? join(root, 'bench', 'work', 'nbd');
+  benchNbd({ workDir })
+    .then(async (r) => {
+      process.stdout.write(`${formatNbdBench(r)}\n${JSON.stringify(r, null, 2)}\n`);
+      await rm(workDir, { recursive: true, force: true });
+    })
+    .catch((err) => {
+      process.stderr.write(`nbd-bench: ${(err as Error).stack ?? String(err)}\n`);
+      process.exitCode = 1;
+    });
+}
