@@ -230,6 +230,9 @@ t.test('a killed agent fails pending ops; the next op reconnects once', async (t
   await nbdkit(t, file, [], agent.port);
   t.same(await vol.read(0, 4), Buffer.alloc(4), 'the next op reconnects to the restarted agent');
   await vol.write(0, Buffer.alloc(4, 9));
+  await rejectsWith(t, vol.flush(), ErrorCode.VOLUME_IO,
+    'the first flush after a drop with unflushed writes fails: the agent may have lost them');
+  await vol.write(0, Buffer.alloc(4, 9)); // the caller re-applies from its durable position
   await vol.flush();
   t.same(await vol.read(0, 4), Buffer.alloc(4, 9));
   await vol.close();
