@@ -146,7 +146,10 @@ async function driveLoad(prod: GatewayChild, o: DemoOptions, vols: Array<{ volUu
   const vm = last!.vms[0]!;
   latencies.sort((a, b) => a - b);
   const pct = (p: number): number => latencies[Math.min(latencies.length - 1, Math.floor(p * latencies.length))] ?? 0;
-  out.write(`replicated: ${formatBytes(load.bytes)} in ${(elapsedMs / 1000).toFixed(2)} s, ` +
+  if (o.load === 'none') {
+    out.write(`replicated: ${formatBytes(vm.bytesIn)} in ${vm.writes} writes from NBD clients; ` +
+      `compression ${(vm.bytesStored > 0 ? vm.bytesIn / vm.bytesStored : 1).toFixed(2)}:1\n`);
+  } else out.write(`replicated: ${formatBytes(load.bytes)} in ${(elapsedMs / 1000).toFixed(2)} s, ` +
     `${(load.bytes / 1e6 / (elapsedMs / 1000)).toFixed(1)} MB/s end to end; ` +
     `compression ${(vm.bytesStored > 0 ? vm.bytesIn / vm.bytesStored : 1).toFixed(2)}:1; ` +
     `ack latency p50 ${(pct(0.5) / 1000).toFixed(2)} ms p99 ${(pct(0.99) / 1000).toFixed(2)} ms\n`);

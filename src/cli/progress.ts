@@ -28,8 +28,10 @@ export class ProgressDisplay {
     const rate = this.lastAt === 0 || dt <= 0 ? 0 : (s.loadBytes - this.lastLoad) / dt / 1e6;
     this.lastAt = nowMs;
     this.lastLoad = s.loadBytes;
-    const pct = s.loadTotalBytes > 0 ? ((100 * s.loadBytes) / s.loadTotalBytes).toFixed(0) : '-';
-    const line = `progress: ${s.state} load ${formatBytes(s.loadBytes)}/${formatBytes(s.loadTotalBytes)} (${pct}%) ` +
+    const load = s.loadTotalBytes > 0
+      ? `load ${formatBytes(s.loadBytes)}/${formatBytes(s.loadTotalBytes)} (${((100 * s.loadBytes) / s.loadTotalBytes).toFixed(0)}%)`
+      : `received ${formatBytes(s.loadBytes)}`;
+    const line = `progress: ${s.state} ${load} ` +
       `${rate.toFixed(1)} MB/s  backlog ${formatBytes(s.backlogBytes)}  ratio ${s.ratio.toFixed(2)}:1  ` +
       `link ${s.connected ? 'up' : 'down'}${s.rttMs === null ? '' : ` rtt ${s.rttMs.toFixed(2)} ms`}`;
     if (this.tty) {

@@ -82,7 +82,9 @@ export class DrGateway {
     const vms = new Map<string, DrVm>();
     for (const vmc of config.vms) {
       const volumes = new Map<string, Volume>();
-      for (const v of vmc.volumes) volumes.set(v.volUuid, await openVolume(v.url, { sizeBytes: v.sizeBytes, create: true }));
+      for (const v of vmc.volumes) {
+        volumes.set(v.volUuid, await (deps.openVolume ?? openVolume)(v.url, { sizeBytes: v.sizeBytes, create: true }));
+      }
       const dir = join(config.dataDir, 'dr', vmc.vmUuid);
       await mkdir(dir, { recursive: true });
       vms.set(vmc.vmUuid, new DrVm(vmc, volumes, await ApplyState.open(join(dir, 'applied.state'))));

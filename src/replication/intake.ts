@@ -31,7 +31,11 @@ export interface IntakeStats {
   groups: number;
 }
 
-/** Groups in compression or journal commit at once: enough to overlap compression with fsync. */
+/**
+ * Groups past compression (in journal commit or the source write) at once. One group compresses at a
+ * time: a new group starts when the previous one leaves compression, so writes arriving meanwhile
+ * gather into it (fewer, larger pool tasks) while compression still overlaps the previous fsync.
+ */
 const groupsInFlightMax = 4;
 
 export class Intake {
@@ -39,6 +43,7 @@ export class Intake {
   private pending: Pending[] = [];
   private pendingBytes = 0;
   private groupsInFlight = 0;
+  private compressing = false;
   private spaceWaiters: Array<() => void> = [];
   private idleWaiters: Array<() => void> = [];
   /** Resolves once the previous group has *called* journal.append, so journal order is submission order. */
@@ -99,11 +104,15 @@ export class Intake {
   }
 
   private kick(): void {
-    while (this.pending.length > 0 && this.groupsInFlight < groupsInFlightMax) {
+    if (this.pending.length > 0 && !this.compressing && this.groupsInFlight < groupsInFlightMax) {
       const group = this.takeGroup();
       this.groupsInFlight++;
+      this.compressing = true;
       this.stats.groups++;
-      void this.commitGroup(group).finally(() => {
+      void this.commitGroup(group, () => {
+        this.compressing = false;
+        this.kick();
+      }).finally(() => {
         this.groupsInFlight--;
         this.kick();
         if (this.pending.length === 0 && this.groupsInFlight === 0) {
@@ -133,9 +142,11 @@ export class Intake {
    * it is durable in the journal, so after a crash replaying the journal's tail onto the source
    * (ProductionGateway.open) leaves no write on the source that the journal (and so DR) lacks.
    */
-  private async commitGroup(group: Pending[]): Promise<void> {
+  private async commitGroup(group: Pending[], compressed: () => void): Promise<void> {
     const sourceTurn = this.sourceTurn;
-    const appended = this.compress(group).then((records) => this.appendInOrder(records).then((seqs) => ({ records, seqs })));
+    const records = this.compress(group);
+    void records.finally(compressed).catch(() => undefined);
+    const appended = records.then((r) => this.appendInOrder(r).then((seqs) => ({ records: r, seqs })));
     const durable = appended.then((a) => a.records);
     const sourceDone = appended.then(async ({ seqs }) => {
       await sourceTurn;

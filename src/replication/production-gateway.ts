@@ -46,6 +46,8 @@ export interface GatewayDeps {
   transport: Transport;
   codec: Codec;
   logger: Logger;
+  /** The block store: opens a volume by URL (default openVolume; a simulator or test may wrap it). */
+  openVolume?: typeof openVolume;
 }
 
 class ProductionVm {
@@ -120,7 +122,7 @@ export class ProductionGateway {
     const vms: ProductionVm[] = [];
     for (const vmc of config.vms) {
       const volumes: Volume[] = [];
-      for (const v of vmc.volumes) volumes.push(await openVolume(v.url, { sizeBytes: v.sizeBytes, create: true }));
+      for (const v of vmc.volumes) volumes.push(await (deps.openVolume ?? openVolume)(v.url, { sizeBytes: v.sizeBytes, create: true }));
       const logger = deps.logger.child({ vmUuid: vmc.vmUuid });
       const journal = await Journal.open({
         dir: join(config.dataDir, 'journal', vmc.vmUuid), capacityBytes: perVmCapacity, clock: deps.clock, logger,

@@ -8,6 +8,8 @@ import { InlineCodec, PoolCodec, type Codec } from '../../src/pipeline/codec.js'
 import { parseConfig, type GatewayConfig } from '../../src/replication/config.js';
 import { DrGateway } from '../../src/replication/dr-gateway.js';
 import { ProductionGateway } from '../../src/replication/production-gateway.js';
+import { openVolume } from '../../src/volume/open-volume.js';
+import type { Volume } from '../../src/volume/volume.js';
 import { FaultProxy } from './fault-proxy.js';
 
 // Both gateways in this process over real TCP on loopback, optionally through a FaultProxy.
@@ -23,6 +25,8 @@ export interface PairOptions {
   journalCapacityBytes?: number;
   /** DR target URLs (e.g. nbd:// write agents) instead of files, one per volume. */
   drUrls?: string[];
+  /** Wraps each DR target volume (fault and timing injection). */
+  wrapDrVolume?: (v: Volume) => Volume;
 }
 
 export const vmUuid = '0b7d3c4e-1f2a-4b5c-9d8e-7f6a5b4c3d2e';
@@ -60,7 +64,10 @@ export async function startPair(o: PairOptions): Promise<Pair> {
   const configs = pairConfigs(o);
   const codec: Codec = o.pool ? new PoolCodec({ threads: 1 }) : new InlineCodec();
   const deps = { clock: systemClock, random: systemRandom, transport: tcpTransport, codec, logger: silentLogger };
-  let dr = await DrGateway.open(configs.dr, deps);
+  const drDeps = o.wrapDrVolume
+    ? { ...deps, openVolume: async (url: string, opts: Parameters<typeof openVolume>[1]) => o.wrapDrVolume!(await openVolume(url, opts)) }
+    : deps;
+  let dr = await DrGateway.open(configs.dr, drDeps);
   const proxy = o.proxy ? await FaultProxy.start(dr.linkPort) : null;
   configs.dr.link.port = dr.linkPort;
   configs.prod.link.port = proxy ? proxy.port : dr.linkPort;
@@ -69,7 +76,7 @@ export async function startPair(o: PairOptions): Promise<Pair> {
     prod, dr, proxy, configs,
     async restartDr() {
       await pair.dr.close();
-      pair.dr = dr = await DrGateway.open(configs.dr, deps);
+      pair.dr = dr = await DrGateway.open(configs.dr, drDeps);
     },
     async close() {
       await prod.close();

@@ -1,0 +1,53 @@
+import { execFile, spawn } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
+import { promisify } from 'node:util';
+import t from 'tap';
+
+// The `vrg` CLI as a user runs it (the compiled entry point: `npm test` builds first).
+
+const run = promisify(execFile);
+const main = fileURLToPath(new URL('../dist/src/cli/main.js', import.meta.url));
+
+async function have(tool: string): Promise<boolean> {
+  return run('sh', ['-c', `command -v ${tool}`]).then(() => true, () => false);
+}
+
+t.test('vrg demo replicates a small load and verifies the replica', async (t) => {
+  const dir = t.testdir();
+  const { stdout } = await run('node', [main, 'demo', '--dir', dir, '--size', '24MiB', '--volume-size', '16MiB',
+    '--compress', '1', '--encrypt', '1']);
+  t.match(stdout, /^source: \S+ \S+$/m, 'source lines');
+  t.match(stdout, /^target: \S+ \S+$/m, 'target lines');
+  t.match(stdout, /^intake: \S+ nbd:\/\/127\.0\.0\.1:\d+\/\S+$/m, 'intake lines');
+  const last = stdout.trim().split('\n').at(-1);
+  t.equal(last, `verified: ${2 * 16 * 1024 * 1024} bytes identical`, 'last line says verified');
+});
+
+t.test('bad options get a clear message and exit code 2', async (t) => {
+  for (const args of [['--compress', '2'], ['--size', 'lots'], ['--bogus'], ['--load', 'maybe'], ['--source', '/nonexistent/file']]) {
+    const r = await run('node', [main, 'demo', '--dir', t.testdir(), ...args]).then(() => null, (e) => e as { code: number; stderr: string });
+    t.ok(r, `${args.join(' ')} fails`);
+    t.equal(r?.code, 2, `${args.join(' ')}: exit code 2`);
+    t.match(r?.stderr ?? '', /^vrg: /, `${args.join(' ')}: says what is wrong (${(r?.stderr ?? '').split('\n')[0]})`);
+  }
+  const u = await run('node', [main, 'frobnicate']).then(() => null, (e) => e as { code: number; stderr: string });
+  t.equal(u?.code, 2, 'unknown command: exit code 2');
+});
+
+t.test('vrg demo --load none serves the intake until SIGTERM, then drains and verifies', async (t) => {
+  if (!(await have('qemu-io'))) return t.skip('qemu-io (Debian qemu-utils) is not installed');
+  const dir = t.testdir();
+  const demo = spawn('node', [main, 'demo', '--dir', dir, '--volume-size', '16MiB', '--load', 'none'], { stdio: ['ignore', 'pipe', 'pipe'] });
+  let out = '';
+  demo.stdout.on('data', (c) => { out += String(c); });
+  const exited = new Promise<number | null>((resolve) => demo.on('exit', resolve));
+  t.teardown(() => { demo.kill('SIGKILL'); });
+  while (!/waiting for NBD clients/.test(out)) await new Promise((r) => setTimeout(r, 50));
+  const urls = [...out.matchAll(/^intake: \S+ (nbd:\S+)$/gm)].map((m) => m[1]!);
+  t.equal(urls.length, 2, 'one intake line per volume');
+  await run('qemu-io', ['-f', 'raw', '-c', 'write -P 0x42 0 2M', '-c', 'write -z 4M 1M', urls[0]!]);
+  await run('qemu-io', ['-f', 'raw', '-c', 'write -P 0x17 1M 3M', urls[1]!]);
+  demo.kill('SIGTERM');
+  t.equal(await exited, 0, 'the demo exits 0');
+  t.match(out, /^verified: \d+ bytes identical$/m, 'the replica verified after the drain');
+});
