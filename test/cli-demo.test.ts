@@ -2,15 +2,13 @@ import { execFile, spawn } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
 import t from 'tap';
+import { haveTool } from './lib/nbd-tools.js';
 
 // The `vrg` CLI as a user runs it (the compiled entry point: `npm test` builds first).
 
 const run = promisify(execFile);
 const main = fileURLToPath(new URL('../dist/src/cli/main.js', import.meta.url));
 
-async function have(tool: string): Promise<boolean> {
-  return run('sh', ['-c', `command -v ${tool}`]).then(() => true, () => false);
-}
 
 t.test('vrg demo replicates a small load and verifies the replica', async (t) => {
   const dir = t.testdir();
@@ -35,7 +33,7 @@ t.test('bad options get a clear message and exit code 2', async (t) => {
 });
 
 t.test('vrg demo --load none serves the intake until SIGTERM, then drains and verifies', async (t) => {
-  if (!(await have('qemu-io'))) return t.skip('qemu-io (Debian qemu-utils) is not installed');
+  if (!haveTool('qemu-io')) return t.skip('qemu-io (Debian qemu-utils) is not installed');
   const dir = t.testdir();
   const demo = spawn('node', [main, 'demo', '--dir', dir, '--volume-size', '16MiB', '--load', 'none'], { stdio: ['ignore', 'pipe', 'pipe'] });
   let out = '';

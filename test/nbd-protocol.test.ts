@@ -1,5 +1,5 @@
 import t from 'tap';
-import { ErrorCode, isVrgError } from '../src/core/errors.js';
+import { ErrorCode } from '../src/core/errors.js';
 import { seededRandom } from '../src/core/random.js';
 import {
   ByteQueue, NBD_REP_MAGIC, NbdCmd, NbdCmdFlag, NbdErrno, NbdHandshakeParser, NbdInfo, NbdOpt, NbdRep, NbdReplyFlag,
@@ -11,15 +11,8 @@ import {
   encodeOffsetDataChunkHead, encodeOffsetHoleChunk, encodeOptionReply, encodeOptionRequest, encodeRequestHeader,
   encodeServerReply, encodeSimpleReplyHeader, encodeStructuredReplyHeader, type NbdRequest, type NbdRequestEvent,
 } from '../src/protocol/nbd.js';
+import { code } from './lib/error-code.js';
 
-function code(fn: () => unknown): string | undefined {
-  try {
-    fn();
-  } catch (err) {
-    return isVrgError(err) ? err.code : `non-VrgError: ${(err as Error).message}`;
-  }
-  return undefined;
-}
 
 const cookie = (n: number): Buffer => {
   const b = Buffer.alloc(8);

@@ -5,6 +5,7 @@ import { join } from 'node:path';
 import { promisify } from 'node:util';
 import net from 'node:net';
 import t from 'tap';
+import { haveTool } from './lib/nbd-tools.js';
 import { compareVolumes } from '../src/cli/demo.js';
 import { NbdServer } from '../src/nbd/nbd-server.js';
 import { productionExports, replicaExports } from '../src/replication/nbd-exports.js';
@@ -15,9 +16,6 @@ import { startPair, type Pair } from './lib/pair.js';
 const run = promisify(execFile);
 const MiB = 1024 * 1024;
 
-async function have(tool: string): Promise<boolean> {
-  return run('sh', ['-c', `command -v ${tool}`]).then(() => true, () => false);
-}
 
 async function withNbd(t: Tap.Test, opts: Parameters<typeof startPair>[0]) {
   const pair = await startPair(opts);
@@ -55,7 +53,7 @@ async function sameVolumes(pair: Pair): Promise<string | null> {
 }
 
 t.test('qemu-io writes, zeroes and discards through the intake; the replica verifies', async (t) => {
-  if (!(await have('qemu-io'))) return t.skip('qemu-io (Debian qemu-utils) is not installed');
+  if (!haveTool('qemu-io')) return t.skip('qemu-io (Debian qemu-utils) is not installed');
   const s = await withNbd(t, { dir: t.testdir(), volumeSizeBytes: 32 * MiB });
   const io = (url: string, cmds: string[], readOnly = false) =>
     run('qemu-io', ['-f', 'raw', ...(readOnly ? ['-r'] : []), ...cmds.flatMap((c) => ['-c', c]), url]);
@@ -77,7 +75,7 @@ t.test('qemu-io writes, zeroes and discards through the intake; the replica veri
 });
 
 t.test('nbdinfo reports size and flags; nbdcopy copies an image in and it arrives on DR', async (t) => {
-  if (!(await have('nbdinfo')) || !(await have('nbdcopy'))) return t.skip('nbdinfo/nbdcopy (Debian libnbd-bin) not installed');
+  if (!haveTool('nbdinfo') || !haveTool('nbdcopy')) return t.skip('nbdinfo/nbdcopy (Debian libnbd-bin) not installed');
   const dir = t.testdir();
   const s = await withNbd(t, { dir, volumeSizeBytes: 16 * MiB });
   const info = JSON.parse((await run('nbdinfo', ['--json', s.intakeUrl('vol-1')])).stdout);
@@ -99,7 +97,7 @@ t.test('nbdinfo reports size and flags; nbdcopy copies an image in and it arrive
 });
 
 t.test('fio writes with crc32c verification through the intake; fio verifies the DR replica', async (t) => {
-  if (!(await have('fio'))) return t.skip('fio is not installed');
+  if (!haveTool('fio')) return t.skip('fio is not installed');
   const s = await withNbd(t, { dir: t.testdir(), volumeSizeBytes: 32 * MiB });
   const job = ['--name=vrg', '--ioengine=nbd', '--rw=randwrite', '--bs=4k', '--iodepth=16', '--size=16M',
     '--verify=crc32c', '--verify_state_save=0', '--randseed=42', '--buffer_compress_percentage=50', '--refill_buffers'];
@@ -114,7 +112,7 @@ t.test('fio writes with crc32c verification through the intake; fio verifies the
 });
 
 t.test('a DR volume served by qemu-nbd as write agent ends identical to production', async (t) => {
-  if (!(await have('qemu-nbd')) || !(await have('qemu-io'))) return t.skip('qemu-nbd/qemu-io not installed');
+  if (!haveTool('qemu-nbd') || !haveTool('qemu-io')) return t.skip('qemu-nbd/qemu-io not installed');
   const dir = t.testdir();
   const agentFile = join(dir, 'agent.img');
   await run('truncate', ['-s', String(16 * MiB), agentFile]);

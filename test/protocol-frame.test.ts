@@ -1,6 +1,6 @@
 import { createCipheriv, randomBytes } from 'node:crypto';
 import t from 'tap';
-import { ErrorCode, isVrgError } from '../src/core/errors.js';
+import { ErrorCode } from '../src/core/errors.js';
 import { limits } from '../src/core/limits.js';
 import { seededRandom } from '../src/core/random.js';
 import {
@@ -10,17 +10,10 @@ import { deriveSessionKeys } from '../src/protocol/keys.js';
 import {
   decodeHeartbeat, decodeWriteBatch, encodeHeartbeat, encodeWriteBatch, type WriteBatch,
 } from '../src/protocol/messages.js';
+import { code } from './lib/error-code.js';
 
 const keys: DirectionKeys = { key: randomBytes(16), salt: randomBytes(4) };
 
-function code(fn: () => unknown): string | undefined {
-  try {
-    fn();
-  } catch (err) {
-    return isVrgError(err) ? err.code : `non-VrgError: ${(err as Error).message}`;
-  }
-  return undefined;
-}
 
 function batch(n: number): WriteBatch {
   return {

@@ -5,7 +5,7 @@ import type { Logger } from '../core/log.js';
 import { RecordKind, type Journal, type JournalRecordInput } from '../journal/journal.js';
 import type { Codec } from '../pipeline/codec.js';
 import { applyInOrder, type VolumeOp } from '../volume/ordered-writes.js';
-import type { Volume } from '../volume/volume.js';
+import { checkVolumeRange, type Volume } from '../volume/volume.js';
 
 // The production intake of one VM: a write is applied to the source volume and made durable in the
 // journal (compressed by the codec pool first), then acknowledged: SPEC §2.1's Async rule.
@@ -72,10 +72,7 @@ export class Intake {
     if (this.closed) throw vrgError(ErrorCode.CLOSED, 'intake is closed');
     const volume = this.volumes[op.volumeIndex];
     assert(volume !== undefined, 'volume index resolved by the gateway');
-    if (!Number.isSafeInteger(op.offset) || op.offset < 0 || op.length < 0 || op.offset + op.length > volume.sizeBytes) {
-      throw vrgError(ErrorCode.VOLUME_OUT_OF_RANGE,
-        `range ${op.offset}+${op.length} outside volume ${volume.url} of ${volume.sizeBytes} bytes`);
-    }
+    checkVolumeRange(volume, op.offset, op.length);
     const parts = splitOp(op);
     await Promise.all(parts.map((p) => this.enqueue(p)));
   }

@@ -4,7 +4,7 @@ import { assert } from '../core/assert.js';
 import { ErrorCode, vrgError } from '../core/errors.js';
 import { MiB } from '../core/limits.js';
 import { isUnsupported, native as loadedNative, type NativeOps } from './native.js';
-import type { DataRange, Volume, WriteZeroesOptions } from './volume.js';
+import { checkVolumeRange, type DataRange, type Volume, type WriteZeroesOptions } from './volume.js';
 
 const zeroChunkBytes = 1 * MiB;
 let zeroChunk: Buffer | null = null;
@@ -98,11 +98,7 @@ export class FileVolume implements Volume {
 
   private check(offset: number, length: number): void {
     if (this.closed) throw vrgError(ErrorCode.CLOSED, `volume ${this.url} is closed`);
-    if (!Number.isSafeInteger(offset) || !Number.isSafeInteger(length) || offset < 0 || length < 0 ||
-        offset + length > this.sizeBytes) {
-      throw vrgError(ErrorCode.VOLUME_OUT_OF_RANGE,
-        `range ${offset}+${length} outside volume ${this.url} of ${this.sizeBytes} bytes`, { offset, length });
-    }
+    checkVolumeRange(this, offset, length);
   }
 
   /** Runs an addon call on this fd; close() waits for it, so the fd number is never reused under it. */

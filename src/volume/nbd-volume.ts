@@ -1,6 +1,6 @@
 import { ErrorCode, vrgError } from '../core/errors.js';
 import { NbdClient, type NbdClientOptions, type NbdExportInfo } from './nbd-client.js';
-import type { Volume, WriteZeroesOptions } from './volume.js';
+import { checkVolumeRange, type Volume, type WriteZeroesOptions } from './volume.js';
 
 export const NBD_DEFAULT_PORT = 10809;
 
@@ -136,11 +136,7 @@ export class NbdVolume implements Volume {
 
   private check(offset: number, length: number): void {
     if (this.closed) throw vrgError(ErrorCode.CLOSED, `volume ${this.url} is closed`);
-    if (!Number.isSafeInteger(offset) || !Number.isSafeInteger(length) || offset < 0 || length < 0 ||
-        offset + length > this.sizeBytes) {
-      throw vrgError(ErrorCode.VOLUME_OUT_OF_RANGE,
-        `range ${offset}+${length} outside volume ${this.url} of ${this.sizeBytes} bytes`, { offset, length });
-    }
+    checkVolumeRange(this, offset, length);
   }
 
   /** The live client, reconnecting once (shared by concurrent callers) if the last connection dropped. */

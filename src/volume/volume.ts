@@ -1,3 +1,4 @@
+import { ErrorCode, vrgError } from '../core/errors.js';
 // A block volume: the source volume on production, a target volume on DR.
 // Issue 3 adds block devices and nbd:// volumes behind the same interface.
 
@@ -31,4 +32,13 @@ export type DataRange = [number, number];
 export interface VolumeWrite {
   offset: number;
   data: Uint8Array;
+}
+
+/** Refuses a range outside the volume (nothing is sent or written): VRG_VOLUME_OUT_OF_RANGE. */
+export function checkVolumeRange(volume: { url: string; sizeBytes: number }, offset: number, length: number): void {
+  if (!Number.isSafeInteger(offset) || !Number.isSafeInteger(length) || offset < 0 || length < 0 ||
+      offset + length > volume.sizeBytes) {
+    throw vrgError(ErrorCode.VOLUME_OUT_OF_RANGE,
+      `range ${offset}+${length} outside volume ${volume.url} of ${volume.sizeBytes} bytes`, { offset, length });
+  }
 }
