@@ -119,7 +119,7 @@ async function driveLoad(prod: GatewayChild, o: DemoOptions, vols: Array<{ volUu
     const vm = last.vms[0]!;
     if (o.load === 'none') load = { ...load, bytes: vm.bytesIn, writes: vm.writes };
     display.update({
-      loadBytes: load.bytes, loadTotalBytes: o.load === 'none' ? 0 : o.sizeBytes, ackedBytes: 0, backlogBytes: vm.journalUsedBytes,
+      loadBytes: load.bytes, loadTotalBytes: o.load === 'none' ? 0 : o.sizeBytes, backlogRecords: vm.backlogRecords, journalBytes: vm.journalUsedBytes,
       ratio: vm.bytesStored > 0 ? vm.bytesIn / vm.bytesStored : 1, rttMs: last.rttMs, connected: last.connected,
       state: o.load === 'none' ? 'serving' : load.bytes < o.sizeBytes ? 'writing' : 'draining',
     }, Date.now());

@@ -5,8 +5,10 @@ import { formatBytes } from '../core/size.js';
 export interface ProgressSample {
   loadBytes: number;
   loadTotalBytes: number;
-  ackedBytes: number;
-  backlogBytes: number;
+  /** Journal records DR has not acknowledged yet. */
+  backlogRecords: number;
+  /** Bytes the journal holds (unacknowledged records plus those waiting for a checkpoint). */
+  journalBytes: number;
   ratio: number;
   rttMs: number | null;
   connected: boolean;
@@ -32,7 +34,7 @@ export class ProgressDisplay {
       ? `load ${formatBytes(s.loadBytes)}/${formatBytes(s.loadTotalBytes)} (${((100 * s.loadBytes) / s.loadTotalBytes).toFixed(0)}%)`
       : `received ${formatBytes(s.loadBytes)}`;
     const line = `progress: ${s.state} ${load} ` +
-      `${rate.toFixed(1)} MB/s  backlog ${formatBytes(s.backlogBytes)}  ratio ${s.ratio.toFixed(2)}:1  ` +
+      `${rate.toFixed(1)} MB/s  backlog ${s.backlogRecords} writes  journal ${formatBytes(s.journalBytes)}  ratio ${s.ratio.toFixed(2)}:1  ` +
       `link ${s.connected ? 'up' : 'down'}${s.rttMs === null ? '' : ` rtt ${s.rttMs.toFixed(2)} ms`}`;
     if (this.tty) {
       this.out.write(`\r\x1b[K${line}`);
