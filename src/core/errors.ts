@@ -35,6 +35,19 @@ export const ErrorCode = {
   ILLEGAL_TRANSITION: 'VRG_ILLEGAL_TRANSITION',
   // NBD front end
   NBD_PROTOCOL: 'VRG_NBD_PROTOCOL',
+  // Element pairing keys (src/api/jsonrpc/pairing-keys.ts)
+  PAIRING_KEY_INVALID: 'VRG_PAIRING_KEY_INVALID',
+  PAIRING_KEY_EXPIRED: 'VRG_PAIRING_KEY_EXPIRED',
+  PAIRING_KEY_USED: 'VRG_PAIRING_KEY_USED',
+  PAIRING_KEY_LIMIT: 'VRG_PAIRING_KEY_LIMIT',
+  // Management API authentication (details.errorCode = the VRG REST document's number, src/api/auth/error-codes.ts)
+  AUTH_NOT_LOGGED_IN: 'VRG_AUTH_NOT_LOGGED_IN',
+  AUTH_INVALID_PASSWORD: 'VRG_AUTH_INVALID_PASSWORD',
+  AUTH_NO_SUCH_USER: 'VRG_AUTH_NO_SUCH_USER',
+  AUTH_WRONG_PASSWORD: 'VRG_AUTH_WRONG_PASSWORD',
+  AUTH_LOGOUT_FAILED: 'VRG_AUTH_LOGOUT_FAILED',
+  AUTH_LOCKED_NOW: 'VRG_AUTH_LOCKED_NOW',
+  AUTH_ACCOUNT_LOCKED: 'VRG_AUTH_ACCOUNT_LOCKED',
 } as const;
 
 export type ErrorCode = (typeof ErrorCode)[keyof typeof ErrorCode];

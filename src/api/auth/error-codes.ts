@@ -1,0 +1,64 @@
+import { ErrorCode, isVrgError } from '../../core/errors.js';
+
+// The VRG REST document's error numbers (004, §2.1.4 common codes and §3.1.3 logout), with the HTTP status
+// and the two `errorDes` languages. One catalogue: the REST layer adds its endpoint codes here and maps every
+// error through `apiErrorOf`. Errors raised on purpose carry `details.errorCode` (a string, as on the wire).
+
+export type ApiLanguage = 'zh_CN' | 'en_US';
+
+export interface ApiErrorEntry {
+  httpStatus: number;
+  en_US: string;
+  zh_CN: string;
+}
+
+export const ApiErrorNumber = {
+  INTERNAL: '10440000',
+  INVALID_PARAMETER: '10440101',
+  NOT_LOGGED_IN: '10440102',
+  INVALID_PASSWORD: '10440200',
+  NO_SUCH_USER: '10440201',
+  WRONG_PASSWORD: '10440202',
+  LOGOUT_FAILED: '10440205',
+  LOCKED_NOW: '10440207',
+  ACCOUNT_LOCKED: '10440208',
+} as const;
+
+export const API_ERRORS: Readonly<Record<string, ApiErrorEntry>> = {
+  '10440000': { httpStatus: 400, en_US: 'Internal system error. Check the system status.', zh_CN: '系统内部错误,请检查系统运行状态。' },
+  '10440101': { httpStatus: 400, en_US: 'Invalid input parameter.', zh_CN: '输入参数不合法。' },
+  '10440102': { httpStatus: 400, en_US: 'Not logged in or the session timed out. Log in again and retry.', zh_CN: '用户未登录或超时,请重新登录后重试。' },
+  '10440200': { httpStatus: 400, en_US: 'Invalid user password.', zh_CN: '用户密码不合法。' },
+  '10440201': { httpStatus: 400, en_US: 'The user does not exist.', zh_CN: '用户不存在。' },
+  '10440202': { httpStatus: 400, en_US: 'Wrong user password.', zh_CN: '用户密码错误。' },
+  '10440205': { httpStatus: 400, en_US: 'Logout failed. Retry.', zh_CN: '退出失败,请重试。' },
+  '10440207': { httpStatus: 400, en_US: 'Wrong password entered 3 times in a row; the account is locked for 5 minutes.', zh_CN: '用户密码连续 3 次输入错误,帐户锁定 5 分钟。' },
+  '10440208': { httpStatus: 400, en_US: 'The user account is locked; the user cannot log in.', zh_CN: '用户账户被锁定,用户无法登录。' },
+};
+
+/** The document's number for each VrgError code raised by the auth layer (the errors also carry it in details). */
+export const AUTH_ERROR_NUMBERS: Readonly<Partial<Record<ErrorCode, string>>> = {
+  [ErrorCode.INVALID_ARGUMENT]: ApiErrorNumber.INVALID_PARAMETER,
+  [ErrorCode.AUTH_NOT_LOGGED_IN]: ApiErrorNumber.NOT_LOGGED_IN,
+  [ErrorCode.AUTH_INVALID_PASSWORD]: ApiErrorNumber.INVALID_PASSWORD,
+  [ErrorCode.AUTH_NO_SUCH_USER]: ApiErrorNumber.NO_SUCH_USER,
+  [ErrorCode.AUTH_WRONG_PASSWORD]: ApiErrorNumber.WRONG_PASSWORD,
+  [ErrorCode.AUTH_LOGOUT_FAILED]: ApiErrorNumber.LOGOUT_FAILED,
+  [ErrorCode.AUTH_LOCKED_NOW]: ApiErrorNumber.LOCKED_NOW,
+  [ErrorCode.AUTH_ACCOUNT_LOCKED]: ApiErrorNumber.ACCOUNT_LOCKED,
+};
+
+/**
+ * The wire form of any error: `details.errorCode` when it names a catalogued number, else the number the
+ * VrgError code maps to, else 10440000 (internal; the cause is logged by the caller, never sent).
+ */
+export function apiErrorOf(err: unknown, lang: ApiLanguage = 'en_US'): { httpStatus: number; errorCode: string; errorDes: string } {
+  let num: string = ApiErrorNumber.INTERNAL;
+  if (isVrgError(err)) {
+    const fromDetails = err.details?.errorCode;
+    if (typeof fromDetails === 'string' && API_ERRORS[fromDetails] !== undefined) num = fromDetails;
+    else num = AUTH_ERROR_NUMBERS[err.code] ?? ApiErrorNumber.INTERNAL;
+  }
+  const entry = API_ERRORS[num] ?? (API_ERRORS[ApiErrorNumber.INTERNAL] as ApiErrorEntry);
+  return { httpStatus: entry.httpStatus, errorCode: num, errorDes: entry[lang] };
+}
