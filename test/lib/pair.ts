@@ -3,7 +3,7 @@ import { join } from 'node:path';
 import { systemClock } from '../../src/core/clock.js';
 import { silentLogger } from '../../src/core/log.js';
 import { systemRandom } from '../../src/core/random.js';
-import { tcpTransport } from '../../src/link/transport.js';
+import { tcpTransport, type Transport } from '../../src/link/transport.js';
 import { InlineCodec, PoolCodec, type Codec } from '../../src/pipeline/codec.js';
 import { parseConfig, type GatewayConfig } from '../../src/replication/config.js';
 import { DrGateway } from '../../src/replication/dr-gateway.js';
@@ -27,6 +27,8 @@ export interface PairOptions {
   drUrls?: string[];
   /** Wraps each DR target volume (fault and timing injection). */
   wrapDrVolume?: (v: Volume) => Volume;
+  /** The network both gateways use (default: TCP on loopback). */
+  transport?: Transport;
 }
 
 export const vmUuid = '0b7d3c4e-1f2a-4b5c-9d8e-7f6a5b4c3d2e';
@@ -63,7 +65,7 @@ export interface Pair {
 export async function startPair(o: PairOptions): Promise<Pair> {
   const configs = pairConfigs(o);
   const codec: Codec = o.pool ? new PoolCodec({ threads: 1 }) : new InlineCodec();
-  const deps = { clock: systemClock, random: systemRandom, transport: tcpTransport, codec, logger: silentLogger };
+  const deps = { clock: systemClock, random: systemRandom, transport: o.transport ?? tcpTransport, codec, logger: silentLogger };
   const drDeps = o.wrapDrVolume
     ? { ...deps, openVolume: async (url: string, opts: Parameters<typeof openVolume>[1]) => o.wrapDrVolume!(await openVolume(url, opts)) }
     : deps;
