@@ -629,45 +629,35 @@ for (let i = 1; i < 256; i++) POPCOUNT[i] = (POPCOUNT[i >> 1] ?? 0) + (i & 1);
 
 /** Sets bits [a, b); returns how many were clear. */
 function setBits(bits: Uint8Array, a: number, b: number): number {
-  let n = 0;
-  let i = a;
-  for (; i < b && (i & 7) !== 0; i++) n += setBit(bits, i);
-  for (; i + 8 <= b; i += 8) {
-    const at = i >>> 3;
-    n += 8 - POPCOUNT[bits[at]!]!;
-    bits[at] = 0xff;
-  }
-  for (; i < b; i++) n += setBit(bits, i);
-  return n;
-}
-
-function setBit(bits: Uint8Array, i: number): number {
-  const m = 1 << (i & 7);
-  const v = bits[i >>> 3]!;
-  if (v & m) return 0;
-  bits[i >>> 3] = v | m;
-  return 1;
+  return fillBits(bits, a, b, true);
 }
 
 /** Clears bits [a, b); returns how many were set. */
 function clearBits(bits: Uint8Array, a: number, b: number): number {
+  return fillBits(bits, a, b, false);
+}
+
+/** Sets or clears bits [a, b), whole bytes at a time in the middle; returns how many bits changed. */
+function fillBits(bits: Uint8Array, a: number, b: number, set: boolean): number {
   let n = 0;
   let i = a;
-  for (; i < b && (i & 7) !== 0; i++) n += clearBit(bits, i);
+  for (; i < b && (i & 7) !== 0; i++) n += flipBit(bits, i, set);
   for (; i + 8 <= b; i += 8) {
     const at = i >>> 3;
-    n += POPCOUNT[bits[at]!]!;
-    bits[at] = 0;
+    const ones = POPCOUNT[bits[at]!]!;
+    n += set ? 8 - ones : ones;
+    bits[at] = set ? 0xff : 0;
   }
-  for (; i < b; i++) n += clearBit(bits, i);
+  for (; i < b; i++) n += flipBit(bits, i, set);
   return n;
 }
 
-function clearBit(bits: Uint8Array, i: number): number {
+/** Puts bit i into the wanted state; 1 when that changed it. */
+function flipBit(bits: Uint8Array, i: number, set: boolean): number {
   const m = 1 << (i & 7);
   const v = bits[i >>> 3]!;
-  if (!(v & m)) return 0;
-  bits[i >>> 3] = v & ~m;
+  if (((v & m) !== 0) === set) return 0;
+  bits[i >>> 3] = set ? v | m : v & ~m;
   return 1;
 }
 
