@@ -10,6 +10,7 @@ import { MiB } from '../src/core/limits.js';
 import type { CodecStats } from '../src/pipeline/codec.js';
 import { benchCodec, formatCodecBench, type CodecBenchResult } from './codec-bench.js';
 import { benchNbd, formatNbdBench } from './nbd-bench.js';
+import { benchProtection, formatProtectionBench } from './protection-bench.js';
 
 // `npm run bench`: one run on this machine, side by side: the codec per worker beside `lz4 -b1` and
 // `openssl speed` on the same data, and end-to-end Async replication of a realistic disk image (an ext4
@@ -122,12 +123,14 @@ async function main(): Promise<void> {
   process.stdout.write('NBD intake: fio against VRG, qemu-nbd and a QEMU blockdev-mirror...\n');
   const nbd = await benchNbd({ workDir: join(workDir, 'nbd') });
   await rm(join(workDir, 'nbd'), { recursive: true, force: true });
+  process.stdout.write('protection: initial sync, consistency check, CBT resync...\n');
+  const protection = await benchProtection({ imagePath: image, workDir: join(workDir, 'protection') });
   const result = {
-    at: new Date().toISOString(), machine: { cores: (await import('node:os')).cpus().length }, codec, e2e: Object.fromEntries(rows), nbd,
+    at: new Date().toISOString(), machine: { cores: (await import('node:os')).cpus().length }, codec, e2e: Object.fromEntries(rows), nbd, protection,
   };
   const file = join(root, 'bench', 'results', `bench-${result.at.replaceAll(':', '-')}.json`);
   await writeFile(file, JSON.stringify(result, null, 2));
-  process.stdout.write(`${table(codec, rows)}\n\n${formatNbdBench(nbd)}\n\nresult: ${file}\n`);
+  process.stdout.write(`${table(codec, rows)}\n\n${formatNbdBench(nbd)}\n\n${formatProtectionBench(protection)}\n\nresult: ${file}\n`);
   await rm(join(workDir, 'e2e'), { recursive: true, force: true });
 }
 

@@ -24,7 +24,7 @@ import { GiB, MiB } from '../src/core/limits.js';
 // MB = 10^6 bytes; latencies are fio's completion latency (clat) percentiles.
 
 export type NbdJobName = 'seq64k' | 'rand4k';
-export type NbdTargetName = 'vrg' | 'qemuNbd' | 'qemuNbdWritethrough' | 'qemuMirrorBackground' | 'qemuMirrorWriteBlocking';
+export type NbdTargetName = 'vrg' | 'vrgSync' | 'qemuNbd' | 'qemuNbdWritethrough' | 'qemuMirrorBackground' | 'qemuMirrorWriteBlocking';
 
 export interface FioFigures {
   bytes: number;
@@ -57,6 +57,8 @@ export interface NbdBenchResult {
   ratios: Record<NbdJobName, {
     vsQemuNbd: number | null; vsQemuNbdWritethrough: number | null;
     vsQemuMirrorBackground: number | null; vsQemuMirrorWriteBlocking: number | null;
+    /** VRG Sync vs QEMU's synchronous (write-blocking) mirror: MB/s and p99 latency. */
+    syncVsWriteBlocking: number | null; syncP99VsWriteBlockingP99: number | null;
   }>;
   seconds: number;
 }
@@ -422,7 +424,7 @@ async function targetQemuMirror(ctx: Ctx, r: NbdTargetResult, copyMode: 'backgro
 type StatusReply = Extract<IpcMessage, { type: 'status' }>;
 type Ready = Extract<IpcMessage, { type: 'ready' }>;
 
-function vrgConfig(role: 'production' | 'dr', dir: string, linkPort: number, secret: string, volumeBytes: number) {
+function vrgConfig(role: 'production' | 'dr', dir: string, linkPort: number, secret: string, volumeBytes: number, mode: 'async' | 'sync') {
   const vmUuid = '7d2f3a90-5b1e-4c8d-9e0f-1a2b3c4d5e6f';
   return {
     role, gatewayId: `bench-${role}`, dataDir: join(dir, role), codecThreads: 1,
@@ -431,31 +433,33 @@ function vrgConfig(role: 'production' | 'dr', dir: string, linkPort: number, sec
     nbd: { host: '127.0.0.1', port: 0 },
     journalCapacityBytes: 1024 * MiB,
     vms: [{
-      vmUuid, vmName: 'bench-vm', compressOption: 1, encryptOption: 1,
+      vmUuid, vmName: 'bench-vm', compressOption: 1, encryptOption: 1, mode,
       volumes: [{ volUuid: `${vmUuid.slice(0, 24)}000000000000`, url: join(dir, role === 'production' ? 'source.img' : 'dr.img'), sizeBytes: volumeBytes }],
     }],
   };
 }
 
-async function targetVrg(ctx: Ctx, r: NbdTargetResult): Promise<void> {
+async function targetVrg(ctx: Ctx, r: NbdTargetResult, mode: 'async' | 'sync'): Promise<void> {
   const dir = join(ctx.dir, 'vrg');
   await rm(dir, { recursive: true, force: true });
   await mkdir(dir, { recursive: true });
   const secret = randomBytes(32).toString('hex');
-  const drCfg = vrgConfig('dr', dir, 0, secret, ctx.volumeBytes);
+  const drCfg = vrgConfig('dr', dir, 0, secret, ctx.volumeBytes, mode);
   await writeFile(join(dir, 'dr.json'), JSON.stringify(drCfg, null, 2));
   const gateways: GatewayChild[] = [];
   try {
     const dr = track(spawnGateway('dr', join(dir, 'dr.json'), join(dir, 'dr.log')));
     gateways.push(dr);
     const drReady = await withTimeout(dr.request<Ready>(null, 'ready'), 30_000, 'DR gateway start');
-    const prodCfg = vrgConfig('production', dir, drReady.linkPort!, secret, ctx.volumeBytes);
+    const prodCfg = vrgConfig('production', dir, drReady.linkPort!, secret, ctx.volumeBytes, mode);
     await writeFile(join(dir, 'production.json'), JSON.stringify(prodCfg, null, 2));
     const prod = track(spawnGateway('production', join(dir, 'production.json'), join(dir, 'production.log')));
     gateways.unshift(prod);
     const ready = await withTimeout(prod.request<Ready>(null, 'ready'), 30_000, 'production gateway start');
     if (!ready.nbdPort) throw new Error('the production gateway reported no NBD port (NBD intake not wired?)');
     const vol = prodCfg.vms[0]!.volumes[0]!;
+    // The initial sync of the (sparse) source and the check after it, before measuring.
+    await withTimeout(prod.request({ type: 'drain' }, 'drained'), 300_000, 'initial sync');
     for (const job of jobNames) {
       const f = await runFio(ctx.plan, job, `nbd://127.0.0.1:${ready.nbdPort}/${vol.volUuid}`, join(dir, `${job}.json`), ctx.fioTimeoutMs);
       const t0 = Date.now();
@@ -499,19 +503,21 @@ export async function benchNbd(opts: NbdBenchOptions): Promise<NbdBenchResult> {
   const ctx: Ctx = { dir, volumeBytes, plan, fioTimeoutMs: 120_000 };
   const targets: Record<NbdTargetName, NbdTargetResult> = {
     vrg: emptyResult('VRG Async intake (lz4+aes, 1 codec thread), production -> DR gateway, drained after each job'),
+    vrgSync: emptyResult('VRG Sync intake: each write acknowledged once durable (fdatasync) on the DR volume'),
     qemuNbd: emptyResult(`qemu-nbd ${qemuNbdFlags.join(' ')} on a raw file, no replication (ceiling)`),
     qemuNbdWritethrough: emptyResult('the same with --cache=writethrough: each write durable before its reply (durable ceiling)'),
     qemuMirrorBackground: emptyResult('qemu-storage-daemon NBD export + blockdev-mirror copy-mode=background -> qemu-nbd DR'),
     qemuMirrorWriteBlocking: emptyResult('qemu-storage-daemon NBD export + blockdev-mirror copy-mode=write-blocking -> qemu-nbd DR'),
   };
   const needs: Record<NbdTargetName, string[]> = {
-    vrg: ['fio'], qemuNbd: ['fio', 'qemu-nbd'], qemuNbdWritethrough: ['fio', 'qemu-nbd'],
+    vrg: ['fio'], vrgSync: ['fio'], qemuNbd: ['fio', 'qemu-nbd'], qemuNbdWritethrough: ['fio', 'qemu-nbd'],
     qemuMirrorBackground: ['fio', 'qemu-nbd', 'qemu-storage-daemon'], qemuMirrorWriteBlocking: ['fio', 'qemu-nbd', 'qemu-storage-daemon'],
   };
   const fioVersion = which('fio') ? (await capture('fio', ['--version'], 10_000).catch(() => ({ out: '' }))).out.trim() || null : null;
   const nbdEngine = fioVersion ? (await capture('fio', ['--enghelp=nbd'], 10_000).catch(() => ({ code: 1, out: '' }))).code === 0 : false;
   const runners: Record<NbdTargetName, (r: NbdTargetResult) => Promise<void>> = {
-    vrg: (r) => targetVrg(ctx, r),
+    vrg: (r) => targetVrg(ctx, r, 'async'),
+    vrgSync: (r) => targetVrg(ctx, r, 'sync'),
     qemuNbd: (r) => targetQemuNbd(ctx, r, 'writeback'),
     qemuNbdWritethrough: (r) => targetQemuNbd(ctx, r, 'writethrough'),
     qemuMirrorBackground: (r) => targetQemuMirror(ctx, r, 'background'),
@@ -537,6 +543,9 @@ export async function benchNbd(opts: NbdBenchOptions): Promise<NbdBenchResult> {
     vsQemuNbdWritethrough: ratio(targets.vrg.jobs[j], targets.qemuNbdWritethrough.jobs[j]),
     vsQemuMirrorBackground: ratio(targets.vrg.jobs[j], targets.qemuMirrorBackground.jobs[j]),
     vsQemuMirrorWriteBlocking: ratio(targets.vrg.jobs[j], targets.qemuMirrorWriteBlocking.jobs[j]),
+    syncVsWriteBlocking: ratio(targets.vrgSync.jobs[j], targets.qemuMirrorWriteBlocking.jobs[j]),
+    syncP99VsWriteBlockingP99: targets.vrgSync.jobs[j] && targets.qemuMirrorWriteBlocking.jobs[j]
+      ? targets.vrgSync.jobs[j]!.p99Ms / targets.qemuMirrorWriteBlocking.jobs[j]!.p99Ms : null,
   }])) as NbdBenchResult['ratios'];
   return { volumeBytes, fio: { version: fioVersion, ...plan }, targets, ratios, seconds: (Date.now() - started) / 1000 };
 }
@@ -545,7 +554,7 @@ export function formatNbdBench(r: NbdBenchResult): string {
   const lines = [`NBD intake, fio ${r.fio.version ?? '?'} nbd engine, QD 16, 50% compressible buffers, ${r.volumeBytes / MiB} MiB volume:`];
   lines.push('  target                    job       MB/s     IOPS  p50 ms  p99 ms  sync ms  DR verified');
   const labels: Record<NbdTargetName, string> = {
-    vrg: 'VRG async', qemuNbd: 'qemu-nbd (no repl.)', qemuNbdWritethrough: 'qemu-nbd writethrough',
+    vrg: 'VRG async', vrgSync: 'VRG sync', qemuNbd: 'qemu-nbd (no repl.)', qemuNbdWritethrough: 'qemu-nbd writethrough',
     qemuMirrorBackground: 'QEMU mirror background', qemuMirrorWriteBlocking: 'QEMU mirror write-block',
   };
   for (const [name, t] of Object.entries(r.targets) as Array<[NbdTargetName, NbdTargetResult]>) {
@@ -567,6 +576,7 @@ export function formatNbdBench(r: NbdBenchResult): string {
     const q = r.ratios[job];
     lines.push(`  VRG ${job} MB/s: ${x(q.vsQemuNbd)} of qemu-nbd, ${x(q.vsQemuNbdWritethrough)} of qemu-nbd writethrough, ` +
       `${x(q.vsQemuMirrorBackground)} of QEMU background mirror, ${x(q.vsQemuMirrorWriteBlocking)} of write-blocking mirror`);
+    lines.push(`  VRG Sync ${job}: ${x(q.syncVsWriteBlocking)} of QEMU write-blocking mirror MB/s, p99 ${x(q.syncP99VsWriteBlockingP99)} of its p99`);
   }
   lines.push(`  (sync ms: after the fio job ended, until DR had every write; ${r.seconds.toFixed(0)} s for the section)`);
   return lines.join('\n');

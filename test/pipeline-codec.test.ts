@@ -195,7 +195,7 @@ for (const [codecName, make] of codecs) {
     const mal = [ErrorCode.FRAME_MALFORMED];
     await expectCode(t, craft([{ ...lz4Rec, length: plain.length, storedLength: lz4.length - 1 }], lz4), mal, 'stored lengths short of payload');
     await expectCode(t, craft([{ ...lz4Rec, length: plain.length, storedLength: lz4.length + 1 }], lz4), mal, 'stored lengths past payload');
-    await expectCode(t, craft([{ ...lz4Rec, length: plain.length, kind: 5 }], lz4), mal, 'kind 5');
+    await expectCode(t, craft([{ ...lz4Rec, length: plain.length, kind: 8 }], lz4), mal, 'kind 8');
     await expectCode(t, craft([{ ...lz4Rec, length: plain.length, kind: 0 }], lz4), mal, 'kind 0');
     await expectCode(t, craft([{ ...lz4Rec, length: plain.length, codec: 2 }], lz4), mal, 'codec 2');
     await expectCode(t, craft([{ ...lz4Rec, length: plain.length, volumeIndex: 1 }], lz4), mal, 'volume index out of range');

@@ -23,8 +23,9 @@ async function replicate(t: Tap.Test, o: { compress: 0 | 1; encrypt: 0 | 1; pool
   t.equal(drStatus.recordsApplied, status.lastSeq, 'each record applied exactly once');
   t.equal(await compareVolumes(vols.map((v, i) => [v.url, pair.configs.dr.vms[0]!.volumes[i]!.url])), null,
     'DR volumes identical to the source volumes');
-  if (o.compress) t.ok(status.bytesIn / status.bytesStored > 1.5, `compressed ${(status.bytesIn / status.bytesStored).toFixed(2)}:1`);
-  else t.equal(status.bytesStored, status.bytesIn, 'stored raw without compression');
+  // Writes made before the initial sync began were tracked by the CBT bitmap, not journaled.
+  if (o.compress) t.ok(status.bytesJournaled / status.bytesStored > 1.5, `compressed ${(status.bytesJournaled / status.bytesStored).toFixed(2)}:1`);
+  else t.equal(status.bytesStored, status.bytesJournaled, 'stored raw without compression');
 }
 
 // Tap's global type for a subtest.

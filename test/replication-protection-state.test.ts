@@ -41,6 +41,7 @@ function sampleEvent(type: EventType, s: State): Event {
     case 'checkDiffers': return { type, regions: [region] };
     case 'setMode': return { type, mode: s.mode === 'async' ? 'sync' : 'async' };
     case 'checkRequested': return { type, reason: 'test' };
+    case 'resyncNeeded': return { type, reason: 'initial-sync' };
     default: return { type } as Event;
   }
 }
@@ -299,4 +300,13 @@ t.test('seeded random walk keeps the invariants', async (t) => {
   if (failures > 0) t.comment(`random walk seed ${seed} (rerun with VRG_SEED=${seed})`);
   t.equal(failures, 0, `seed ${seed}`);
   t.ok(totalChanges > 1000, `the walks moved (${totalChanges} state changes)`);
+});
+
+t.test('resyncNeeded: queue and check go to cbt with the given reason; cbt absorbs it', async (t) => {
+  const q = transition(reach('queue'), { type: 'resyncNeeded', reason: 'initial-sync' }, 7);
+  t.match(q.state, { name: 'cbt', lastTransition: { from: 'queue', to: 'cbt', reason: 'initial-sync', atMs: 7 } });
+  t.same(types(q.effects).slice(0, 2), ['log', 'startCbtTracking']);
+  t.match(transition(reach('check'), { type: 'resyncNeeded', reason: 'cbt-bitmap-lost' }, 8).state, { name: 'cbt', lastTransition: { reason: 'cbt-bitmap-lost' } });
+  const c = reach('cbt');
+  t.equal(transition(c, { type: 'resyncNeeded', reason: 'x' }, 9).state, c);
 });

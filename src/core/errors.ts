@@ -23,6 +23,7 @@ export const ErrorCode = {
   JOURNAL_FULL: 'VRG_JOURNAL_FULL',
   RECORD_TOO_LARGE: 'VRG_RECORD_TOO_LARGE',
   JOURNAL_IO: 'VRG_JOURNAL_IO',
+  STAGE_CORRUPT: 'VRG_STAGE_CORRUPT',
   // Changed-block tracking (CBT) bitmap: the driver falls back to a full resync on CORRUPT
   CBT_MISMATCH: 'VRG_CBT_MISMATCH',
   CBT_CORRUPT: 'VRG_CBT_CORRUPT',

@@ -38,6 +38,10 @@ export const limits = {
    */
   checkpointIntervalMs: 5_000,
   checkpointJournalFraction: 0.5,
+  /** Async mode: the link down longer than this moves a VM from the journal to CBT. */
+  linkDownCbtAfterMs: 300_000,
+  /** Sync mode: the link down longer than this degrades a VM to Async with CBT. */
+  syncDegradeAfterMs: 10_000,
   /** Volumes per VM (the VRG document's seqNum range is 1–40). */
   volumesPerVmMax: 40,
 } as const;

@@ -5,7 +5,7 @@ import { ErrorCode, isVrgError, vrgError, type VrgError } from '../core/errors.j
 import { limits, GiB } from '../core/limits.js';
 import { silentLogger, type Logger } from '../core/log.js';
 import {
-  HEADER_BYTES, PAYLOAD_BYTES_MAX, RecordKind, crcMatches, decodeHeader, encodeHeader, toRecord,
+  HEADER_BYTES, PAYLOAD_BYTES_MAX, RECORD_KIND_MAX, RecordKind, crcMatches, decodeHeader, encodeHeader, toRecord,
   type JournalRecord, type JournalRecordInput,
 } from './record-codec.js';
 import { RecordCache } from './record-cache.js';
@@ -14,7 +14,7 @@ import {
   type ScanResult, type Segment,
 } from './segment.js';
 
-export { RecordKind, type JournalRecord, type JournalRecordInput } from './record-codec.js';
+export { RecordKind, RECORD_KIND_MAX, carriesData, type JournalRecord, type JournalRecordInput } from './record-codec.js';
 
 export interface JournalOptions {
   dir: string;
@@ -537,7 +537,7 @@ function validateRecords(records: JournalRecordInput[]): number {
     const okFields = Number.isInteger(r.volumeIndex) && r.volumeIndex >= 0 && r.volumeIndex <= 0xffff
       && Number.isSafeInteger(r.offset) && r.offset >= 0 && Number.isSafeInteger(r.length) && r.length >= 0
       && Number.isSafeInteger(r.offset + r.length)
-      && Number.isInteger(r.kind) && r.kind >= RecordKind.WRITE && r.kind <= RecordKind.BARRIER
+      && Number.isInteger(r.kind) && r.kind >= RecordKind.WRITE && r.kind <= RECORD_KIND_MAX
       && Number.isInteger(r.codec) && r.codec >= 0 && r.codec <= 0xff && r.payload instanceof Uint8Array;
     if (!okFields) {
       throw vrgError(ErrorCode.INVALID_ARGUMENT, 'journal append: bad record fields', {

@@ -1,7 +1,16 @@
 import { crc32 } from '../core/checksum.js';
 import { limits } from '../core/limits.js';
 
-export const RecordKind = { WRITE: 1, TRIM: 2, ZERO: 3, BARRIER: 4 } as const;
+// RESYNC: the current content of a region read from the source volume by a CBT resync or a consistency
+// check repair (not a VM write: never replayed onto the source). STAGE_BEGIN / STAGE_COMMIT bracket records
+// the DR side stages and commits atomically (a CBT resync pass, a SnapshotsOnly snapshot).
+export const RecordKind = { WRITE: 1, TRIM: 2, ZERO: 3, BARRIER: 4, RESYNC: 5, STAGE_BEGIN: 6, STAGE_COMMIT: 7 } as const;
+export const RECORD_KIND_MAX = RecordKind.STAGE_COMMIT;
+
+/** The kinds whose records carry the written bytes as payload. */
+export function carriesData(kind: number): boolean {
+  return kind === RecordKind.WRITE || kind === RecordKind.RESYNC;
+}
 
 export interface JournalRecordInput {
   volumeIndex: number;
@@ -93,7 +102,7 @@ export function decodeHeader(buf: Buffer, at: number): RecordHeader | string {
   };
   if (h.seq < 1 || !Number.isSafeInteger(h.seq)) return 'bad seq';
   if (!Number.isSafeInteger(h.timestampMs) || !Number.isSafeInteger(h.offset + h.length)) return 'bad field';
-  if (h.kind < RecordKind.WRITE || h.kind > RecordKind.BARRIER) return 'bad kind';
+  if (h.kind < RecordKind.WRITE || h.kind > RECORD_KIND_MAX) return 'bad kind';
   if (h.payloadLength > PAYLOAD_BYTES_MAX) return 'bad payload length';
   return h;
 }

@@ -8,7 +8,7 @@ import { silentLogger, type Logger } from '../core/log.js';
 import type { Random } from '../core/random.js';
 import { encodeFrame, FrameFlags, FrameType, openFrame, type DirectionKeys, type FrameDecoder, type RawFrame } from '../protocol/frame.js';
 import {
-  decodeAck, decodeHeartbeat, decodeLinkError, decodeResume, encodeHeartbeat, encodeLinkError, type Resume,
+  decodeAck, decodeCheckDigests, decodeCheckRequest, decodeVmState, decodeHeartbeat, decodeLinkError, decodeResume, encodeHeartbeat, encodeLinkError, type Resume,
 } from '../protocol/messages.js';
 
 // One authenticated link connection (after the handshake in handshake.ts). Every frame after the
@@ -60,6 +60,18 @@ const CONTROL_DECODERS: Record<number, (b: Uint8Array) => unknown> = {
   [FrameType.HEARTBEAT_REPLY]: decodeHeartbeat,
   [FrameType.LINK_ERROR]: decodeLinkError,
   [FrameType.RESUME]: decodeResume,
+  [FrameType.VM_STATE]: decodeVmState,
+  [FrameType.CHECK_REQUEST]: decodeCheckRequest,
+  [FrameType.CHECK_DIGESTS]: decodeCheckDigests,
+};
+
+/** Control frames only one side may receive. */
+const RECEIVED_BY: Record<number, 'production' | 'dr'> = {
+  [FrameType.ACK]: 'production',
+  [FrameType.RESUME]: 'production',
+  [FrameType.CHECK_DIGESTS]: 'production',
+  [FrameType.VM_STATE]: 'dr',
+  [FrameType.CHECK_REQUEST]: 'dr',
 };
 
 export class LinkConnection extends EventEmitter {
@@ -237,7 +249,8 @@ export class LinkConnection extends EventEmitter {
     }
     this.recvSeq++;
     const decode = CONTROL_DECODERS[f.type];
-    const allowed = f.type === FrameType.ACK || f.type === FrameType.RESUME ? this.role === 'production' : true;
+    const receiver = RECEIVED_BY[f.type];
+    const allowed = receiver === undefined || receiver === this.role;
     if (decode === undefined || !allowed) {
       this.close(vrgError(ErrorCode.FRAME_UNEXPECTED, `unexpected frame type ${f.type} on the ${this.role} side`, { type: f.type }));
       return;

@@ -10,7 +10,9 @@ import { lz4Decode, lz4Encode, lz4EncodeBound } from './lz4-native.js';
 // Every output buffer they return owns its whole ArrayBuffer (Buffer.allocUnsafeSlow), so it can be transferred.
 
 /** Record kinds of WriteRecord.kind (same numbers as the journal's RecordKind). */
-const Kind = { WRITE: 1, TRIM: 2, ZERO: 3, BARRIER: 4 } as const;
+// The journal's RecordKind (workers load this file alone, so the values are repeated here).
+const Kind = { WRITE: 1, TRIM: 2, ZERO: 3, BARRIER: 4, RESYNC: 5, STAGE_BEGIN: 6, STAGE_COMMIT: 7 } as const;
+const carriesData = (kind: number): boolean => kind === Kind.WRITE || kind === Kind.RESYNC;
 
 /**
  * Largest total declared plain length (sum of WRITE lengths) one batch may decode to: what a RAW frame could carry.
@@ -147,12 +149,12 @@ export function validateBatch(batch: WriteBatch, payloadLength: number): number 
     const r = records[i]!;
     const { kind, codec, length, storedLength: stored, volumeIndex, offset } = r;
     const where = { record: i, kind, codec, length, storedLength: stored };
-    if (!isU32(kind) || kind < Kind.WRITE || kind > Kind.BARRIER) bad('bad record kind', where);
+    if (!isU32(kind) || kind < Kind.WRITE || kind > Kind.STAGE_COMMIT) bad('bad record kind', where);
     if (codec !== RecordCodec.RAW && codec !== RecordCodec.LZ4) bad('bad record codec', where);
     if (!isU32(length) || !isU32(stored) || !isU32(volumeIndex)) bad('bad record field', where);
     if (!Number.isSafeInteger(offset) || offset < 0) bad('bad record offset', where);
     if (volumeIndex >= volumes) bad('volume index out of range', { ...where, volumeIndex, volumes });
-    if (kind === Kind.WRITE) {
+    if (carriesData(kind)) {
       if (length === 0 || length > limits.recordBytesMax) bad('bad WRITE length', where);
       if (codec === RecordCodec.RAW && stored !== length) bad('RAW stored length differs from length', where);
       if (codec === RecordCodec.LZ4 && (stored === 0 || stored > lz4EncodeBound(length))) bad('bad LZ4 stored length', where);
@@ -181,7 +183,7 @@ function decompressRecords(batch: WriteBatch, payload: Buffer, plainTotal: numbe
   for (const [i, r] of (batch.records ?? []).entries()) {
     const stored = payload.subarray(inPos, inPos + r.storedLength);
     inPos += r.storedLength;
-    if (r.kind !== Kind.WRITE) continue;
+    if (!carriesData(r.kind)) continue;
     const dst = out.subarray(outPos, outPos + r.length);
     outPos += r.length;
     if (r.codec === RecordCodec.RAW) {

@@ -38,6 +38,9 @@ export interface WriteBatch {
 export interface Ack { vmUuid: string; durableSeq: number }
 export interface Heartbeat { id: number; sentAtUs: number }
 export interface LinkError { code: string; message: string }
+export interface VmState { vmUuid: string; state: string; mode: string; pausedManual: boolean; syncDegraded: boolean; atMs: number }
+export interface CheckRequest { vmUuid: string; checkId: number; volumeIndex: number; volUuid: string; start: number; end: number; regionBytes: number }
+export interface CheckDigests { vmUuid: string; checkId: number; digests: Buffer; error: string }
 
 const UINT32_MAX = 0xffff_ffff;
 
@@ -99,6 +102,9 @@ const writeRecord = makeCodec<WriteRecord>('WriteRecord');
 const ack = makeCodec<Ack>('Ack');
 const heartbeat = makeCodec<Heartbeat>('Heartbeat');
 const linkError = makeCodec<LinkError>('LinkError');
+const vmState = makeCodec<VmState>('VmState');
+const checkRequest = makeCodec<CheckRequest>('CheckRequest');
+const checkDigests = makeCodec<CheckDigests>('CheckDigests');
 
 export const encodeHello = (m: Hello): Uint8Array => hello.encode(m);
 export const decodeHello = (b: Uint8Array): Hello => hello.decode(b);
@@ -116,3 +122,9 @@ export const encodeHeartbeat = (m: Heartbeat): Uint8Array => heartbeat.encode(m)
 export const decodeHeartbeat = (b: Uint8Array): Heartbeat => heartbeat.decode(b);
 export const encodeLinkError = (m: LinkError): Uint8Array => linkError.encode(m);
 export const decodeLinkError = (b: Uint8Array): LinkError => linkError.decode(b);
+export const encodeVmState = (m: VmState): Uint8Array => vmState.encode(m);
+export const decodeVmState = (b: Uint8Array): VmState => vmState.decode(b);
+export const encodeCheckRequest = (m: CheckRequest): Uint8Array => checkRequest.encode(m);
+export const decodeCheckRequest = (b: Uint8Array): CheckRequest => checkRequest.decode(b);
+export const encodeCheckDigests = (m: CheckDigests): Uint8Array => checkDigests.encode(m);
+export const decodeCheckDigests = (b: Uint8Array): CheckDigests => checkDigests.decode(b);

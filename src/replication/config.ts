@@ -37,18 +37,54 @@ export interface VmConfig {
   compressOption: 0 | 1;
   encryptOption: 0 | 1;
   volumes: VolumeConfig[];
+  /** Replication mode at start (production side; default async). */
+  mode?: 'async' | 'sync' | 'snapshots';
+}
+
+export interface ProtectionConfig {
+  linkDownCbtAfterMs: number;
+  syncDegradeAfterMs: number;
+  cbtGranularityBytes: number;
+  snapshotIntervalMs: number;
 }
 
 export interface GatewayConfig {
   role: Role;
   gatewayId: string;
   dataDir: string;
-  link: { host: string; port: number; secret: Buffer };
+  /** rateBytesPerSec: a bandwidth cap on what production sends (0 = none). */
+  link: { host: string; port: number; secret: Buffer; rateBytesPerSec: number };
+  /** The per-VM protection state machine's limits (production side). */
+  protection: ProtectionConfig;
   codecThreads: number;
   journalCapacityBytes: number;
   /** Production: the NBD intake (one export per protected volume); DR: read-only replica exports. */
   nbd: NbdListenConfig | null;
   vms: VmConfig[];
+  /** Optional management REST API (src/api/rest): HTTP on port, HTTPS on httpsPort (absent: no HTTPS). */
+  api?: ApiListenConfig | null;
+}
+
+/** "api": { "host": "127.0.0.1", "port": 8080, "httpsPort": 8443, "adminPassword": "...", "certFile": "...", "keyFile": "..." } */
+export interface ApiListenConfig {
+  host: string;
+  port: number;
+  httpsPort?: number;
+  /** The first password of user `admin`, set only when the account store has no `admin` yet. */
+  adminPassword?: string;
+  /** An operator's PEM certificate and key for HTTPS (default: generated once under dataDir/api). */
+  certFile?: string;
+  keyFile?: string;
+}
+
+function parseApi(v: unknown, path: string): ApiListenConfig {
+  const o = obj(v, path);
+  const opt = (k: string): string | undefined => (o[k] === undefined ? undefined : str(o, k, path));
+  const api: ApiListenConfig = { host: str(o, 'host', path, { def: '127.0.0.1' }), port: int(o, 'port', path, 0, 65535, 8080) };
+  if (o.httpsPort !== undefined) api.httpsPort = int(o, 'httpsPort', path, 0, 65535);
+  for (const k of ['adminPassword', 'certFile', 'keyFile'] as const) if (opt(k) !== undefined) api[k] = opt(k);
+  if ((api.certFile === undefined) !== (api.keyFile === undefined)) fail(path, 'certFile and keyFile go together');
+  return api;
 }
 
 type Json = Record<string, unknown>;
@@ -103,6 +139,23 @@ function parseVm(v: unknown, path: string): VmConfig {
     compressOption: int(o, 'compressOption', path, 0, 1, 1) as 0 | 1,
     encryptOption: int(o, 'encryptOption', path, 0, 1, 1) as 0 | 1,
     volumes,
+    ...(o.mode === undefined ? {} : { mode: parseMode(o.mode, `${path}.mode`) }),
+  };
+}
+
+function parseMode(v: unknown, path: string): 'async' | 'sync' | 'snapshots' {
+  if (v !== 'async' && v !== 'sync' && v !== 'snapshots') fail(path, 'must be "async", "sync" or "snapshots"');
+  return v;
+}
+
+function parseProtection(v: unknown, path: string): ProtectionConfig {
+  const o = obj(v ?? {}, path);
+  const day = 86_400_000;
+  return {
+    linkDownCbtAfterMs: int(o, 'linkDownCbtAfterMs', path, 0, day, limits.linkDownCbtAfterMs),
+    syncDegradeAfterMs: int(o, 'syncDegradeAfterMs', path, 0, day, limits.syncDegradeAfterMs),
+    cbtGranularityBytes: int(o, 'cbtGranularityBytes', path, 4096, 1024 * MiB, 64 * 1024),
+    snapshotIntervalMs: int(o, 'snapshotIntervalMs', path, 0, day, 0),
   };
 }
 
@@ -130,11 +183,14 @@ export function parseConfig(raw: unknown): GatewayConfig {
     role,
     gatewayId: str(o, 'gatewayId', '$'),
     dataDir: str(o, 'dataDir', '$'),
-    link: { host: str(link, 'host', '$.link'), port: int(link, 'port', '$.link', 0, 65535), secret: Buffer.from(secretHex, 'hex') },
+    link: { host: str(link, 'host', '$.link'), port: int(link, 'port', '$.link', 0, 65535), secret: Buffer.from(secretHex, 'hex'),
+      rateBytesPerSec: int(link, 'rateBytesPerSec', '$.link', 0, Number.MAX_SAFE_INTEGER, 0) },
+    protection: parseProtection(o.protection, '$.protection'),
     codecThreads: int(o, 'codecThreads', '$', 1, 16, 1),
-    journalCapacityBytes: int(o, 'journalCapacityBytes', '$', 4 * MiB, Number.MAX_SAFE_INTEGER, 1024 * MiB),
+    journalCapacityBytes: int(o, 'journalCapacityBytes', '$', 2 * MiB, Number.MAX_SAFE_INTEGER, 1024 * MiB),
     nbd: o.nbd === undefined || o.nbd === null ? null : parseListen(o.nbd, '$.nbd'),
     vms,
+    api: o.api === undefined || o.api === null ? null : parseApi(o.api, '$.api'),
   };
 }
 

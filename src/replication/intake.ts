@@ -2,7 +2,9 @@ import { assert } from '../core/assert.js';
 import { ErrorCode, isVrgError, vrgError } from '../core/errors.js';
 import { limits } from '../core/limits.js';
 import type { Logger } from '../core/log.js';
+import type { DirtyBitmap } from '../journal/dirty-bitmap.js';
 import { RecordKind, type Journal, type JournalRecordInput } from '../journal/journal.js';
+import type { ApplyState } from './apply-state.js';
 import type { Codec } from '../pipeline/codec.js';
 import { applyInOrder, type VolumeOp } from '../volume/ordered-writes.js';
 import { checkVolumeRange, type Volume } from '../volume/volume.js';
@@ -22,11 +24,15 @@ export interface IntakeOp {
 
 interface Pending extends IntakeOp {
   done: (err: Error | null) => void;
+  /** A resync read or a stage marker: its own group, never blocking on a full journal. */
+  special?: { resync: ResyncRead | null; settle: (seq: number | null, err: Error | null) => void; abandonIf?: () => boolean };
 }
 
 export interface IntakeStats {
   writes: number;
   bytesIn: number;
+  /** Of bytesIn, the bytes that went into the journal (the rest were tracked by the CBT bitmap). */
+  bytesJournaled: number;
   bytesStored: number;
   groups: number;
 }
@@ -38,8 +44,29 @@ export interface IntakeStats {
  */
 const groupsInFlightMax = 4;
 
+export interface IntakeCbt {
+  bitmaps: readonly DirtyBitmap[];
+  /**
+   * The source volumes are durable up to this journal seq (replay at start begins after it). Before the first
+   * bitmap-tracked write reaches the source, journaled writes still only in its page cache are fsynced and
+   * this is saved: a replay must never write an older journaled block over a newer bitmap-tracked one.
+   */
+  sourceState: ApplyState;
+  /** A write found the journal full (journal tracking): the driver moves the VM to CBT. */
+  onOverflow: () => void;
+  /** Sync mode: resolves once DR has `seq` durably, or once acks no longer wait for DR. */
+  waitForDr: (seq: number) => Promise<void> | null;
+}
+
+/** Reads the current content of a source range into the journal, in write order (CBT resync, check repair). */
+export interface ResyncRead {
+  volumeIndex: number;
+  offset: number;
+  length: number;
+}
+
 export class Intake {
-  readonly stats: IntakeStats = { writes: 0, bytesIn: 0, bytesStored: 0, groups: 0 };
+  readonly stats: IntakeStats = { writes: 0, bytesIn: 0, bytesJournaled: 0, bytesStored: 0, groups: 0 };
   private pending: Pending[] = [];
   private pendingBytes = 0;
   private groupsInFlight = 0;
@@ -60,12 +87,24 @@ export class Intake {
     private readonly volumes: readonly Volume[],
     private readonly opts: {
       compress: () => boolean;
-      /** Called when the journal is full; resolves when it may have room again. */
+      /** Called when the journal is full; resolves when it may have room again (used without CBT bitmaps). */
       waitForRoom: () => Promise<void>;
       onCommitted: () => void;
+      /** Stored bytes of appended records, for the lag figures. */
+      onAppended?: (lastSeq: number, storedBytes: number) => void;
       logger: Logger;
+      /** CBT: one dirty bitmap per volume. With them a full journal never blocks a write: it falls back to CBT. */
+      cbt?: IntakeCbt;
     },
   ) {}
+
+  /**
+   * 'journal': writes are journaled (queue / check states, a resync pass); 'bitmap': they only mark the CBT
+   * bitmap (cbt state, SnapshotsOnly between snapshots). Switched by the protection driver between groups.
+   */
+  tracking: 'journal' | 'bitmap' = 'journal';
+  /** Bytes and writes acknowledged through the bitmap path since the last sourceFlushed() (FLUSH must fsync them). */
+  private trackedUnsynced = false;
 
   /** Resolves when the op is on the source volume and durable in the journal. */
   async submit(op: IntakeOp): Promise<void> {
@@ -100,16 +139,57 @@ export class Intake {
     await this.idle();
   }
 
+  /**
+   * Appends the current content of a source range (RESYNC record, or ZERO where the source reports a hole)
+   * in write order: it reads after every earlier write reached the source and before any later one does.
+   * Resolves to its seq; rejects with VRG_JOURNAL_FULL (nothing appended) rather than waiting for room.
+   */
+  resync(read: ResyncRead): Promise<number> {
+    const volume = this.volumes[read.volumeIndex];
+    assert(volume !== undefined, 'resync volume index');
+    checkVolumeRange(volume, read.offset, read.length);
+    assert(read.length > 0 && read.length <= limits.recordBytesMax, 'resync reads at most one record');
+    return this.special({ volumeIndex: read.volumeIndex, offset: read.offset, kind: RecordKind.RESYNC, length: read.length, data: null }, read)
+      .then((seq) => seq!);
+  }
+
+  /**
+   * Appends a STAGE_BEGIN or STAGE_COMMIT marker in write order. A commit is skipped (resolves null) when
+   * `abandonIf` is true at its turn: a write tracked only by the bitmap since the pass began is not in it.
+   */
+  marker(kind: number, abandonIf: () => boolean = () => false): Promise<number | null> {
+    assert(kind === RecordKind.STAGE_BEGIN || kind === RecordKind.STAGE_COMMIT, 'marker kind');
+    return this.special({ volumeIndex: 0, offset: 0, kind, length: 0, data: null }, null, abandonIf);
+  }
+
+  /** NBD FLUSH: writes acknowledged through the bitmap path are only in the source's page cache. */
+  async flushTracked(): Promise<void> {
+    if (!this.trackedUnsynced) return;
+    this.trackedUnsynced = false;
+    await Promise.all(this.volumes.map((v) => v.flush()));
+  }
+
+  private special(op: IntakeOp, resync: ResyncRead | null, abandonIf?: () => boolean): Promise<number | null> {
+    if (this.closed) return Promise.reject(vrgError(ErrorCode.CLOSED, 'intake is closed'));
+    return new Promise<number | null>((resolve, reject) => {
+      const settle = (seq: number | null, err: Error | null): void => (err ? reject(err) : resolve(seq));
+      this.pending.push({ ...op, done: () => undefined, special: { resync, settle, abandonIf } });
+      this.kick();
+    });
+  }
+
   private kick(): void {
     if (this.pending.length > 0 && !this.compressing && this.groupsInFlight < groupsInFlightMax) {
       const group = this.takeGroup();
       this.groupsInFlight++;
       this.compressing = true;
       this.stats.groups++;
-      void this.commitGroup(group, () => {
+      const compressed = (): void => {
         this.compressing = false;
         this.kick();
-      }).finally(() => {
+      };
+      const run = group[0]!.special ? this.commitSpecial(group[0]!, compressed) : this.commitGroup(group, compressed);
+      void run.finally(() => {
         this.groupsInFlight--;
         this.kick();
         if (this.pending.length === 0 && this.groupsInFlight === 0) {
@@ -119,10 +199,12 @@ export class Intake {
     }
   }
 
+  /** Consecutive writes up to the batch target; a resync read or marker is a group of its own. */
   private takeGroup(): Pending[] {
+    if (this.pending[0]!.special) return this.pending.splice(0, 1);
     let bytes = 0;
     let n = 0;
-    while (n < this.pending.length && n < limits.batchRecordsMax) {
+    while (n < this.pending.length && n < limits.batchRecordsMax && !this.pending[n]!.special) {
       const b = this.pending[n]!.data?.byteLength ?? 0;
       if (n > 0 && bytes + b > limits.batchBytesTarget) break;
       bytes += b;
@@ -138,31 +220,106 @@ export class Intake {
    * The journal is written ahead of the source volume (a WAL): a group reaches the source only once
    * it is durable in the journal, so after a crash replaying the journal's tail onto the source
    * (ProductionGateway.open) leaves no write on the source that the journal (and so DR) lacks.
+   * With CBT, a group in bitmap tracking (or one that finds the journal full) marks the bitmap durably
+   * instead, then writes the source: the write is never blocked by the journal.
    */
   private async commitGroup(group: Pending[], compressed: () => void): Promise<void> {
     const sourceTurn = this.sourceTurn;
-    const records = this.compress(group);
+    const tracked = this.tracking === 'bitmap' && this.opts.cbt !== undefined;
+    const records = tracked ? Promise.resolve(null) : this.compress(group);
     void records.finally(compressed).catch(() => undefined);
-    const appended = records.then((r) => this.appendInOrder(r).then((seqs) => ({ records: r, seqs })));
-    const durable = appended.then((a) => a.records);
-    const sourceDone = appended.then(async ({ seqs }) => {
+    // The append turn is taken now, not after compression: a resync read or marker queued meanwhile
+    // must append after this group (it reads the source after this group's write).
+    const turn = tracked ? null : this.takeAppendTurn();
+    records.catch(() => turn?.release());
+    const appended = records.then((r) => (r === null ? null : this.appendInOrder(turn!, r)));
+    const sourceDone = appended.then(async (seqs) => {
       await sourceTurn;
+      if (seqs === null) await this.trackInBitmap(group);
       await applyInOrder(group.map((op) => toVolumeOp(this.volumes[op.volumeIndex]!, op)));
-      this.sourceAppliedSeq = Math.max(this.sourceAppliedSeq, seqs.lastSeq);
+      if (seqs !== null) this.sourceAppliedSeq = Math.max(this.sourceAppliedSeq, seqs.lastSeq);
     });
     this.sourceTurn = sourceDone.catch(() => undefined);
     try {
-      const records = await durable;
-      this.opts.onCommitted(); // shipping need not wait for the source volume
+      const seqs = await appended;
+      if (seqs !== null) {
+        this.opts.onAppended?.(seqs.lastSeq, (await records)!.reduce((n, r) => n + r.payload.byteLength, 0));
+        this.opts.onCommitted(); // shipping need not wait for the source volume
+      }
       await sourceDone;
-      for (const op of group) this.stats.bytesIn += op.data?.byteLength ?? 0;
-      this.stats.writes += group.length;
-      for (const r of records) this.stats.bytesStored += r.payload.byteLength;
+      if (seqs === null) this.trackedUnsynced = true;
+      else await this.opts.cbt?.waitForDr(seqs.lastSeq);
+      this.countGroup(group, await records);
       for (const op of group) op.done(null);
     } catch (err) {
       this.opts.logger.error({ err }, 'intake group failed');
       for (const op of group) op.done(err as Error);
     }
+  }
+
+  private countGroup(group: Pending[], records: JournalRecordInput[] | null): void {
+    const bytes = group.reduce((n, op) => n + (op.data?.byteLength ?? 0), 0);
+    this.stats.bytesIn += bytes;
+    if (records !== null) this.stats.bytesJournaled += bytes;
+    this.stats.writes += group.length;
+    for (const r of records ?? []) this.stats.bytesStored += r.payload.byteLength;
+  }
+
+  /** Bitmap path: fence the journal's replay (once per switch), then mark the group's blocks durably. */
+  private async trackInBitmap(group: Pending[]): Promise<void> {
+    const cbt = this.opts.cbt!;
+    if (this.sourceAppliedSeq > cbt.sourceState.appliedSeq) {
+      await Promise.all(this.volumes.map((v) => v.flush()));
+      await cbt.sourceState.save(this.sourceAppliedSeq, Date.now());
+    }
+    const touched = new Set<DirtyBitmap>();
+    for (const op of group) {
+      const bitmap = cbt.bitmaps[op.volumeIndex]!;
+      bitmap.mark(op.offset, op.length);
+      touched.add(bitmap);
+    }
+    await Promise.all([...touched].map((b) => b.persist()));
+  }
+
+  /** A resync read or a marker, in write order (see resync()). */
+  private async commitSpecial(op: Pending, compressed: () => void): Promise<void> {
+    const sp = op.special!;
+    const sourceTurn = this.sourceTurn;
+    const appendTurn = this.appendTurn;
+    const record = sourceTurn.then(() => this.specialRecord(op));
+    this.sourceTurn = record.then(() => undefined, () => undefined);
+    const called = Promise.all([record, appendTurn]).then(([r]) => (r === null ? null : { durable: this.journal.append([r]) }));
+    this.appendTurn = called.then(() => undefined, () => undefined);
+    void called.finally(compressed).catch(() => undefined);
+    try {
+      const c = await called;
+      if (c === null) return sp.settle(null, null);
+      const { lastSeq } = await c.durable;
+      // Nothing of it goes to the source, and every earlier write is already there (it read after them).
+      this.sourceAppliedSeq = Math.max(this.sourceAppliedSeq, lastSeq);
+      this.opts.onAppended?.(lastSeq, (await record)!.payload.byteLength);
+      this.opts.onCommitted();
+      sp.settle(lastSeq, null);
+    } catch (err) {
+      sp.settle(null, err as Error);
+    }
+  }
+
+  private async specialRecord(op: Pending): Promise<JournalRecordInput | null> {
+    const sp = op.special!;
+    const empty = Buffer.alloc(0);
+    if (sp.resync === null) {
+      if (sp.abandonIf?.()) return null;
+      return { volumeIndex: 0, offset: 0, length: 0, kind: op.kind, codec: 0, payload: empty };
+    }
+    const { volumeIndex, offset, length } = sp.resync;
+    const volume = this.volumes[volumeIndex]!;
+    const data = volume.dataRanges ? await volume.dataRanges(offset, length) : [[offset, offset + length]];
+    if (data.length === 0) return { volumeIndex, offset, length, kind: RecordKind.ZERO, codec: 0, payload: empty };
+    const plain = Buffer.allocUnsafeSlow(length);
+    plain.set(await volume.read(offset, length));
+    const out = await this.codec.compressRecords({ data: plain, lengths: [length] }, this.opts.compress());
+    return { volumeIndex, offset, length, kind: RecordKind.RESYNC, codec: out.codecs[0]!, payload: out.stored.subarray(0, out.storedLengths[0]!) };
   }
 
   private async compress(group: Pending[]): Promise<JournalRecordInput[]> {
@@ -194,26 +351,40 @@ export class Intake {
   /**
    * journal.append is called in group order. It refuses a full journal synchronously (before any
    * seq is taken), so the group can wait for room while holding its turn: no later group overtakes it.
+   * With CBT it does not wait: it resolves null and the group goes the bitmap path (and the VM to CBT).
    */
-  private appendInOrder(records: JournalRecordInput[]): Promise<{ firstSeq: number; lastSeq: number }> {
-    const called = this.appendTurn.then(async () => {
+  private takeAppendTurn(): { previous: Promise<void>; release: () => void } {
+    const previous = this.appendTurn;
+    let release!: () => void;
+    this.appendTurn = new Promise<void>((resolve) => (release = resolve));
+    return { previous, release };
+  }
+
+  private appendInOrder(turn: { previous: Promise<void>; release: () => void }, records: JournalRecordInput[]): Promise<{ firstSeq: number; lastSeq: number } | null> {
+    const called = turn.previous.then(async () => {
       for (;;) {
+        if (this.tracking === 'bitmap' && this.opts.cbt) return null;
         try {
           // Wrapped so that awaiting `called` does not wait for the fsync.
           return { durable: this.journal.append(records) };
         } catch (err) {
           if (!isVrgError(err, ErrorCode.JOURNAL_FULL)) throw err;
         }
+        if (this.opts.cbt) {
+          this.opts.cbt.onOverflow();
+          return null;
+        }
         await this.opts.waitForRoom();
       }
     });
-    this.appendTurn = called.then(() => undefined, () => undefined);
-    return called.then((c) => c.durable);
+    called.then(turn.release, turn.release);
+    return called.then((c) => c?.durable ?? null);
   }
+
 }
 
 export function toVolumeOp(volume: Volume, op: IntakeOp): VolumeOp {
-  const kind = op.kind === RecordKind.WRITE ? 'write' : op.kind === RecordKind.ZERO ? 'zero' : 'trim';
+  const kind = op.kind === RecordKind.WRITE || op.kind === RecordKind.RESYNC ? 'write' : op.kind === RecordKind.ZERO ? 'zero' : 'trim';
   return { volume, offset: op.offset, data: op.data, length: op.length, kind };
 }
 

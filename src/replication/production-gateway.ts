@@ -1,44 +1,22 @@
-import { join } from 'node:path';
+import { EventEmitter } from 'node:events';
 import type { Clock, TimerHandle } from '../core/clock.js';
 import { limits } from '../core/limits.js';
 import { ErrorCode, vrgError } from '../core/errors.js';
 import type { Logger } from '../core/log.js';
 import type { Random } from '../core/random.js';
-import { Journal, RecordKind } from '../journal/journal.js';
+import { RecordKind } from '../journal/journal.js';
 import type { LinkConnection } from '../link/connection.js';
 import { LinkClient } from '../link/link-client.js';
+import { rateLimitedTransport } from '../link/rate-limited-transport.js';
 import type { Transport } from '../link/transport.js';
 import type { Codec } from '../pipeline/codec.js';
-import { decodeRecordPayload } from '../pipeline/record-payload.js';
-import { applyInOrder } from '../volume/ordered-writes.js';
 import { FrameType } from '../protocol/frame.js';
-import type { Ack, Resume } from '../protocol/messages.js';
+import { encodeCheckRequest, encodeVmState, type Ack, type CheckDigests, type CheckRequest, type Resume } from '../protocol/messages.js';
 import { openVolume } from '../volume/open-volume.js';
 import type { Volume } from '../volume/volume.js';
-import type { GatewayConfig, VmConfig } from './config.js';
-import { Intake, toVolumeOp } from './intake.js';
-import { Shipper } from './shipper.js';
-
-/**
- * The journal is written ahead of the source volume, so after a crash the source may lack the tail of
- * what the journal holds (and DR will get). Re-applying every record still in the journal, in order,
- * is idempotent and brings the source up to the journal's last record.
- */
-async function replayOntoSource(journal: Journal, volumes: Volume[], logger: Logger): Promise<void> {
-  let seq = journal.firstSeq;
-  let records = 0;
-  while (seq <= journal.lastSeq) {
-    const batch = await journal.read(seq, 16 * 1024 * 1024);
-    await applyInOrder(batch.map((r) => toVolumeOp(volumes[r.volumeIndex]!, {
-      volumeIndex: r.volumeIndex, offset: r.offset, kind: r.kind, length: r.length,
-      data: r.kind === RecordKind.WRITE ? decodeRecordPayload(r.codec, r.payload, r.length) : null,
-    })));
-    seq = batch[batch.length - 1]!.seq + 1;
-    records += batch.length;
-  }
-  await Promise.all(volumes.map((v) => v.flush()));
-  if (records > 0) logger.info({ records, firstSeq: journal.firstSeq, lastSeq: journal.lastSeq }, 'journal replayed onto the source volumes');
-}
+import type { GatewayConfig } from './config.js';
+import type { AlarmEvent, AlarmKind, Mode, PeerConfig, VmProtection, VmReplicationStatus } from './control.js';
+import { ProtectedVm, type ProtectedVmHooks } from './protected-vm.js';
 
 export interface GatewayDeps {
   clock: Clock;
@@ -48,21 +26,6 @@ export interface GatewayDeps {
   logger: Logger;
   /** The block store: opens a volume by URL (default openVolume; a simulator or test may wrap it). */
   openVolume?: typeof openVolume;
-}
-
-class ProductionVm {
-  /** The journal is trimmed up to here: DR has it durably and so do the source volumes. */
-  checkpointSeq = 0;
-  lastCheckpointMs = 0;
-  checkpointing: Promise<void> | null = null;
-
-  constructor(
-    readonly config: VmConfig,
-    readonly volumes: Volume[],
-    readonly journal: Journal,
-    readonly intake: Intake,
-    readonly shipper: Shipper,
-  ) {}
 }
 
 export interface ProductionVmStatus {
@@ -75,9 +38,11 @@ export interface ProductionVmStatus {
   lagMs: number;
   writes: number;
   bytesIn: number;
+  bytesJournaled: number;
   bytesStored: number;
   bytesSent: number;
   fault: string | null;
+  replication: VmReplicationStatus;
 }
 
 export interface ProductionStatus {
@@ -87,75 +52,149 @@ export interface ProductionStatus {
   vms: ProductionVmStatus[];
 }
 
+export interface ProductionGatewayOptions {
+  /** Async mode: link down longer than this moves a VM to CBT. */
+  linkDownCbtAfterMs?: number;
+  /** Sync mode: link down longer than this degrades to Async-with-CBT. */
+  syncDegradeAfterMs?: number;
+  cbtGranularityBytes?: number;
+  /** SnapshotsOnly: take a snapshot this often (0: only on demand). */
+  snapshotIntervalMs?: number;
+}
+
+const digestRequestTimeoutMs = 120_000;
+const stateTickMs = 500;
+
 /**
  * The production gateway: intake API → source volume + journal → codec pool → link to the DR gateway.
- * `write` settles per SPEC §2.1's Async rule: once the data is on the source volume and durable in the journal.
+ * `write` settles by the VM's mode (SPEC §2.1): Async once on the source and durable in the journal (or,
+ * in CBT, durably marked in the bitmap); Sync once DR has it durably; SnapshotsOnly once on the source.
+ * Events: 'transition' (TransitionEvent), 'alarm' (AlarmEvent).
  */
-export class ProductionGateway {
+export class ProductionGateway extends EventEmitter {
   private conn: LinkConnection | null = null;
-  private readonly byVolume = new Map<string, { vm: ProductionVm; index: number }>();
+  private link: LinkClient | null = null;
+  private peerCfg: PeerConfig | null = null;
+  private everConnected = false;
+  private lastLinkError: string | null = null;
+  private readonly vms = new Map<string, ProtectedVm>();
+  private readonly byVolume = new Map<string, { vm: ProtectedVm; index: number }>();
   private readonly roomWaiters: Array<() => void> = [];
+  private readonly digestWaiters = new Map<number, { resolve: (b: Buffer) => void; reject: (e: Error) => void; timer: TimerHandle }>();
+  private nextCheckId = 1;
   private checkpointTimer: TimerHandle | null = null;
+  private tickTimer: TimerHandle | null = null;
+  private snapshotTimer: TimerHandle | null = null;
+  private linkAlarmRaised = false;
   private closed = false;
 
   private constructor(
     readonly config: GatewayConfig,
     private readonly deps: GatewayDeps,
-    private readonly vms: ProductionVm[],
-    private readonly link: LinkClient,
+    private readonly opts: Required<ProductionGatewayOptions>,
   ) {
-    for (const vm of vms) vm.config.volumes.forEach((v, index) => this.byVolume.set(v.volUuid, { vm, index }));
-    link.on('connected', (conn: LinkConnection) => this.onConnected(conn));
-    link.on('disconnected', (err: Error | null) => this.onDisconnected(err));
+    super();
   }
 
-  static async open(config: GatewayConfig, deps: GatewayDeps): Promise<ProductionGateway> {
-    const volUuids = new Set<string>();
-    for (const vm of config.vms) {
-      for (const v of vm.volumes) {
-        if (volUuids.has(v.volUuid)) throw vrgError(ErrorCode.CONFIG_INVALID, `volUuid ${v.volUuid} is used twice`);
-        volUuids.add(v.volUuid);
-      }
-    }
-    const perVmCapacity = Math.floor(config.journalCapacityBytes / Math.max(1, config.vms.length));
-    const holder: { gw?: ProductionGateway } = {};
-    const vms: ProductionVm[] = [];
-    for (const vmc of config.vms) {
-      const volumes: Volume[] = [];
-      for (const v of vmc.volumes) volumes.push(await (deps.openVolume ?? openVolume)(v.url, { sizeBytes: v.sizeBytes, create: true }));
-      const logger = deps.logger.child({ vmUuid: vmc.vmUuid });
-      const journal = await Journal.open({
-        dir: join(config.dataDir, 'journal', vmc.vmUuid), capacityBytes: perVmCapacity, clock: deps.clock, logger,
-      });
-      await replayOntoSource(journal, volumes, logger);
-      const shipper = new Shipper(vmc.vmUuid, vmc.volumes.map((v) => v.volUuid), journal, deps.codec, {
-        encrypt: () => vmc.encryptOption === 1,
-        onAcked: () => holder.gw?.checkpointSoon(),
-        logger,
-      });
-      const intake = new Intake(journal, deps.codec, volumes, {
-        compress: () => vmc.compressOption === 1,
-        waitForRoom: () => holder.gw!.waitForRoom(),
-        onCommitted: () => shipper.notify(),
-        logger,
-      });
-      vms.push(new ProductionVm(vmc, volumes, journal, intake, shipper));
-    }
-    const link = new LinkClient({
-      transport: deps.transport, host: config.link.host, port: config.link.port,
-      gatewayId: config.gatewayId, role: 'production', secret: config.link.secret,
-      clock: deps.clock, random: deps.random, logger: deps.logger,
+  static async open(config: GatewayConfig, deps: GatewayDeps, options: ProductionGatewayOptions = {}): Promise<ProductionGateway> {
+    const gw = new ProductionGateway(config, deps, {
+      linkDownCbtAfterMs: options.linkDownCbtAfterMs ?? config.protection.linkDownCbtAfterMs,
+      syncDegradeAfterMs: options.syncDegradeAfterMs ?? config.protection.syncDegradeAfterMs,
+      cbtGranularityBytes: options.cbtGranularityBytes ?? config.protection.cbtGranularityBytes,
+      snapshotIntervalMs: options.snapshotIntervalMs ?? config.protection.snapshotIntervalMs,
     });
-    const gw = new ProductionGateway(config, deps, vms, link);
-    holder.gw = gw;
-    link.start();
+    for (const vmc of config.vms) await gw.openVm(vmc);
+    if (config.link.port > 0) gw.setPeer({ host: config.link.host, port: config.link.port });
     gw.scheduleCheckpoints();
+    gw.scheduleTicks();
+    gw.scheduleSnapshots();
     return gw;
+  }
+
+  // ---- management (control.ts) ----
+
+  /** Starts protecting a VM: a new one is fully synced (holes skipped), then checked, then queued. */
+  async addVm(p: VmProtection): Promise<void> {
+    if (this.closed) throw vrgError(ErrorCode.CLOSED, 'gateway is closed');
+    await this.openVm(p);
+    // The DR side tells its resume point per VM at the handshake: a fresh one covers the new VM.
+    this.link?.connection?.close();
+  }
+
+  async removeVm(vmUuid: string): Promise<void> {
+    const vm = this.vm(vmUuid);
+    this.vms.delete(vmUuid);
+    for (const v of vm.config.volumes) this.byVolume.delete(v.volUuid);
+    await vm.close(true);
+    this.deps.logger.info({ vmUuid }, 'VM protection removed');
+  }
+
+  /** Pairs with a DR gateway (null: unpairs; the link stops). */
+  setPeer(peer: PeerConfig | null): void {
+    if (this.link) {
+      this.link.stop();
+      this.link = null;
+      this.onDisconnected(null);
+    }
+    this.peerCfg = peer;
+    this.everConnected = false;
+    this.lastLinkError = null;
+    if (peer === null || this.closed) return;
+    const rate = this.config.link.rateBytesPerSec;
+    const transport = rate > 0 ? rateLimitedTransport(this.deps.transport, rate, this.deps.clock) : this.deps.transport;
+    const link = new LinkClient({
+      transport, host: peer.host, port: peer.port,
+      gatewayId: this.config.gatewayId, role: 'production', secret: peer.secret ?? this.config.link.secret,
+      clock: this.deps.clock, random: this.deps.random, logger: this.deps.logger,
+    });
+    link.on('connected', (conn: LinkConnection) => this.onConnected(conn));
+    link.on('disconnected', (err: Error | null) => this.onDisconnected(err));
+    link.on('connectFailed', (err: Error) => {
+      this.lastLinkError = `${(err as { code?: string }).code ?? 'ERROR'}: ${err.message}`;
+    });
+    this.link = link;
+    link.start();
+  }
+
+  peerStatus(): { host: string; port: number; connected: boolean; everConnected: boolean; lastError: string | null; rttMs: number | null } | null {
+    if (this.peerCfg === null) return null;
+    return {
+      host: this.peerCfg.host, port: this.peerCfg.port, connected: this.conn !== null,
+      everConnected: this.everConnected, lastError: this.lastLinkError, rttMs: this.conn?.rttMs ?? null,
+    };
+  }
+
+  vmStatus(vmUuid: string): VmReplicationStatus | null {
+    return this.vms.get(vmUuid)?.status() ?? null;
+  }
+
+  vmConfigs(): VmProtection[] {
+    return [...this.vms.values()].map((vm) => ({ ...vm.config, mode: vm.state.mode, pausedManual: vm.state.pausedManual }));
+  }
+
+  setMode(vmUuid: string, mode: Mode): void {
+    this.vm(vmUuid).feed({ type: 'setMode', mode });
+  }
+
+  pause(vmUuid: string): void {
+    this.vm(vmUuid).feed({ type: 'pause' });
+  }
+
+  resume(vmUuid: string): void {
+    this.vm(vmUuid).feed({ type: 'resume' });
+  }
+
+  requestCheck(vmUuid: string): void {
+    this.vm(vmUuid).feed({ type: 'checkRequested', reason: 'on-demand' });
+  }
+
+  takeSnapshot(vmUuid: string): void {
+    this.vm(vmUuid).takeSnapshot();
   }
 
   /** The protected volumes, for the NBD front. */
   protectedVolumes(): Array<{ vmUuid: string; volUuid: string; volume: Volume }> {
-    return this.vms.flatMap((vm) => vm.config.volumes.map((v, i) => ({ vmUuid: vm.config.vmUuid, volUuid: v.volUuid, volume: vm.volumes[i]! })));
+    return [...this.vms.values()].flatMap((vm) => vm.config.volumes.map((v, i) => ({ vmUuid: vm.vmUuid, volUuid: v.volUuid, volume: vm.volumes[i]! })));
   }
 
   // ---- intake API (the NBD front calls these) ----
@@ -176,19 +215,22 @@ export class ProductionGateway {
   }
 
   /**
-   * NBD FLUSH: everything acknowledged before the call is durable. In Async mode an acknowledged write
-   * is already durable in the journal, which is the source volumes' write-ahead log (replayed onto them
-   * at start, trimmed only at checkpoints after they are fsynced), so there is nothing left to wait for.
+   * NBD FLUSH: everything acknowledged before the call is durable. A journaled write already is (the
+   * journal is the source volumes' write-ahead log, replayed at start, trimmed only after they are
+   * fsynced); a write tracked by the CBT bitmap is only in the source's page cache: fsync it.
    */
   async flush(): Promise<void> {
     if (this.closed) throw vrgError(ErrorCode.CLOSED, 'gateway is closed');
+    await Promise.all([...this.vms.values()].map((vm) => vm.intake.flushTracked()));
   }
 
-  /** Resolves once the DR side has durably applied everything written before the call. */
+  /** Resolves once the DR side has durably applied everything written before the call (and no resync or check runs). */
   async drain(): Promise<void> {
-    await Promise.all(this.vms.map(async (vm) => {
+    await Promise.all([...this.vms.values()].map(async (vm) => {
       await vm.intake.idle();
+      await vm.settled();
       await vm.shipper.waitAcked(vm.journal.lastSeq);
+      await vm.settled();
     }));
   }
 
@@ -198,10 +240,10 @@ export class ProductionGateway {
       role: 'production',
       connected: this.conn !== null,
       rttMs: this.conn?.rttMs ?? null,
-      vms: this.vms.map((vm) => {
+      vms: [...this.vms.values()].map((vm) => {
         const behind = vm.journal.lastSeq - vm.shipper.ackedSeq;
         return {
-          vmUuid: vm.config.vmUuid,
+          vmUuid: vm.vmUuid,
           lastSeq: vm.journal.lastSeq,
           ackedSeq: vm.shipper.ackedSeq,
           backlogRecords: behind,
@@ -210,9 +252,11 @@ export class ProductionGateway {
           lagMs: behind === 0 ? 0 : Math.max(0, now - vm.shipper.ackedProducedAtMs),
           writes: vm.intake.stats.writes,
           bytesIn: vm.intake.stats.bytesIn,
+          bytesJournaled: vm.intake.stats.bytesJournaled,
           bytesStored: vm.intake.stats.bytesStored,
           bytesSent: vm.shipper.stats.bytesSent,
           fault: vm.shipper.fault,
+          replication: vm.status(),
         };
       }),
     };
@@ -221,34 +265,72 @@ export class ProductionGateway {
   async close(): Promise<void> {
     this.closed = true;
     this.checkpointTimer?.cancel();
-    this.link.stop();
+    this.tickTimer?.cancel();
+    this.snapshotTimer?.cancel();
+    this.link?.stop();
     this.onDisconnected(null);
-    for (const vm of this.vms) {
-      await vm.intake.close();
-      await vm.checkpointing;
-      await vm.journal.close();
-      for (const v of vm.volumes) {
-        await v.flush();
-        await v.close();
-      }
-    }
+    for (const vm of this.vms.values()) await vm.close(false);
     for (const w of this.roomWaiters.splice(0)) w();
   }
 
-  private volume(volUuid: string): { vm: ProductionVm; index: number } {
+  private async openVm(p: VmProtection): Promise<ProtectedVm> {
+    if (this.vms.has(p.vmUuid)) throw vrgError(ErrorCode.CONFIG_INVALID, `VM ${p.vmUuid} is already protected`, { vmUuid: p.vmUuid });
+    const seen = new Set<string>();
+    for (const v of p.volumes) {
+      if (this.byVolume.has(v.volUuid) || seen.has(v.volUuid)) throw vrgError(ErrorCode.CONFIG_INVALID, `volUuid ${v.volUuid} is used twice`, { volUuid: v.volUuid });
+      seen.add(v.volUuid);
+    }
+    const perVmCapacity = Math.floor(this.config.journalCapacityBytes / Math.max(1, this.config.vms.length, this.vms.size + 1));
+    const open = this.deps.openVolume ?? openVolume;
+    const vm = await ProtectedVm.open(p, this.config.dataDir, (v) => open(v.url, { sizeBytes: v.sizeBytes, create: true }), perVmCapacity, this.vmHooks(p.vmUuid));
+    this.vms.set(p.vmUuid, vm);
+    p.volumes.forEach((v, index) => this.byVolume.set(v.volUuid, { vm, index }));
+    const at = this.conn?.resume?.vms.find((r) => r.vmUuid === p.vmUuid);
+    if (this.conn && at) this.attachVm(vm, this.conn, at.appliedSeq);
+    return vm;
+  }
+
+  private vmHooks(vmUuid: string): ProtectedVmHooks {
+    return {
+      clock: this.deps.clock, codec: this.deps.codec, logger: this.deps.logger.child({ vmUuid }),
+      requestDigests: (req) => this.requestDigests(req),
+      onTransition: (ev) => this.emit('transition', ev),
+      onAlarm: (kind, raised, id, detail) => this.alarm(kind, raised, id, detail),
+      onStateChanged: (vm) => this.sendVmState(vm),
+      onAcked: () => this.checkpointSoon(),
+      waitForRoom: () => this.waitForRoom(),
+      checkpointSoon: () => this.checkpointSoon(),
+      linkDownCbtAfterMs: this.opts.linkDownCbtAfterMs,
+      syncDegradeAfterMs: this.opts.syncDegradeAfterMs,
+      cbtGranularityBytes: this.opts.cbtGranularityBytes,
+    };
+  }
+
+  private alarm(kind: AlarmKind, raised: boolean, vmUuid: string | null, detail: string): void {
+    const ev: AlarmEvent = { kind, raised, vmUuid, detail, atMs: this.deps.clock.nowMs() };
+    this.emit('alarm', ev);
+  }
+
+  private vm(vmUuid: string): ProtectedVm {
+    const vm = this.vms.get(vmUuid);
+    if (!vm) throw vrgError(ErrorCode.VM_NOT_FOUND, `no protected VM ${vmUuid}`, { vmUuid });
+    return vm;
+  }
+
+  private volume(volUuid: string): { vm: ProtectedVm; index: number } {
     const found = this.byVolume.get(volUuid);
     if (!found) throw vrgError(ErrorCode.VOLUME_NOT_FOUND, `no protected volume ${volUuid}`, { volUuid });
     return found;
   }
 
-  /** A full journal waits for a checkpoint to trim it (issue 4 adds the CBT fallback). */
+  /** A full journal without CBT (never with it: writes fall back to the bitmap) waits for a checkpoint. */
   private waitForRoom(): Promise<void> {
     const p = new Promise<void>((resolve) => this.roomWaiters.push(resolve));
     this.checkpointSoon();
     return p;
   }
 
-  scheduleCheckpoints(): void {
+  private scheduleCheckpoints(): void {
     if (this.closed) return;
     this.checkpointTimer = this.deps.clock.setTimer(limits.checkpointIntervalMs, () => {
       this.checkpointSoon();
@@ -256,10 +338,27 @@ export class ProductionGateway {
     });
   }
 
+  /** The state machines' clock: link-down limits are checked on ticks. */
+  private scheduleTicks(): void {
+    if (this.closed) return;
+    this.tickTimer = this.deps.clock.setTimer(stateTickMs, () => {
+      for (const vm of this.vms.values()) vm.feed({ type: 'tick' });
+      this.scheduleTicks();
+    });
+  }
+
+  private scheduleSnapshots(): void {
+    if (this.closed || this.opts.snapshotIntervalMs <= 0) return;
+    this.snapshotTimer = this.deps.clock.setTimer(this.opts.snapshotIntervalMs, () => {
+      for (const vm of this.vms.values()) if (vm.mode === 'snapshots') vm.takeSnapshot();
+      this.scheduleSnapshots();
+    });
+  }
+
   /** Checkpoints each VM that is due: interval elapsed, journal filling up, or writers waiting for room. */
   checkpointSoon(): void {
     const now = this.deps.clock.nowMs();
-    for (const vm of this.vms) {
+    for (const vm of this.vms.values()) {
       const due = this.roomWaiters.length > 0 ||
         vm.journal.usedBytes >= vm.journal.capacityBytes * limits.checkpointJournalFraction ||
         now - vm.lastCheckpointMs >= limits.checkpointIntervalMs;
@@ -272,9 +371,9 @@ export class ProductionGateway {
    * are not fsynced per write (the journal is their WAL), so they are fsynced here, before the journal
    * forgets the records that could have replayed them.
    */
-  private checkpoint(vm: ProductionVm): void {
+  private checkpoint(vm: ProtectedVm): void {
     const target = Math.min(vm.shipper.ackedSeq, vm.intake.sourceAppliedSeq);
-    if (vm.checkpointing || target <= vm.checkpointSeq) return;
+    if (vm.checkpointing || vm.closed || target <= vm.checkpointSeq) return;
     vm.checkpointing = (async () => {
       await Promise.all(vm.volumes.map((v) => v.flush()));
       await vm.journal.trim(target);
@@ -288,33 +387,90 @@ export class ProductionGateway {
       });
   }
 
+  private requestDigests(req: Omit<CheckRequest, 'checkId'>): Promise<Buffer> {
+    const conn = this.conn;
+    if (!conn) return Promise.reject(vrgError(ErrorCode.CONNECTION_CLOSED, 'link is down'));
+    const checkId = this.nextCheckId++;
+    return new Promise<Buffer>((resolve, reject) => {
+      const timer = this.deps.clock.setTimer(digestRequestTimeoutMs, () => {
+        this.digestWaiters.delete(checkId);
+        reject(vrgError(ErrorCode.TIMEOUT, `no digests from DR within ${digestRequestTimeoutMs} ms`));
+      });
+      this.digestWaiters.set(checkId, { resolve, reject, timer });
+      conn.sendControl(FrameType.CHECK_REQUEST, encodeCheckRequest({ ...req, checkId }));
+    });
+  }
+
+  private onDigests(msg: CheckDigests): void {
+    const w = this.digestWaiters.get(msg.checkId);
+    if (!w) return;
+    this.digestWaiters.delete(msg.checkId);
+    w.timer.cancel();
+    if (msg.error) w.reject(vrgError(ErrorCode.PEER_ERROR, `DR could not digest: ${msg.error}`));
+    else w.resolve(Buffer.from(msg.digests));
+  }
+
+  private sendVmState(vm: ProtectedVm): void {
+    const s = vm.state;
+    this.conn?.sendControl(FrameType.VM_STATE, encodeVmState({
+      vmUuid: vm.vmUuid, state: s.name, mode: s.mode, pausedManual: s.pausedManual, syncDegraded: s.syncDegraded, atMs: this.deps.clock.nowMs(),
+    }));
+  }
+
   private onConnected(conn: LinkConnection): void {
     this.conn = conn;
-    const resume: Resume = conn.resume ?? { vms: [] };
+    this.everConnected = true;
+    this.lastLinkError = null;
+    if (this.linkAlarmRaised) {
+      this.linkAlarmRaised = false;
+      this.alarm('linkDown', false, null, `link to ${conn.peer.gatewayId} is up`);
+    }
     conn.on('control', (type: number, msg: unknown) => {
+      if (type === FrameType.CHECK_DIGESTS) return this.onDigests(msg as CheckDigests);
       if (type !== FrameType.ACK) return;
       const ack = msg as Ack;
-      const vm = this.vms.find((v) => v.config.vmUuid === ack.vmUuid);
-      if (!vm) {
-        conn.close(vrgError(ErrorCode.VM_NOT_FOUND, `ack for unknown VM ${ack.vmUuid}`));
-        return;
-      }
+      const vm = this.vms.get(ack.vmUuid);
+      if (!vm) return; // a VM removed meanwhile
       vm.shipper.onAck(ack.durableSeq);
     });
-    for (const vm of this.vms) {
-      const at = resume.vms.find((r) => r.vmUuid === vm.config.vmUuid);
+    const resume: Resume = conn.resume ?? { vms: [] };
+    for (const vm of this.vms.values()) {
+      const at = resume.vms.find((r) => r.vmUuid === vm.vmUuid);
       if (!at) {
-        vm.shipper.fault = `DR gateway ${conn.peer.gatewayId} does not protect VM ${vm.config.vmUuid}`;
-        this.deps.logger.error({ vmUuid: vm.config.vmUuid }, vm.shipper.fault);
+        vm.shipper.fault = `DR gateway ${conn.peer.gatewayId} does not protect VM ${vm.vmUuid}`;
+        this.deps.logger.error({ vmUuid: vm.vmUuid }, vm.shipper.fault);
         continue;
       }
-      vm.shipper.attach(conn, at.appliedSeq);
+      this.attachVm(vm, conn, at.appliedSeq);
+    }
+  }
+
+  private attachVm(vm: ProtectedVm, conn: LinkConnection, appliedSeq: number): void {
+    vm.shipper.attach(conn, appliedSeq);
+    this.sendVmState(vm);
+    if (vm.shipper.fault === null) {
+      vm.feed({ type: 'linkUp' });
+      vm.kick();
     }
   }
 
   private onDisconnected(err: Error | null): void {
     if (err) this.deps.logger.warn({ err: { code: (err as { code?: string }).code, message: err.message } }, 'link down');
+    const wasUp = this.conn !== null;
     this.conn = null;
-    for (const vm of this.vms) vm.shipper.detach();
+    if (err) this.lastLinkError = `${(err as { code?: string }).code ?? 'ERROR'}: ${err.message}`;
+    for (const [id, w] of this.digestWaiters) {
+      w.timer.cancel();
+      w.reject(vrgError(ErrorCode.CONNECTION_CLOSED, 'link went down during a consistency check'));
+      this.digestWaiters.delete(id);
+    }
+    for (const vm of this.vms.values()) {
+      vm.shipper.detach();
+      vm.feed({ type: 'linkDown' });
+    }
+    if (wasUp && err && !this.closed && !this.linkAlarmRaised) {
+      this.linkAlarmRaised = true;
+      this.alarm('linkDown', true, null, `link down: ${err.message}`);
+    }
   }
 }

@@ -96,6 +96,7 @@ export interface State {
 
 export type Event =
   | { type: 'journalOverflow' }
+  | { type: 'resyncNeeded'; reason: string }
   | { type: 'tick' }
   | { type: 'linkUp' }
   | { type: 'linkDown' }
@@ -133,7 +134,7 @@ export interface Result {
 export const stateNames: readonly StateName[] = ['queue', 'cbt', 'check'];
 export const modes: readonly Mode[] = ['async', 'sync', 'snapshots'];
 export const eventTypes: readonly EventType[] = [
-  'journalOverflow', 'tick', 'linkUp', 'linkDown', 'resyncDrained', 'checkClean', 'checkDiffers',
+  'journalOverflow', 'resyncNeeded', 'tick', 'linkUp', 'linkDown', 'resyncDrained', 'checkClean', 'checkDiffers',
   'repairDone', 'checkRequested', 'pause', 'resume', 'setMode', 'recovered',
 ];
 
@@ -231,6 +232,8 @@ function linkDownLongerThan(s: State, limitMs: number, nowMs: number): boolean {
 // ---- handlers ------------------------------------------------------------------------------------------
 
 const toCbt = (reason: string): Handler => (s, _ev, now) => enter(s, 'cbt', reason, now);
+/** Initial sync of a new volume, a dirty bitmap found at restart, a lost bitmap: the reason travels with the event. */
+const onResyncNeeded: Handler = (s, ev, now) => enter(s, 'cbt', (ev as { reason: string }).reason, now);
 
 const onTick: Handler = (s, _ev, now) => {
   if (s.name === 'cbt') return stay(s); // sync in cbt is already degraded; nothing more to do
@@ -324,13 +327,16 @@ const common = (from: StateName): Row[] => [
 const TABLE: readonly Row[] = [
   { from: 'queue', event: 'journalOverflow', to: ['cbt'], handler: toCbt('journal-overflow') },
   { from: 'queue', event: 'checkRequested', to: ['check'], handler: onCheckRequestedInQueue },
+  { from: 'queue', event: 'resyncNeeded', to: ['cbt'], handler: onResyncNeeded },
   ...common('queue'),
 
   { from: 'cbt', event: 'resyncDrained', to: ['check'], handler: (s, _e, now) => enter(s, 'check', 'cbt-resync-drained', now) },
   { from: 'cbt', event: 'checkRequested', to: ['cbt'], handler: stay },
+  { from: 'cbt', event: 'resyncNeeded', to: ['cbt'], handler: stay },
   ...common('cbt'),
 
   { from: 'check', event: 'journalOverflow', to: ['cbt'], handler: toCbt('journal-overflow') },
+  { from: 'check', event: 'resyncNeeded', to: ['cbt'], handler: onResyncNeeded },
   { from: 'check', event: 'checkClean', to: ['queue'], handler: onCheckClean },
   { from: 'check', event: 'checkDiffers', to: ['check'], handler: onCheckDiffers },
   { from: 'check', event: 'repairDone', to: ['queue', 'check'], handler: onRepairDone },

@@ -2,7 +2,7 @@ import { assert } from '../core/assert.js';
 import { ErrorCode, vrgError } from '../core/errors.js';
 import { limits } from '../core/limits.js';
 import type { Logger } from '../core/log.js';
-import { RecordKind, type Journal, type JournalRecord } from '../journal/journal.js';
+import { carriesData, type Journal, type JournalRecord } from '../journal/journal.js';
 import type { LinkConnection } from '../link/connection.js';
 import { encodeWriteBatch } from '../protocol/messages.js';
 import { batchPlainBytesMax, type Codec } from '../pipeline/codec.js';
@@ -39,6 +39,8 @@ export class Shipper {
   private ackWaiters: Array<() => void> = [];
   /** Set when the DR side's position cannot be served from this journal (resync needed, issue 4). */
   fault: string | null = null;
+  /** Paused (pausedManual): nothing is sent; the connection and the window stay. */
+  private paused = false;
 
   constructor(
     private readonly vmUuid: string,
@@ -94,6 +96,11 @@ export class Shipper {
     this.pump();
   }
 
+  setPaused(paused: boolean): void {
+    this.paused = paused;
+    if (!paused) this.pump();
+  }
+
   /** New records are durable in the journal. */
   notify(): void {
     this.pump();
@@ -126,7 +133,7 @@ export class Shipper {
   }
 
   private async pumpLoop(): Promise<void> {
-    while (this.conn !== null && this.windowOpen() && this.shippedSeq < this.journal.lastSeq) {
+    while (this.conn !== null && !this.paused && this.windowOpen() && this.shippedSeq < this.journal.lastSeq) {
       const conn = this.conn;
       const from = this.shippedSeq + 1;
       const records = await this.journal.read(from, limits.batchBytesTarget);
@@ -177,7 +184,7 @@ export class Shipper {
 function capPlainBytes(records: JournalRecord[]): JournalRecord[] {
   let plain = 0;
   for (let i = 0; i < records.length; i++) {
-    plain += records[i]!.kind === RecordKind.WRITE ? records[i]!.length : 0;
+    plain += carriesData(records[i]!.kind) ? records[i]!.length : 0;
     if (i > 0 && (plain > batchPlainBytesMax / 2 || i >= limits.batchRecordsMax)) return records.slice(0, i);
   }
   return records;

@@ -7,7 +7,7 @@ import { tcpTransport, type Transport } from '../../src/link/transport.js';
 import { InlineCodec, PoolCodec, type Codec } from '../../src/pipeline/codec.js';
 import { parseConfig, type GatewayConfig } from '../../src/replication/config.js';
 import { DrGateway } from '../../src/replication/dr-gateway.js';
-import { ProductionGateway } from '../../src/replication/production-gateway.js';
+import { ProductionGateway, type ProductionGatewayOptions } from '../../src/replication/production-gateway.js';
 import { openVolume } from '../../src/volume/open-volume.js';
 import type { Volume } from '../../src/volume/volume.js';
 import { FaultProxy } from './fault-proxy.js';
@@ -29,6 +29,8 @@ export interface PairOptions {
   wrapDrVolume?: (v: Volume) => Volume;
   /** The network both gateways use (default: TCP on loopback). */
   transport?: Transport;
+  /** Production gateway options (link-down limits, CBT granularity, snapshot interval). */
+  prodOptions?: ProductionGatewayOptions;
 }
 
 export const vmUuid = '0b7d3c4e-1f2a-4b5c-9d8e-7f6a5b4c3d2e';
@@ -73,7 +75,7 @@ export async function startPair(o: PairOptions): Promise<Pair> {
   const proxy = o.proxy ? await FaultProxy.start(dr.linkPort) : null;
   configs.dr.link.port = dr.linkPort;
   configs.prod.link.port = proxy ? proxy.port : dr.linkPort;
-  const prod = await ProductionGateway.open(configs.prod, deps);
+  const prod = await ProductionGateway.open(configs.prod, deps, o.prodOptions);
   const pair: Pair = {
     prod, dr, proxy, configs,
     async restartDr() {

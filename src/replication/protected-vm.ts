@@ -1,0 +1,538 @@
+import { mkdir, rm, stat } from 'node:fs/promises';
+import { join } from 'node:path';
+import { sleep, type Clock } from '../core/clock.js';
+import { ErrorCode, isVrgError, vrgError } from '../core/errors.js';
+import { limits, MiB } from '../core/limits.js';
+import type { Logger } from '../core/log.js';
+import { DirtyBitmap } from '../journal/dirty-bitmap.js';
+import { Journal, RecordKind } from '../journal/journal.js';
+import type { Codec } from '../pipeline/codec.js';
+import { decodeRecordPayload } from '../pipeline/record-payload.js';
+import type { CheckRequest } from '../protocol/messages.js';
+import { applyInOrder } from '../volume/ordered-writes.js';
+import { compareRegions, digestVolume, type RegionDigests } from '../volume/region-digests.js';
+import type { Volume } from '../volume/volume.js';
+import { ApplyState } from './apply-state.js';
+import type { VmConfig } from './config.js';
+import type { TransitionEvent, VmProtection, VmReplicationStatus } from './control.js';
+import { Intake, toVolumeOp } from './intake.js';
+import {
+  initialState, stateNumber, transition, type Effect, type Event, type Mode, type Region, type State,
+} from './protection-state.js';
+import { Shipper } from './shipper.js';
+
+// One protected VM on the production gateway: its source volumes, journal, CBT bitmaps, intake and
+// shipper, and the driver of its protection state machine (protection-state.ts): it feeds events in and
+// performs the effects (tracking mode, resync passes, consistency checks, pause, ack policy).
+//
+// CBT resync (and a SnapshotsOnly snapshot) runs as a *staged pass*: STAGE_BEGIN, then the dirty blocks'
+// current content (RESYNC records read from the source in write order) interleaved with the VM's writes,
+// journaled again from the pass's start, then STAGE_COMMIT once a pass ends with no write tracked only by
+// the bitmap. The DR side stages all of it and applies it at the commit: its image jumps from one
+// production image to a later one, never through a mix. Bits are cleared once DR holds their data durably.
+
+export interface ProtectedVmHooks {
+  clock: Clock;
+  codec: Codec;
+  logger: Logger;
+  /** Asks the DR side for the target digests of a range (rejects when the link is down or times out). */
+  requestDigests: (req: Omit<CheckRequest, 'checkId'>) => Promise<Buffer>;
+  onTransition: (ev: TransitionEvent) => void;
+  onAlarm: (kind: 'journalOverflow' | 'checkDiffers' | 'syncDegraded', raised: boolean, vmUuid: string, detail: string) => void;
+  /** The VM's state changed in a way the DR side reports (vmdrstatus). */
+  onStateChanged: (vm: ProtectedVm) => void;
+  onAcked: () => void;
+  waitForRoom: () => Promise<void>;
+  checkpointSoon: () => void;
+  linkDownCbtAfterMs: number;
+  syncDegradeAfterMs: number;
+  cbtGranularityBytes: number;
+}
+
+const resyncChunkBytes = limits.recordBytesMax;
+/** Resync reads appended but not yet acknowledged by DR (each holds a bitmap token). */
+const resyncWindowMax = 32;
+/** A resync pass appends only while the journal has at least this fraction free: VM writes come first. */
+const resyncJournalFreeFraction = 0.25;
+const digestRegionsPerRequestMax = 1024;
+
+interface Progress {
+  bytesDone: number;
+  bytesTotal: number;
+  startedAtMs: number;
+}
+
+export class ProtectedVm {
+  state: State;
+  checkpointSeq = 0;
+  lastCheckpointMs = 0;
+  checkpointing: Promise<void> | null = null;
+  closed = false;
+  private resyncRun: Promise<void> | null = null;
+  private checkRun: Promise<void> | null = null;
+  private repairRun: Promise<void> | null = null;
+  private drWaiters: Array<() => void> = [];
+  private waitForDr = false;
+  private progress: Progress | null = null;
+  private lastCheck: VmReplicationStatus['check'] = null;
+  private snapshotWanted = false;
+  private stateWaiters: Array<() => void> = [];
+  /** Stored bytes per journal seq range not yet acknowledged: [lastSeq, cumulative stored bytes]. */
+  private readonly appendedBytes: Array<[number, number]> = [];
+  private cumulativeBytes = 0;
+  private ackedCumulativeBytes = 0;
+  readonly intake: Intake;
+  readonly shipper: Shipper;
+
+  private constructor(
+    readonly config: VmProtection,
+    readonly volumes: Volume[],
+    readonly journal: Journal,
+    readonly bitmaps: DirtyBitmap[],
+    readonly sourceState: ApplyState,
+    readonly dir: string,
+    private readonly hooks: ProtectedVmHooks,
+  ) {
+    const logger = hooks.logger;
+    this.state = initialState({ linkDownCbtAfterMs: hooks.linkDownCbtAfterMs, syncDegradeAfterMs: hooks.syncDegradeAfterMs },
+      config.mode ?? 'async', hooks.clock.nowMs());
+    this.shipper = new Shipper(config.vmUuid, config.volumes.map((v) => v.volUuid), journal, hooks.codec, {
+      encrypt: () => config.encryptOption === 1,
+      onAcked: () => this.onAcked(),
+      logger,
+    });
+    this.intake = new Intake(journal, hooks.codec, volumes, {
+      compress: () => config.compressOption === 1,
+      waitForRoom: hooks.waitForRoom,
+      onCommitted: () => this.shipper.notify(),
+      onAppended: (lastSeq, storedBytes) => this.noteAppended(lastSeq, storedBytes),
+      logger,
+      cbt: {
+        bitmaps, sourceState,
+        onOverflow: () => this.onOverflow(),
+        waitForDr: (seq) => this.waitDr(seq),
+      },
+    });
+    // open() replayed the journal onto the source first: the source holds every journaled write.
+    this.intake.sourceAppliedSeq = journal.lastSeq;
+  }
+
+  static async open(config: VmProtection, dataDir: string, openVolume: (v: VmConfig['volumes'][number]) => Promise<Volume>,
+    capacityBytes: number, hooks: ProtectedVmHooks): Promise<ProtectedVm> {
+    const volumes: Volume[] = [];
+    for (const v of config.volumes) volumes.push(await openVolume(v));
+    const logger = hooks.logger;
+    const journal = await Journal.open({ dir: join(dataDir, 'journal', config.vmUuid), capacityBytes, clock: hooks.clock, logger });
+    const dir = join(dataDir, 'cbt', config.vmUuid);
+    const fresh = !(await exists(dir));
+    await mkdir(dir, { recursive: true });
+    const sourceState = await ApplyState.open(join(dir, 'source.state'));
+    const bitmaps: DirtyBitmap[] = [];
+    const lost: string[] = [];
+    for (const [i, v] of config.volumes.entries()) {
+      const opened = await openBitmap(join(dir, `${v.volUuid}.cbt`), volumes[i]!.sizeBytes, hooks);
+      if (opened.lost) lost.push(v.volUuid);
+      bitmaps.push(opened.bitmap);
+    }
+    await replayOntoSource(journal, volumes, sourceState.appliedSeq, logger);
+    const vm = new ProtectedVm(config, volumes, journal, bitmaps, sourceState, dir, hooks);
+    if (fresh) for (const b of bitmaps) b.markAll();
+    await Promise.all(bitmaps.map((b) => b.persist()));
+    if (config.pausedManual) vm.feed({ type: 'pause' });
+    const reason = fresh ? 'initial-sync' : lost.length > 0 ? 'cbt-bitmap-lost' : bitmaps.some((b) => b.dirtyRegions > 0) ? 'cbt-dirty-at-start' : null;
+    // SnapshotsOnly ships dirty blocks only with a snapshot: the first one carries the initial copy.
+    if (vm.state.mode === 'snapshots') vm.intake.tracking = 'bitmap';
+    else if (reason !== null) vm.feed({ type: 'resyncNeeded', reason });
+    return vm;
+  }
+
+  get vmUuid(): string {
+    return this.config.vmUuid;
+  }
+
+  get mode(): Mode {
+    return this.state.mode;
+  }
+
+  /** Feeds one event to the state machine and performs its effects. */
+  feed(event: Event): void {
+    if (this.closed) return;
+    const before = this.state;
+    const r = transition(this.state, event, this.hooks.clock.nowMs());
+    this.state = r.state;
+    for (const e of r.effects) this.perform(e);
+    if (before !== this.state) {
+      this.hooks.onStateChanged(this);
+      for (const w of this.stateWaiters.splice(0)) w();
+    }
+  }
+
+  private perform(e: Effect): void {
+    const log = this.hooks.logger;
+    switch (e.type) {
+      case 'log':
+        log.info({ vmUuid: this.vmUuid, from: e.from, to: e.to, reason: e.reason }, 'protection state');
+        this.hooks.onTransition({ vmUuid: this.vmUuid, from: e.from, to: e.to, reason: e.reason, atMs: this.hooks.clock.nowMs() });
+        if (e.from === 'cbt') this.hooks.onAlarm('journalOverflow', false, this.vmUuid, `left CBT: ${e.reason}`);
+        if (e.to === 'cbt') this.hooks.onAlarm('journalOverflow', true, this.vmUuid, `entered CBT: ${e.reason}`);
+        return;
+      case 'startCbtTracking': this.intake.tracking = 'bitmap'; return;
+      case 'stopCbtTracking': this.intake.tracking = this.state.mode === 'snapshots' ? 'bitmap' : 'journal'; return;
+      case 'startResync': this.startResync(); return;
+      case 'startConsistencyCheck': this.startCheck(e.reason); return;
+      case 'shipRegions': this.startRepair(e.regions); return;
+      case 'resumeQueue': case 'startShipping': this.shipper.setPaused(false); return;
+      case 'stopShipping': this.shipper.setPaused(true); return;
+      case 'stopLiveShipping': this.intake.tracking = 'bitmap'; return;
+      case 'modeChanged':
+        log.info({ vmUuid: this.vmUuid, from: e.from, to: e.to }, 'mode changed');
+        // Leaving SnapshotsOnly: live writes are journaled again (the check that follows repairs the rest).
+        if (e.from === 'snapshots' && this.state.name !== 'cbt') this.intake.tracking = 'journal';
+        return;
+      case 'setAckPolicy': this.setWaitForDr(e.waitForDr); return;
+      case 'alarm': this.hooks.onAlarm('syncDegraded', e.raised, this.vmUuid, e.raised ? 'sync mode degraded to async with CBT' : 'sync mode restored'); return;
+    }
+  }
+
+  // ---- intake hooks -------------------------------------------------------------------------------------
+
+  private onOverflow(): void {
+    if (this.state.name !== 'cbt' && this.state.mode !== 'snapshots') this.feed({ type: 'journalOverflow' });
+    else this.intake.tracking = 'bitmap';
+  }
+
+  private setWaitForDr(wait: boolean): void {
+    this.waitForDr = wait;
+    if (!wait) for (const w of this.drWaiters.splice(0)) w();
+  }
+
+  /** Sync mode: a write's ack waits until DR has it durably, or until acks stop waiting (degraded, paused). */
+  private waitDr(seq: number): Promise<void> | null {
+    if (!this.waitForDr || this.shipper.ackedSeq >= seq) return null;
+    return new Promise<void>((resolve) => {
+      const check = (): void => {
+        if (!this.waitForDr || this.shipper.ackedSeq >= seq || this.closed) resolve();
+        else this.drWaiters.push(check);
+      };
+      check();
+    });
+  }
+
+  private onAcked(): void {
+    const acked = this.shipper.ackedSeq;
+    while (this.appendedBytes.length > 0 && this.appendedBytes[0]![0] <= acked) {
+      this.ackedCumulativeBytes = this.appendedBytes.shift()![1];
+    }
+    for (const w of this.drWaiters.splice(0)) w();
+    this.hooks.onAcked();
+  }
+
+  private noteAppended(lastSeq: number, storedBytes: number): void {
+    this.cumulativeBytes += storedBytes;
+    this.appendedBytes.push([lastSeq, this.cumulativeBytes]);
+  }
+
+  // ---- CBT resync ---------------------------------------------------------------------------------------
+
+  private startResync(): void {
+    if (this.resyncRun !== null) return;
+    this.resyncRun = this.resyncPasses('resync')
+      .then((done) => {
+        if (done && this.state.name === 'cbt') this.feed({ type: 'resyncDrained' });
+      })
+      .catch((err) => this.hooks.logger.error({ err, vmUuid: this.vmUuid }, 'resync failed'))
+      .finally(() => {
+        this.resyncRun = null;
+        this.progress = null;
+        this.kickSnapshot();
+      });
+  }
+
+  /**
+   * Staged passes until one ends with every write since its start journaled. Resolves true when the
+   * commit is durable on DR, false when it stopped (closed, paused, link down: the next linkUp restarts it).
+   */
+  private async resyncPasses(why: string): Promise<boolean> {
+    let begun = false;
+    for (let pass = 1; !this.closed; pass++) {
+      if (!this.canShip()) return false;
+      await this.waitForJournalRoom();
+      this.intake.tracking = 'journal';
+      if (!begun) {
+        if (await this.intake.marker(RecordKind.STAGE_BEGIN) === null) return false;
+        begun = true;
+      }
+      this.progress ??= { bytesDone: 0, bytesTotal: 0, startedAtMs: this.hooks.clock.nowMs() };
+      this.progress.bytesTotal += this.bitmaps.reduce((n, b) => n + b.dirtyBytes, 0);
+      this.hooks.logger.info({ vmUuid: this.vmUuid, why, pass, dirtyBytes: this.progress.bytesTotal - this.progress.bytesDone }, 'resync pass');
+      if (!await this.resyncPass()) return false;
+      const commit = await this.intake.marker(RecordKind.STAGE_COMMIT,
+        () => this.intake.tracking === 'bitmap' || this.bitmaps.some((b) => b.dirtyRegions > 0));
+      if (commit === null) continue; // a write went to the bitmap meanwhile: another pass
+      await this.shipper.waitAcked(commit);
+      if (this.state.mode === 'snapshots') this.intake.tracking = 'bitmap';
+      return true;
+    }
+    return false;
+  }
+
+  /** One pass over the dirty blocks; false if it stopped early. */
+  private async resyncPass(): Promise<boolean> {
+    const window: Array<{ token: ReturnType<DirtyBitmap['snapshotForResync']>; bitmap: DirtyBitmap; seq: number }> = [];
+    const settle = async (upTo: number): Promise<void> => {
+      while (window.length > upTo) {
+        const w = window.shift()!;
+        await this.shipper.waitAcked(w.seq);
+        w.bitmap.clearIfUnchanged(w.token);
+      }
+    };
+    for (const [volumeIndex, bitmap] of this.bitmaps.entries()) {
+      for (const range of [...bitmap.dirtyRanges(resyncChunkBytes)]) {
+        if (this.closed || !this.canShip()) {
+          for (const w of window.splice(0)) w.bitmap.abandonResync(w.token);
+          return false;
+        }
+        await settle(resyncWindowMax - 1);
+        await this.waitForJournalRoom();
+        const token = bitmap.snapshotForResync(range.start, range.end);
+        let seq: number;
+        try {
+          seq = await this.intake.resync({ volumeIndex, offset: range.start, length: range.end - range.start });
+        } catch (err) {
+          bitmap.abandonResync(token);
+          if (!isVrgError(err, ErrorCode.JOURNAL_FULL)) throw err;
+          continue; // left dirty: the next pass takes it
+        }
+        window.push({ token, bitmap, seq });
+        if (this.progress) this.progress.bytesDone += range.end - range.start;
+      }
+    }
+    await settle(0);
+    await Promise.all(this.bitmaps.map((b) => b.persist()));
+    return true;
+  }
+
+  private async waitForJournalRoom(): Promise<void> {
+    while (!this.closed && this.journal.availableBytes < this.journal.capacityBytes * resyncJournalFreeFraction) {
+      this.hooks.checkpointSoon();
+      await Promise.race([this.hooks.waitForRoom(), sleep(this.hooks.clock, 200)]);
+    }
+  }
+
+  private canShip(): boolean {
+    return this.state.linkUp && !this.state.pausedManual;
+  }
+
+  // ---- consistency check and repair ---------------------------------------------------------------------
+
+  private startCheck(reason: string): void {
+    if (this.checkRun !== null) return;
+    this.checkRun = this.runCheck(reason)
+      .then((differing) => {
+        if (this.state.name !== 'check' || this.state.repairing) return;
+        if (differing.length === 0) this.feed({ type: 'checkClean' });
+        else {
+          this.hooks.onAlarm('checkDiffers', true, this.vmUuid, `consistency check found ${differing.length} differing ranges`);
+          this.feed({ type: 'checkDiffers', regions: differing });
+        }
+      })
+      .catch((err) => this.hooks.logger.warn({ err: { code: (err as { code?: string }).code, message: (err as Error).message }, vmUuid: this.vmUuid }, 'consistency check stopped'))
+      .finally(() => {
+        this.checkRun = null;
+      });
+  }
+
+  /** Compares source and target digests volume by volume, range by range; returns the differing regions. */
+  private async runCheck(reason: string): Promise<Region[]> {
+    this.hooks.logger.info({ vmUuid: this.vmUuid, reason }, 'consistency check');
+    // DR applies what was shipped before comparing: fewer regions differ only because they are in flight.
+    await this.shipper.waitAcked(this.journal.lastSeq);
+    const differing: Region[] = [];
+    let regionsChecked = 0;
+    for (const [volumeIndex, volume] of this.volumes.entries()) {
+      const regionBytes = checkRegionBytes(volume.sizeBytes);
+      const step = regionBytes * digestRegionsPerRequestMax;
+      for (let start = 0; start < volume.sizeBytes; start += step) {
+        if (!this.canShip()) throw vrgError(ErrorCode.CONNECTION_CLOSED, 'link down or paused during the check');
+        const end = Math.min(volume.sizeBytes, start + step);
+        const local = await digestVolume(volume, { start, end, regionBytes });
+        const remote: RegionDigests = {
+          regionBytes, start, end,
+          digests: await this.hooks.requestDigests({ vmUuid: this.vmUuid, volumeIndex, volUuid: this.config.volumes[volumeIndex]!.volUuid, start, end, regionBytes }),
+        };
+        regionsChecked += Math.ceil((end - start) / regionBytes);
+        for (const [a, b] of compareRegions(local, remote)) differing.push({ volumeIndex, offset: a, length: b - a });
+      }
+    }
+    this.lastCheck = { regionsChecked, regionsDiffering: differing.length, regionsRepaired: 0, atMs: this.hooks.clock.nowMs() };
+    return differing;
+  }
+
+  private startRepair(regions: readonly Region[]): void {
+    if (this.repairRun !== null) return;
+    this.repairRun = this.repair(regions)
+      .then((done) => {
+        if (!done || this.state.name !== 'check' || !this.state.repairing) return;
+        this.hooks.onAlarm('checkDiffers', false, this.vmUuid, 'differing regions repaired');
+        this.feed({ type: 'repairDone' });
+      })
+      .catch((err) => this.hooks.logger.error({ err, vmUuid: this.vmUuid }, 'repair failed'))
+      .finally(() => {
+        this.repairRun = null;
+      });
+  }
+
+  /** Reships differing regions live (in write order, like any write), then waits for DR to hold them. */
+  private async repair(regions: readonly Region[]): Promise<boolean> {
+    let last = 0;
+    let repaired = 0;
+    for (const r of regions) {
+      for (let at = r.offset; at < r.offset + r.length; at += resyncChunkBytes) {
+        if (this.closed || !this.canShip()) return false;
+        await this.waitForJournalRoom();
+        last = await this.intake.resync({ volumeIndex: r.volumeIndex, offset: at, length: Math.min(resyncChunkBytes, r.offset + r.length - at) });
+      }
+      repaired++;
+    }
+    await this.shipper.waitAcked(last);
+    if (this.lastCheck) this.lastCheck = { ...this.lastCheck, regionsRepaired: repaired };
+    return true;
+  }
+
+  // ---- SnapshotsOnly ------------------------------------------------------------------------------------
+
+  /** Ships a snapshot (the delta since the previous one, staged and committed atomically on DR). */
+  takeSnapshot(): void {
+    if (this.state.mode !== 'snapshots') throw vrgError(ErrorCode.INVALID_ARGUMENT, `VM ${this.vmUuid} is not in SnapshotsOnly mode`);
+    this.snapshotWanted = true;
+    this.kickSnapshot();
+  }
+
+  private kickSnapshot(): void {
+    if (!this.snapshotWanted || this.resyncRun !== null || this.state.mode !== 'snapshots' || !this.canShip()) return;
+    this.snapshotWanted = false;
+    this.resyncRun = this.resyncPasses('snapshot')
+      .then((done) => {
+        if (!done) this.snapshotWanted = true;
+        else this.hooks.logger.info({ vmUuid: this.vmUuid }, 'snapshot committed on DR');
+      })
+      .catch((err) => this.hooks.logger.error({ err, vmUuid: this.vmUuid }, 'snapshot failed'))
+      .finally(() => {
+        this.resyncRun = null;
+        this.progress = null;
+        this.kickSnapshot();
+      });
+  }
+
+  /** Link came up (or resumed): restart what waits for it. */
+  kick(): void {
+    this.kickSnapshot();
+  }
+
+  // ---- status -------------------------------------------------------------------------------------------
+
+  /** Resolves once the VM is in queue with no resync, check or snapshot running (or closed). */
+  async settled(): Promise<void> {
+    for (;;) {
+      const busy = this.resyncRun ?? this.checkRun ?? this.repairRun;
+      const quiet = this.state.name === 'queue' && busy === null && !this.snapshotWanted;
+      if (quiet || this.closed) return;
+      await Promise.race([new Promise<void>((r) => this.stateWaiters.push(r)), busy ?? sleep(this.hooks.clock, 100)]);
+    }
+  }
+
+  status(): VmReplicationStatus {
+    const now = this.hooks.clock.nowMs();
+    const s = this.state;
+    const acked = this.shipper.ackedSeq;
+    const journalBehind = this.cumulativeBytes - this.ackedCumulativeBytes;
+    const behind = this.journal.lastSeq - acked;
+    const p = this.progress;
+    const elapsedSec = p ? Math.max(0.001, (now - p.startedAtMs) / 1000) : 0;
+    const rate = p ? p.bytesDone / elapsedSec : 0;
+    return {
+      vmUuid: this.vmUuid, state: s.name, status: stateNumber(s.name), mode: s.mode,
+      pausedManual: s.pausedManual, syncDegraded: s.syncDegraded, transitions: { ...s.transitions },
+      writesBehind: behind,
+      bytesBehind: journalBehind + this.bitmaps.reduce((n, b) => n + b.dirtyBytes, 0),
+      secondsBehind: behind === 0 ? 0 : Math.max(0, now - this.shipper.ackedProducedAtMs) / 1000,
+      ackedSeq: acked,
+      resync: p ? { bytesDone: p.bytesDone, bytesTotal: p.bytesTotal, rateBytesPerSec: rate,
+        etaSec: rate > 0 ? Math.max(0, p.bytesTotal - p.bytesDone) / rate : null } : null,
+      check: this.lastCheck,
+    };
+  }
+
+  async close(removeData: boolean): Promise<void> {
+    this.closed = true;
+    for (const w of this.drWaiters.splice(0)) w();
+    for (const w of this.stateWaiters.splice(0)) w();
+    await this.intake.close();
+    await this.checkpointing;
+    await this.journal.close();
+    for (const b of this.bitmaps) await b.close();
+    await this.sourceState.close();
+    for (const v of this.volumes) {
+      await v.flush();
+      await v.close();
+    }
+    if (removeData) {
+      await rm(this.dir, { recursive: true, force: true });
+      await rm(join(this.dir, '..', '..', 'journal', this.vmUuid), { recursive: true, force: true });
+    }
+  }
+}
+
+/** Digest regions: 1 MiB, larger on big volumes so one request covers at least 1 GiB. */
+function checkRegionBytes(sizeBytes: number): number {
+  let r = 1 * MiB;
+  while (r < 64 * MiB && sizeBytes / r > digestRegionsPerRequestMax * 64) r *= 2;
+  return r;
+}
+
+async function openBitmap(path: string, volumeBytes: number, hooks: ProtectedVmHooks): Promise<{ bitmap: DirtyBitmap; lost: boolean }> {
+  const opts = { path, volumeBytes, granularityBytes: hooks.cbtGranularityBytes, clock: hooks.clock };
+  try {
+    return { bitmap: await DirtyBitmap.open(opts), lost: false };
+  } catch (err) {
+    if (!isVrgError(err, ErrorCode.CBT_CORRUPT) && !isVrgError(err, ErrorCode.CBT_MISMATCH)) throw err;
+    // Which blocks changed is unknown: start afresh with every block dirty (a full resync).
+    hooks.logger.error({ err, path }, 'CBT bitmap unusable: full resync');
+    await rm(path, { force: true });
+    const bitmap = await DirtyBitmap.open(opts);
+    bitmap.markAll();
+    return { bitmap, lost: true };
+  }
+}
+
+/**
+ * The journal is written ahead of the source volume, so after a crash the source may lack the tail of
+ * what the journal holds (and DR will get). Re-applying the VM writes still in the journal after the
+ * source's durable point, in order, is idempotent and brings the source up to the journal's last write.
+ * RESYNC records and markers were read from the source, not written to it: never replayed.
+ */
+async function replayOntoSource(journal: Journal, volumes: Volume[], sourceDurableSeq: number, logger: Logger): Promise<void> {
+  let seq = Math.max(journal.firstSeq, sourceDurableSeq + 1);
+  let records = 0;
+  while (seq <= journal.lastSeq) {
+    const batch = await journal.read(seq, 16 * 1024 * 1024);
+    const writes = batch.filter((r) => r.kind === RecordKind.WRITE || r.kind === RecordKind.TRIM || r.kind === RecordKind.ZERO);
+    await applyInOrder(writes.map((r) => toVolumeOp(volumes[r.volumeIndex]!, {
+      volumeIndex: r.volumeIndex, offset: r.offset, kind: r.kind, length: r.length,
+      data: r.kind === RecordKind.WRITE ? decodeRecordPayload(r.codec, r.payload, r.length) : null,
+    })));
+    seq = batch[batch.length - 1]!.seq + 1;
+    records += writes.length;
+  }
+  await Promise.all(volumes.map((v) => v.flush()));
+  if (records > 0) logger.info({ records, firstSeq: journal.firstSeq, lastSeq: journal.lastSeq }, 'journal replayed onto the source volumes');
+}
+
+async function exists(path: string): Promise<boolean> {
+  try {
+    await stat(path);
+    return true;
+  } catch {
+    return false;
+  }
+}
