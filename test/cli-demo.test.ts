@@ -21,8 +21,29 @@ t.test('vrg demo replicates a small load and verifies the replica', async (t) =>
   t.equal(last, `verified: ${2 * 16 * 1024 * 1024} bytes identical`, 'last line says verified');
 });
 
+t.test('vrg demo with a small journal and a capped link goes through CBT and a consistency check, then verifies', async (t) => {
+  const dir = t.testdir();
+  const { stdout } = await run('node', [main, 'demo', '--dir', dir, '--size', '48MiB', '--volume-size', '32MiB',
+    '--journal-capacity', '4MiB', '--link-rate', '8MB/s', '--compress', '0', '--admin-password', 'demo-pass-1']);
+  const states = [...stdout.matchAll(/^state: \S+ (\w+) -> (\w+)$/gm)].map((m) => `${m[1]}->${m[2]}`);
+  t.ok(states.includes('queue->cbt'), `into CBT: ${states.join(', ')}`);
+  t.ok(states.includes('cbt->check'), 'CBT resync drained into a consistency check');
+  t.equal(states.at(-1), 'check->queue', 'back in queue at the end');
+  t.match(stdout, /^rest: production http:\/\/127\.0\.0\.1:\d+/m);
+  t.match(stdout, /^rest: dr http:\/\/127\.0\.0\.1:\d+/m);
+  t.equal(stdout.trim().split('\n').at(-1), `verified: ${2 * 32 * 1024 * 1024} bytes identical`);
+});
+
+for (const mode of ['sync', 'snapshots']) {
+  t.test(`vrg demo --mode ${mode} verifies`, async (t) => {
+    const { stdout } = await run('node', [main, 'demo', '--dir', t.testdir(), '--size', '16MiB', '--volume-size', '16MiB', '--mode', mode]);
+    t.equal(stdout.trim().split('\n').at(-1), `verified: ${2 * 16 * 1024 * 1024} bytes identical`);
+  });
+}
+
 t.test('bad options get a clear message and exit code 2', async (t) => {
-  for (const args of [['--compress', '2'], ['--size', 'lots'], ['--bogus'], ['--load', 'maybe'], ['--source', '/nonexistent/file']]) {
+  for (const args of [['--compress', '2'], ['--size', 'lots'], ['--bogus'], ['--load', 'maybe'], ['--source', '/nonexistent/file'],
+    ['--mode', 'fast'], ['--journal-capacity', '1KiB'], ['--link-rate', 'quick']]) {
     const r = await run('node', [main, 'demo', '--dir', t.testdir(), ...args]).then(() => null, (e) => e as { code: number; stderr: string });
     t.ok(r, `${args.join(' ')} fails`);
     t.equal(r?.code, 2, `${args.join(' ')}: exit code 2`);

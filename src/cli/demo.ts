@@ -6,6 +6,7 @@ import { MiB } from '../core/limits.js';
 import { formatBytes } from '../core/size.js';
 import type { DrStatus } from '../replication/dr-gateway.js';
 import type { ProductionStatus } from '../replication/production-gateway.js';
+import { apiSession } from './api-command.js';
 import { spawnGateway, type GatewayChild } from './gateway-child.js';
 import type { IpcMessage, LoadProgress, ProcessFigures } from './gateway-process.js';
 
@@ -27,6 +28,14 @@ export interface DemoOptions {
   queueDepth: number;
   /** 'builtin' writes the built-in load; 'none' waits for outside NBD clients until SIGINT/SIGTERM. */
   load: 'builtin' | 'none';
+  /** First password of `admin` on both gateways' REST API (default: generated and printed once). */
+  adminPassword?: string | undefined;
+  mode?: 'async' | 'sync' | 'snapshots';
+  journalCapacityBytes?: number;
+  /** Bandwidth cap on the link (0 or absent: none). */
+  linkRateBytesPerSec?: number;
+  /** SnapshotsOnly: interval between snapshots (0: one snapshot after the load). */
+  snapshotIntervalMs?: number;
 }
 
 export interface DemoResult {
@@ -43,9 +52,10 @@ export interface DemoResult {
 function gatewayConfig(role: 'production' | 'dr', dir: string, port: number, secret: string, o: DemoOptions, vmUuid: string) {
   return {
     role, gatewayId: `demo-${role}`, dataDir: join(dir, role), codecThreads: 1,
-    link: { host: '127.0.0.1', port, secret },
+    link: { host: '127.0.0.1', port, secret, rateBytesPerSec: o.linkRateBytesPerSec ?? 0 },
     nbd: { host: '127.0.0.1', port: 0 },
-    journalCapacityBytes: 1024 * MiB,
+    journalCapacityBytes: o.journalCapacityBytes ?? 1024 * MiB,
+    protection: { snapshotIntervalMs: o.snapshotIntervalMs ?? 0 },
     vms: [{
       vmUuid, vmName: 'demo-vm', compressOption: o.compress, encryptOption: o.encrypt,
       volumes: [0, 1].map((i) => ({
@@ -68,17 +78,27 @@ export async function runDemo(o: DemoOptions, out: NodeJS.WriteStream = process.
   const secret = randomBytes(32).toString('hex');
   const vmUuid = '4a1c7e52-9d3b-4f0e-8a61-2b5c9e7d3f10';
   const drCfg = gatewayConfig('dr', dir, 0, secret, o, vmUuid);
-  await writeFile(join(dir, 'dr.json'), JSON.stringify(drCfg, null, 2));
+  // The gateways start with no VM and no peer: the demo configures both through the REST API.
+  const adminPassword = o.adminPassword ?? randomBytes(12).toString('base64url');
+  if (o.adminPassword === undefined) out.write(`admin-password: ${adminPassword}\n`);
+  const api = { host: '127.0.0.1', port: 0, adminPassword };
+  await writeFile(join(dir, 'dr.json'), JSON.stringify({ ...drCfg, vms: [], api }, null, 2));
   const dr = spawnGateway('dr', join(dir, 'dr.json'), join(dir, 'dr.log'));
   const children: GatewayChild[] = [dr];
   try {
-    type Ready = { type: 'ready'; role: string; linkPort?: number; nbdPort?: number };
+    type Ready = { type: 'ready'; role: string; linkPort?: number; nbdPort?: number; restUrl?: string };
     const ready = await dr.request<Ready>(null, 'ready');
-    const prodCfg = gatewayConfig('production', dir, ready.linkPort!, secret, o, vmUuid);
-    await writeFile(join(dir, 'production.json'), JSON.stringify(prodCfg, null, 2));
+    const prodCfg = gatewayConfig('production', dir, 0, secret, o, vmUuid);
+    await writeFile(join(dir, 'production.json'), JSON.stringify({ ...prodCfg, vms: [], api }, null, 2));
     const prod = spawnGateway('production', join(dir, 'production.json'), join(dir, 'production.log'));
     children.push(prod);
     const prodReady = await prod.request<Ready>(null, 'ready');
+    // Protection state changes of the demo VM, as they happen.
+    prod.onMessage((m) => {
+      if (m.type === 'transition') out.write(`state: ${m.vmUuid} ${m.from} -> ${m.to}\n`);
+    });
+    await configureOverRest(prodReady.restUrl!, ready.restUrl!, ready.linkPort!, adminPassword, prodCfg.vms[0]!, drCfg.vms[0]!, o.mode ?? 'async');
+    out.write(`rest: production ${prodReady.restUrl}\nrest: dr ${ready.restUrl}\n`);
     const vols = prodCfg.vms[0]!.volumes;
     for (const v of vols) out.write(`source: ${v.volUuid} ${v.path}\n`);
     for (const v of drCfg.vms[0]!.volumes) out.write(`target: ${v.volUuid} ${v.path}\n`);
@@ -98,6 +118,19 @@ export async function runDemo(o: DemoOptions, out: NodeJS.WriteStream = process.
   } finally {
     await Promise.all(children.map((c) => c.stop()));
   }
+}
+
+type DemoVm = ReturnType<typeof gatewayConfig>['vms'][number];
+
+/** DR binds its target volumes, then production pairs with DR and protects the VM: all over REST. */
+async function configureOverRest(prodUrl: string, drUrl: string, linkPort: number, password: string, prodVm: DemoVm, drVm: DemoVm,
+    mode: 'async' | 'sync' | 'snapshots'): Promise<void> {
+  const volList = (vm: DemoVm) => vm.volumes.map((v, i) => ({ volUuid: v.volUuid, seqNum: i + 1, volumeUrl: v.path, sizeBytes: v.sizeBytes }));
+  const [prod, dr] = [await apiSession(prodUrl, 'admin', password), await apiSession(drUrl, 'admin', password)];
+  await dr.call('POST', '/vmstrategy', { vmUuid: drVm.vmUuid, vmName: drVm.vmName, volList: volList(drVm) });
+  await prod.call('POST', '/vrgmap', { dstIp: '127.0.0.1', dstPort: linkPort });
+  await prod.call('POST', '/vmstrategy', { vmUuid: prodVm.vmUuid, vmName: prodVm.vmName, compressOption: prodVm.compressOption,
+    encryptOption: prodVm.encryptOption, volList: volList(prodVm), mode });
 }
 
 async function driveLoad(prod: GatewayChild, o: DemoOptions, vols: Array<{ volUuid: string; sizeBytes: number }>,
@@ -134,6 +167,8 @@ async function driveLoad(prod: GatewayChild, o: DemoOptions, vols: Array<{ volUu
         totalBytes: o.sizeBytes, volumes: vols, writeBytes: o.writeBytes, queueDepth: o.queueDepth, seed: o.seed, sourcePath: o.source,
       } }, 'loadDone');
     }
+    // SnapshotsOnly ships nothing live: a final snapshot carries what the load wrote.
+    if (o.mode === 'snapshots') await prod.request({ type: 'snapshot' }, 'snapshotTaken');
     await prod.request({ type: 'drain' }, 'drained');
     clearInterval(timer);
     await poll();

@@ -17,9 +17,11 @@ function mainScript(): string {
 export class GatewayChild {
   private waiters: Array<{ type: string; resolve: (m: IpcMessage) => void; reject: (e: Error) => void }> = [];
   readonly exited: Promise<number | null>;
+  private readonly listeners: Array<(m: IpcMessage) => void> = [];
 
   constructor(readonly role: string, readonly proc: ChildProcess) {
     proc.on('message', (m: IpcMessage) => {
+      for (const l of this.listeners) l(m);
       const i = this.waiters.findIndex((w) => w.type === m.type || m.type === 'error');
       if (i < 0) return;
       const [w] = this.waiters.splice(i, 1);
@@ -30,6 +32,11 @@ export class GatewayChild {
       for (const w of this.waiters.splice(0)) w.reject(new Error(`${role} gateway exited (${code ?? signal})`));
       res(code);
     }));
+  }
+
+  /** Every message the gateway sends (for events such as 'transition'). */
+  onMessage(listener: (m: IpcMessage) => void): void {
+    this.listeners.push(listener);
   }
 
   /** Sends `req` (if any) and resolves with the next message of type `reply`. */

@@ -8,8 +8,10 @@ import { loadConfig, type GatewayConfig } from '../replication/config.js';
 import { NbdServer } from '../nbd/nbd-server.js';
 import { DrGateway } from '../replication/dr-gateway.js';
 import { productionExports, replicaExports } from '../replication/nbd-exports.js';
+import type { TransitionEvent } from '../replication/control.js';
 import { ProductionGateway } from '../replication/production-gateway.js';
 import { runLoad, type LoadOptions } from './load-generator.js';
+import { startApi } from '../api/rest/api-runtime.js';
 
 // `vrg start --config FILE`: one gateway process. When started by `vrg demo` (an IPC channel is
 // present) it also takes a few commands from its parent: run the built-in load, drain, report status.
@@ -17,13 +19,16 @@ import { runLoad, type LoadOptions } from './load-generator.js';
 export type IpcRequest =
   | { type: 'load'; load: LoadOptions }
   | { type: 'drain' }
+  | { type: 'snapshot' }
   | { type: 'status' };
 
 export type IpcMessage =
-  | { type: 'ready'; role: string; linkPort?: number; nbdPort?: number }
+  | { type: 'ready'; role: string; linkPort?: number; nbdPort?: number; restUrl?: string }
   | { type: 'status'; status: unknown; load?: LoadProgress; process: ProcessFigures }
   | { type: 'loadDone'; load: LoadProgress }
   | { type: 'drained' }
+  | { type: 'snapshotTaken' }
+  | { type: 'transition'; vmUuid: string; from: string; to: string; reason: string }
   | { type: 'error'; code?: string; message: string };
 
 export interface LoadProgress {
@@ -70,10 +75,11 @@ export async function openGateway(config: GatewayConfig, logger: Logger):
   let nbd: NbdServer | null = null;
   let nbdPort: number | null = null;
   if (config.nbd) {
-    const exports = gw instanceof ProductionGateway ? productionExports(gw) : replicaExports(gw);
-    nbd = new NbdServer({ exports: () => exports, logger: logger.child({ front: 'nbd' }) });
+    // Read at each negotiation: VMs added later (REST API) are exported too.
+    const exports = (): ReturnType<typeof productionExports> => (gw instanceof ProductionGateway ? productionExports(gw) : replicaExports(gw));
+    nbd = new NbdServer({ exports, logger: logger.child({ front: 'nbd' }) });
     nbdPort = await nbd.listen(config.nbd.host, config.nbd.port);
-    logger.info({ host: config.nbd.host, port: nbdPort, exports: exports.map((e) => e.name) }, 'nbd listening');
+    logger.info({ host: config.nbd.host, port: nbdPort, exports: exports().map((e) => e.name) }, 'nbd listening');
   }
   return {
     gw,
@@ -90,7 +96,13 @@ export async function openGateway(config: GatewayConfig, logger: Logger):
 export async function startCommand(configPath: string): Promise<void> {
   const config = await loadConfig(configPath);
   const logger = createLogger(`vrg-${config.role}`);
-  const { gw, codec, nbdPort, close } = await openGateway(config, logger);
+  const { gw, codec, nbdPort, close: closeGateway } = await openGateway(config, logger);
+  // The management REST API (config "api"): replays its stored configuration (peer, VMs) into the engine.
+  const api = config.api ? await startApi({ gw, api: config.api, logger, nbdPort }) : null;
+  const close = async (): Promise<void> => {
+    await api?.close();
+    await closeGateway();
+  };
   logger.info({ gatewayId: config.gatewayId, role: config.role }, 'gateway started');
   const send = (m: IpcMessage): void => {
     if (process.send && process.connected) process.send(m);
@@ -110,7 +122,11 @@ export async function startCommand(configPath: string): Promise<void> {
     type: 'ready', role: config.role,
     ...(gw instanceof DrGateway ? { linkPort: gw.linkPort } : {}),
     ...(nbdPort === null ? {} : { nbdPort }),
+    ...(api === null ? {} : { restUrl: api.url }),
   });
+  if (gw instanceof ProductionGateway) {
+    gw.on('transition', (ev: TransitionEvent) => send({ type: 'transition', vmUuid: ev.vmUuid, from: ev.from, to: ev.to, reason: ev.reason }));
+  }
   const progress: LoadProgress = { bytes: 0, writes: 0, latenciesUs: [], ackedIndices: [], startedAtMs: null };
   const samplesMax = 100_000;
   process.on('message', (req: IpcRequest) => {
@@ -137,6 +153,9 @@ export async function startCommand(configPath: string): Promise<void> {
       });
       await gw.flush();
       send({ type: 'loadDone', load: progress });
+    } else if (req.type === 'snapshot' && gw instanceof ProductionGateway) {
+      for (const vm of gw.vmConfigs()) if (vm.mode === 'snapshots') gw.takeSnapshot(vm.vmUuid);
+      send({ type: 'snapshotTaken' });
     } else if (req.type === 'drain' && gw instanceof ProductionGateway) {
       await gw.drain();
       send({ type: 'drained' });

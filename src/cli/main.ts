@@ -4,6 +4,7 @@ import { isVrgError } from '../core/errors.js';
 import { parseSize } from '../core/size.js';
 import { runDemo, type DemoOptions } from './demo.js';
 import { startCommand } from './gateway-process.js';
+import { runApiCall } from './api-command.js';
 
 const usage = `usage: vrg <command> [options]
 
@@ -19,7 +20,14 @@ commands:
              --write-size SIZE    bytes per write (default 256KiB)
              --queue-depth N      writes in flight (default 32)
              --load builtin|none  none: no built-in load; serve the intake over NBD until SIGINT/SIGTERM
+             --admin-password P   first password of REST user admin on both gateways (default: generated, printed)
+             --mode async|sync|snapshots   replication mode of the demo VM (default async)
+             --journal-capacity SIZE       production journal capacity (default 1GiB); overflow falls back to CBT
+             --link-rate RATE     bandwidth cap on the link, e.g. 20MB/s (default none)
+             --snapshot-interval SECONDS   SnapshotsOnly: take a snapshot this often (default: one at the end)
   start    run one gateway: vrg start --config FILE
+  api      call the management REST API: vrg api --url http://127.0.0.1:8080 --user admin --password P
+             [--insecure] [--lang zh_CN|en_US] METHOD PATH [JSON-BODY]   e.g. GET /vrgstatus
   help     this text
 `;
 
@@ -43,6 +51,12 @@ function loadKind(v: string | undefined): 'builtin' | 'none' {
   throw new UsageError(`--load must be "builtin" or "none", not "${v}"`);
 }
 
+function modeOf(v: string | undefined): 'async' | 'sync' | 'snapshots' {
+  if (v === undefined) return 'async';
+  if (v === 'async' || v === 'sync' || v === 'snapshots') return v;
+  throw new UsageError(`--mode must be "async", "sync" or "snapshots", not "${v}"`);
+}
+
 function parseDemo(args: string[]): DemoOptions {
   const { values } = parseArgs({
     args, strict: true, allowPositionals: false,
@@ -50,7 +64,8 @@ function parseDemo(args: string[]): DemoOptions {
       dir: { type: 'string' }, size: { type: 'string' }, 'volume-size': { type: 'string' },
       compress: { type: 'string' }, encrypt: { type: 'string' }, source: { type: 'string' },
       seed: { type: 'string' }, 'write-size': { type: 'string' }, 'queue-depth': { type: 'string' },
-      load: { type: 'string' },
+      load: { type: 'string' }, 'admin-password': { type: 'string' }, mode: { type: 'string' },
+      'journal-capacity': { type: 'string' }, 'link-rate': { type: 'string' }, 'snapshot-interval': { type: 'string' },
     },
   });
   const o: DemoOptions = {
@@ -64,7 +79,14 @@ function parseDemo(args: string[]): DemoOptions {
     writeBytes: parseSize(values['write-size'] ?? '256KiB', '--write-size'),
     queueDepth: positiveInt(values['queue-depth'], 'queue-depth', 32),
     load: loadKind(values.load),
+    adminPassword: values['admin-password'],
+    mode: modeOf(values.mode),
+    journalCapacityBytes: parseSize(values['journal-capacity'] ?? '1GiB', '--journal-capacity'),
+    linkRateBytesPerSec: values['link-rate'] === undefined ? 0 : parseSize(values['link-rate'], '--link-rate', { rate: true }),
+    snapshotIntervalMs: values['snapshot-interval'] === undefined ? 0 : positiveInt(values['snapshot-interval'], 'snapshot-interval', 1) * 1000,
   };
+  if (o.journalCapacityBytes! < 2 * 1024 * 1024) throw new UsageError('--journal-capacity must be at least 2MiB');
+  if (o.linkRateBytesPerSec !== 0 && o.linkRateBytesPerSec! < 64 * 1024) throw new UsageError('--link-rate must be at least 64KB/s');
   if (o.sizeBytes <= 0) throw new UsageError('--size must be more than 0 bytes');
   if (o.volumeSizeBytes < 1024 * 1024 || o.volumeSizeBytes % 4096 !== 0) {
     throw new UsageError('--volume-size must be at least 1MiB and a multiple of 4KiB');
@@ -87,6 +109,18 @@ async function main(argv: string[]): Promise<number> {
       if (!values.config) throw new UsageError('start needs --config FILE');
       await startCommand(values.config);
       return -1; // keeps running until a signal
+    }
+    case 'api': {
+      const { values, positionals } = parseArgs({
+        args: rest, strict: true, allowPositionals: true,
+        options: { url: { type: 'string' }, user: { type: 'string' }, password: { type: 'string' }, insecure: { type: 'boolean' }, lang: { type: 'string' } },
+      });
+      const [method, path, body] = positionals;
+      if (!values.url || values.password === undefined || !method || !path || positionals.length > 3) {
+        throw new UsageError('api needs --url URL --password P [--user admin] METHOD PATH [JSON-BODY]');
+      }
+      return runApiCall({ url: values.url, user: values.user ?? 'admin', password: values.password, method, path, body,
+        insecure: values.insecure ?? false, ...(values.lang ? { lang: values.lang } : {}) });
     }
     case undefined:
     case 'help':

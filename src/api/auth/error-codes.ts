@@ -22,6 +22,21 @@ export const ApiErrorNumber = {
   LOGOUT_FAILED: '10440205',
   LOCKED_NOW: '10440207',
   ACCOUNT_LOCKED: '10440208',
+  // Endpoint codes (004 §3.2-§3.8)
+  BAD_IP: '10440301',
+  BAD_PORT: '10440302',
+  NO_MGMT_NET: '10440305',
+  DUP_VOL_UUID: '10440306',
+  NO_VMS: '10440308',
+  DUP_SEQ_NUM: '10440309',
+  NO_SUCH_VM: '10440400',
+  BAD_VM_UUID: '10440401',
+  NO_TRAP_SERVER: '10440402',
+  // HTTP-level refusals the document has no number for: the number is the HTTP status (REST layer).
+  HTTP_NOT_FOUND: '404',
+  HTTP_METHOD_NOT_ALLOWED: '405',
+  HTTP_TOO_LARGE: '413',
+  HTTP_UNSUPPORTED_MEDIA: '415',
 } as const;
 
 export const API_ERRORS: Readonly<Record<string, ApiErrorEntry>> = {
@@ -34,6 +49,19 @@ export const API_ERRORS: Readonly<Record<string, ApiErrorEntry>> = {
   '10440205': { httpStatus: 400, en_US: 'Logout failed. Retry.', zh_CN: '退出失败,请重试。' },
   '10440207': { httpStatus: 400, en_US: 'Wrong password entered 3 times in a row; the account is locked for 5 minutes.', zh_CN: '用户密码连续 3 次输入错误,帐户锁定 5 分钟。' },
   '10440208': { httpStatus: 400, en_US: 'The user account is locked; the user cannot log in.', zh_CN: '用户账户被锁定,用户无法登录。' },
+  '10440301': { httpStatus: 400, en_US: 'Invalid IP address.', zh_CN: 'IP 地址不合法。' },
+  '10440302': { httpStatus: 400, en_US: 'Invalid port.', zh_CN: '端口不合法。' },
+  '10440305': { httpStatus: 400, en_US: 'The management network (eth0) does not exist.', zh_CN: '管理面 eth0 不存在。' },
+  '10440306': { httpStatus: 400, en_US: 'Duplicate volume UUID.', zh_CN: '卷 Uuid 重复。' },
+  '10440308': { httpStatus: 400, en_US: 'No virtual machine exists in the system.', zh_CN: '系统当前不存在虚拟机。' },
+  '10440309': { httpStatus: 400, en_US: 'Duplicate disk slot number.', zh_CN: '磁盘槽位号重复。' },
+  '10440400': { httpStatus: 400, en_US: 'The virtual machine does not exist.', zh_CN: '虚拟机不存在。' },
+  '10440401': { httpStatus: 400, en_US: 'Invalid virtual machine UUID.', zh_CN: '虚拟机 UUID 不合法。' },
+  '10440402': { httpStatus: 400, en_US: 'No alarm server is set.', zh_CN: '告警管理端信息不存在。' },
+  '404': { httpStatus: 404, en_US: 'No such resource.', zh_CN: '资源不存在。' },
+  '405': { httpStatus: 405, en_US: 'This resource does not support the method.', zh_CN: '此资源不支持该方法。' },
+  '413': { httpStatus: 413, en_US: 'The request body is too large.', zh_CN: '请求正文过大。' },
+  '415': { httpStatus: 415, en_US: 'The request body must be application/json.', zh_CN: '请求正文必须为 application/json。' },
 };
 
 /** The document's number for each VrgError code raised by the auth layer (the errors also carry it in details). */

@@ -1,0 +1,156 @@
+import type { Logger } from '../../core/log.js';
+import { DrGateway } from '../../replication/dr-gateway.js';
+import { ProductionGateway } from '../../replication/production-gateway.js';
+import { ApiErrorNumber } from '../auth/error-codes.js';
+import type { AlarmNotifier } from '../alarms/alarm-notifier.js';
+import type { ApiStore, StoredVm } from '../store/api-store.js';
+import { restError } from './rest-errors.js';
+import { drVm, productionVm, protectionOf } from './vm-strategy.js';
+
+// What the REST endpoints do to the engine, apart from HTTP: every change is checked first, then made in
+// the engine, then stored (so a refused request changes nothing, and a stored change is one the engine took).
+
+export type Gateway = ProductionGateway | DrGateway;
+
+/** GET /vrgmap status (004 §3.7.3). */
+export const PairStatus = { NORMAL: 1, PAIRING: 2, PAIRING_FAILED: 3, NOT_PAIRED: 4, LINK_DOWN: 5 } as const;
+
+/** GET /vmstrategy volStatus (004 §3.8.3): 1 normal, 2 bad path (the target could not be opened or failed). */
+export const VolStatus = { NORMAL: 1, BAD_PATH: 2 } as const;
+
+const kiB = 1024;
+
+export class ApiService {
+  /** VMs the store has but the engine could not open at replay: vmUuid → why. */
+  readonly replayFailures = new Map<string, string>();
+  private drEverConnected = false;
+
+  constructor(
+    readonly gw: Gateway,
+    readonly store: ApiStore,
+    readonly alarms: AlarmNotifier,
+    private readonly logger: Logger,
+  ) {}
+
+  get role(): 'production' | 'dr' {
+    return this.gw instanceof ProductionGateway ? 'production' : 'dr';
+  }
+
+  /** Gateway start: the stored peer and VMs into the engine. A VM that fails to open is kept and reported. */
+  async replay(): Promise<void> {
+    const s = this.store.state;
+    const known = new Set(this.gw.vmConfigs().map((v) => v.vmUuid));
+    for (const vm of s.vms) {
+      if (known.has(vm.vmUuid)) continue; // also in the config file: already open
+      try {
+        await this.gw.addVm(protectionOf(vm));
+      } catch (err) {
+        this.replayFailures.set(vm.vmUuid, (err as Error).message);
+        this.logger.error({ vmUuid: vm.vmUuid, err: (err as Error).message }, 'stored VM could not be opened');
+      }
+    }
+    if (s.peer !== null && this.gw instanceof ProductionGateway) this.gw.setPeer(s.peer);
+  }
+
+  async setPeer(host: string, port: number): Promise<void> {
+    await this.store.update((s) => {
+      s.peer = { host, port };
+    });
+    if (this.gw instanceof ProductionGateway) this.gw.setPeer({ host, port });
+    this.drEverConnected = false;
+  }
+
+  async deletePeer(): Promise<void> {
+    await this.store.update((s) => {
+      s.peer = null;
+    });
+    if (this.gw instanceof ProductionGateway) this.gw.setPeer(null);
+  }
+
+  /**
+   * GET /vrgmap. Production: from the link client (3 when the last attempt failed authentication).
+   * DR: the DR gateway listens and cannot dial; 1 while production's link is up, else 5 once it has been
+   * seen up (by an earlier GET), else 2.
+   */
+  peerStatus(): { dstIp: string; dstPort: number; status: number } {
+    const peer = this.store.state.peer;
+    if (peer === null) return { dstIp: '', dstPort: 0, status: PairStatus.NOT_PAIRED };
+    let status: number;
+    if (this.gw instanceof ProductionGateway) {
+      const p = this.gw.peerStatus();
+      if (p === null) status = PairStatus.NOT_PAIRED;
+      else if (p.connected) status = PairStatus.NORMAL;
+      else if (p.lastError !== null && /HANDSHAKE_FAILED|AUTH_FAILED|PROTOCOL_VERSION/.test(p.lastError)) status = PairStatus.PAIRING_FAILED;
+      else status = p.everConnected ? PairStatus.LINK_DOWN : PairStatus.PAIRING;
+    } else if (this.gw.status().connected) {
+      this.drEverConnected = true;
+      status = PairStatus.NORMAL;
+    } else status = this.drEverConnected ? PairStatus.LINK_DOWN : PairStatus.PAIRING;
+    return { dstIp: peer.host, dstPort: peer.port, status };
+  }
+
+  /** GET /vrgstatus: KB of the production journal ("cache"); the DR side has none (-1). */
+  vrgStatus(): { status: number; availableCapacity: number; totalCapacity: number } {
+    const abnormal = this.alarms.activeAlarms().length > 0 || this.replayFailures.size > 0 ||
+      (this.gw instanceof ProductionGateway && this.gw.status().vms.some((v) => v.fault !== null));
+    const status = abnormal ? 2 : 1;
+    if (!(this.gw instanceof ProductionGateway)) return { status, availableCapacity: -1, totalCapacity: -1 };
+    const total = this.gw.config.journalCapacityBytes;
+    const used = this.gw.status().vms.reduce((n, v) => n + v.journalUsedBytes, 0);
+    return { status, availableCapacity: Math.floor(Math.max(0, total - used) / kiB), totalCapacity: Math.floor(total / kiB) };
+  }
+
+  /** POST /vmstrategy: the body shape of this gateway's role. */
+  async addVm(body: Record<string, unknown>): Promise<void> {
+    const vm = this.role === 'production' ? productionVm(body, this.gw.config.dataDir) : drVm(body);
+    this.checkNew(vm);
+    await this.gw.addVm(protectionOf(vm));
+    try {
+      await this.store.update((s) => {
+        s.vms.push(vm);
+      });
+    } catch (err) {
+      await this.gw.removeVm(vm.vmUuid).catch(() => undefined); // not stored: undo, so nothing changed
+      throw err;
+    }
+  }
+
+  /** Duplicates across VMs (the engine would refuse them too, with less precise numbers). */
+  private checkNew(vm: StoredVm): void {
+    const known = new Set([...this.gw.vmConfigs().map((v) => v.vmUuid), ...this.store.state.vms.map((v) => v.vmUuid)]);
+    if (known.has(vm.vmUuid)) throw restError(ApiErrorNumber.INVALID_PARAMETER, `VM ${vm.vmUuid} is already configured`);
+    const used = new Set([...this.gw.vmConfigs().flatMap((v) => v.volumes.map((x) => x.volUuid)),
+      ...this.store.state.vms.flatMap((v) => v.volList.map((x) => x.volUuid))]);
+    for (const v of vm.volList) {
+      if (used.has(v.volUuid)) throw restError(ApiErrorNumber.DUP_VOL_UUID, `volUuid ${v.volUuid} belongs to another VM`);
+    }
+  }
+
+  /** POST /vmstrategy/<vmUuid>/: the VM's status before removal. delFlag 2 (forced) forgets it even if closing fails. */
+  async removeVm(vmUuid: string, forced: boolean): Promise<number> {
+    const stored = this.store.vm(vmUuid);
+    const inEngine = this.gw.vmConfigs().some((v) => v.vmUuid === vmUuid);
+    if (stored === undefined && !inEngine) throw restError(ApiErrorNumber.NO_SUCH_VM, `no VM ${vmUuid}`);
+    const drStatus = this.gw.vmStatus(vmUuid)?.status ?? 1;
+    if (inEngine) {
+      try {
+        await this.gw.removeVm(vmUuid);
+      } catch (err) {
+        if (!forced) throw err;
+        this.logger.error({ vmUuid, err: (err as Error).message }, 'forced removal: engine could not close the VM');
+      }
+    }
+    await this.store.update((s) => {
+      s.vms = s.vms.filter((v) => v.vmUuid !== vmUuid);
+    });
+    this.replayFailures.delete(vmUuid);
+    return drStatus;
+  }
+
+  /** A VM is faulty when its target failed, it could not be opened, or its stream to DR stopped on a fault. */
+  isFaulty(vmUuid: string): boolean {
+    if (this.replayFailures.has(vmUuid)) return true;
+    if (this.alarms.activeAlarms().some((a) => a.vmUuid === vmUuid && a.kind === 'targetError')) return true;
+    return this.gw instanceof ProductionGateway && this.gw.status().vms.some((v) => v.vmUuid === vmUuid && v.fault !== null);
+  }
+}
