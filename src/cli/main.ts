@@ -25,6 +25,7 @@ commands:
              --journal-capacity SIZE       production journal capacity (default 1GiB); overflow falls back to CBT
              --link-rate RATE     bandwidth cap on the link, e.g. 20MB/s (default none)
              --snapshot-interval SECONDS   SnapshotsOnly: take a snapshot this often (default: one at the end)
+             --api rest|jsonrpc   pair the gateways through the REST API (default) or the Element JSON-RPC API
   start    run one gateway: vrg start --config FILE
   api      call the management REST API: vrg api --url http://127.0.0.1:8080 --user admin --password P
              [--insecure] [--lang zh_CN|en_US] METHOD PATH [JSON-BODY]   e.g. GET /vrgstatus
@@ -66,6 +67,7 @@ function parseDemo(args: string[]): DemoOptions {
       seed: { type: 'string' }, 'write-size': { type: 'string' }, 'queue-depth': { type: 'string' },
       load: { type: 'string' }, 'admin-password': { type: 'string' }, mode: { type: 'string' },
       'journal-capacity': { type: 'string' }, 'link-rate': { type: 'string' }, 'snapshot-interval': { type: 'string' },
+      api: { type: 'string' },
     },
   });
   const o: DemoOptions = {
@@ -85,6 +87,8 @@ function parseDemo(args: string[]): DemoOptions {
     linkRateBytesPerSec: values['link-rate'] === undefined ? 0 : parseSize(values['link-rate'], '--link-rate', { rate: true }),
     snapshotIntervalMs: values['snapshot-interval'] === undefined ? 0 : positiveInt(values['snapshot-interval'], 'snapshot-interval', 1) * 1000,
   };
+  if (values.api !== undefined && values.api !== 'rest' && values.api !== 'jsonrpc') throw new UsageError(`--api must be "rest" or "jsonrpc", not "${values.api}"`);
+  if (values.api === 'jsonrpc') o.api = 'jsonrpc';
   if (o.journalCapacityBytes! < 2 * 1024 * 1024) throw new UsageError('--journal-capacity must be at least 2MiB');
   if (o.linkRateBytesPerSec !== 0 && o.linkRateBytesPerSec! < 64 * 1024) throw new UsageError('--link-rate must be at least 64KB/s');
   if (o.sizeBytes <= 0) throw new UsageError('--size must be more than 0 bytes');

@@ -221,15 +221,24 @@ export function clientHandshake(sock: Duplex, opts: LinkOptions): Promise<LinkCo
   });
 }
 
-/** DR side: the socket was just accepted. `resume` says where each VM's stream continues. */
-export function serverHandshake(sock: Duplex, opts: LinkOptions & { resume: () => Resume }): Promise<LinkConnection> {
+/** Per-peer pairing secrets (cluster pairs): the secret for a peer gateway id, or null for `secret`. */
+export type PeerSecretLookup = (peerGatewayId: string) => Buffer | null;
+
+/**
+ * DR side: the socket was just accepted. `resume` says where each VM's stream continues. A peer whose
+ * gateway id `peerSecret` knows must prove that secret (the claimed id only selects which one to check).
+ */
+export function serverHandshake(
+  sock: Duplex, opts: LinkOptions & { resume: () => Resume; peerSecret?: PeerSecretLookup },
+): Promise<LinkConnection> {
   return runHandshake(sock, opts, async (r) => {
     const peerHelloFrame = await r.next();
     const peerHello = checkHello(peerHelloFrame, opts.role === 'dr' ? 'production' : 'dr');
     const nonce = opts.random.bytes(NONCE_BYTES);
     const myHello = helloFrame(opts, nonce);
     sock.write(myHello);
-    const keys = deriveSessionKeys(opts.secret, peerHello.nonce, nonce);
+    const secret = opts.peerSecret?.(peerHello.gatewayId) ?? opts.secret;
+    const keys = deriveSessionKeys(secret, peerHello.nonce, nonce);
     const transcript = transcriptHash(peerHelloFrame.bytes, myHello);
     verifyAuth(await r.next(), keys.clientToServer, transcript);
     const resume = encodeResume(opts.resume());

@@ -4,6 +4,7 @@ import { ErrorCode, vrgError } from '../core/errors.js';
 import { silentLogger, type Logger } from '../core/log.js';
 import type { Resume } from '../protocol/messages.js';
 import { serverHandshake, type LinkConnection, type LinkOptions } from './connection.js';
+import type { PeerSecretLookup } from './handshake.js';
 import type { Listener, Transport } from './transport.js';
 
 // DR side: accepts production gateways. Each socket is handshaken; an authenticated connection replaces
@@ -24,6 +25,7 @@ export class LinkServer extends EventEmitter {
   private readonly handshaking = new Set<Duplex>();
   private closing = false;
   private readonly logger: Logger;
+  private peerSecret: PeerSecretLookup | null = null;
 
   constructor(private readonly opts: LinkServerOptions) {
     super();
@@ -47,6 +49,11 @@ export class LinkServer extends EventEmitter {
     return this.byPeer;
   }
 
+  /** Per-peer pairing secrets for later handshakes (null: every peer uses `secret`). */
+  setPeerSecrets(lookup: PeerSecretLookup | null): void {
+    this.peerSecret = lookup;
+  }
+
   /** Stops listening, drops handshakes in progress and closes every connection. */
   async close(): Promise<void> {
     this.closing = true;
@@ -65,7 +72,8 @@ export class LinkServer extends EventEmitter {
       return;
     }
     this.handshaking.add(sock);
-    serverHandshake(sock, this.opts).then(
+    const lookup = this.peerSecret;
+    serverHandshake(sock, lookup === null ? this.opts : { ...this.opts, peerSecret: lookup }).then(
       (conn) => {
         this.handshaking.delete(sock);
         if (this.closing) conn.close();

@@ -6,6 +6,7 @@ import { RwLock } from '../core/rw-lock.js';
 import { limits } from '../core/limits.js';
 import type { LinkConnection } from '../link/connection.js';
 import { LinkServer } from '../link/link-server.js';
+import type { PeerSecretLookup } from '../link/handshake.js';
 import { carriesData, RecordKind } from '../journal/journal.js';
 import { FrameType, type RawFrame } from '../protocol/frame.js';
 import {
@@ -140,6 +141,16 @@ export class DrGateway extends EventEmitter {
 
   vmConfigs(): VmConfig[] {
     return [...this.vms.values()].map((vm) => vm.config);
+  }
+
+  /** Per-peer link secrets (cluster pairs) for the next handshakes; null: every peer uses link.secret. */
+  setPeerSecrets(lookup: PeerSecretLookup | null): void {
+    this.server.setPeerSecrets(lookup);
+  }
+
+  /** The production gateway linked now and the link's heartbeat round trip (ms), or null. */
+  linkPeer(): { gatewayId: string; rttMs: number | null } | null {
+    return this.conn === null ? null : { gatewayId: this.conn.peer.gatewayId, rttMs: this.conn.rttMs };
   }
 
   /** What production last reported of the VM (state, mode), with this side's applied figures. */

@@ -44,6 +44,9 @@ export interface IntakeStats {
  */
 const groupsInFlightMax = 4;
 
+/** One resync read: a few records (holes cost nothing), so each journal append carries more. */
+export const resyncReadBytesMax = 8 * 1024 * 1024;
+
 export interface IntakeCbt {
   bitmaps: readonly DirtyBitmap[];
   /**
@@ -140,15 +143,16 @@ export class Intake {
   }
 
   /**
-   * Appends the current content of a source range (RESYNC record, or ZERO where the source reports a hole)
-   * in write order: it reads after every earlier write reached the source and before any later one does.
-   * Resolves to its seq; rejects with VRG_JOURNAL_FULL (nothing appended) rather than waiting for room.
+   * Appends the current content of a source range (RESYNC records of at most one record's bytes, and one
+   * ZERO record per run the source reports as a hole) in write order: it reads after every earlier write
+   * reached the source and before any later one does. Resolves to the last seq; rejects with
+   * VRG_JOURNAL_FULL (nothing appended) rather than waiting for room.
    */
   resync(read: ResyncRead): Promise<number> {
     const volume = this.volumes[read.volumeIndex];
     assert(volume !== undefined, 'resync volume index');
     checkVolumeRange(volume, read.offset, read.length);
-    assert(read.length > 0 && read.length <= limits.recordBytesMax, 'resync reads at most one record');
+    assert(read.length > 0 && read.length <= resyncReadBytesMax, 'resync read within its bound');
     return this.special({ volumeIndex: read.volumeIndex, offset: read.offset, kind: RecordKind.RESYNC, length: read.length, data: null }, read)
       .then((seq) => seq!);
   }
@@ -286,9 +290,9 @@ export class Intake {
     const sp = op.special!;
     const sourceTurn = this.sourceTurn;
     const appendTurn = this.appendTurn;
-    const record = sourceTurn.then(() => this.specialRecord(op));
-    this.sourceTurn = record.then(() => undefined, () => undefined);
-    const called = Promise.all([record, appendTurn]).then(([r]) => (r === null ? null : { durable: this.journal.append([r]) }));
+    const records = sourceTurn.then(() => this.specialRecords(op));
+    this.sourceTurn = records.then(() => undefined, () => undefined);
+    const called = Promise.all([records, appendTurn]).then(([r]) => (r === null ? null : { durable: this.journal.append(r) }));
     this.appendTurn = called.then(() => undefined, () => undefined);
     void called.finally(compressed).catch(() => undefined);
     try {
@@ -297,7 +301,7 @@ export class Intake {
       const { lastSeq } = await c.durable;
       // Nothing of it goes to the source, and every earlier write is already there (it read after them).
       this.sourceAppliedSeq = Math.max(this.sourceAppliedSeq, lastSeq);
-      this.opts.onAppended?.(lastSeq, (await record)!.payload.byteLength);
+      this.opts.onAppended?.(lastSeq, (await records)!.reduce((n, r) => n + r.payload.byteLength, 0));
       this.opts.onCommitted();
       sp.settle(lastSeq, null);
     } catch (err) {
@@ -305,21 +309,44 @@ export class Intake {
     }
   }
 
-  private async specialRecord(op: Pending): Promise<JournalRecordInput | null> {
+  private async specialRecords(op: Pending): Promise<JournalRecordInput[] | null> {
     const sp = op.special!;
     const empty = Buffer.alloc(0);
     if (sp.resync === null) {
       if (sp.abandonIf?.()) return null;
-      return { volumeIndex: 0, offset: 0, length: 0, kind: op.kind, codec: 0, payload: empty };
+      return [{ volumeIndex: 0, offset: 0, length: 0, kind: op.kind, codec: 0, payload: empty }];
     }
     const { volumeIndex, offset, length } = sp.resync;
     const volume = this.volumes[volumeIndex]!;
-    const data = volume.dataRanges ? await volume.dataRanges(offset, length) : [[offset, offset + length]];
-    if (data.length === 0) return { volumeIndex, offset, length, kind: RecordKind.ZERO, codec: 0, payload: empty };
-    const plain = Buffer.allocUnsafeSlow(length);
-    plain.set(await volume.read(offset, length));
-    const out = await this.codec.compressRecords({ data: plain, lengths: [length] }, this.opts.compress());
-    return { volumeIndex, offset, length, kind: RecordKind.RESYNC, codec: out.codecs[0]!, payload: out.stored.subarray(0, out.storedLengths[0]!) };
+    const data = volume.dataRanges ? await volume.dataRanges(offset, length) : [[offset, offset + length] as [number, number]];
+    const chunk = limits.recordBytesMax;
+    const plan: Array<{ at: number; len: number; hole: boolean }> = [];
+    for (let at = offset; at < offset + length; at += chunk) {
+      const len = Math.min(chunk, offset + length - at);
+      const hole = !data.some(([a, b]) => a < at + len && at < b);
+      const last = plan[plan.length - 1];
+      if (hole && last?.hole) last.len += len; // one ZERO record per hole run
+      else plan.push({ at, len, hole });
+    }
+    const reads = plan.filter((p) => !p.hole);
+    const total = reads.reduce((n, p) => n + p.len, 0);
+    const plain = Buffer.allocUnsafeSlow(total);
+    let pos = 0;
+    for (const p of reads) {
+      plain.set(await volume.read(p.at, p.len), pos);
+      pos += p.len;
+    }
+    const out = total > 0 ? await this.codec.compressRecords({ data: plain, lengths: reads.map((p) => p.len) }, this.opts.compress()) : null;
+    let w = 0;
+    let storedAt = 0;
+    return plan.map((p) => {
+      if (p.hole) return { volumeIndex, offset: p.at, length: p.len, kind: RecordKind.ZERO, codec: 0, payload: empty };
+      const len = out!.storedLengths[w]!;
+      const rec = { volumeIndex, offset: p.at, length: p.len, kind: RecordKind.RESYNC, codec: out!.codecs[w]!, payload: out!.stored.subarray(storedAt, storedAt + len) };
+      w++;
+      storedAt += len;
+      return rec;
+    });
   }
 
   private async compress(group: Pending[]): Promise<JournalRecordInput[]> {

@@ -15,7 +15,7 @@ import type { Volume } from '../volume/volume.js';
 import { ApplyState } from './apply-state.js';
 import type { VmConfig } from './config.js';
 import type { TransitionEvent, VmProtection, VmReplicationStatus } from './control.js';
-import { Intake, toVolumeOp } from './intake.js';
+import { Intake, resyncReadBytesMax, toVolumeOp } from './intake.js';
 import {
   initialState, stateNumber, transition, type Effect, type Event, type Mode, type Region, type State,
 } from './protection-state.js';
@@ -49,7 +49,6 @@ export interface ProtectedVmHooks {
   cbtGranularityBytes: number;
 }
 
-const resyncChunkBytes = limits.recordBytesMax;
 /** Resync reads appended but not yet acknowledged by DR (each holds a bitmap token). */
 const resyncWindowMax = 32;
 /** A resync pass appends only while the journal has at least this fraction free: VM writes come first. */
@@ -144,6 +143,12 @@ export class ProtectedVm {
     if (vm.state.mode === 'snapshots') vm.intake.tracking = 'bitmap';
     else if (reason !== null) vm.feed({ type: 'resyncNeeded', reason });
     return vm;
+  }
+
+  /** Bytes per resync read: up to 8 MiB, but a quarter of the journal at most (whole records, at least one). */
+  private get resyncReadBytes(): number {
+    const quarter = Math.floor(this.journal.capacityBytes / 4 / limits.recordBytesMax) * limits.recordBytesMax;
+    return Math.min(resyncReadBytesMax, Math.max(limits.recordBytesMax, quarter));
   }
 
   get vmUuid(): string {
@@ -287,7 +292,7 @@ export class ProtectedVm {
       }
     };
     for (const [volumeIndex, bitmap] of this.bitmaps.entries()) {
-      for (const range of [...bitmap.dirtyRanges(resyncChunkBytes)]) {
+      for (const range of [...bitmap.dirtyRanges(this.resyncReadBytes)]) {
         if (this.closed || !this.canShip()) {
           for (const w of window.splice(0)) w.bitmap.abandonResync(w.token);
           return false;
@@ -313,7 +318,8 @@ export class ProtectedVm {
   }
 
   private async waitForJournalRoom(): Promise<void> {
-    while (!this.closed && this.journal.availableBytes < this.journal.capacityBytes * resyncJournalFreeFraction) {
+    const needBytes = Math.max(this.journal.capacityBytes * resyncJournalFreeFraction, this.resyncReadBytes * 1.1);
+    while (!this.closed && this.journal.availableBytes < needBytes) {
       this.hooks.checkpointSoon();
       await Promise.race([this.hooks.waitForRoom(), sleep(this.hooks.clock, 200)]);
     }
@@ -387,10 +393,10 @@ export class ProtectedVm {
     let last = 0;
     let repaired = 0;
     for (const r of regions) {
-      for (let at = r.offset; at < r.offset + r.length; at += resyncChunkBytes) {
+      for (let at = r.offset; at < r.offset + r.length; at += this.resyncReadBytes) {
         if (this.closed || !this.canShip()) return false;
         await this.waitForJournalRoom();
-        last = await this.intake.resync({ volumeIndex: r.volumeIndex, offset: at, length: Math.min(resyncChunkBytes, r.offset + r.length - at) });
+        last = await this.intake.resync({ volumeIndex: r.volumeIndex, offset: at, length: Math.min(this.resyncReadBytes, r.offset + r.length - at) });
       }
       repaired++;
     }

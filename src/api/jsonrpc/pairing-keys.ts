@@ -277,13 +277,27 @@ export class PairingKeyIssuer {
    * Throws PAIRING_KEY_INVALID (unknown user, wrong password, mismatch), _USED, or _EXPIRED.
    */
   redeem(username: string, password: string, expect?: Partial<ClusterPairingGrant>): ClusterPairingGrant {
+    return this.clusterCredential(username, password, expect, true);
+  }
+
+  /** As `redeem`, but leaves the credential unused: lets a caller refuse for other reasons without burning it. */
+  checkCluster(username: string, password: string, expect?: Partial<ClusterPairingGrant>): ClusterPairingGrant {
+    return this.clusterCredential(username, password, expect, false);
+  }
+
+  /** As `redeemVolumeKey`, but leaves the key unused. */
+  checkVolumeKey(hex: string): VolumePairingKeyFields {
+    return this.volumeCredential(hex, false);
+  }
+
+  private clusterCredential(username: string, password: string, expect: Partial<ClusterPairingGrant> | undefined, use: boolean): ClusterPairingGrant {
     this.prune(this.clock.nowMs());
     const rec = this.records.get(`cluster:${String(username)}`);
     const presented = Buffer.from(clusterSecretHash(String(username), String(password)), 'hex');
     const stored = Buffer.from(rec?.secretHash ?? '00'.repeat(32), 'hex');
     const match = stored.length === presented.length && timingSafeEqual(stored, presented);
     if (rec === undefined || !match) throw invalid('cluster pairing key', { reason: 'no matching credential' });
-    return this.consume(rec, expect ?? {}, 'cluster pairing key') as unknown as ClusterPairingGrant;
+    return this.consume(rec, expect ?? {}, 'cluster pairing key', use) as unknown as ClusterPairingGrant;
   }
 
   /** Decode a presented cluster key and redeem it; every field must match the issued one. */
@@ -294,15 +308,19 @@ export class PairingKeyIssuer {
 
   /** Consume a volume pairing key (decoded and checked against what was issued). */
   redeemVolumeKey(hex: string): VolumePairingKeyFields {
+    return this.volumeCredential(hex, true);
+  }
+
+  private volumeCredential(hex: string, use: boolean): VolumePairingKeyFields {
     const { volumePairUUID, ...rest } = decodeVolumePairingKey(hex);
     this.prune(this.clock.nowMs());
     const rec = this.records.get(`volume:${sha256Hex('vrg-volume-pair-v1', volumePairUUID)}`);
     if (rec === undefined) throw invalid('volume pairing key', { reason: 'no matching credential' });
-    const grant = this.consume(rec, rest, 'volume pairing key') as unknown as VolumeIssueParams;
+    const grant = this.consume(rec, rest, 'volume pairing key', use) as unknown as VolumeIssueParams;
     return { ...grant, volumePairUUID };
   }
 
-  private consume(rec: PairingCredentialRecord, expect: Record<string, unknown>, what: string): Record<string, unknown> {
+  private consume(rec: PairingCredentialRecord, expect: Record<string, unknown>, what: string, use = true): Record<string, unknown> {
     const now = this.clock.nowMs();
     if (rec.usedAtMs !== null) throw vrgError(ErrorCode.PAIRING_KEY_USED, `${what} already used`);
     if (now >= rec.expiresAtMs) {
@@ -311,6 +329,7 @@ export class PairingKeyIssuer {
     for (const [field, value] of Object.entries(expect)) {
       if (value !== undefined && rec.grant[field] !== value) throw invalid(what, { field, reason: 'mismatch' });
     }
+    if (!use) return { ...rec.grant };
     rec.usedAtMs = now;
     this.prune(now);
     this.save();

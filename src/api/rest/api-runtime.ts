@@ -10,6 +10,10 @@ import { AlarmNotifier } from '../alarms/alarm-notifier.js';
 import { AccountStore, type ScryptParams } from '../auth/account-store.js';
 import { SessionManager } from '../auth/session-manager.js';
 import { ApiStore } from '../store/api-store.js';
+import { systemClock } from '../../core/clock.js';
+import { systemRandom } from '../../core/random.js';
+import { JSONRPC_PATH, JsonRpcFace } from '../jsonrpc/jsonrpc-face.js';
+import { PEER_RPC_VERSION } from '../jsonrpc/peer-rpc-client.js';
 import { ApiService, type Gateway } from './api-service.js';
 import { BASE_PATH, buildRestApp, type NetAddresses } from './rest-server.js';
 import { loadOrCreateTls } from './tls.js';
@@ -42,6 +46,9 @@ export interface RunningApi {
   /** http://host:port/vrgservice */
   url: string;
   httpsUrl: string | null;
+  /** The Element JSON-RPC face on the same servers, and its URL (HTTPS when configured, else HTTP). */
+  jsonRpc: JsonRpcFace;
+  jsonRpcUrl: string;
   close(): Promise<void>;
 }
 
@@ -62,6 +69,10 @@ export async function startApi(o: StartApiOptions): Promise<RunningApi> {
   alarms.watch(o.gw);
   const service = new ApiService(o.gw, store, alarms, logger);
   await service.replay();
+  let mvip = '';
+  const jsonRpc = new JsonRpcFace({ gw: o.gw, service, store, accounts, logger, clock: o.clock ?? systemClock,
+    random: o.random ?? systemRandom, mvip: () => mvip });
+  await jsonRpc.init();
   const apps: FastifyInstance[] = [];
   let httpPort = 0;
   const netAddresses = (): NetAddresses => {
@@ -72,7 +83,7 @@ export async function startApi(o: StartApiOptions): Promise<RunningApi> {
       peer: peer === null ? null : { ip: 'ip' in peer ? peer.ip : peer.host, port: peer.port },
     };
   };
-  const ctx = { service, accounts, sessions, netAddresses, logger };
+  const ctx = { service, accounts, sessions, netAddresses, logger, mount: (app: FastifyInstance) => jsonRpc.mount(app) };
   try {
     const http = await buildRestApp(ctx);
     apps.push(http);
@@ -88,9 +99,10 @@ export async function startApi(o: StartApiOptions): Promise<RunningApi> {
       httpsPort = portOf(https);
     }
     const host = o.api.host.includes(':') ? `[${o.api.host}]` : o.api.host;
+    mvip = httpsPort === null ? `http://${host}:${httpPort}` : `https://${host}:${httpsPort}`;
     logger.info({ host: o.api.host, httpPort, httpsPort }, 'REST API listening');
     return {
-      service, sessions, accounts, alarms, httpPort, httpsPort,
+      service, sessions, accounts, alarms, httpPort, httpsPort, jsonRpc, jsonRpcUrl: `${mvip}${JSONRPC_PATH}/${PEER_RPC_VERSION}`,
       url: `http://${host}:${httpPort}${BASE_PATH}`,
       httpsUrl: httpsPort === null ? null : `https://${host}:${httpsPort}${BASE_PATH}`,
       async close() {

@@ -36,6 +36,8 @@ export interface RestContext {
   sessions: SessionManager;
   netAddresses: () => NetAddresses;
   logger: Logger;
+  /** Other faces on the same server (the JSON-RPC API's POST /json-rpc/:version), mounted before ready. */
+  mount?: (app: FastifyInstance) => Promise<void>;
 }
 
 declare module 'fastify' {
@@ -121,6 +123,7 @@ export async function buildRestApp(ctx: RestContext, https?: { key: string; cert
     registerVmStrategyRoutes(api, ctx);
     api.get('/openapi.json', { schema: { hide: true } }, async () => app.swagger());
   }, { prefix: BASE_PATH });
+  if (ctx.mount) await ctx.mount(app);
   await app.ready();
   return app;
 }

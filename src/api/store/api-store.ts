@@ -39,13 +39,65 @@ export interface StoredVm {
   compressOption: 0 | 1;
   encryptOption: 0 | 1;
   mode?: 'async' | 'sync' | 'snapshots';
+  /** Paused by the operator (JSON-RPC ModifyVolumePair); re-applied at start. */
+  pausedManual?: boolean;
   hostUrn?: string;
   agentIp?: string;
   agentPort?: number;
   volList: StoredVolume[];
 }
 
+/** JSON-RPC (Element) face: a volume of this gateway with its stable integer volumeID (src/api/jsonrpc). */
+export interface StoredRpcVolume {
+  volumeID: number;
+  name: string;
+  accountID: number;
+  /** The engine's volume id; a JSON-RPC target volume is bound under its source's volUuid instead. */
+  volUuid: string;
+  url: string;
+  sizeBytes: number;
+  enable512e: boolean;
+  createTime: string;
+}
+
+/** A completed cluster pair. linkSecretHex is the link's pairing secret (this file is mode 0600). */
+export interface StoredClusterPair {
+  clusterPairID: number;
+  clusterPairUUID: string;
+  peerName: string;
+  peerGatewayId: string;
+  peerUuid: string;
+  peerRole: 'production' | 'dr';
+  peerMvip: string;
+  peerVersion: string;
+  /** The DR peer's link listener (a production peer: '' and 0). */
+  linkHost: string;
+  linkPort: number;
+  linkSecretHex: string;
+  createdAtMs: number;
+}
+
+/** A volume pair made through JSON-RPC; the engine VM it protects is `vms[vmUuid]` (vmUuid = volumePairUUID). */
+export interface StoredVolumePair {
+  volumeID: number;
+  volumePairUUID: string;
+  clusterPairID: number;
+  role: 'source' | 'target';
+  remoteVolumeID: number;
+  remoteVolumeName: string;
+}
+
+export interface RpcState {
+  nextVolumeID: number;
+  nextClusterPairID: number;
+  volumes: StoredRpcVolume[];
+  clusterPairs: StoredClusterPair[];
+  volumePairs: StoredVolumePair[];
+}
+
 export interface ApiState {
+  /** The JSON-RPC face's volumes and pairs (absent until first used). */
+  rpc?: RpcState;
   gatewayUuid: string;
   peer: { host: string; port: number } | null;
   trap: { ip: string; port: number } | null;
@@ -83,6 +135,7 @@ export class ApiStore {
     }
     return new ApiStore(path, {
       gatewayUuid: doc.gatewayUuid, peer: doc.peer ?? null, trap: doc.trap ?? null, mngNet: doc.mngNet ?? null, vms: doc.vms,
+      ...(doc.rpc === undefined ? {} : { rpc: doc.rpc }),
     });
   }
 

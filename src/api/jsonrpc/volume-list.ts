@@ -1,0 +1,76 @@
+import { ProductionGateway } from '../../replication/production-gateway.js';
+import { rpcState, type RpcContext } from './rpc-context.js';
+import { elementMode } from './rpc-params.js';
+import { pairingOf, restPairId, syncInventory, volumeObject, type Pairing } from './volume-inventory.js';
+
+// ListActivePairedVolumes: every paired volume with its pair as the engine runs it now.
+// remoteReplication.state: PausedManual (operator), PausedMisconfigured (the stream stopped on a fault,
+// e.g. the DR side does not protect the VM), PausedDisconnected (link down), ResumingFullSync (initial or
+// full resync), ResumingDataTransfer (catching up from changed-block tracking after an outage),
+// ResumingLocalSync (consistency check), else Active. pauseLimit is the production journal's capacity in
+// bytes: past it a VM falls back to changed-block tracking (the DR side reports 0: it has no journal).
+
+interface StateView {
+  state: string;
+  stateDetails: string;
+  resumeDetails: string;
+}
+
+function productionState(gw: ProductionGateway, pairing: Pairing): StateView {
+  const st = gw.vmStatus(pairing.vmUuid);
+  const fault = gw.status().vms.find((v) => v.vmUuid === pairing.vmUuid)?.fault ?? null;
+  const link = gw.peerStatus();
+  const none = { stateDetails: '', resumeDetails: '' };
+  if (st === null) return { state: 'PausedMisconfigured', stateDetails: 'not open in the engine', resumeDetails: '' };
+  if (st.pausedManual) return { state: 'PausedManual', ...none };
+  if (fault !== null) return { state: 'PausedMisconfigured', stateDetails: fault, resumeDetails: '' };
+  if (link === null || !link.connected) return { state: 'PausedDisconnected', stateDetails: link?.lastError ?? 'no link peer', resumeDetails: '' };
+  if (st.resync !== null) {
+    return { state: 'ResumingFullSync', stateDetails: '', resumeDetails: `${st.resync.bytesDone} of ${st.resync.bytesTotal} bytes` };
+  }
+  if (st.state === 'cbt') return { state: 'ResumingDataTransfer', ...none };
+  if (st.state === 'check') return { state: 'ResumingLocalSync', ...none };
+  return { state: 'Active', ...none };
+}
+
+function stateOf(ctx: RpcContext, pairing: Pairing): StateView {
+  const gw = ctx.gw;
+  if (gw instanceof ProductionGateway) return productionState(gw, pairing);
+  const st = gw.vmStatus(pairing.vmUuid);
+  if (st?.pausedManual === true) return { state: 'PausedManual', stateDetails: '', resumeDetails: '' };
+  if (!gw.status().connected) return { state: 'PausedDisconnected', stateDetails: 'no link from the source gateway', resumeDetails: '' };
+  return { state: 'Active', stateDetails: '', resumeDetails: '' };
+}
+
+function pairView(ctx: RpcContext, pairing: Pairing): Record<string, unknown> {
+  const mode = ctx.gw.vmStatus(pairing.vmUuid)?.mode ?? pairing.mode ?? 'async';
+  const s = stateOf(ctx, pairing);
+  const snapState = mode !== 'snapshots' ? 'Idle' : s.state === 'Active' ? 'Active' : s.state;
+  const r = pairing.record;
+  return {
+    clusterPairID: r?.clusterPairID ?? restPairId(ctx),
+    remoteReplication: {
+      mode: elementMode(mode),
+      pauseLimit: ctx.gw instanceof ProductionGateway ? ctx.gw.config.journalCapacityBytes : 0,
+      remoteServiceID: 0,
+      resumeDetails: s.resumeDetails,
+      snapshotReplication: { state: snapState, stateDetails: mode === 'snapshots' ? s.stateDetails : '' },
+      state: s.state,
+      stateDetails: s.stateDetails,
+    },
+    remoteSliceID: r?.remoteVolumeID ?? 0,
+    remoteVolumeID: r?.remoteVolumeID ?? 0,
+    remoteVolumeName: r?.remoteVolumeName ?? pairing.vmName,
+    volumePairUUID: pairing.vmUuid,
+  };
+}
+
+export async function listActivePairedVolumes(ctx: RpcContext): Promise<{ volumes: Array<Record<string, unknown>> }> {
+  await syncInventory(ctx);
+  const volumes: Array<Record<string, unknown>> = [];
+  for (const v of rpcState(ctx).volumes) {
+    const pairing = pairingOf(ctx, v);
+    if (pairing !== null) volumes.push(volumeObject(ctx, v, pairing, [pairView(ctx, pairing)]));
+  }
+  return { volumes };
+}
