@@ -1,6 +1,6 @@
 import { createHash, scrypt as scryptCb, timingSafeEqual, type ScryptOptions } from 'node:crypto';
-import { open, readFile, rename, rm } from 'node:fs/promises';
-import { dirname } from 'node:path';
+import { writeJsonAtomic } from '../../core/atomic-file.js';
+import { readFile, rm } from 'node:fs/promises';
 import { systemClock, type Clock } from '../../core/clock.js';
 import { ErrorCode, vrgError, type VrgError } from '../../core/errors.js';
 import { silentLogger, type Logger } from '../../core/log.js';
@@ -266,20 +266,6 @@ export class AccountStore {
 
   private async writeFile(users: Map<string, UserRecord>): Promise<void> {
     const doc = { version: 1, users: Object.fromEntries([...users].sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0))) };
-    const tmp = `${this.path}.tmp`;
-    const fh = await open(tmp, 'w', 0o600);
-    try {
-      await fh.writeFile(`${JSON.stringify(doc, null, 2)}\n`, 'utf8');
-      await fh.sync();
-    } finally {
-      await fh.close();
-    }
-    await rename(tmp, this.path);
-    const dir = await open(dirname(this.path), 'r');
-    try {
-      await dir.sync();
-    } finally {
-      await dir.close();
-    }
+    await writeJsonAtomic(this.path, doc);
   }
 }

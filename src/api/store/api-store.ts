@@ -1,5 +1,6 @@
 import { randomUUID } from 'node:crypto';
-import { mkdir, open, readFile, rename, rm } from 'node:fs/promises';
+import { writeJsonAtomic } from '../../core/atomic-file.js';
+import { mkdir, readFile, rm } from 'node:fs/promises';
 import { dirname } from 'node:path';
 import { ErrorCode, vrgError } from '../../core/errors.js';
 
@@ -163,20 +164,6 @@ export class ApiStore {
   }
 
   private async writeFile(state: ApiState): Promise<void> {
-    const tmp = `${this.path}.tmp`;
-    const fh = await open(tmp, 'w', 0o600);
-    try {
-      await fh.writeFile(`${JSON.stringify({ version: 1, ...state }, null, 2)}\n`, 'utf8');
-      await fh.sync();
-    } finally {
-      await fh.close();
-    }
-    await rename(tmp, this.path);
-    const dir = await open(dirname(this.path), 'r');
-    try {
-      await dir.sync();
-    } finally {
-      await dir.close();
-    }
+    await writeJsonAtomic(this.path, { version: 1, ...state });
   }
 }
