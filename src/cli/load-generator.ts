@@ -36,7 +36,7 @@ const words = ('the of and to in is for on that by with kernel page block inode 
 
 function buildCorpus(seed: number): Buffer {
   const rnd = seededRandom(seed);
-  const out = Buffer.allocUnsafe(corpusBytes);
+  const out = Buffer.alloc(corpusBytes); // zeroed: short words leave bytes unwritten, and the corpus must be reproducible
   for (let at = 0; at < corpusBytes; at += blockBytes) {
     const block = out.subarray(at, at + blockBytes);
     const kind = rnd.uint32() % 100;

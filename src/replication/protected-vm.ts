@@ -1,5 +1,6 @@
 import { mkdir, rm, stat } from 'node:fs/promises';
 import { join } from 'node:path';
+import { writeJsonAtomic } from '../core/atomic-file.js';
 import { sleep, type Clock } from '../core/clock.js';
 import { ErrorCode, isVrgError, vrgError } from '../core/errors.js';
 import { limits, MiB } from '../core/limits.js';
@@ -54,6 +55,8 @@ const resyncWindowMax = 32;
 /** A resync pass appends only while the journal has at least this fraction free: VM writes come first. */
 const resyncJournalFreeFraction = 0.25;
 const digestRegionsPerRequestMax = 1024;
+/** Present while a staged pass is open on DR (between STAGE_BEGIN and its acknowledged STAGE_COMMIT). */
+const stageOpenFile = 'stage-open.json';
 
 interface Progress {
   bytesDone: number;
@@ -138,10 +141,14 @@ export class ProtectedVm {
     if (fresh) for (const b of bitmaps) b.markAll();
     await Promise.all(bitmaps.map((b) => b.persist()));
     if (config.pausedManual) vm.feed({ type: 'pause' });
-    const reason = fresh ? 'initial-sync' : lost.length > 0 ? 'cbt-bitmap-lost' : bitmaps.some((b) => b.dirtyRegions > 0) ? 'cbt-dirty-at-start' : null;
+    const stageOpen = await exists(join(dir, stageOpenFile));
+    const reason = fresh ? 'initial-sync' : lost.length > 0 ? 'cbt-bitmap-lost'
+      : bitmaps.some((b) => b.dirtyRegions > 0) ? 'cbt-dirty-at-start' : stageOpen ? 'stage-open-at-start' : null;
     // SnapshotsOnly ships dirty blocks only with a snapshot: the first one carries the initial copy.
-    if (vm.state.mode === 'snapshots') vm.intake.tracking = 'bitmap';
-    else if (reason !== null) vm.feed({ type: 'resyncNeeded', reason });
+    if (vm.state.mode === 'snapshots') {
+      vm.intake.tracking = 'bitmap';
+      vm.snapshotWanted = stageOpen; // finish the snapshot DR is staging
+    } else if (reason !== null) vm.feed({ type: 'resyncNeeded', reason });
     return vm;
   }
 
@@ -264,6 +271,8 @@ export class ProtectedVm {
       await this.waitForJournalRoom();
       this.intake.tracking = 'journal';
       if (!begun) {
+        // Remembered across a crash: a pass whose bits were all cleared still owes DR its commit.
+        await writeJsonAtomic(join(this.dir, stageOpenFile), { why, atMs: this.hooks.clock.nowMs() });
         if (await this.intake.marker(RecordKind.STAGE_BEGIN) === null) return false;
         begun = true;
       }
@@ -275,6 +284,7 @@ export class ProtectedVm {
         () => this.intake.tracking === 'bitmap' || this.bitmaps.some((b) => b.dirtyRegions > 0));
       if (commit === null) continue; // a write went to the bitmap meanwhile: another pass
       await this.shipper.waitAcked(commit);
+      await rm(join(this.dir, stageOpenFile), { force: true });
       if (this.state.mode === 'snapshots') this.intake.tracking = 'bitmap';
       return true;
     }
