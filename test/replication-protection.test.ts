@@ -7,7 +7,7 @@ import { rateLimitedTransport } from '../src/link/rate-limited-transport.js';
 import { tcpTransport } from '../src/link/transport.js';
 import type { TransitionEvent } from '../src/replication/control.js';
 import { startPair, vmUuid, type Pair } from './lib/pair.js';
-import { blockBytes, prefixOf, stampedBlock } from './lib/stamps.js';
+import { blockBytes, prefixConflict, prefixOf, stampedBlock } from './lib/stamps.js';
 
 // Issue 4 on real files and real TCP (through a fault proxy): the protection state machine driven by
 // the gateways — initial sync, journal overflow into CBT, staged resync, consistency check, pause,
@@ -103,7 +103,7 @@ t.test('journal overflow under a partition: queue -> CBT -> check -> queue, writ
     while (!stop) {
       const image = await pair.dr.readReplica('vol-0', 0, volumeBytes);
       const k = prefixOf(image, history);
-      if (k === null) problems.push(`freeze ${frozen}: the DR image is no prefix of the write history`);
+      if (k === null) problems.push(`freeze ${frozen}: the DR image is no prefix of the write history: ${prefixConflict(image, history)}`);
       frozen++;
       await new Promise((r) => setTimeout(r, Math.floor(rnd.float() * 20)));
     }

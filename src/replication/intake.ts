@@ -24,6 +24,8 @@ export interface IntakeOp {
 
 interface Pending extends IntakeOp {
   done: (err: Error | null) => void;
+  /** Submitted while tracking was 'bitmap': it must not be journaled ahead of a STAGE_BEGIN queued after it. */
+  tracked?: boolean;
   /** A resync read or a stage marker: its own group, never blocking on a full journal. */
   special?: { resync: ResyncRead | null; settle: (seq: number | null, err: Error | null) => void; abandonIf?: () => boolean };
 }
@@ -125,7 +127,7 @@ export class Intake {
       await new Promise<void>((resolve) => this.spaceWaiters.push(resolve));
     }
     return new Promise<void>((resolve, reject) => {
-      this.pending.push({ ...op, done: (err) => (err ? reject(err) : resolve()) });
+      this.pending.push({ ...op, done: (err) => (err ? reject(err) : resolve()), tracked: this.tracking === 'bitmap' });
       this.pendingBytes += bytes;
       this.kick();
     });
@@ -229,7 +231,7 @@ export class Intake {
    */
   private async commitGroup(group: Pending[], compressed: () => void): Promise<void> {
     const sourceTurn = this.sourceTurn;
-    const tracked = this.tracking === 'bitmap' && this.opts.cbt !== undefined;
+    const tracked = (this.tracking === 'bitmap' || group.some((op) => op.tracked)) && this.opts.cbt !== undefined;
     const records = tracked ? Promise.resolve(null) : this.compress(group);
     void records.finally(compressed).catch(() => undefined);
     // The append turn is taken now, not after compression: a resync read or marker queued meanwhile

@@ -247,7 +247,7 @@ export class ProtectedVm {
   // ---- CBT resync ---------------------------------------------------------------------------------------
 
   private startResync(): void {
-    if (this.resyncRun !== null) return;
+    if (this.resyncRun !== null || this.repairRun !== null) return; // a repair pass restarts it when done
     this.resyncRun = this.resyncPasses('resync')
       .then((done) => {
         if (done && this.state.name === 'cbt') this.feed({ type: 'resyncDrained' });
@@ -269,11 +269,14 @@ export class ProtectedVm {
     for (let pass = 1; !this.closed; pass++) {
       if (!this.canShip()) return false;
       await this.waitForJournalRoom();
+      // Remembered across a crash: a pass whose bits were all cleared still owes DR its commit.
+      if (!begun) await writeJsonAtomic(join(this.dir, stageOpenFile), { why, atMs: this.hooks.clock.nowMs() });
+      // Journaling resumes and STAGE_BEGIN is queued in the same tick: no write may land between them
+      // (it would reach DR unstaged, ahead of the bitmap-only writes the pass has yet to ship).
       this.intake.tracking = 'journal';
       if (!begun) {
-        // Remembered across a crash: a pass whose bits were all cleared still owes DR its commit.
-        await writeJsonAtomic(join(this.dir, stageOpenFile), { why, atMs: this.hooks.clock.nowMs() });
-        if (await this.intake.marker(RecordKind.STAGE_BEGIN) === null) return false;
+        const begin = this.intake.marker(RecordKind.STAGE_BEGIN);
+        if (await begin === null) return false;
         begun = true;
       }
       this.progress ??= { bytesDone: 0, bytesTotal: 0, startedAtMs: this.hooks.clock.nowMs() };
@@ -395,23 +398,20 @@ export class ProtectedVm {
       .catch((err) => this.hooks.logger.error({ err, vmUuid: this.vmUuid }, 'repair failed'))
       .finally(() => {
         this.repairRun = null;
+        if (this.state.name === 'cbt' && this.canShip()) this.startResync();
       });
   }
 
-  /** Reships differing regions live (in write order, like any write), then waits for DR to hold them. */
+  /**
+   * Reships differing regions as a staged pass (marked dirty, then resynced and committed atomically):
+   * a region read live would show DR a later image than the rest of its blocks until the stream caught
+   * up, and a failover meanwhile would find an image production never had.
+   */
   private async repair(regions: readonly Region[]): Promise<boolean> {
-    let last = 0;
-    let repaired = 0;
-    for (const r of regions) {
-      for (let at = r.offset; at < r.offset + r.length; at += this.resyncReadBytes) {
-        if (this.closed || !this.canShip()) return false;
-        await this.waitForJournalRoom();
-        last = await this.intake.resync({ volumeIndex: r.volumeIndex, offset: at, length: Math.min(this.resyncReadBytes, r.offset + r.length - at) });
-      }
-      repaired++;
-    }
-    await this.shipper.waitAcked(last);
-    if (this.lastCheck) this.lastCheck = { ...this.lastCheck, regionsRepaired: repaired };
+    for (const r of regions) this.bitmaps[r.volumeIndex]!.mark(r.offset, r.length);
+    await Promise.all(this.bitmaps.map((b) => b.persist()));
+    if (!await this.resyncPasses('repair')) return false;
+    if (this.lastCheck) this.lastCheck = { ...this.lastCheck, regionsRepaired: regions.length };
     return true;
   }
 

@@ -50,3 +50,19 @@ export function prefixOf(image: Buffer, blocks: readonly number[]): { lo: number
   }
   return { lo, hi };
 }
+
+/** Why an image is no prefix: the block that needs the longest prefix and the one that forbids it. */
+export function prefixConflict(image: Buffer, blocks: readonly number[]): string {
+  let lo = { k: 0, block: -1 };
+  let hi = { k: blocks.length, block: -1 };
+  const blockCount = image.length / blockBytes;
+  for (let b = 0; b < blockCount; b++) {
+    const s = stampOf(image, b);
+    if (s < 0 || (s > 0 && blocks[s - 1] !== b)) return `block ${b} holds content no write produced (stamp ${s})`;
+    let next: number | undefined;
+    for (let i = s; i < blocks.length; i++) if (blocks[i] === b) { next = i + 1; break; }
+    if (s > lo.k) lo = { k: s, block: b };
+    if (next !== undefined && next - 1 < hi.k) hi = { k: next - 1, block: b };
+  }
+  return `block ${lo.block} holds write ${lo.k}, but block ${hi.block} lacks write ${hi.k + 1} (history ${blocks.length})`;
+}
