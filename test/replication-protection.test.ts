@@ -105,11 +105,11 @@ t.test('journal overflow under a partition: queue -> CBT -> check -> queue, writ
       const k = prefixOf(image, history);
       if (k === null) problems.push(`freeze ${frozen}: the DR image is no prefix of the write history: ${prefixConflict(image, history)}`);
       frozen++;
-      await new Promise((r) => setTimeout(r, Math.floor(rnd.float() * 20)));
+      await new Promise((r) => setTimeout(r, 10 + Math.floor(rnd.float() * 40)));
     }
   })();
   pair.proxy!.block(false);
-  for (let i = 0; i < 600; i++) await writeStamped();
+  for (let i = 0; i < 400; i++) await writeStamped();
   await pair.prod.drain();
   stop = true;
   await freezer;
