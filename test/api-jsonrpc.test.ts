@@ -1,36 +1,18 @@
 import t, { type Test } from 'tap';
-import { mkdtemp, rm } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { Clock } from '../src/core/clock.js';
-import { systemClock } from '../src/core/clock.js';
 import { decodeClusterPairingKey, decodeVolumePairingKey, encodeClusterPairingKey, encodeVolumePairingKey } from '../src/api/jsonrpc/pairing-keys.js';
 import { DrGateway } from '../src/replication/dr-gateway.js';
 import { ProductionGateway } from '../src/replication/production-gateway.js';
 import { JsonRpcClient } from './lib/jsonrpc-client.js';
-import { newSecret, RestClient, startApiGateway, until, type ApiGateway } from './lib/rest-client.js';
+import { newSecret, RestClient, shiftedClock, tempDir, startApiGateway, until, type ApiGateway } from './lib/rest-client.js';
 
 const MiB = 1024 * 1024;
 const VM = '6f1e2d3c-4b5a-4978-8a6b-5c4d3e2f1a0b';
 
 type Gw = ApiGateway & { rpc: JsonRpcClient; rest: RestClient };
 
-async function tmp(t: Test): Promise<string> {
-  const dir = await mkdtemp(join(tmpdir(), 'vrg-jsonrpc-'));
-  t.teardown(() => rm(dir, { recursive: true, force: true }));
-  return dir;
-}
-
-/** Wall time a test can move forward (the engine keeps the system clock). */
-function shiftedClock(): Clock & { advance(ms: number): void } {
-  let offset = 0;
-  return {
-    nowMs: () => Date.now() + offset,
-    monotonicNs: () => systemClock.monotonicNs() + BigInt(offset) * 1_000_000n,
-    setTimer: (ms, fn) => systemClock.setTimer(ms, fn),
-    advance(ms) { offset += ms; },
-  };
-}
+const tmp = (t: Test): Promise<string> => tempDir(t, 'vrg-jsonrpc-');
 
 /** Each gateway gets its own config link secret: a link can only come up with the secret pairing exchanged. */
 async function gateway(t: Test, role: 'production' | 'dr', o: { clock?: Clock; httpsPort?: number } = {}): Promise<Gw> {

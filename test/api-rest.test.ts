@@ -1,36 +1,18 @@
 import t, { type Test } from 'tap';
-import { mkdtemp, readFile, rm } from 'node:fs/promises';
+import { readFile } from 'node:fs/promises';
 import { request as httpsRequest } from 'node:https';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import type { Clock } from '../src/core/clock.js';
-import { systemClock } from '../src/core/clock.js';
 import { passwordKey } from '../src/api/auth/account-store.js';
 import { apiErrorOf } from '../src/api/auth/error-codes.js';
 import { netInfos } from '../src/api/rest/routes-gateway.js';
 import { ProductionGateway } from '../src/replication/production-gateway.js';
 import { DrGateway } from '../src/replication/dr-gateway.js';
-import { ADMIN_PW, newSecret, RestClient, startApiGateway, until, type ApiGateway } from './lib/rest-client.js';
+import { ADMIN_PW, newSecret, RestClient, shiftedClock, tempDir, startApiGateway, until, type ApiGateway } from './lib/rest-client.js';
 
 const VM = '6f1e2d3c-4b5a-4978-8a6b-5c4d3e2f1a0b';
 const MiB = 1024 * 1024;
 
-async function tmp(t: Test): Promise<string> {
-  const dir = await mkdtemp(join(tmpdir(), 'vrg-rest-'));
-  t.teardown(() => rm(dir, { recursive: true, force: true }));
-  return dir;
-}
-
-/** Wall time that a test can move forward (the gateway engine keeps the system clock). */
-function shiftedClock(): Clock & { advance(ms: number): void } {
-  let offset = 0;
-  return {
-    nowMs: () => Date.now() + offset,
-    monotonicNs: () => systemClock.monotonicNs() + BigInt(offset) * 1_000_000n,
-    setTimer: (ms, fn) => systemClock.setTimer(ms, fn),
-    advance(ms) { offset += ms; },
-  };
-}
+const tmp = (t: Test): Promise<string> => tempDir(t, 'vrg-rest-');
 
 async function gateway(t: Test, role: 'production' | 'dr', o: Partial<Parameters<typeof startApiGateway>[1]> = {}): Promise<ApiGateway & { client: RestClient }> {
   const g = await startApiGateway(role, { dir: o.dir ?? await tmp(t), secret: o.secret ?? newSecret(), ...o });

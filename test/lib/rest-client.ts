@@ -1,4 +1,6 @@
 import { randomBytes } from 'node:crypto';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { Clock } from '../../src/core/clock.js';
 import { systemClock } from '../../src/core/clock.js';
@@ -112,4 +114,22 @@ export async function until<T>(fn: () => Promise<T> | T, ms = 15_000, what = 'co
     if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
     await new Promise((r) => setTimeout(r, 50));
   }
+}
+
+/** A temporary directory removed when the test ends. */
+export async function tempDir(t: { teardown(fn: () => unknown): void }, prefix: string): Promise<string> {
+  const dir = await mkdtemp(join(tmpdir(), prefix));
+  t.teardown(() => rm(dir, { recursive: true, force: true }));
+  return dir;
+}
+
+/** Wall time a test can move forward (the gateway engine keeps the system clock). */
+export function shiftedClock(): Clock & { advance(ms: number): void } {
+  let offset = 0;
+  return {
+    nowMs: () => Date.now() + offset,
+    monotonicNs: () => systemClock.monotonicNs() + BigInt(offset) * 1_000_000n,
+    setTimer: (ms, fn) => systemClock.setTimer(ms, fn),
+    advance(ms) { offset += ms; },
+  };
 }
