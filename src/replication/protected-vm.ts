@@ -152,10 +152,14 @@ export class ProtectedVm {
     return vm;
   }
 
-  /** Bytes per resync read: up to 8 MiB, but a quarter of the journal at most (whole records, at least one). */
+  /**
+   * Bytes per resync read: up to 8 MiB, but at most a quarter of the journal and most of what is free in it
+   * (the journal frees space only as whole segments are trimmed), in whole CBT regions.
+   */
   private get resyncReadBytes(): number {
-    const quarter = Math.floor(this.journal.capacityBytes / 4 / limits.recordBytesMax) * limits.recordBytesMax;
-    return Math.min(resyncReadBytesMax, Math.max(limits.recordBytesMax, quarter));
+    const g = this.hooks.cbtGranularityBytes;
+    const budget = Math.min(resyncReadBytesMax, this.journal.capacityBytes / 4, this.journal.availableBytes * 0.8);
+    return Math.max(g, Math.floor(budget / g) * g);
   }
 
   get vmUuid(): string {
@@ -268,6 +272,9 @@ export class ProtectedVm {
     let begun = false;
     for (let pass = 1; !this.closed; pass++) {
       if (!this.canShip()) return false;
+      // A pass that ends without a commit can cost no I/O at all: give the event loop (acks, the
+      // journal's trim, the writes it waits for) a turn before the next one, or the loop starves them.
+      if (pass > 1) await sleep(this.hooks.clock, Math.min(200, 5 * pass));
       await this.waitForJournalRoom();
       // Remembered across a crash: a pass whose bits were all cleared still owes DR its commit.
       if (!begun) await writeJsonAtomic(join(this.dir, stageOpenFile), { why, atMs: this.hooks.clock.nowMs() });
@@ -319,7 +326,8 @@ export class ProtectedVm {
         } catch (err) {
           bitmap.abandonResync(token);
           if (!isVrgError(err, ErrorCode.JOURNAL_FULL)) throw err;
-          continue; // left dirty: the next pass takes it
+          await sleep(this.hooks.clock, 20); // left dirty (the next pass takes it); let the journal drain
+          continue;
         }
         window.push({ token, bitmap, seq });
         if (this.progress) this.progress.bytesDone += range.end - range.start;
@@ -331,8 +339,7 @@ export class ProtectedVm {
   }
 
   private async waitForJournalRoom(): Promise<void> {
-    const needBytes = Math.max(this.journal.capacityBytes * resyncJournalFreeFraction, this.resyncReadBytes * 1.1);
-    while (!this.closed && this.journal.availableBytes < needBytes) {
+    while (!this.closed && this.journal.availableBytes < this.journal.capacityBytes * resyncJournalFreeFraction) {
       this.hooks.checkpointSoon();
       await Promise.race([this.hooks.waitForRoom(), sleep(this.hooks.clock, 200)]);
     }
