@@ -3,7 +3,7 @@ import { join } from 'node:path';
 import { writeJsonAtomic } from '../core/atomic-file.js';
 import { sleep, type Clock } from '../core/clock.js';
 import { ErrorCode, isVrgError, vrgError } from '../core/errors.js';
-import { limits, MiB } from '../core/limits.js';
+import { MiB } from '../core/limits.js';
 import type { Logger } from '../core/log.js';
 import { DirtyBitmap } from '../journal/dirty-bitmap.js';
 import { Journal, RecordKind } from '../journal/journal.js';
