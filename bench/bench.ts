@@ -62,7 +62,7 @@ function e2eFigures(r: DemoResult) {
     writesPerSec: p.writes / seconds,
     ackLatencyP50Ms: pct(r.latenciesUs, 0.5) / 1000,
     ackLatencyP99Ms: pct(r.latenciesUs, 0.99) / 1000,
-    compressionRatio: p.bytesStored > 0 ? p.bytesIn / p.bytesStored : 1,
+    compressionRatio: p.bytesSent > 0 ? p.plainBytesSent / p.bytesSent : 1,
     verified: r.verified,
     productionRssPeakMiB: r.productionProcess.rssPeakBytes / MiB,
     drRssPeakMiB: (r.drProcess?.rssPeakBytes ?? 0) / MiB,

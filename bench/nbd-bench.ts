@@ -69,6 +69,8 @@ export interface NbdBenchOptions {
   sizeBytes?: number;
   /** Upper bound on the random-write job's run time (default 10 s). */
   seconds?: number;
+  /** Run only these targets (default all); the others are reported as skipped. */
+  only?: NbdTargetName[];
 }
 
 const jobNames: NbdJobName[] = ['seq64k', 'rand4k'];
@@ -526,7 +528,8 @@ export async function benchNbd(opts: NbdBenchOptions): Promise<NbdBenchResult> {
   for (const name of Object.keys(runners) as NbdTargetName[]) {
     const r = targets[name];
     const missing = needs[name].filter((c) => !which(c));
-    if (missing.length > 0) r.skipped = `not installed: ${missing.join(', ')}`;
+    if (opts.only && !opts.only.includes(name)) r.skipped = 'not selected';
+    else if (missing.length > 0) r.skipped = `not installed: ${missing.join(', ')}`;
     else if (!nbdEngine) r.skipped = 'fio has no nbd engine (built without libnbd)';
     if (r.skipped) continue;
     process.stdout.write(`nbd: ${name}...\n`);
@@ -582,11 +585,12 @@ export function formatNbdBench(r: NbdBenchResult): string {
   return lines.join('\n');
 }
 
-// `node dist/bench/nbd-bench.js [workDir]`: only this section.
+// `node dist/bench/nbd-bench.js [workDir] [target,target...]`: only this section (and only these targets).
 if (process.argv[1] && resolve(process.argv[1]) === fileURLToPath(import.meta.url)) {
   const root = resolve(import.meta.dirname ?? '.', '..', '..');
   const workDir = process.argv[2] ?? join(root, 'bench', 'work', 'nbd');
-  benchNbd({ workDir })
+  const only = process.argv[3]?.split(',') as NbdTargetName[] | undefined;
+  benchNbd({ workDir, only })
     .then(async (r) => {
       process.stdout.write(`${formatNbdBench(r)}\n${JSON.stringify(r, null, 2)}\n`);
       await rm(workDir, { recursive: true, force: true });

@@ -60,11 +60,8 @@ function buildCorpus(seed: number): Buffer {
   return out;
 }
 
-/**
- * Yields the writes of the load in order; the caller keeps `queueDepth` of them in flight. Buffers the
- * caller hands back in `free` (writes it is done with) are reused, as a VM reuses its memory pages.
- */
-export async function* generateLoad(opts: LoadOptions, free: Buffer[] = []): AsyncGenerator<LoadWrite> {
+/** Yields the writes of the load in order; the caller keeps `queueDepth` of them in flight. */
+export async function* generateLoad(opts: LoadOptions): AsyncGenerator<LoadWrite> {
   if (opts.volumes.length === 0) throw vrgError(ErrorCode.INVALID_ARGUMENT, 'load needs at least one volume');
   const rnd = seededRandom(opts.seed ^ 0x5eed);
   const corpus = opts.sourcePath ? null : buildCorpus(opts.seed);
@@ -88,8 +85,8 @@ export async function* generateLoad(opts: LoadOptions, free: Buffer[] = []): Asy
         offset = nextOffset[v]!;
         nextOffset[v] = offset + len;
       }
-      const reuse = free.length > 0 && free[free.length - 1]!.byteLength === len ? free.pop() : undefined;
-      const data = reuse ?? Buffer.allocUnsafeSlow(len);
+      // A fresh buffer per write: the intake journals (and caches) the caller's buffer without a copy.
+      const data = Buffer.allocUnsafeSlow(len);
       if (source) {
         if (sourceAt + len > sourceSize) sourceAt = 0;
         await source.read(data, 0, len, sourceAt);
@@ -117,15 +114,13 @@ export async function runLoad(
   onDone: (w: LoadWrite, latencyNs: bigint) => void,
 ): Promise<void> {
   const inFlight = new Set<Promise<void>>();
-  const free: Buffer[] = [];
   let failure: unknown = null;
-  for await (const w of generateLoad(opts, free)) {
+  for await (const w of generateLoad(opts)) {
     if (failure) break;
     const started = process.hrtime.bigint();
     const p: Promise<void> = write(w).then(
       () => {
         onDone(w, process.hrtime.bigint() - started);
-        free.push(w.data); // acknowledged: the intake holds no reference to it any more
       },
       (err) => { failure = err; },
     ).finally(() => inFlight.delete(p));

@@ -2,8 +2,8 @@ import { systemClock } from '../core/clock.js';
 import { ErrorCode, isVrgError, vrgError } from '../core/errors.js';
 import { limits } from '../core/limits.js';
 import { encodeFrame, FrameType, openFrame, parseFrame, type DirectionKeys } from '../protocol/frame.js';
-import { decodeWriteBatch, type WriteBatch } from '../protocol/messages.js';
-import { RecordCodec, type CompressResult, type StageSample } from './codec-types.js';
+import { decodeWriteBatch, encodeWriteBatch, type WriteBatch } from '../protocol/messages.js';
+import { RecordCodec, type CompressResult, type ShipResult, type StageSample } from './codec-types.js';
 import { lz4Decode, lz4Encode, lz4EncodeBound } from './lz4-native.js';
 
 // Pure, synchronous codec operations shared by InlineCodec (calling thread) and codec-worker.ts (piscina).
@@ -94,6 +94,42 @@ export function compressRecords(data: Buffer, lengths: readonly number[], compre
     value: { stored, storedLengths, codecs },
     samples: [{ stage: 'compress', bytesIn: total, bytesOut: outPos, ns: since(t0) }],
   };
+}
+
+/**
+ * Compresses a batch at ship time and seals it: the journal keeps writes as they arrived (RAW), so the
+ * intake's ack path does no compression; here each RAW data record becomes LZ4 when that is strictly smaller.
+ * `payload` holds the records' stored bytes back to back, as `batch.records[i].storedLength` says.
+ */
+export function shipBatch(keys: DirectionKeys, seq: number, batch: WriteBatch, payload: Buffer, encrypt: boolean, compress: boolean): Timed<ShipResult> {
+  validateBatch(batch, payload.length);
+  const samples: StageSample[] = [];
+  let stored = payload;
+  let records = batch.records;
+  if (compress) {
+    const t0 = now();
+    const work = scratchOf(payload.length);
+    let inPos = 0;
+    let outPos = 0;
+    records = batch.records.map((r) => {
+      const src = payload.subarray(inPos, inPos + r.storedLength);
+      inPos += r.storedLength;
+      // Capacity len - 1: LZ4 returns 0 unless the block is strictly smaller than the record.
+      const n = r.codec === RecordCodec.RAW && carriesData(r.kind) && src.length > 1
+        ? lz4Encode(src, work.subarray(outPos, outPos + src.length - 1)) : 0;
+      if (n > 0 && n < src.length) {
+        outPos += n;
+        return { ...r, codec: RecordCodec.LZ4, storedLength: n };
+      }
+      work.set(src, outPos);
+      outPos += src.length;
+      return r;
+    });
+    stored = work.subarray(0, outPos);
+    samples.push({ stage: 'compress', bytesIn: payload.length, bytesOut: outPos, ns: since(t0) });
+  }
+  const sealed = sealBatch(keys, seq, encodeWriteBatch({ ...batch, records }), stored, encrypt);
+  return { value: { frame: sealed.value, storedBytes: stored.length }, samples: [...samples, ...sealed.samples] };
 }
 
 /** A complete sealed WRITE_BATCH frame: header = encoded WriteBatch, payload = the records' stored bytes. */

@@ -28,6 +28,23 @@ export interface SealTask {
   encrypt: boolean;
 }
 
+/** A batch of journal records to compress (RAW data records, when `compress`) and seal in one task. */
+export interface ShipTask {
+  keys: DirectionKeys;
+  seq: number;
+  /** Records as journaled: storedLength bytes each in `payload`, back to back. */
+  batch: WriteBatch;
+  payload: Buffer;
+  encrypt: boolean;
+  compress: boolean;
+}
+
+export interface ShipResult {
+  frame: Buffer;
+  /** The records' stored bytes in the frame (after compression). */
+  storedBytes: number;
+}
+
 export interface OpenTask {
   keys: DirectionKeys;
   expectedSeq: number;
@@ -43,6 +60,7 @@ export interface OpenResult {
 export interface Codec {
   compressRecords(input: CompressInput, compress: boolean): Promise<CompressResult>;
   sealBatch(t: SealTask): Promise<Buffer>;
+  shipBatch(t: ShipTask): Promise<ShipResult>;
   openBatch(t: OpenTask): Promise<OpenResult>;
   close(): Promise<void>;
 }

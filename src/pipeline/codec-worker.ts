@@ -1,5 +1,6 @@
 import { Piscina } from 'piscina';
 import { isVrgError } from '../core/errors.js';
+import type { WriteBatch } from '../protocol/messages.js';
 import type { StageSample } from './codec-types.js';
 import * as ops from './codec-ops.js';
 import { asBuffer } from './codec-ops.js';
@@ -12,6 +13,7 @@ export interface WireKeys { key: Uint8Array; salt: Uint8Array }
 export type CodecTask =
   | { op: 'compress'; data: Uint8Array; lengths: number[]; compress: boolean }
   | { op: 'seal'; keys: WireKeys; seq: number; header: Uint8Array; payload: Uint8Array; encrypt: boolean }
+  | { op: 'ship'; keys: WireKeys; seq: number; batch: WriteBatch; payload: Uint8Array; encrypt: boolean; compress: boolean }
   | { op: 'open'; keys: WireKeys; expectedSeq: number; frame: Uint8Array };
 
 export interface WireError { code: string | null; name: string; message: string; details?: Record<string, unknown> }
@@ -33,6 +35,10 @@ function runOp(task: CodecTask): { value: unknown; samples: StageSample[]; moved
     case 'seal': {
       const r = ops.sealBatch(keysOf(task.keys), task.seq, task.header, asBuffer(task.payload), task.encrypt);
       return { ...r, moved: [r.value.buffer as ArrayBuffer] };
+    }
+    case 'ship': {
+      const r = ops.shipBatch(keysOf(task.keys), task.seq, task.batch, asBuffer(task.payload), task.encrypt, task.compress);
+      return { ...r, moved: [r.value.frame.buffer as ArrayBuffer] };
     }
     case 'open': {
       const r = ops.openBatch(keysOf(task.keys), task.expectedSeq, asBuffer(task.frame));

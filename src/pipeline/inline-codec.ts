@@ -1,6 +1,6 @@
 import { ErrorCode, vrgError } from '../core/errors.js';
 import { StatsAccumulator, type Codec, type CodecStats, type CompressInput, type CompressResult, type OpenResult,
-  type OpenTask, type SealTask } from './codec-types.js';
+  type OpenTask, type SealTask, type ShipResult, type ShipTask } from './codec-types.js';
 import * as ops from './codec-ops.js';
 
 /** The codec on the calling thread (simulator, unit tests, single-core setups). */
@@ -18,6 +18,13 @@ export class InlineCodec implements Codec {
   async sealBatch(t: SealTask): Promise<Buffer> {
     this.checkOpen();
     const r = ops.sealBatch(t.keys, t.seq, t.header, t.payload, t.encrypt);
+    this.acc.add(r.samples);
+    return r.value;
+  }
+
+  async shipBatch(t: ShipTask): Promise<ShipResult> {
+    this.checkOpen();
+    const r = ops.shipBatch(t.keys, t.seq, t.batch, t.payload, t.encrypt, t.compress);
     this.acc.add(r.samples);
     return r.value;
   }

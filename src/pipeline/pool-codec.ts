@@ -6,7 +6,7 @@ import { ErrorCode, vrgError, type ErrorCode as ErrorCodeT } from '../core/error
 import type { DirectionKeys } from '../protocol/frame.js';
 import type { WriteBatch } from '../protocol/messages.js';
 import { StatsAccumulator, type Codec, type CodecStats, type CompressInput, type CompressResult, type OpenResult,
-  type OpenTask, type SealTask } from './codec-types.js';
+  type OpenTask, type SealTask, type ShipResult, type ShipTask } from './codec-types.js';
 import { asBuffer, ownsArrayBuffer } from './codec-ops.js';
 import type { CodecReply, CodecTask, WireError, WireKeys } from './codec-worker.js';
 
@@ -70,6 +70,15 @@ export class PoolCodec implements Codec {
       op: 'seal', keys: wireKeys(t.keys), seq: t.seq, header: new Uint8Array(t.header), payload, encrypt: t.encrypt,
     };
     return asBuffer((await this.run(task, [payload])) as Uint8Array);
+  }
+
+  async shipBatch(t: ShipTask): Promise<ShipResult> {
+    const payload = this.outgoing(t.payload);
+    const task: CodecTask = {
+      op: 'ship', keys: wireKeys(t.keys), seq: t.seq, batch: t.batch, payload, encrypt: t.encrypt, compress: t.compress,
+    };
+    const v = (await this.run(task, [payload])) as { frame: Uint8Array; storedBytes: number };
+    return { frame: asBuffer(v.frame), storedBytes: v.storedBytes };
   }
 
   async openBatch(t: OpenTask): Promise<OpenResult> {

@@ -5,13 +5,13 @@ import type { Logger } from '../core/log.js';
 import type { DirtyBitmap } from '../journal/dirty-bitmap.js';
 import { RecordKind, type Journal, type JournalRecordInput } from '../journal/journal.js';
 import type { ApplyState } from './apply-state.js';
-import type { Codec } from '../pipeline/codec.js';
+import { RecordCodec } from '../pipeline/codec.js';
 import { applyInOrder, type VolumeOp } from '../volume/ordered-writes.js';
 import { checkVolumeRange, type Volume } from '../volume/volume.js';
 
-// The production intake of one VM: a write is applied to the source volume and made durable in the
-// journal (compressed by the codec pool first), then acknowledged: SPEC §2.1's Async rule.
-// Writes are grouped (group commit): while one group is compressed and fsynced the next one fills.
+// The production intake of one VM: a write is made durable in the journal (as it arrived: compression
+// happens at ship time) and applied to the source volume, then acknowledged: SPEC §2.1's Async rule.
+// Writes are grouped (group commit): while one group is fsynced the next one fills.
 
 export interface IntakeOp {
   volumeIndex: number;
@@ -35,7 +35,6 @@ export interface IntakeStats {
   bytesIn: number;
   /** Of bytesIn, the bytes that went into the journal (the rest were tracked by the CBT bitmap). */
   bytesJournaled: number;
-  bytesStored: number;
   groups: number;
 }
 
@@ -71,7 +70,7 @@ export interface ResyncRead {
 }
 
 export class Intake {
-  readonly stats: IntakeStats = { writes: 0, bytesIn: 0, bytesJournaled: 0, bytesStored: 0, groups: 0 };
+  readonly stats: IntakeStats = { writes: 0, bytesIn: 0, bytesJournaled: 0, groups: 0 };
   private pending: Pending[] = [];
   private pendingBytes = 0;
   private groupsInFlight = 0;
@@ -88,10 +87,8 @@ export class Intake {
 
   constructor(
     private readonly journal: Journal,
-    private readonly codec: Codec,
     private readonly volumes: readonly Volume[],
     private readonly opts: {
-      compress: () => boolean;
       /** Called when the journal is full; resolves when it may have room again (used without CBT bitmaps). */
       waitForRoom: () => Promise<void>;
       onCommitted: () => void;
@@ -111,7 +108,10 @@ export class Intake {
   /** Bytes and writes acknowledged through the bitmap path since the last sourceFlushed() (FLUSH must fsync them). */
   private trackedUnsynced = false;
 
-  /** Resolves when the op is on the source volume and durable in the journal. */
+  /**
+   * Resolves when the op is on the source volume and durable in the journal. The intake takes `op.data` as it
+   * is (journaled and cached without a copy): the caller must not modify it afterwards.
+   */
   async submit(op: IntakeOp): Promise<void> {
     if (this.closed) throw vrgError(ErrorCode.CLOSED, 'intake is closed');
     const volume = this.volumes[op.volumeIndex];
@@ -232,7 +232,7 @@ export class Intake {
   private async commitGroup(group: Pending[], compressed: () => void): Promise<void> {
     const sourceTurn = this.sourceTurn;
     const tracked = (this.tracking === 'bitmap' || group.some((op) => op.tracked)) && this.opts.cbt !== undefined;
-    const records = tracked ? Promise.resolve(null) : this.compress(group);
+    const records = Promise.resolve(tracked ? null : this.records(group));
     void records.finally(compressed).catch(() => undefined);
     // The append turn is taken now, not after compression: a resync read or marker queued meanwhile
     // must append after this group (it reads the source after this group's write).
@@ -268,7 +268,6 @@ export class Intake {
     this.stats.bytesIn += bytes;
     if (records !== null) this.stats.bytesJournaled += bytes;
     this.stats.writes += group.length;
-    for (const r of records ?? []) this.stats.bytesStored += r.payload.byteLength;
   }
 
   /** Bitmap path: fence the journal's replay (once per switch), then mark the group's blocks durably. */
@@ -330,51 +329,24 @@ export class Intake {
       if (hole && last?.hole) last.len += len; // one ZERO record per hole run
       else plan.push({ at, len, hole });
     }
-    const reads = plan.filter((p) => !p.hole);
-    const total = reads.reduce((n, p) => n + p.len, 0);
-    const plain = Buffer.allocUnsafeSlow(total);
-    let pos = 0;
-    for (const p of reads) {
-      plain.set(await volume.read(p.at, p.len), pos);
-      pos += p.len;
+    const out: JournalRecordInput[] = [];
+    for (const p of plan) {
+      const payload = p.hole ? empty : await volume.read(p.at, p.len);
+      out.push({ volumeIndex, offset: p.at, length: p.len, kind: p.hole ? RecordKind.ZERO : RecordKind.RESYNC, codec: RecordCodec.RAW, payload });
     }
-    const out = total > 0 ? await this.codec.compressRecords({ data: plain, lengths: reads.map((p) => p.len) }, this.opts.compress()) : null;
-    let w = 0;
-    let storedAt = 0;
-    return plan.map((p) => {
-      if (p.hole) return { volumeIndex, offset: p.at, length: p.len, kind: RecordKind.ZERO, codec: 0, payload: empty };
-      const len = out!.storedLengths[w]!;
-      const rec = { volumeIndex, offset: p.at, length: p.len, kind: RecordKind.RESYNC, codec: out!.codecs[w]!, payload: out!.stored.subarray(storedAt, storedAt + len) };
-      w++;
-      storedAt += len;
-      return rec;
-    });
+    return out;
   }
 
-  private async compress(group: Pending[]): Promise<JournalRecordInput[]> {
-    const writes = group.filter((op) => op.data !== null);
-    const total = writes.reduce((n, op) => n + op.data!.byteLength, 0);
-    // Owns its ArrayBuffer, so the pool can take it without a copy.
-    const data = Buffer.allocUnsafeSlow(total);
-    let at = 0;
-    for (const op of writes) {
-      data.set(op.data!, at);
-      at += op.data!.byteLength;
-    }
-    const out = await this.codec.compressRecords({ data, lengths: writes.map((op) => op.data!.byteLength) }, this.opts.compress());
-    let w = 0;
-    let storedAt = 0;
-    return group.map((op) => {
-      if (op.data === null) {
-        return { volumeIndex: op.volumeIndex, offset: op.offset, length: op.length, kind: op.kind, codec: 0, payload: Buffer.alloc(0) };
-      }
-      const len = out.storedLengths[w]!;
-      const rec = { volumeIndex: op.volumeIndex, offset: op.offset, length: op.length, kind: op.kind,
-        codec: out.codecs[w]!, payload: out.stored.subarray(storedAt, storedAt + len) };
-      w++;
-      storedAt += len;
-      return rec;
-    });
+  /**
+   * The group's journal records, RAW: compression happens at ship time (codec.shipBatch, in the pool), so the
+   * ack path does no compression work. The write's own buffer is journaled (and cached) without a copy.
+   */
+  private records(group: Pending[]): JournalRecordInput[] {
+    const empty = Buffer.alloc(0);
+    return group.map((op) => ({
+      volumeIndex: op.volumeIndex, offset: op.offset, length: op.length, kind: op.kind, codec: RecordCodec.RAW,
+      payload: op.data === null ? empty : Buffer.from(op.data.buffer, op.data.byteOffset, op.data.byteLength),
+    }));
   }
 
   /**

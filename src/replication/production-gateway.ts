@@ -39,7 +39,8 @@ export interface ProductionVmStatus {
   writes: number;
   bytesIn: number;
   bytesJournaled: number;
-  bytesStored: number;
+  /** Plain bytes of the data records shipped, and their stored bytes on the wire (compressed at ship time). */
+  plainBytesSent: number;
   bytesSent: number;
   fault: string | null;
   replication: VmReplicationStatus;
@@ -253,7 +254,7 @@ export class ProductionGateway extends EventEmitter {
           writes: vm.intake.stats.writes,
           bytesIn: vm.intake.stats.bytesIn,
           bytesJournaled: vm.intake.stats.bytesJournaled,
-          bytesStored: vm.intake.stats.bytesStored,
+          plainBytesSent: vm.shipper.stats.plainBytesSent,
           bytesSent: vm.shipper.stats.bytesSent,
           fault: vm.shipper.fault,
           replication: vm.status(),

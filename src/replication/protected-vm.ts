@@ -100,11 +100,11 @@ export class ProtectedVm {
       config.mode ?? 'async', hooks.clock.nowMs());
     this.shipper = new Shipper(config.vmUuid, config.volumes.map((v) => v.volUuid), journal, hooks.codec, {
       encrypt: () => config.encryptOption === 1,
+      compress: () => config.compressOption === 1,
       onAcked: () => this.onAcked(),
       logger,
     });
-    this.intake = new Intake(journal, hooks.codec, volumes, {
-      compress: () => config.compressOption === 1,
+    this.intake = new Intake(journal, volumes, {
       waitForRoom: hooks.waitForRoom,
       onCommitted: () => this.shipper.notify(),
       onAppended: (lastSeq, storedBytes) => this.noteAppended(lastSeq, storedBytes),
