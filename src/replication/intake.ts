@@ -39,9 +39,9 @@ export interface IntakeStats {
 }
 
 /**
- * Groups past compression (in journal commit or the source write) at once. One group compresses at a
- * time: a new group starts when the previous one leaves compression, so writes arriving meanwhile
- * gather into it (fewer, larger pool tasks) while compression still overlaps the previous fsync.
+ * Groups in journal commit or the source write at once. One group forms at a time: a new group starts
+ * once the previous one has its records (at once for writes; a resync read takes a while), so writes
+ * arriving meanwhile gather into it while the previous one is fsynced.
  */
 const groupsInFlightMax = 4;
 
@@ -74,7 +74,7 @@ export class Intake {
   private pending: Pending[] = [];
   private pendingBytes = 0;
   private groupsInFlight = 0;
-  private compressing = false;
+  private forming = false;
   private spaceWaiters: Array<() => void> = [];
   private idleWaiters: Array<() => void> = [];
   /** Resolves once the previous group has *called* journal.append, so journal order is submission order. */
@@ -185,16 +185,16 @@ export class Intake {
   }
 
   private kick(): void {
-    if (this.pending.length > 0 && !this.compressing && this.groupsInFlight < groupsInFlightMax) {
+    if (this.pending.length > 0 && !this.forming && this.groupsInFlight < groupsInFlightMax) {
       const group = this.takeGroup();
       this.groupsInFlight++;
-      this.compressing = true;
+      this.forming = true;
       this.stats.groups++;
-      const compressed = (): void => {
-        this.compressing = false;
+      const formed = (): void => {
+        this.forming = false;
         this.kick();
       };
-      const run = group[0]!.special ? this.commitSpecial(group[0]!, compressed) : this.commitGroup(group, compressed);
+      const run = group[0]!.special ? this.commitSpecial(group[0]!, formed) : this.commitGroup(group, formed);
       void run.finally(() => {
         this.groupsInFlight--;
         this.kick();
@@ -229,12 +229,12 @@ export class Intake {
    * With CBT, a group in bitmap tracking (or one that finds the journal full) marks the bitmap durably
    * instead, then writes the source: the write is never blocked by the journal.
    */
-  private async commitGroup(group: Pending[], compressed: () => void): Promise<void> {
+  private async commitGroup(group: Pending[], formed: () => void): Promise<void> {
     const sourceTurn = this.sourceTurn;
     const tracked = (this.tracking === 'bitmap' || group.some((op) => op.tracked)) && this.opts.cbt !== undefined;
     const records = Promise.resolve(tracked ? null : this.records(group));
-    void records.finally(compressed).catch(() => undefined);
-    // The append turn is taken now, not after compression: a resync read or marker queued meanwhile
+    void records.finally(formed).catch(() => undefined);
+    // The append turn is taken now, not once the records are formed: a resync read or marker queued meanwhile
     // must append after this group (it reads the source after this group's write).
     const turn = tracked ? null : this.takeAppendTurn();
     records.catch(() => turn?.release());
@@ -287,7 +287,7 @@ export class Intake {
   }
 
   /** A resync read or a marker, in write order (see resync()). */
-  private async commitSpecial(op: Pending, compressed: () => void): Promise<void> {
+  private async commitSpecial(op: Pending, formed: () => void): Promise<void> {
     const sp = op.special!;
     const sourceTurn = this.sourceTurn;
     const appendTurn = this.appendTurn;
@@ -295,7 +295,7 @@ export class Intake {
     this.sourceTurn = records.then(() => undefined, () => undefined);
     const called = Promise.all([records, appendTurn]).then(([r]) => (r === null ? null : { durable: this.journal.append(r) }));
     this.appendTurn = called.then(() => undefined, () => undefined);
-    void called.finally(compressed).catch(() => undefined);
+    void called.finally(formed).catch(() => undefined);
     try {
       const c = await called;
       if (c === null) return sp.settle(null, null);
