@@ -24,7 +24,7 @@ import { GiB, MiB } from '../src/core/limits.js';
 // MB = 10^6 bytes; latencies are fio's completion latency (clat) percentiles.
 
 export type NbdJobName = 'seq64k' | 'rand4k';
-export type NbdTargetName = 'vrg' | 'vrgSync' | 'qemuNbd' | 'qemuNbdWritethrough' | 'qemuMirrorBackground' | 'qemuMirrorWriteBlocking';
+export type NbdTargetName = 'vrg' | 'vrgWriteBack' | 'vrgSync' | 'qemuNbd' | 'qemuNbdWritethrough' | 'qemuMirrorBackground' | 'qemuMirrorWriteBlocking';
 
 export interface FioFigures {
   bytes: number;
@@ -57,6 +57,8 @@ export interface NbdBenchResult {
   ratios: Record<NbdJobName, {
     vsQemuNbd: number | null; vsQemuNbdWritethrough: number | null;
     vsQemuMirrorBackground: number | null; vsQemuMirrorWriteBlocking: number | null;
+    /** VRG Async with the write-back intake (acknowledged before the journal fdatasync) vs QEMU's background mirror. */
+    writeBackVsQemuMirrorBackground: number | null;
     /** VRG Sync vs QEMU's synchronous (write-blocking) mirror: MB/s and p99 latency. */
     syncVsWriteBlocking: number | null; syncP99VsWriteBlockingP99: number | null;
   }>;
@@ -426,7 +428,8 @@ async function targetQemuMirror(ctx: Ctx, r: NbdTargetResult, copyMode: 'backgro
 type StatusReply = Extract<IpcMessage, { type: 'status' }>;
 type Ready = Extract<IpcMessage, { type: 'ready' }>;
 
-function vrgConfig(role: 'production' | 'dr', dir: string, linkPort: number, secret: string, volumeBytes: number, mode: 'async' | 'sync') {
+function vrgConfig(role: 'production' | 'dr', dir: string, linkPort: number, secret: string, volumeBytes: number, mode: 'async' | 'sync',
+    writeBack = false) {
   const vmUuid = '7d2f3a90-5b1e-4c8d-9e0f-1a2b3c4d5e6f';
   return {
     role, gatewayId: `bench-${role}`, dataDir: join(dir, role), codecThreads: 1,
@@ -434,6 +437,7 @@ function vrgConfig(role: 'production' | 'dr', dir: string, linkPort: number, sec
     // Port 0: the gateway picks a free port and reports it in its `ready` message.
     nbd: { host: '127.0.0.1', port: 0 },
     journalCapacityBytes: 1024 * MiB,
+    intake: { writeBack },
     vms: [{
       vmUuid, vmName: 'bench-vm', compressOption: 1, encryptOption: 1, mode,
       volumes: [{ volUuid: `${vmUuid.slice(0, 24)}000000000000`, url: join(dir, role === 'production' ? 'source.img' : 'dr.img'), sizeBytes: volumeBytes }],
@@ -441,7 +445,7 @@ function vrgConfig(role: 'production' | 'dr', dir: string, linkPort: number, sec
   };
 }
 
-async function targetVrg(ctx: Ctx, r: NbdTargetResult, mode: 'async' | 'sync'): Promise<void> {
+async function targetVrg(ctx: Ctx, r: NbdTargetResult, mode: 'async' | 'sync', writeBack = false): Promise<void> {
   const dir = join(ctx.dir, 'vrg');
   await rm(dir, { recursive: true, force: true });
   await mkdir(dir, { recursive: true });
@@ -453,7 +457,7 @@ async function targetVrg(ctx: Ctx, r: NbdTargetResult, mode: 'async' | 'sync'): 
     const dr = track(spawnGateway('dr', join(dir, 'dr.json'), join(dir, 'dr.log')));
     gateways.push(dr);
     const drReady = await withTimeout(dr.request<Ready>(null, 'ready'), 30_000, 'DR gateway start');
-    const prodCfg = vrgConfig('production', dir, drReady.linkPort!, secret, ctx.volumeBytes, mode);
+    const prodCfg = vrgConfig('production', dir, drReady.linkPort!, secret, ctx.volumeBytes, mode, writeBack);
     await writeFile(join(dir, 'production.json'), JSON.stringify(prodCfg, null, 2));
     const prod = track(spawnGateway('production', join(dir, 'production.json'), join(dir, 'production.log')));
     gateways.unshift(prod);
@@ -505,6 +509,7 @@ export async function benchNbd(opts: NbdBenchOptions): Promise<NbdBenchResult> {
   const ctx: Ctx = { dir, volumeBytes, plan, fioTimeoutMs: 120_000 };
   const targets: Record<NbdTargetName, NbdTargetResult> = {
     vrg: emptyResult('VRG Async intake (lz4+aes, 1 codec thread), production -> DR gateway, drained after each job'),
+    vrgWriteBack: emptyResult('VRG Async, write-back intake (intake.writeBack: acknowledged once in the journal file and the source, before the fdatasync; FLUSH/FUA durable)'),
     vrgSync: emptyResult('VRG Sync intake: each write acknowledged once durable (fdatasync) on the DR volume'),
     qemuNbd: emptyResult(`qemu-nbd ${qemuNbdFlags.join(' ')} on a raw file, no replication (ceiling)`),
     qemuNbdWritethrough: emptyResult('the same with --cache=writethrough: each write durable before its reply (durable ceiling)'),
@@ -512,13 +517,14 @@ export async function benchNbd(opts: NbdBenchOptions): Promise<NbdBenchResult> {
     qemuMirrorWriteBlocking: emptyResult('qemu-storage-daemon NBD export + blockdev-mirror copy-mode=write-blocking -> qemu-nbd DR'),
   };
   const needs: Record<NbdTargetName, string[]> = {
-    vrg: ['fio'], vrgSync: ['fio'], qemuNbd: ['fio', 'qemu-nbd'], qemuNbdWritethrough: ['fio', 'qemu-nbd'],
+    vrg: ['fio'], vrgWriteBack: ['fio'], vrgSync: ['fio'], qemuNbd: ['fio', 'qemu-nbd'], qemuNbdWritethrough: ['fio', 'qemu-nbd'],
     qemuMirrorBackground: ['fio', 'qemu-nbd', 'qemu-storage-daemon'], qemuMirrorWriteBlocking: ['fio', 'qemu-nbd', 'qemu-storage-daemon'],
   };
   const fioVersion = which('fio') ? (await capture('fio', ['--version'], 10_000).catch(() => ({ out: '' }))).out.trim() || null : null;
   const nbdEngine = fioVersion ? (await capture('fio', ['--enghelp=nbd'], 10_000).catch(() => ({ code: 1, out: '' }))).code === 0 : false;
   const runners: Record<NbdTargetName, (r: NbdTargetResult) => Promise<void>> = {
     vrg: (r) => targetVrg(ctx, r, 'async'),
+    vrgWriteBack: (r) => targetVrg(ctx, r, 'async', true),
     vrgSync: (r) => targetVrg(ctx, r, 'sync'),
     qemuNbd: (r) => targetQemuNbd(ctx, r, 'writeback'),
     qemuNbdWritethrough: (r) => targetQemuNbd(ctx, r, 'writethrough'),
@@ -546,6 +552,7 @@ export async function benchNbd(opts: NbdBenchOptions): Promise<NbdBenchResult> {
     vsQemuNbdWritethrough: ratio(targets.vrg.jobs[j], targets.qemuNbdWritethrough.jobs[j]),
     vsQemuMirrorBackground: ratio(targets.vrg.jobs[j], targets.qemuMirrorBackground.jobs[j]),
     vsQemuMirrorWriteBlocking: ratio(targets.vrg.jobs[j], targets.qemuMirrorWriteBlocking.jobs[j]),
+    writeBackVsQemuMirrorBackground: ratio(targets.vrgWriteBack.jobs[j], targets.qemuMirrorBackground.jobs[j]),
     syncVsWriteBlocking: ratio(targets.vrgSync.jobs[j], targets.qemuMirrorWriteBlocking.jobs[j]),
     syncP99VsWriteBlockingP99: targets.vrgSync.jobs[j] && targets.qemuMirrorWriteBlocking.jobs[j]
       ? targets.vrgSync.jobs[j]!.p99Ms / targets.qemuMirrorWriteBlocking.jobs[j]!.p99Ms : null,
@@ -557,7 +564,7 @@ export function formatNbdBench(r: NbdBenchResult): string {
   const lines = [`NBD intake, fio ${r.fio.version ?? '?'} nbd engine, QD 16, 50% compressible buffers, ${r.volumeBytes / MiB} MiB volume:`];
   lines.push('  target                    job       MB/s     IOPS  p50 ms  p99 ms  sync ms  DR verified');
   const labels: Record<NbdTargetName, string> = {
-    vrg: 'VRG async', vrgSync: 'VRG sync', qemuNbd: 'qemu-nbd (no repl.)', qemuNbdWritethrough: 'qemu-nbd writethrough',
+    vrg: 'VRG async', vrgWriteBack: 'VRG async write-back', vrgSync: 'VRG sync', qemuNbd: 'qemu-nbd (no repl.)', qemuNbdWritethrough: 'qemu-nbd writethrough',
     qemuMirrorBackground: 'QEMU mirror background', qemuMirrorWriteBlocking: 'QEMU mirror write-block',
   };
   for (const [name, t] of Object.entries(r.targets) as Array<[NbdTargetName, NbdTargetResult]>) {
@@ -579,6 +586,7 @@ export function formatNbdBench(r: NbdBenchResult): string {
     const q = r.ratios[job];
     lines.push(`  VRG ${job} MB/s: ${x(q.vsQemuNbd)} of qemu-nbd, ${x(q.vsQemuNbdWritethrough)} of qemu-nbd writethrough, ` +
       `${x(q.vsQemuMirrorBackground)} of QEMU background mirror, ${x(q.vsQemuMirrorWriteBlocking)} of write-blocking mirror`);
+    lines.push(`  VRG async write-back ${job}: ${x(q.writeBackVsQemuMirrorBackground)} of QEMU background mirror MB/s`);
     lines.push(`  VRG Sync ${job}: ${x(q.syncVsWriteBlocking)} of QEMU write-blocking mirror MB/s, p99 ${x(q.syncP99VsWriteBlockingP99)} of its p99`);
   }
   lines.push(`  (sync ms: after the fio job ended, until DR had every write; ${r.seconds.toFixed(0)} s for the section)`);

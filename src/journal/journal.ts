@@ -88,11 +88,17 @@ export class Journal {
   private queue: (PendingAppend | undefined)[] = [];
   private qHead = 0;
   private loop: Promise<void> | null = null;
+  private syncLoop: Promise<void> | null = null;
+  /** Groups written to the active segment and not yet fdatasync'ed, in seq order. */
+  private unsynced: Group[] = [];
+  private unsyncedBytes = 0;
   private trimChain: Promise<void> = Promise.resolve();
   private readonly reads = new Set<Promise<unknown>>();
   private state: 'open' | 'closing' | 'closed' = 'open';
   private closing: Promise<void> | null = null;
   private failure: VrgError | null = null;
+  /** whenWritten / whenDurable callers, resolved as the commit loop passes their seq. */
+  private seqWaiters: Array<{ seq: number; durable: boolean; resolve: () => void; reject: (e: Error) => void }> = [];
 
   private constructor(opts: JournalOptions) {
     this.dir = opts.dir;
@@ -131,7 +137,39 @@ export class Journal {
   }
 
   get firstSeq(): number { return this.first; }
+  /** Highest durable seq (written and fdatasync'ed): what read() returns and what may be shipped. */
   get lastSeq(): number { return this.last; }
+  /** Highest seq written to its segment file: in the page cache, so it survives a process crash. */
+  get writtenSeq(): number { return this.writeSeq - 1; }
+  /** Highest seq append() has assigned (written or not yet). */
+  get appendedSeq(): number { return this.nextSeq - 1; }
+
+  /** Resolves once `seq` is written to its segment file (a write-back intake acknowledges then). */
+  whenWritten(seq: number): Promise<void> {
+    return this.whenSeq(seq, false);
+  }
+
+  /** Resolves once `seq` is durable (an NBD FLUSH in write-back mode waits for this). */
+  whenDurable(seq: number): Promise<void> {
+    return this.whenSeq(seq, true);
+  }
+
+  private whenSeq(seq: number, durable: boolean): Promise<void> {
+    assert(seq <= this.appendedSeq, `seq ${seq} was appended (appended up to ${this.appendedSeq})`);
+    if (seq <= (durable ? this.last : this.writtenSeq)) return Promise.resolve();
+    if (this.failure) return Promise.reject(this.failure);
+    return new Promise((resolve, reject) => this.seqWaiters.push({ seq, durable, resolve, reject }));
+  }
+
+  private wakeSeqWaiters(): void {
+    if (this.seqWaiters.length === 0) return;
+    const keep: typeof this.seqWaiters = [];
+    for (const w of this.seqWaiters) {
+      if (w.seq <= (w.durable ? this.last : this.writtenSeq)) w.resolve();
+      else keep.push(w);
+    }
+    this.seqWaiters = keep;
+  }
   get usedBytes(): number { return this.segBytes + this.reservedBytes; }
   get availableBytes(): number { return Math.max(0, this.capacityBytes - this.usedBytes); }
   get segmentCount(): number { return this.segments.length; }
@@ -166,52 +204,102 @@ export class Journal {
     });
   }
 
+  /**
+   * Two loops: the writer writes groups to the active segment; the syncer fdatasyncs what was written and
+   * completes it. The writer does not wait for the syncer (so a write-back intake acknowledges at page-cache
+   * speed) but keeps at most groupCommitBytes written and not yet durable: a torn write after a power loss
+   * then stays within TORN_WINDOW_BYTES of the durable end, which is what replay's torn-tail rule assumes.
+   */
   private kick(): void {
-    if (this.loop || this.failure || this.writeSeq >= this.nextSeq) return;
-    this.loop = this.commitLoop().finally(() => {
-      this.loop = null;
-      this.kick(); // appends made while the last commit's callers were resumed
-    });
+    if (this.failure) return;
+    if (!this.loop && this.writeSeq < this.nextSeq) {
+      this.loop = this.writeLoop().finally(() => {
+        this.loop = null;
+        this.kick(); // appends made while the last group's callers were resumed
+      });
+    }
+    if (!this.syncLoop && this.unsynced.length > 0) {
+      this.syncLoop = this.syncUnsynced().finally(() => {
+        this.syncLoop = null;
+        this.kick();
+      });
+    }
   }
 
-  private async commitLoop(): Promise<void> {
+  private async writeLoop(): Promise<void> {
     try {
-      while (this.writeSeq < this.nextSeq && !this.failure) await this.commitOnce();
+      while (this.writeSeq < this.nextSeq && !this.failure) {
+        let seg = this.active;
+        if (seg.size >= this.segmentBytes && seg.offsets.length > 0) {
+          await this.drainSync(); // every unsynced byte lives in the active segment
+          if (this.failure) return;
+          seg = await this.createSegment(this.writeSeq);
+        }
+        const room = Math.max(this.segmentBytes - seg.size, 1);
+        const g = this.takeGroup(Math.min(this.groupCommitBytes - this.unsyncedBytes, room), this.unsyncedBytes > 0);
+        if (g === null) {
+          await this.drainSync(); // the unsynced window is full
+          continue;
+        }
+        const fh = await seg.fh!;
+        await writeFully(fh, g.iov, seg.size);
+        let at = seg.size;
+        for (const size of g.sizes) {
+          seg.offsets.push(at);
+          at += size;
+        }
+        seg.size = at;
+        this.segBytes += g.bytes;
+        this.reservedBytes -= g.bytes;
+        this.writeSeq = g.endSeq;
+        this.unsynced.push(g);
+        this.unsyncedBytes += g.bytes;
+        this.wakeSeqWaiters();
+        this.kick();
+      }
     } catch (err) {
       this.fail(err);
     }
   }
 
-  private async commitOnce(): Promise<void> {
-    let seg = this.active;
-    if (seg.size >= this.segmentBytes && seg.offsets.length > 0) seg = await this.createSegment(this.writeSeq);
-    const room = Math.max(this.segmentBytes - seg.size, 1);
-    const g = this.takeGroup(Math.min(this.groupCommitBytes, room));
-    const fh = await seg.fh!;
-    await writeFully(fh, g.iov, seg.size);
-    let at = seg.size;
-    for (const size of g.sizes) {
-      seg.offsets.push(at);
-      at += size;
+  /** fdatasync of what was written before the call, then those groups are durable; again while more was written. */
+  private async syncUnsynced(): Promise<void> {
+    try {
+      while (this.unsynced.length > 0 && !this.failure) {
+        const groups = this.unsynced.splice(0);
+        const fh = await this.active.fh!;
+        await fh.datasync();
+        this.counters.commits++;
+        for (const g of groups) {
+          this.unsyncedBytes -= g.bytes;
+          this.counters.bytesWritten += g.bytes;
+          this.completeGroup(g);
+        }
+      }
+    } catch (err) {
+      this.fail(err);
     }
-    seg.size = at;
-    this.segBytes += g.bytes;
-    this.reservedBytes -= g.bytes;
-    this.writeSeq = g.endSeq;
-    await fh.datasync();
-    this.counters.commits++;
-    this.counters.bytesWritten += g.bytes;
-    this.completeGroup(g);
   }
 
-  /** Records from writeSeq on, in queue order, up to `limit` bytes (at least one record). */
-  private takeGroup(limit: number): Group {
+  private async drainSync(): Promise<void> {
+    while (!this.failure && (this.syncLoop || this.unsynced.length > 0)) {
+      if (!this.syncLoop) this.kick();
+      await this.syncLoop;
+    }
+  }
+
+  /**
+   * Records from writeSeq on, in queue order, up to `limit` bytes: at least one record, unless `strict` and the
+   * first does not fit (null).
+   */
+  private takeGroup(limit: number, strict: boolean): Group | null {
     const g: Group = { iov: [], sizes: [], owners: [], bytes: 0, endSeq: this.writeSeq };
     for (let qi = this.qHead; qi < this.queue.length; qi++) {
       const p = this.queue[qi]!;
       for (let i = g.endSeq - p.firstSeq; i < p.records.length; i++) {
         const payload = p.records[i]!.payload;
         const size = HEADER_BYTES + payload.length;
+        if (g.bytes === 0 && strict && size > limit) return null;
         if (g.bytes > 0 && g.bytes + size > limit) return g;
         g.iov.push(p.headers.subarray(i * HEADER_BYTES, (i + 1) * HEADER_BYTES));
         if (payload.length > 0) g.iov.push(payload);
@@ -250,6 +338,7 @@ export class Journal {
       this.queue = this.queue.slice(this.qHead);
       this.qHead = 0;
     }
+    this.wakeSeqWaiters();
   }
 
   /** A failed write or fdatasync leaves the file in an unknown state: stop accepting anything (fail-stop). */
@@ -259,6 +348,7 @@ export class Journal {
     for (let qi = this.qHead; qi < this.queue.length; qi++) this.queue[qi]!.reject(this.failure);
     this.queue = [];
     this.qHead = 0;
+    for (const w of this.seqWaiters.splice(0)) w.reject(this.failure);
   }
 
   private get active(): Segment {
@@ -442,7 +532,7 @@ export class Journal {
     if (!this.closing) {
       this.state = 'closing';
       this.closing = (async () => {
-        while (this.loop) await this.loop;
+        while (this.loop || this.syncLoop) await (this.loop ?? this.syncLoop);
         await this.trimChain;
         await Promise.allSettled([...this.reads]);
         await this.closeHandles();

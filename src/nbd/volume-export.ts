@@ -32,37 +32,3 @@ export function volumeExport(volume: Volume, opts: { name: string; description?:
     flush: () => volume.flush(),
   };
 }
-
-/** The production gateway's intake API (ProductionGateway's write/writeZeroes/trim/flush). */
-export interface IntakeLike {
-  write(volUuid: string, offset: number, data: Uint8Array): Promise<void>;
-  writeZeroes(volUuid: string, offset: number, length: number): Promise<void>;
-  trim(volUuid: string, offset: number, length: number): Promise<void>;
-  flush(): Promise<void>;
-}
-
-/**
- * A protected volume on production: writes go through the intake (journaled, replicated; acknowledged only
- * once on the source volume and durable in the journal, so FUA needs nothing more), reads come from the
- * source volume (`read`), which holds every acknowledged write.
- */
-export function intakeExport(opts: {
-  volUuid: string;
-  sizeBytes: number;
-  intake: IntakeLike;
-  read: (offset: number, length: number) => Promise<Buffer>;
-  description?: string;
-}): NbdExport {
-  const { volUuid, intake } = opts;
-  return {
-    name: volUuid,
-    ...(opts.description === undefined ? {} : { description: opts.description }),
-    sizeBytes: opts.sizeBytes,
-    readOnly: false,
-    read: opts.read,
-    write: (offset, data) => intake.write(volUuid, offset, data),
-    writeZeroes: (offset, length) => intake.writeZeroes(volUuid, offset, length),
-    trim: (offset, length) => intake.trim(volUuid, offset, length),
-    flush: () => intake.flush(),
-  };
-}

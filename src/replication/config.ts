@@ -14,7 +14,8 @@ import { limits, MiB } from '../core/limits.js';
 //   "journalCapacityBytes": 1073741824,               // production only
 //   "vms": [ { "vmUuid": "...", "vmName": "...", "compressOption": 1, "encryptOption": 1,
 //              "volumes": [ { "volUuid": "...", "url": "/data/disk0.img", "sizeBytes": 1073741824 } ] } ],
-//   "nbd": { "host": "127.0.0.1", "port": 10809 }      // optional: NBD intake (production) / replica exports (DR)
+//   "nbd": { "host": "127.0.0.1", "port": 10809 },     // optional: NBD intake (production) / replica exports (DR)
+//   "intake": { "writeBack": false }                  // optional (production): ack before the journal fsync
 // }
 
 export type Role = 'production' | 'dr';
@@ -48,6 +49,18 @@ export interface ProtectionConfig {
   snapshotIntervalMs: number;
 }
 
+/** Production: when the intake acknowledges a journaled write. */
+export interface IntakeConfig {
+  /**
+   * false (default, SPEC §2.1): after the journal's fdatasync. true: once written to the journal file and the
+   * source (page cache), as a disk's write cache does: FLUSH and FUA make writes durable, a process crash
+   * loses nothing, and after a host crash (a new boot id) each VM runs a consistency check.
+   */
+  writeBack: boolean;
+  /** Where the host's boot id is read (Linux); a different one after an unclean stop means the host restarted. */
+  bootIdPath: string;
+}
+
 export interface GatewayConfig {
   role: Role;
   gatewayId: string;
@@ -56,6 +69,8 @@ export interface GatewayConfig {
   link: { host: string; port: number; secret: Buffer; rateBytesPerSec: number };
   /** The per-VM protection state machine's limits (production side). */
   protection: ProtectionConfig;
+  /** parseConfig always sets it; absent means the defaults. */
+  intake?: IntakeConfig;
   codecThreads: number;
   journalCapacityBytes: number;
   /** Production: the NBD intake (one export per protected volume); DR: read-only replica exports. */
@@ -159,6 +174,12 @@ function parseProtection(v: unknown, path: string): ProtectionConfig {
   };
 }
 
+function parseIntake(v: unknown, path: string): IntakeConfig {
+  const o = obj(v ?? {}, path);
+  if (o.writeBack !== undefined && typeof o.writeBack !== 'boolean') fail(`${path}.writeBack`, 'must be true or false');
+  return { writeBack: o.writeBack === true, bootIdPath: str(o, 'bootIdPath', path, { def: '/proc/sys/kernel/random/boot_id' }) };
+}
+
 function parseListen(v: unknown, path: string): NbdListenConfig {
   const o = obj(v, path);
   return { host: str(o, 'host', path), port: int(o, 'port', path, 0, 65535) };
@@ -186,6 +207,7 @@ export function parseConfig(raw: unknown): GatewayConfig {
     link: { host: str(link, 'host', '$.link'), port: int(link, 'port', '$.link', 0, 65535), secret: Buffer.from(secretHex, 'hex'),
       rateBytesPerSec: int(link, 'rateBytesPerSec', '$.link', 0, Number.MAX_SAFE_INTEGER, 0) },
     protection: parseProtection(o.protection, '$.protection'),
+    intake: parseIntake(o.intake, '$.intake'),
     codecThreads: int(o, 'codecThreads', '$', 1, 16, 1),
     journalCapacityBytes: int(o, 'journalCapacityBytes', '$', 2 * MiB, Number.MAX_SAFE_INTEGER, 1024 * MiB),
     nbd: o.nbd === undefined || o.nbd === null ? null : parseListen(o.nbd, '$.nbd'),

@@ -62,6 +62,12 @@ export interface IntakeCbt {
   waitForDr: (seq: number) => Promise<void> | null;
 }
 
+/** A group's journal append: its last seq at once, and when it is durable. */
+interface Appended {
+  lastSeq: number;
+  durable: Promise<{ firstSeq: number; lastSeq: number }>;
+}
+
 /** Reads the current content of a source range into the journal, in write order (CBT resync, check repair). */
 export interface ResyncRead {
   volumeIndex: number;
@@ -89,6 +95,11 @@ export class Intake {
     private readonly journal: Journal,
     private readonly volumes: readonly Volume[],
     private readonly opts: {
+      /**
+       * Write-back: a write is acknowledged once written to the journal file (page cache) and the source,
+       * before the journal's fdatasync; FLUSH (flushJournal) waits for it. Default: after the fdatasync.
+       */
+      writeBack?: () => boolean;
       /** Called when the journal is full; resolves when it may have room again (used without CBT bitmaps). */
       waitForRoom: () => Promise<void>;
       onCommitted: () => void;
@@ -168,6 +179,12 @@ export class Intake {
     return this.special({ volumeIndex: 0, offset: 0, kind, length: 0, data: null }, null, abandonIf);
   }
 
+  /** NBD FLUSH in write-back mode: every write appended so far (every acknowledged one) becomes durable. */
+  async flushJournal(): Promise<void> {
+    const seq = this.journal.appendedSeq;
+    if (seq > this.journal.lastSeq) await this.journal.whenDurable(seq);
+  }
+
   /** NBD FLUSH: writes acknowledged through the bitmap path are only in the source's page cache. */
   async flushTracked(): Promise<void> {
     if (!this.trackedUnsynced) return;
@@ -223,9 +240,11 @@ export class Intake {
   }
 
   /**
-   * The journal is written ahead of the source volume (a WAL): a group reaches the source only once
-   * it is durable in the journal, so after a crash replaying the journal's tail onto the source
-   * (ProductionGateway.open) leaves no write on the source that the journal (and so DR) lacks.
+   * The journal is written ahead of the source volume (a WAL): a group reaches the source only once it is
+   * durable in the journal (write-back: once written to the journal file, in the page cache), so after a
+   * crash replaying the journal's tail onto the source (ProductionGateway.open) leaves no write on the source
+   * that the journal (and so DR) lacks. A process crash loses nothing from the page cache; after a host
+   * crash a write-back gateway runs a consistency check (the source may hold writes its journal lost).
    * With CBT, a group in bitmap tracking (or one that finds the journal full) marks the bitmap durably
    * instead, then writes the source: the write is never blocked by the journal.
    */
@@ -239,23 +258,28 @@ export class Intake {
     const turn = tracked ? null : this.takeAppendTurn();
     records.catch(() => turn?.release());
     const appended = records.then((r) => (r === null ? null : this.appendInOrder(turn!, r)));
-    const sourceDone = appended.then(async (seqs) => {
+    const logged = appended.then(async (a) => {
+      if (a === null) return null;
+      if (this.opts.writeBack?.()) await this.journal.whenWritten(a.lastSeq);
+      else await a.durable;
+      return a;
+    });
+    const sourceDone = logged.then(async (a) => {
       await sourceTurn;
-      if (seqs === null) await this.trackInBitmap(group);
+      if (a === null) await this.trackInBitmap(group);
       await applyInOrder(group.map((op) => toVolumeOp(this.volumes[op.volumeIndex]!, op)));
-      if (seqs !== null) this.sourceAppliedSeq = Math.max(this.sourceAppliedSeq, seqs.lastSeq);
+      if (a !== null) this.sourceAppliedSeq = Math.max(this.sourceAppliedSeq, a.lastSeq);
     });
     this.sourceTurn = sourceDone.catch(() => undefined);
     try {
-      const seqs = await appended;
-      if (seqs !== null) {
-        this.opts.onAppended?.(seqs.lastSeq, (await records)!.reduce((n, r) => n + r.payload.byteLength, 0));
-        this.opts.onCommitted(); // shipping need not wait for the source volume
-      }
+      const a = await logged;
+      // Shipping starts once durable (DR never holds what a host crash could take from the journal) and
+      // need not wait for the source volume.
+      if (a !== null) void a.durable.then(() => this.shippable(a.lastSeq, group), () => undefined);
       await sourceDone;
-      if (seqs === null) this.trackedUnsynced = true;
-      else await this.opts.cbt?.waitForDr(seqs.lastSeq);
-      this.countGroup(group, await records);
+      if (a === null) this.trackedUnsynced = true;
+      else await this.opts.cbt?.waitForDr(a.lastSeq);
+      this.countGroup(group, a !== null);
       for (const op of group) op.done(null);
     } catch (err) {
       this.opts.logger.error({ err }, 'intake group failed');
@@ -263,10 +287,15 @@ export class Intake {
     }
   }
 
-  private countGroup(group: Pending[], records: JournalRecordInput[] | null): void {
+  private shippable(lastSeq: number, group: Pending[]): void {
+    this.opts.onAppended?.(lastSeq, group.reduce((n, op) => n + (op.data?.byteLength ?? 0), 0));
+    this.opts.onCommitted();
+  }
+
+  private countGroup(group: Pending[], journaled: boolean): void {
     const bytes = group.reduce((n, op) => n + (op.data?.byteLength ?? 0), 0);
     this.stats.bytesIn += bytes;
-    if (records !== null) this.stats.bytesJournaled += bytes;
+    if (journaled) this.stats.bytesJournaled += bytes;
     this.stats.writes += group.length;
   }
 
@@ -361,13 +390,15 @@ export class Intake {
     return { previous, release };
   }
 
-  private appendInOrder(turn: { previous: Promise<void>; release: () => void }, records: JournalRecordInput[]): Promise<{ firstSeq: number; lastSeq: number } | null> {
-    const called = turn.previous.then(async () => {
+  private appendInOrder(turn: { previous: Promise<void>; release: () => void }, records: JournalRecordInput[]): Promise<Appended | null> {
+    const called = turn.previous.then(async (): Promise<Appended | null> => {
       for (;;) {
         if (this.tracking === 'bitmap' && this.opts.cbt) return null;
         try {
           // Wrapped so that awaiting `called` does not wait for the fsync.
-          return { durable: this.journal.append(records) };
+          const durable = this.journal.append(records);
+          durable.catch(() => undefined); // awaited by the group; a failure also fails the journal
+          return { durable, lastSeq: this.journal.appendedSeq };
         } catch (err) {
           if (!isVrgError(err, ErrorCode.JOURNAL_FULL)) throw err;
         }
@@ -379,7 +410,7 @@ export class Intake {
       }
     });
     called.then(turn.release, turn.release);
-    return called.then((c) => c?.durable ?? null);
+    return called;
   }
 
 }

@@ -7,18 +7,25 @@ import type { ProductionGateway } from './production-gateway.js';
 // from the source volume. DR: one read-only export per replica volume, read between batches.
 
 export function productionExports(gw: ProductionGateway): NbdExport[] {
-  return gw.protectedVolumes().map(({ volUuid, vmUuid, volume }) => ({
-    name: volUuid,
-    description: `VRG source volume ${volUuid} of VM ${vmUuid}`,
-    sizeBytes: volume.sizeBytes,
-    readOnly: false,
-    read: (offset, length) => volume.read(offset, length),
-    // FUA needs nothing more: an acknowledged write is durable in the journal (the source's WAL).
-    write: (offset, data) => gw.write(volUuid, offset, data),
-    writeZeroes: (offset, length) => gw.writeZeroes(volUuid, offset, length),
-    trim: (offset, length) => gw.trim(volUuid, offset, length),
-    flush: () => gw.flush(),
-  }));
+  return gw.protectedVolumes().map(({ volUuid, vmUuid, volume }) => {
+    // FUA: the request, then a flush of its VM (a write-back journal, or a write the CBT bitmap tracked,
+    // is acknowledged before it is durable).
+    const fua = async (done: Promise<void>, flag: boolean): Promise<void> => {
+      await done;
+      if (flag) await gw.flush(volUuid);
+    };
+    return {
+      name: volUuid,
+      description: `VRG source volume ${volUuid} of VM ${vmUuid}`,
+      sizeBytes: volume.sizeBytes,
+      readOnly: false,
+      read: (offset, length) => volume.read(offset, length),
+      write: (offset, data, flag) => fua(gw.write(volUuid, offset, data), flag),
+      writeZeroes: (offset, length, o) => fua(gw.writeZeroes(volUuid, offset, length), o.fua),
+      trim: (offset, length, flag) => fua(gw.trim(volUuid, offset, length), flag),
+      flush: () => gw.flush(volUuid),
+    };
+  });
 }
 
 export function replicaExports(dr: DrGateway): NbdExport[] {

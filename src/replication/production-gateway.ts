@@ -1,4 +1,5 @@
 import { EventEmitter } from 'node:events';
+import { mkdir } from 'node:fs/promises';
 import type { Clock, TimerHandle } from '../core/clock.js';
 import { limits } from '../core/limits.js';
 import { ErrorCode, vrgError } from '../core/errors.js';
@@ -17,6 +18,7 @@ import type { Volume } from '../volume/volume.js';
 import type { GatewayConfig } from './config.js';
 import type { AlarmEvent, AlarmKind, Mode, PeerConfig, VmProtection, VmReplicationStatus } from './control.js';
 import { ProtectedVm, type ProtectedVmHooks } from './protected-vm.js';
+import { openRunMarker, type RunMarker } from './run-marker.js';
 
 export interface GatewayDeps {
   clock: Clock;
@@ -64,6 +66,7 @@ export interface ProductionGatewayOptions {
 }
 
 const digestRequestTimeoutMs = 120_000;
+const defaultBootIdPath = '/proc/sys/kernel/random/boot_id';
 const stateTickMs = 500;
 
 /**
@@ -88,6 +91,7 @@ export class ProductionGateway extends EventEmitter {
   private snapshotTimer: TimerHandle | null = null;
   private linkAlarmRaised = false;
   private closed = false;
+  private runMarker: RunMarker | null = null;
 
   private constructor(
     readonly config: GatewayConfig,
@@ -104,7 +108,15 @@ export class ProductionGateway extends EventEmitter {
       cbtGranularityBytes: options.cbtGranularityBytes ?? config.protection.cbtGranularityBytes,
       snapshotIntervalMs: options.snapshotIntervalMs ?? config.protection.snapshotIntervalMs,
     });
-    for (const vmc of config.vms) await gw.openVm(vmc);
+    await mkdir(config.dataDir, { recursive: true });
+    gw.runMarker = await openRunMarker(config.dataDir, config.intake?.bootIdPath ?? defaultBootIdPath, gw.writeBack);
+    for (const vmc of config.vms) {
+      const vm = await gw.openVm(vmc);
+      if (gw.runMarker.hostCrashed) {
+        deps.logger.warn({ vmUuid: vm.vmUuid }, 'write-back gateway: the host restarted after an unclean stop; checking the VM');
+        vm.feed({ type: 'recovered' });
+      }
+    }
     if (config.link.port > 0) gw.setPeer({ host: config.link.host, port: config.link.port });
     gw.scheduleCheckpoints();
     gw.scheduleTicks();
@@ -216,13 +228,20 @@ export class ProductionGateway extends EventEmitter {
   }
 
   /**
-   * NBD FLUSH: everything acknowledged before the call is durable. A journaled write already is (the
-   * journal is the source volumes' write-ahead log, replayed at start, trimmed only after they are
-   * fsynced); a write tracked by the CBT bitmap is only in the source's page cache: fsync it.
+   * NBD FLUSH (of one volume's VM, or of all): everything acknowledged before the call is durable. A journaled
+   * write already is, unless the intake is write-back: then the journal is fdatasync'ed up to the last append
+   * (the journal is the source volumes' write-ahead log, replayed at start, trimmed only after they are
+   * fsynced). A write tracked by the CBT bitmap is only in the source's page cache: fsync it.
    */
-  async flush(): Promise<void> {
+  async flush(volUuid?: string): Promise<void> {
     if (this.closed) throw vrgError(ErrorCode.CLOSED, 'gateway is closed');
-    await Promise.all([...this.vms.values()].map((vm) => vm.intake.flushTracked()));
+    const vms = volUuid === undefined ? [...this.vms.values()] : [this.volume(volUuid).vm];
+    await Promise.all(vms.map((vm) => Promise.all([vm.intake.flushTracked(), vm.intake.flushJournal()])));
+  }
+
+  /** Write-back intake (config `intake.writeBack`): writes are acknowledged before the journal's fdatasync. */
+  get writeBack(): boolean {
+    return this.config.intake?.writeBack === true;
   }
 
   /** Resolves once the DR side has durably applied everything written before the call (and no resync or check runs). */
@@ -272,6 +291,8 @@ export class ProductionGateway extends EventEmitter {
     this.onDisconnected(null);
     for (const vm of this.vms.values()) await vm.close(false);
     for (const w of this.roomWaiters.splice(0)) w();
+    // Best effort: a marker that stays unclean only costs a consistency check after the next host restart.
+    await this.runMarker?.markClean().catch((err) => this.deps.logger.warn({ err }, 'could not mark the run clean'));
   }
 
   private async openVm(p: VmProtection): Promise<ProtectedVm> {
@@ -304,6 +325,7 @@ export class ProductionGateway extends EventEmitter {
       linkDownCbtAfterMs: this.opts.linkDownCbtAfterMs,
       syncDegradeAfterMs: this.opts.syncDegradeAfterMs,
       cbtGranularityBytes: this.opts.cbtGranularityBytes,
+      writeBack: () => this.writeBack,
     };
   }
 

@@ -48,6 +48,8 @@ export interface ProtectedVmHooks {
   linkDownCbtAfterMs: number;
   syncDegradeAfterMs: number;
   cbtGranularityBytes: number;
+  /** Write-back intake: acknowledge once the journal write is in the page cache (config intake.writeBack). */
+  writeBack?: () => boolean;
 }
 
 /** Resync reads appended but not yet acknowledged by DR (each holds a bitmap token). */
@@ -105,6 +107,7 @@ export class ProtectedVm {
       logger,
     });
     this.intake = new Intake(journal, volumes, {
+      writeBack: () => hooks.writeBack?.() === true,
       waitForRoom: hooks.waitForRoom,
       onCommitted: () => this.shipper.notify(),
       onAppended: (lastSeq, storedBytes) => this.noteAppended(lastSeq, storedBytes),
