@@ -1,4 +1,6 @@
 import { execFile, spawn } from 'node:child_process';
+import { readFile } from 'node:fs/promises';
+import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
 import t from 'tap';
@@ -34,10 +36,15 @@ t.test('vrg demo with a small journal and a capped link goes through CBT and a c
   t.equal(stdout.trim().split('\n').at(-1), `verified: ${2 * 32 * 1024 * 1024} bytes identical`);
 });
 
-for (const mode of ['sync', 'snapshots']) {
-  t.test(`vrg demo --mode ${mode} verifies`, async (t) => {
-    const { stdout } = await run('node', [main, 'demo', '--dir', t.testdir(), '--size', '16MiB', '--volume-size', '16MiB', '--mode', mode]);
+for (const args of [['--mode', 'sync'], ['--mode', 'snapshots'], ['--write-back']]) {
+  t.test(`vrg demo ${args.join(' ')} verifies`, async (t) => {
+    const dir = t.testdir();
+    const { stdout } = await run('node', [main, 'demo', '--dir', dir, '--size', '16MiB', '--volume-size', '16MiB', ...args]);
     t.equal(stdout.trim().split('\n').at(-1), `verified: ${2 * 16 * 1024 * 1024} bytes identical`);
+    if (args[0] === '--write-back') {
+      const cfg = JSON.parse(await readFile(join(dir, 'production.json'), 'utf8')) as { intake: { writeBack: boolean } };
+      t.equal(cfg.intake.writeBack, true, 'the production gateway ran with the write-back intake');
+    }
   });
 }
 

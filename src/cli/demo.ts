@@ -41,6 +41,8 @@ export interface DemoOptions {
   snapshotIntervalMs?: number;
   /** How the demo pairs the gateways: the REST API (default) or the Element JSON-RPC API. */
   api?: 'rest' | 'jsonrpc';
+  /** Production's write-back intake (config intake.writeBack). */
+  writeBack?: boolean;
 }
 
 export interface DemoResult {
@@ -61,6 +63,7 @@ function gatewayConfig(role: 'production' | 'dr', dir: string, port: number, sec
     nbd: { host: '127.0.0.1', port: 0 },
     journalCapacityBytes: o.journalCapacityBytes ?? 1024 * MiB,
     protection: { snapshotIntervalMs: o.snapshotIntervalMs ?? 0 },
+    intake: { writeBack: o.writeBack === true },
     vms: [{
       vmUuid, vmName: 'demo-vm', compressOption: o.compress, encryptOption: o.encrypt,
       volumes: [0, 1].map((i) => ({

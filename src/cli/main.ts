@@ -24,6 +24,7 @@ commands:
              --mode async|sync|snapshots   replication mode of the demo VM (default async)
              --journal-capacity SIZE       production journal capacity (default 1GiB); overflow falls back to CBT
              --link-rate RATE     bandwidth cap on the link, e.g. 20MB/s (default none)
+             --write-back         acknowledge writes once in the journal file (FLUSH/FUA make them durable)
              --snapshot-interval SECONDS   SnapshotsOnly: take a snapshot this often (default: one at the end)
              --api rest|jsonrpc   pair the gateways through the REST API (default) or the Element JSON-RPC API
   start    run one gateway: vrg start --config FILE
@@ -67,7 +68,7 @@ function parseDemo(args: string[]): DemoOptions {
       seed: { type: 'string' }, 'write-size': { type: 'string' }, 'queue-depth': { type: 'string' },
       load: { type: 'string' }, 'admin-password': { type: 'string' }, mode: { type: 'string' },
       'journal-capacity': { type: 'string' }, 'link-rate': { type: 'string' }, 'snapshot-interval': { type: 'string' },
-      api: { type: 'string' },
+      api: { type: 'string' }, 'write-back': { type: 'boolean' },
     },
   });
   const o: DemoOptions = {
@@ -86,6 +87,7 @@ function parseDemo(args: string[]): DemoOptions {
     journalCapacityBytes: parseSize(values['journal-capacity'] ?? '1GiB', '--journal-capacity'),
     linkRateBytesPerSec: values['link-rate'] === undefined ? 0 : parseSize(values['link-rate'], '--link-rate', { rate: true }),
     snapshotIntervalMs: values['snapshot-interval'] === undefined ? 0 : positiveInt(values['snapshot-interval'], 'snapshot-interval', 1) * 1000,
+    writeBack: values['write-back'] === true,
   };
   if (values.api !== undefined && values.api !== 'rest' && values.api !== 'jsonrpc') throw new UsageError(`--api must be "rest" or "jsonrpc", not "${values.api}"`);
   if (values.api === 'jsonrpc') o.api = 'jsonrpc';
