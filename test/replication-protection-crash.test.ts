@@ -1,13 +1,14 @@
 import { randomBytes } from 'node:crypto';
-import { mkdir, open, writeFile } from 'node:fs/promises';
+import { mkdir, open } from 'node:fs/promises';
 import { join } from 'node:path';
 import t from 'tap';
 import { compareVolumes } from '../src/cli/demo.js';
-import { spawnGateway, type GatewayChild } from '../src/cli/gateway-child.js';
+import type { GatewayChild } from '../src/cli/gateway-child.js';
 import type { IpcMessage, LoadProgress } from '../src/cli/gateway-process.js';
-import { generateLoad, type LoadOptions } from '../src/cli/load-generator.js';
+import type { LoadOptions } from '../src/cli/load-generator.js';
 import type { ProductionStatus } from '../src/replication/production-gateway.js';
 import { pairConfigJson } from './lib/pair.js';
+import { ackedWritesMissing, processPair } from './lib/process-pair.js';
 
 // Issue 4 with gateways as real processes: SIGKILL of either gateway during a CBT resync (here the
 // initial sync of a pre-filled source, which is one) and during a consistency check loses nothing and
@@ -26,24 +27,7 @@ async function setup(dir: string, o: { volumeBytes: number; prefillBytes: number
   await fh.truncate(o.volumeBytes);
   for (let at = 0; at < o.prefillBytes; at += 4 * MiB) await fh.write(randomBytes(4 * MiB), 0, 4 * MiB, at);
   await fh.close();
-  const files = { prod: join(dir, 'production.json'), dr: join(dir, 'dr.json') };
-  await writeFile(files.dr, JSON.stringify(json.dr));
-  const startDr = async (): Promise<GatewayChild> => {
-    const dr = spawnGateway('dr', files.dr, join(dir, 'dr.log'));
-    const ready = await dr.request<IpcMessage & { type: 'ready' }>(null, 'ready');
-    if (json.dr.link.port === 0) {
-      json.dr.link.port = ready.linkPort!;
-      json.prod.link.port = ready.linkPort!;
-      await writeFile(files.dr, JSON.stringify(json.dr));
-      await writeFile(files.prod, JSON.stringify(json.prod));
-    }
-    return dr;
-  };
-  const startProd = async (): Promise<GatewayChild> => {
-    const prod = spawnGateway('production', files.prod, join(dir, 'production.log'));
-    await prod.request(null, 'ready');
-    return prod;
-  };
+  const { startDr, startProd } = processPair(dir, json);
   const load: LoadOptions = {
     totalBytes: 32 * MiB, volumes: json.prod.vms[0]!.volumes, writeBytes: 64 * 1024, queueDepth: 8, seed: 5, sequential: true,
   };
@@ -60,24 +44,6 @@ async function watch(prod: GatewayChild, acked: Set<number>, until: (s: Status) 
     if (Date.now() - start > timeoutMs) throw new Error(`timed out; last status ${JSON.stringify(prodStatus(s).replication)}`);
     await new Promise((r) => setTimeout(r, 5));
   }
-}
-
-async function ackedWritesOn(path: string, load: LoadOptions, acked: Set<number>): Promise<number> {
-  // Later writes may overwrite earlier ones: a write counts as missing only if no later acked write covers it.
-  const last = new Map<number, { index: number; data: Buffer }>();
-  for await (const w of generateLoad(load)) if (acked.has(w.index)) last.set(w.offset, { index: w.index, data: Buffer.from(w.data) });
-  const fh = await open(path, 'r');
-  let missing = 0;
-  for (const [offset, w] of last) {
-    const buf = Buffer.alloc(w.data.length);
-    await fh.read(buf, 0, buf.length, offset);
-    if (!buf.equals(w.data)) {
-      missing++;
-      if (missing <= 3) console.error(`missing write ${w.index} at ${offset}: DR has ${buf.subarray(0, 8).toString('hex')}, expected ${w.data.subarray(0, 8).toString('hex')}`);
-    }
-  }
-  await fh.close();
-  return missing;
 }
 
 declare global {
@@ -115,7 +81,7 @@ for (const victim of ['production', 'dr'] as const) {
       t.equal(await prod.stop(), 0);
       t.equal(await dr.stop(), 0);
       t.equal(await s.identical(), null, 'DR volume equals the production volume');
-      t.equal(await ackedWritesOn(s.target, s.load, acked), 0, `all ${acked.size} acknowledged writes are on DR`);
+      t.equal(await ackedWritesMissing(s.target, s.load, acked), 0, `all ${acked.size} acknowledged writes are on DR`);
     });
   }
 }
@@ -134,6 +100,6 @@ t.test('Sync mode: every write acknowledged before production is SIGKILLed is al
   await prod.kill();
   // DR keeps running; its volume file is read directly.
   t.ok(acked.size > 50, `${acked.size} writes acknowledged before the kill`);
-  t.equal(await ackedWritesOn(s.target, s.load, acked), 0, 'every acknowledged write is on the DR volume');
+  t.equal(await ackedWritesMissing(s.target, s.load, acked), 0, 'every acknowledged write is on the DR volume');
   t.equal(await dr.stop(), 0);
 });

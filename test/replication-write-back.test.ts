@@ -3,15 +3,16 @@ import { mkdir, open, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import t from 'tap';
 import { compareVolumes } from '../src/cli/demo.js';
-import { spawnGateway, type GatewayChild } from '../src/cli/gateway-child.js';
+import type { GatewayChild } from '../src/cli/gateway-child.js';
 import type { IpcMessage, LoadProgress } from '../src/cli/gateway-process.js';
-import { generateLoad, type LoadOptions } from '../src/cli/load-generator.js';
+import type { LoadOptions } from '../src/cli/load-generator.js';
 import { ErrorCode } from '../src/core/errors.js';
 import { Journal, RecordKind } from '../src/journal/journal.js';
 import { parseConfig } from '../src/replication/config.js';
 import type { ProductionStatus } from '../src/replication/production-gateway.js';
 import { code } from './lib/error-code.js';
 import { pairConfigJson } from './lib/pair.js';
+import { ackedWritesMissing, processPair } from './lib/process-pair.js';
 
 // The write-back intake (config intake.writeBack): a write is acknowledged once it is in the journal file
 // and on the source (page cache), before the journal's fdatasync; FLUSH makes it durable. A process crash
@@ -65,21 +66,7 @@ async function setup(dir: string) {
   // A source full of data: the initial sync sends it as RESYNC records (read from the source, so never
   // replayed onto it at start), and only the load's own writes are in the journal.
   await writeFile(source, randomBytes(64 * MiB));
-  const files = { prod: join(dir, 'production.json'), dr: join(dir, 'dr.json') };
-  await writeFile(files.dr, JSON.stringify(json.dr));
-  const startDr = async (): Promise<GatewayChild> => {
-    const dr = spawnGateway('dr', files.dr, join(dir, 'dr.log'));
-    const ready = await dr.request<IpcMessage & { type: 'ready' }>(null, 'ready');
-    json.dr.link.port = ready.linkPort!;
-    json.prod.link.port = ready.linkPort!;
-    await writeFile(files.prod, JSON.stringify(json.prod));
-    return dr;
-  };
-  const startProd = async (): Promise<GatewayChild> => {
-    const prod = spawnGateway('production', files.prod, join(dir, 'production.log'));
-    await prod.request(null, 'ready');
-    return prod;
-  };
+  const { startDr, startProd } = processPair(dir, json);
   const load: LoadOptions = { totalBytes: 24 * MiB, volumes: json.prod.vms[0]!.volumes, writeBytes: 64 * 1024, queueDepth: 8, seed: 11, sequential: true };
   const target = json.dr.vms[0]!.volumes[0]!.path;
   return { startDr, startProd, load, source, target, bootIdPath, identical: () => compareVolumes([[source, target]]) };
@@ -87,21 +74,6 @@ async function setup(dir: string) {
 
 async function status(prod: GatewayChild) {
   return prodStatus(await prod.request<Status>({ type: 'status' }, 'status'));
-}
-
-/** Acknowledged writes of the load that are not on `path` (a later acknowledged write to the same offset wins). */
-async function missingOn(path: string, load: LoadOptions, acked: Set<number>): Promise<number> {
-  const last = new Map<number, Buffer>();
-  for await (const w of generateLoad(load)) if (acked.has(w.index)) last.set(w.offset, Buffer.from(w.data));
-  const fh = await open(path, 'r');
-  let missing = 0;
-  for (const [offset, data] of last) {
-    const buf = Buffer.alloc(data.length);
-    await fh.read(buf, 0, buf.length, offset);
-    if (!buf.equals(data)) missing++;
-  }
-  await fh.close();
-  return missing;
 }
 
 t.test('write-back: a SIGKILL loses no acknowledged write; the same boot id means no check', async (t) => {
@@ -120,13 +92,13 @@ t.test('write-back: a SIGKILL loses no acknowledged write; the same boot id mean
   await prod.kill();
   await loadDone;
   t.ok(acked.size > 50, `${acked.size} writes acknowledged before the SIGKILL`);
-  t.equal(await missingOn(s.source, s.load, acked), 0, 'the page cache kept every acknowledged write (source)');
+  t.equal(await ackedWritesMissing(s.source, s.load, acked), 0, 'the page cache kept every acknowledged write (source)');
   prod = await s.startProd();
   await prod.request({ type: 'drain' }, 'drained');
   const after = await status(prod);
   t.equal(after.replication.transitions['queue->check'], 0, 'no consistency check after a process crash');
   t.equal(after.replication.state, 'queue');
-  t.equal(await missingOn(s.target, s.load, acked), 0, 'every acknowledged write reached DR');
+  t.equal(await ackedWritesMissing(s.target, s.load, acked), 0, 'every acknowledged write reached DR');
   t.equal(await prod.stop(), 0);
   t.equal(await dr.stop(), 0);
   t.equal(await s.identical(), null, 'DR volume equals the source');
