@@ -9,6 +9,12 @@ import { compareVolumes } from '../src/cli/demo.js';
 import { spawnGateway, type GatewayChild } from '../src/cli/gateway-child.js';
 import type { IpcMessage, ProcessFigures } from '../src/cli/gateway-process.js';
 import { GiB, MiB } from '../src/core/limits.js';
+import { silentLogger } from '../src/core/log.js';
+import { Journal, RecordKind } from '../src/journal/journal.js';
+import { NbdServer } from '../src/nbd/nbd-server.js';
+import { volumeExport } from '../src/nbd/volume-export.js';
+import { Intake } from '../src/replication/intake.js';
+import { FileVolume } from '../src/volume/file-volume.js';
 
 // The NBD section of `npm run bench`: the same two fio jobs (fio's nbd engine, libnbd, QD 16, buffers 50%
 // compressible, refilled per I/O) against three targets on loopback:
@@ -24,7 +30,7 @@ import { GiB, MiB } from '../src/core/limits.js';
 // MB = 10^6 bytes; latencies are fio's completion latency (clat) percentiles.
 
 export type NbdJobName = 'seq64k' | 'rand4k';
-export type NbdTargetName = 'vrg' | 'vrgWriteBack' | 'vrgSync' | 'qemuNbd' | 'qemuNbdWritethrough' | 'qemuMirrorBackground' | 'qemuMirrorWriteBlocking';
+export type NbdTargetName = 'vrg' | 'vrgWriteBack' | 'vrgSync' | 'vrgIntakeOnly' | 'qemuNbd' | 'qemuNbdWritethrough' | 'qemuMirrorBackground' | 'qemuMirrorWriteBlocking';
 
 export interface FioFigures {
   bytes: number;
@@ -369,6 +375,41 @@ async function targetQemuNbd(ctx: Ctx, r: NbdTargetResult, cache: 'writeback' | 
   }
 }
 
+/**
+ * The production side's own work without replication: VRG's NBD server into an Intake (journal + source
+ * volume, write-back), in this process. Every byte is written twice (journal and source): the ceiling of
+ * any VRG Async figure on this host, before compression, encryption, the link and the DR side.
+ */
+async function targetIntakeOnly(ctx: Ctx, r: NbdTargetResult): Promise<void> {
+  const dir = join(ctx.dir, 'intake-only');
+  await rm(dir, { recursive: true, force: true });
+  const journal = await Journal.open({ dir: join(dir, 'journal'), capacityBytes: 2 * GiB });
+  const volume = await FileVolume.open(join(dir, 'source.img'), { sizeBytes: ctx.volumeBytes, create: true });
+  const intake = new Intake(journal, [volume], { writeBack: () => true, waitForRoom: async () => undefined, onCommitted: () => undefined, logger: silentLogger });
+  const submit = (kind: number, offset: number, length: number, data: Uint8Array | null): Promise<void> =>
+    intake.submit({ volumeIndex: 0, offset, kind, length, data });
+  const exp = {
+    ...volumeExport(volume, { name: 'disk' }),
+    write: (offset: number, data: Uint8Array) => submit(RecordKind.WRITE, offset, data.byteLength, data),
+    writeZeroes: (offset: number, length: number) => submit(RecordKind.ZERO, offset, length, null),
+    trim: (offset: number, length: number) => submit(RecordKind.TRIM, offset, length, null),
+    flush: () => intake.flushJournal(),
+  };
+  const server = new NbdServer({ exports: () => [exp] });
+  try {
+    const port = await server.listen('127.0.0.1', 0);
+    for (const job of jobNames) {
+      r.jobs[job] = await runFio(ctx.plan, job, `nbd://127.0.0.1:${port}/disk`, join(ctx.dir, `intake-only-${job}.json`), ctx.fioTimeoutMs);
+    }
+  } finally {
+    await server.close();
+    await intake.close();
+    await journal.close();
+    await volume.close();
+    await rm(dir, { recursive: true, force: true });
+  }
+}
+
 async function targetQemuMirror(ctx: Ctx, r: NbdTargetResult, copyMode: 'background' | 'write-blocking'): Promise<void> {
   const tag = `mirror-${copyMode}`;
   const [src, dst] = [join(ctx.dir, `${tag}-source.img`), join(ctx.dir, `${tag}-dr.img`)];
@@ -510,6 +551,7 @@ export async function benchNbd(opts: NbdBenchOptions): Promise<NbdBenchResult> {
   const targets: Record<NbdTargetName, NbdTargetResult> = {
     vrg: emptyResult('VRG Async intake (lz4+aes, 1 codec thread), production -> DR gateway, drained after each job'),
     vrgWriteBack: emptyResult('VRG Async, write-back intake (intake.writeBack: acknowledged once in the journal file and the source, before the fdatasync; FLUSH/FUA durable)'),
+    vrgIntakeOnly: emptyResult('VRG NBD intake alone, no replication: journal + source volume, write-back (each byte written twice; the ceiling of any VRG Async figure here)'),
     vrgSync: emptyResult('VRG Sync intake: each write acknowledged once durable (fdatasync) on the DR volume'),
     qemuNbd: emptyResult(`qemu-nbd ${qemuNbdFlags.join(' ')} on a raw file, no replication (ceiling)`),
     qemuNbdWritethrough: emptyResult('the same with --cache=writethrough: each write durable before its reply (durable ceiling)'),
@@ -517,7 +559,7 @@ export async function benchNbd(opts: NbdBenchOptions): Promise<NbdBenchResult> {
     qemuMirrorWriteBlocking: emptyResult('qemu-storage-daemon NBD export + blockdev-mirror copy-mode=write-blocking -> qemu-nbd DR'),
   };
   const needs: Record<NbdTargetName, string[]> = {
-    vrg: ['fio'], vrgWriteBack: ['fio'], vrgSync: ['fio'], qemuNbd: ['fio', 'qemu-nbd'], qemuNbdWritethrough: ['fio', 'qemu-nbd'],
+    vrg: ['fio'], vrgWriteBack: ['fio'], vrgSync: ['fio'], vrgIntakeOnly: ['fio'], qemuNbd: ['fio', 'qemu-nbd'], qemuNbdWritethrough: ['fio', 'qemu-nbd'],
     qemuMirrorBackground: ['fio', 'qemu-nbd', 'qemu-storage-daemon'], qemuMirrorWriteBlocking: ['fio', 'qemu-nbd', 'qemu-storage-daemon'],
   };
   const fioVersion = which('fio') ? (await capture('fio', ['--version'], 10_000).catch(() => ({ out: '' }))).out.trim() || null : null;
@@ -525,6 +567,7 @@ export async function benchNbd(opts: NbdBenchOptions): Promise<NbdBenchResult> {
   const runners: Record<NbdTargetName, (r: NbdTargetResult) => Promise<void>> = {
     vrg: (r) => targetVrg(ctx, r, 'async'),
     vrgWriteBack: (r) => targetVrg(ctx, r, 'async', true),
+    vrgIntakeOnly: (r) => targetIntakeOnly(ctx, r),
     vrgSync: (r) => targetVrg(ctx, r, 'sync'),
     qemuNbd: (r) => targetQemuNbd(ctx, r, 'writeback'),
     qemuNbdWritethrough: (r) => targetQemuNbd(ctx, r, 'writethrough'),
@@ -564,7 +607,7 @@ export function formatNbdBench(r: NbdBenchResult): string {
   const lines = [`NBD intake, fio ${r.fio.version ?? '?'} nbd engine, QD 16, 50% compressible buffers, ${r.volumeBytes / MiB} MiB volume:`];
   lines.push('  target                    job       MB/s     IOPS  p50 ms  p99 ms  sync ms  DR verified');
   const labels: Record<NbdTargetName, string> = {
-    vrg: 'VRG async', vrgWriteBack: 'VRG async write-back', vrgSync: 'VRG sync', qemuNbd: 'qemu-nbd (no repl.)', qemuNbdWritethrough: 'qemu-nbd writethrough',
+    vrg: 'VRG async', vrgWriteBack: 'VRG async write-back', vrgSync: 'VRG sync', vrgIntakeOnly: 'VRG intake, no repl.', qemuNbd: 'qemu-nbd (no repl.)', qemuNbdWritethrough: 'qemu-nbd writethrough',
     qemuMirrorBackground: 'QEMU mirror background', qemuMirrorWriteBlocking: 'QEMU mirror write-block',
   };
   for (const [name, t] of Object.entries(r.targets) as Array<[NbdTargetName, NbdTargetResult]>) {
@@ -572,7 +615,7 @@ export function formatNbdBench(r: NbdBenchResult): string {
       lines.push(`  ${labels[name].padEnd(25)} ${t.skipped ? `skipped: ${t.skipped}` : `failed: ${t.error}`}`);
       continue;
     }
-    const verified = t.verified === null ? (name.startsWith('qemuNbd') ? 'n/a' : '-') : String(t.verified);
+    const verified = t.verified === null ? (name.startsWith('qemuNbd') || name === 'vrgIntakeOnly' ? 'n/a' : '-') : String(t.verified);
     for (const job of jobNames) {
       const f = t.jobs[job];
       if (!f) continue;
