@@ -5,7 +5,8 @@ import { crc32 } from '../core/checksum.js';
 import { systemClock, type Clock } from '../core/clock.js';
 import { ErrorCode, vrgError } from '../core/errors.js';
 import { GiB, KiB, MiB } from '../core/limits.js';
-import { fsyncDir, writeFully } from './segment.js';
+import { writeFully } from '../core/write-fully.js';
+import { fsyncDir } from './segment.js';
 
 // Persistent changed-block-tracking (CBT) bitmap of one volume: one bit per `granularityBytes` region.
 //

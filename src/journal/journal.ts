@@ -1,5 +1,6 @@
 import { mkdir, open, readdir, unlink, type FileHandle } from 'node:fs/promises';
 import { assert } from '../core/assert.js';
+import { writeFully } from '../core/write-fully.js';
 import { systemClock, type Clock } from '../core/clock.js';
 import { ErrorCode, isVrgError, vrgError, type VrgError } from '../core/errors.js';
 import { limits, GiB } from '../core/limits.js';
@@ -10,7 +11,7 @@ import {
 } from './record-codec.js';
 import { RecordCache } from './record-cache.js';
 import {
-  findIntactRecordFrom, fsyncDir, newSegment, parseSegmentName, recordBytesAt, scanSegment, segmentEnd, writeFully,
+  findIntactRecordFrom, fsyncDir, newSegment, parseSegmentName, recordBytesAt, scanSegment, segmentEnd,
   type ScanResult, type Segment,
 } from './segment.js';
 

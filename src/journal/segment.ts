@@ -74,30 +74,6 @@ export async function fsyncDir(dir: string): Promise<void> {
   }
 }
 
-/** Positional writev of all of `bufs`, continuing after short writes. */
-export async function writeFully(fh: FileHandle, bufs: Buffer[], position: number): Promise<number> {
-  let total = 0;
-  for (const b of bufs) total += b.length;
-  let done = 0;
-  let rest = bufs;
-  while (done < total) {
-    const { bytesWritten } = await fh.writev(rest, position + done);
-    assert(bytesWritten > 0, 'writev made progress');
-    done += bytesWritten;
-    if (done < total) rest = skipBytes(rest, bytesWritten);
-  }
-  return total;
-}
-
-function skipBytes(bufs: Buffer[], n: number): Buffer[] {
-  let i = 0;
-  let left = n;
-  while (i < bufs.length && left >= bufs[i]!.length) left -= bufs[i++]!.length;
-  const out = bufs.slice(i);
-  if (left > 0 && out.length > 0) out[0] = out[0]!.subarray(left);
-  return out;
-}
-
 const SCAN_CHUNK_BYTES = 8 * 1024 * 1024;
 
 /** Reads a file through a window so a scan issues a few large reads, not one per record. */

@@ -5,7 +5,8 @@ import { crc32 } from '../core/checksum.js';
 import { ErrorCode, vrgError } from '../core/errors.js';
 import { limits, MiB } from '../core/limits.js';
 import type { Logger } from '../core/log.js';
-import { WindowReader, fsyncDir, writeFully } from '../journal/segment.js';
+import { writeFully } from '../core/write-fully.js';
+import { WindowReader, fsyncDir } from '../journal/segment.js';
 
 // The DR side's stage for one VM: a CBT resync pass (or a SnapshotsOnly snapshot) is written here, not to
 // the targets, so the replica stays crash-consistent. The durable COMMIT marker is the atomic commit

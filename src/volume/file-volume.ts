@@ -1,6 +1,7 @@
 import { mkdir, open, readFile, stat, type FileHandle } from 'node:fs/promises';
 import { dirname } from 'node:path';
 import { assert } from '../core/assert.js';
+import { writeFully } from '../core/write-fully.js';
 import { ErrorCode, vrgError } from '../core/errors.js';
 import { MiB } from '../core/limits.js';
 import { isUnsupported, native as loadedNative, type NativeOps } from './native.js';
@@ -136,6 +137,11 @@ export class FileVolume implements Volume {
       assert(bytesWritten > 0, 'pwrite made progress');
       done += bytesWritten;
     }
+  }
+
+  async writev(offset: number, datas: readonly Uint8Array[]): Promise<void> {
+    this.check(offset, datas.reduce((n, d) => n + d.byteLength, 0));
+    await writeFully(this.fh, [...datas], offset);
   }
 
   /**

@@ -11,6 +11,8 @@ export interface VolumeOp {
 
 /** Ops handed to the kernel at once (libuv has 4 threads; more only costs memory and overlap checks). */
 const runOpsMax = 64;
+/** Consecutive writes that continue each other are merged into one call up to this many bytes. */
+const mergedWriteBytesMax = 8 * 1024 * 1024;
 
 /**
  * Applies ops so the result equals applying them one by one in order, while letting runs of
@@ -20,7 +22,7 @@ const runOpsMax = 64;
 export async function applyInOrder(ops: readonly VolumeOp[]): Promise<void> {
   let run: Promise<void>[] = [];
   let spans = new Map<Volume, Array<[number, number]>>();
-  for (const op of ops) {
+  for (const op of mergeContiguous(ops)) {
     const mine = spans.get(op.volume) ?? [];
     const end = op.offset + op.length;
     if (run.length >= runOpsMax || mine.some(([s, e]) => op.offset < e && s < end)) {
@@ -36,10 +38,33 @@ export async function applyInOrder(ops: readonly VolumeOp[]): Promise<void> {
   await Promise.all(run);
 }
 
-function applyOne(op: VolumeOp): Promise<void> {
+/** A write op, or consecutive writes to one volume that continue each other (applied as one pwritev). */
+type MergedOp = VolumeOp & { parts?: Uint8Array[] };
+
+/**
+ * Merges runs of writes where each starts where the previous one ended on the same volume: a sequential
+ * stream of 64 KiB writes becomes one system call per batch instead of one per write. The merged op is
+ * applied exactly as its parts in order (they do not overlap one another).
+ */
+function mergeContiguous(ops: readonly VolumeOp[]): MergedOp[] {
+  const out: MergedOp[] = [];
+  for (const op of ops) {
+    const last = out[out.length - 1];
+    if (last && op.kind === 'write' && last.kind === 'write' && last.volume === op.volume && last.volume.writev !== undefined &&
+        last.offset + last.length === op.offset && last.length + op.length <= mergedWriteBytesMax) {
+      (last.parts ??= [last.data!]).push(op.data!);
+      last.length += op.length;
+      continue;
+    }
+    out.push({ ...op });
+  }
+  return out;
+}
+
+function applyOne(op: MergedOp): Promise<void> {
   switch (op.kind) {
     case 'write':
-      return op.volume.write(op.offset, op.data!);
+      return op.parts ? op.volume.writev!(op.offset, op.parts) : op.volume.write(op.offset, op.data!);
     case 'zero':
       return op.volume.writeZeroes(op.offset, op.length);
     case 'trim':

@@ -7,6 +7,8 @@ export interface Volume {
   readonly sizeBytes: number;
   read(offset: number, length: number): Promise<Buffer>;
   write(offset: number, data: Uint8Array): Promise<void>;
+  /** Optional: the buffers written back to back from `offset` in one call (one pwritev for a file). */
+  writev?(offset: number, datas: readonly Uint8Array[]): Promise<void>;
   /** The range reads back as zeros afterwards; with `noHole` it also stays allocated. */
   writeZeroes(offset: number, length: number, opts?: WriteZeroesOptions): Promise<void>;
   /** A hint that the range is unused; whether it then reads as zeros depends on the volume (see each class). */
