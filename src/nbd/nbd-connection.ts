@@ -48,6 +48,7 @@ export class NbdConnection {
   private exp: NbdExport | null = null;
   private inFlight = 0;
   private bytesInFlight = 0;
+  private replyCorked = false;
   /** No more requests are read (DISC, shutdown, or the peer went away); close once in-flight ones finish. */
   private stopping = false;
   private readonly startNs: bigint;
@@ -252,6 +253,16 @@ export class NbdConnection {
   private reply(req: NbdRequest, o: Outcome): void {
     if (this.sock.destroyed || !this.sock.writable) return;
     const sock = this.sock;
+    // Replies completed together (a group commit acknowledges several writes at once) leave in one send:
+    // corked until the current microtasks have run.
+    if (!this.replyCorked) {
+      this.replyCorked = true;
+      sock.cork();
+      process.nextTick(() => {
+        this.replyCorked = false;
+        sock.uncork();
+      });
+    }
     if (req.type === NbdCmd.READ && this.negotiation.structured) {
       if (o.errno !== 0) {
         sock.write(encodeErrorChunk(req.cookie, o.errno, o.message, NbdReplyFlag.DONE));
