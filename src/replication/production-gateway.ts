@@ -110,13 +110,7 @@ export class ProductionGateway extends EventEmitter {
     });
     await mkdir(config.dataDir, { recursive: true });
     gw.runMarker = await openRunMarker(config.dataDir, config.intake?.bootIdPath ?? defaultBootIdPath, gw.writeBack);
-    for (const vmc of config.vms) {
-      const vm = await gw.openVm(vmc);
-      if (gw.runMarker.hostCrashed) {
-        deps.logger.warn({ vmUuid: vm.vmUuid }, 'write-back gateway: the host restarted after an unclean stop; checking the VM');
-        vm.feed({ type: 'recovered' });
-      }
-    }
+    for (const vmc of config.vms) await gw.openVm(vmc);
     if (config.link.port > 0) gw.setPeer({ host: config.link.host, port: config.link.port });
     gw.scheduleCheckpoints();
     gw.scheduleTicks();
@@ -307,6 +301,11 @@ export class ProductionGateway extends EventEmitter {
     const vm = await ProtectedVm.open(p, this.config.dataDir, (v) => open(v.url, { sizeBytes: v.sizeBytes, create: true }), perVmCapacity, this.vmHooks(p.vmUuid));
     this.vms.set(p.vmUuid, vm);
     p.volumes.forEach((v, index) => this.byVolume.set(v.volUuid, { vm, index }));
+    // Also for VMs the management API re-adds at start: each one with earlier data is checked.
+    if (this.runMarker?.hostCrashed && !vm.fresh) {
+      this.deps.logger.warn({ vmUuid: vm.vmUuid }, 'write-back gateway: the host restarted after an unclean stop; checking the VM');
+      vm.feed({ type: 'recovered' });
+    }
     const at = this.conn?.resume?.vms.find((r) => r.vmUuid === p.vmUuid);
     if (this.conn && at) this.attachVm(vm, this.conn, at.appliedSeq);
     return vm;

@@ -79,6 +79,8 @@ export class ProtectedVm {
   private waitForDr = false;
   private progress: Progress | null = null;
   private lastCheck: VmReplicationStatus['check'] = null;
+  /** Opened without earlier data (a new VM: initial sync). */
+  fresh = false;
   private snapshotWanted = false;
   private stateWaiters: Array<() => void> = [];
   /** Stored bytes per journal seq range not yet acknowledged: [lastSeq, cumulative stored bytes]. */
@@ -141,6 +143,7 @@ export class ProtectedVm {
     }
     await replayOntoSource(journal, volumes, sourceState.appliedSeq, logger);
     const vm = new ProtectedVm(config, volumes, journal, bitmaps, sourceState, dir, hooks);
+    vm.fresh = fresh;
     if (fresh) for (const b of bitmaps) b.markAll();
     await Promise.all(bitmaps.map((b) => b.persist()));
     if (config.pausedManual) vm.feed({ type: 'pause' });
