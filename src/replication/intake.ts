@@ -10,7 +10,8 @@ import { applyInOrder, type VolumeOp } from '../volume/ordered-writes.js';
 import { checkVolumeRange, type Volume } from '../volume/volume.js';
 
 // The production intake of one VM: a write is made durable in the journal (as it arrived: compression
-// happens at ship time) and applied to the source volume, then acknowledged: SPEC §2.1's Async rule.
+// happens at ship time) and applied to the source volume, then acknowledged: SPEC §2.1's Async rule. The
+// optional write-back mode acknowledges once the journal write is in the page cache (FLUSH makes it durable).
 // Writes are grouped (group commit): while one group is fsynced the next one fills.
 
 export interface IntakeOp {
@@ -120,8 +121,9 @@ export class Intake {
   private trackedUnsynced = false;
 
   /**
-   * Resolves when the op is on the source volume and durable in the journal. The intake takes `op.data` as it
-   * is (journaled and cached without a copy): the caller must not modify it afterwards.
+   * Resolves when the op is on the source volume and durable in the journal (write-back: written to it; see
+   * flushJournal). The intake takes `op.data` as it is (journaled and cached without a copy): the caller must
+   * not modify it afterwards.
    */
   async submit(op: IntakeOp): Promise<void> {
     if (this.closed) throw vrgError(ErrorCode.CLOSED, 'intake is closed');

@@ -72,7 +72,8 @@ const stateTickMs = 500;
 /**
  * The production gateway: intake API → source volume + journal → codec pool → link to the DR gateway.
  * `write` settles by the VM's mode (SPEC §2.1): Async once on the source and durable in the journal (or,
- * in CBT, durably marked in the bitmap); Sync once DR has it durably; SnapshotsOnly once on the source.
+ * in CBT, durably marked in the bitmap; with intake.writeBack, once written to the journal file); Sync once
+ * DR has it durably; SnapshotsOnly once on the source.
  * Events: 'transition' (TransitionEvent), 'alarm' (AlarmEvent).
  */
 export class ProductionGateway extends EventEmitter {
