@@ -1,5 +1,5 @@
 import t, { type Test } from 'tap';
-import { readFile } from 'node:fs/promises';
+import { readFile, writeFile } from 'node:fs/promises';
 import { request as httpsRequest } from 'node:https';
 import { join } from 'node:path';
 import { passwordKey } from '../src/api/auth/account-store.js';
@@ -231,6 +231,15 @@ t.test('vmstrategy: validation numbers, paging, filters, delete, vmdrstatus', as
   t.same(await page('limit=10&offset=0'), uuids.slice(2));
 });
 
+/** The DR side's POST /vmstrategy body for VM with two 4 MiB volumes at `target(i)`. */
+function drStrategy(target: (i: number) => string) {
+  return {
+    vmUuid: VM, vmId: 'i-1', vmName: 'vm1', hostUrn: 'urn:sites:1:hosts:1', agentIp: '127.0.0.1', agentPort: 10809,
+    volList: [0, 1].map((i) => ({ volUuid: `vol-${i}`, volumeUrl: target(i), dsUrn: 'urn:ds:1', volType: 'LOCALPOME', seqNum: i + 1,
+      drExtParams: { dsMgntIp: '1.1.1.1', dsResourceId: '1' }, sizeBytes: 4 * MiB })),
+  };
+}
+
 t.test('pairing and protection purely over HTTP replicate writes; the configuration survives a restart', async (t) => {
   const dir = await tmp(t);
   const secret = newSecret();
@@ -244,11 +253,7 @@ t.test('pairing and protection purely over HTTP replicate writes; the configurat
   await pc.login();
   await dc.login();
   const target = (i: number) => join(dir, `target-${i}.img`);
-  const drReq = {
-    vmUuid: VM, vmId: 'i-1', vmName: 'vm1', hostUrn: 'urn:sites:1:hosts:1', agentIp: '127.0.0.1', agentPort: 10809,
-    volList: [0, 1].map((i) => ({ volUuid: `vol-${i}`, volumeUrl: target(i), dsUrn: 'urn:ds:1', volType: 'LOCALPOME', seqNum: i + 1,
-      drExtParams: { dsMgntIp: '1.1.1.1', dsResourceId: '1' }, sizeBytes: 4 * MiB })),
-  };
+  const drReq = drStrategy(target);
   isErr(t, await dc.call('POST', '/vmstrategy', { ...drReq, volList: [drReq.volList[0], { ...drReq.volList[1], seqNum: 1 }] }), '10440309');
   t.equal((await dc.call('POST', '/vmstrategy', drReq)).status, 200);
   const drList = (await dc.call('GET', '/vmstrategy')).body.vmList;
@@ -310,4 +315,39 @@ t.test('HTTPS on its own port with a certificate generated once and kept', async
   const again = await startApiGateway('dr', { dir, secret: newSecret(), httpsPort: 0 });
   t.teardown(() => again.close());
   t.equal(await readFile(join(dir, 'dr', 'api', 'https-cert.pem'), 'utf8'), ca, 'the same certificate after a restart');
+});
+
+t.test('write-back gateway: a VM the API store re-adds after a host crash (new boot id) is checked', async (t) => {
+  const dir = await tmp(t);
+  const secret = newSecret();
+  const bootIdPath = join(dir, 'boot_id');
+  await writeFile(bootIdPath, 'boot-1\n');
+  const intake = { writeBack: true, bootIdPath };
+  const dr = await startApiGateway('dr', { dir, secret });
+  let prod = await startApiGateway('production', { dir, secret, intake });
+  t.teardown(async () => {
+    await prod.close();
+    await dr.close();
+  });
+  const [pc, dc] = [new RestClient(prod.api.url), new RestClient(dr.api.url)];
+  await pc.login();
+  await dc.login();
+  t.equal((await dc.call('POST', '/vmstrategy', drStrategy((i) => join(dir, `target-${i}.img`)))).status, 200);
+  t.equal((await pc.call('POST', '/vrgmap', { dstIp: '127.0.0.1', dstPort: (dr.gw as DrGateway).linkPort })).status, 200);
+  t.equal((await pc.call('POST', '/vmstrategy', prodBody([0, 1].map((i) => ({ volUuid: `vol-${i}`, seqNum: i + 1, sizeBytes: 4 * MiB }))))).status, 200);
+  await until(async () => (await pc.call('GET', '/vrgmap')).body.status === 1, 15_000, 'paired');
+  await (prod.gw as ProductionGateway).write('vol-0', 0, Buffer.alloc(65536, 7));
+  await (prod.gw as ProductionGateway).drain();
+  await prod.close();
+  // What a stop on a host that lost power leaves: the run marker still unclean, and a new boot id.
+  const marker = join(dir, 'production', 'run-state.json');
+  await writeFile(marker, JSON.stringify({ ...JSON.parse(await readFile(marker, 'utf8')), clean: false }));
+  await writeFile(bootIdPath, 'boot-2\n');
+  prod = await startApiGateway('production', { dir, secret, intake });
+  const st = await until(() => {
+    const s = (prod.gw as ProductionGateway).vmStatus(VM);
+    return s && s.transitions['check->queue'] >= 1 ? s : null;
+  }, 30_000, 'the check after the host crash');
+  t.equal(st.transitions['queue->check'], 1, 'the re-added VM went to a consistency check');
+  t.equal(st.check?.regionsDiffering, 0, 'and found DR equal to the source');
 });

@@ -35,6 +35,8 @@ export interface ApiGatewayOptions {
   clock?: Clock;
   httpsPort?: number;
   journalCapacityBytes?: number;
+  /** Production: the intake section of the config (write-back, boot id file). */
+  intake?: { writeBack: boolean; bootIdPath: string };
 }
 
 const codec = new InlineCodec();
@@ -45,6 +47,7 @@ export async function startApiGateway(role: 'production' | 'dr', o: ApiGatewayOp
     link: { host: '127.0.0.1', port: role === 'dr' ? o.linkPort ?? 0 : 0, secret: o.secret },
     journalCapacityBytes: o.journalCapacityBytes ?? 64 * 1024 * 1024,
     protection: { linkDownCbtAfterMs: 60_000 },
+    ...(o.intake ? { intake: o.intake } : {}),
     api: { host: '127.0.0.1', port: 0, adminPassword: ADMIN_PW, ...(o.httpsPort === undefined ? {} : { httpsPort: o.httpsPort }) },
   });
   const deps = { clock: systemClock, random: systemRandom, transport: tcpTransport, codec, logger: silentLogger };
