@@ -6,7 +6,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { VRG_TRAP_OID } from '../src/api/alarms/alarm-notifier.js';
 import { DrGateway } from '../src/replication/dr-gateway.js';
-import { newSecret, RestClient, startApiGateway, until } from './lib/rest-client.js';
+import { newSecret, RestClient, startApiPair, until } from './lib/rest-client.js';
 
 // A trap from a simulated link failure (the DR gateway stops) reaches a real snmptrapd (Debian package
 // snmptrapd), and a recovery trap follows when the DR gateway is back.
@@ -36,13 +36,9 @@ t.test('link failure and recovery traps arrive at snmptrapd', { skip: snmptrapd 
   await until(() => /NET-SNMP version/.test(out), 10_000, 'snmptrapd started');
 
   const secret = newSecret();
-  let dr = await startApiGateway('dr', { dir, secret });
-  const prod = await startApiGateway('production', { dir, secret });
-  t.teardown(async () => {
-    await prod.close();
-    await dr.close();
-  });
-  const linkPort = (dr.gw as DrGateway).linkPort;
+  const pair = await startApiPair(t, { dir, secret });
+  const { prod } = pair;
+  const linkPort = (pair.dr.gw as DrGateway).linkPort;
   const c = new RestClient(prod.api.url);
   await c.login();
   t.equal((await c.call('POST', '/trapinfo', { ip: '127.0.0.1', port })).status, 200);
@@ -50,7 +46,7 @@ t.test('link failure and recovery traps arrive at snmptrapd', { skip: snmptrapd 
   await until(async () => (await c.call('GET', '/vrgmap')).body.status === 1, 15_000, 'paired');
   t.equal((await c.call('GET', '/vrgstatus')).body.status, 1, 'normal');
 
-  await dr.close(); // the simulated link failure
+  await pair.dr.close(); // the simulated link failure
   const raised = `${VRG_TRAP_OID}.1.1`;
   await until(() => out.includes(raised), 15_000, 'the linkDown trap');
   t.match(out, new RegExp(`${VRG_TRAP_OID.replace(/\./g, '\\.')}\\.3\\.1 = STRING: "linkDown"`), 'kind varbind');
@@ -58,14 +54,14 @@ t.test('link failure and recovery traps arrive at snmptrapd', { skip: snmptrapd 
   t.equal((await c.call('GET', '/vrgstatus')).body.status, 2, 'abnormal while the link is down');
   t.equal((await c.call('GET', '/vrgmap')).body.status, 5, 'link down');
 
-  dr = await startApiGateway('dr', { dir, secret, linkPort });
+  await pair.restart('dr', { linkPort });
   await until(() => out.includes(`${VRG_TRAP_OID}.2.1`), 20_000, 'the recovery trap');
   t.equal((await c.call('GET', '/vrgstatus')).body.status, 1, 'normal again');
   t.equal(prod.api.alarms.stats.failed, 0);
 
   t.equal((await c.call('POST', '/trapinfo', { ip: '0.0.0.0', port: 1 })).status, 200, 'trap server deleted');
   const before = out.length;
-  await dr.close();
+  await pair.dr.close();
   await until(async () => (await c.call('GET', '/vrgmap')).body.status === 5, 15_000, 'link down again');
   await new Promise((r) => setTimeout(r, 500));
   t.notOk(out.slice(before).includes(raised), 'no trap once the trap server is deleted');

@@ -7,7 +7,7 @@ import { apiErrorOf } from '../src/api/auth/error-codes.js';
 import { netInfos } from '../src/api/rest/routes-gateway.js';
 import { ProductionGateway } from '../src/replication/production-gateway.js';
 import { DrGateway } from '../src/replication/dr-gateway.js';
-import { ADMIN_PW, newSecret, RestClient, shiftedClock, tempDir, startApiGateway, until, type ApiGateway } from './lib/rest-client.js';
+import { ADMIN_PW, newSecret, RestClient, shiftedClock, tempDir, startApiGateway, startApiPair, until, type ApiGateway } from './lib/rest-client.js';
 
 const VM = '6f1e2d3c-4b5a-4978-8a6b-5c4d3e2f1a0b';
 const MiB = 1024 * 1024;
@@ -243,13 +243,8 @@ function drStrategy(target: (i: number) => string) {
 t.test('pairing and protection purely over HTTP replicate writes; the configuration survives a restart', async (t) => {
   const dir = await tmp(t);
   const secret = newSecret();
-  let dr = await startApiGateway('dr', { dir, secret });
-  let prod = await startApiGateway('production', { dir, secret });
-  t.teardown(async () => {
-    await prod.close();
-    await dr.close();
-  });
-  const [pc, dc] = [new RestClient(prod.api.url), new RestClient(dr.api.url, 'zh_CN')];
+  const pair = await startApiPair(t, { dir, secret });
+  const [pc, dc] = [new RestClient(pair.prod.api.url), new RestClient(pair.dr.api.url, 'zh_CN')];
   await pc.login();
   await dc.login();
   const target = (i: number) => join(dir, `target-${i}.img`);
@@ -259,16 +254,16 @@ t.test('pairing and protection purely over HTTP replicate writes; the configurat
   const drList = (await dc.call('GET', '/vmstrategy')).body.vmList;
   t.match(drList, [{ flag: 2, vmUuid: VM, hostUrn: 'urn:sites:1:hosts:1', agentIp: '127.0.0.1', agentPort: 10809,
     volList: [{ volUuid: 'vol-0', dstVolDsUrn: 'urn:ds:1', dstVolType: 'LOCALPOME', volStatus: 1, seqNum: 1, volumeUrl: target(0) }, { volUuid: 'vol-1' }] }]);
-  t.equal((await pc.call('POST', '/vrgmap', { dstIp: '127.0.0.1', dstPort: (dr.gw as DrGateway).linkPort })).status, 200);
+  t.equal((await pc.call('POST', '/vrgmap', { dstIp: '127.0.0.1', dstPort: (pair.dr.gw as DrGateway).linkPort })).status, 200);
   const vols = [0, 1].map((i) => ({ volUuid: `vol-${i}`, seqNum: i + 1, sizeBytes: 4 * MiB }));
   t.equal((await pc.call('POST', '/vmstrategy', prodBody(vols))).status, 200);
   await until(async () => (await pc.call('GET', '/vrgmap')).body.status === 1, 15_000, 'paired');
-  const p = prod.gw as ProductionGateway;
+  const p = pair.prod.gw as ProductionGateway;
   const data = Buffer.alloc(64 * 1024, 0x5a);
   await p.write('vol-0', 4096, data);
   await p.write('vol-1', 2 * MiB, data.subarray(0, 8192));
   await p.drain();
-  const d = dr.gw as DrGateway;
+  const d = pair.dr.gw as DrGateway;
   t.ok((await d.readReplica('vol-0', 4096, data.length)).equals(data), 'vol-0 replicated');
   t.ok((await d.readReplica('vol-1', 2 * MiB, 8192)).equals(data.subarray(0, 8192)), 'vol-1 replicated');
   const st = (await pc.call('GET', '/vrgstatus')).body;
@@ -278,10 +273,10 @@ t.test('pairing and protection purely over HTTP replicate writes; the configurat
   await pc.call('POST', '/trapinfo', { ip: '127.0.0.1', port: 16200 });
   await pc.call('POST', '/password', { oldKey: passwordKey(ADMIN_PW), newKey: passwordKey('Changed#1') });
 
-  await prod.close();
-  await dr.close();
-  dr = await startApiGateway('dr', { dir, secret, linkPort: d.linkPort });
-  prod = await startApiGateway('production', { dir, secret });
+  await pair.prod.close();
+  await pair.restart('dr', { linkPort: d.linkPort });
+  await pair.restart('prod');
+  const { prod, dr } = pair;
   const [pc2, dc2] = [new RestClient(prod.api.url), new RestClient(dr.api.url)];
   t.equal((await pc2.login('admin', 'Changed#1')).status, 200, 'the changed password survived');
   await dc2.login();
@@ -323,29 +318,24 @@ t.test('write-back gateway: a VM the API store re-adds after a host crash (new b
   const bootIdPath = join(dir, 'boot_id');
   await writeFile(bootIdPath, 'boot-1\n');
   const intake = { writeBack: true, bootIdPath };
-  const dr = await startApiGateway('dr', { dir, secret });
-  let prod = await startApiGateway('production', { dir, secret, intake });
-  t.teardown(async () => {
-    await prod.close();
-    await dr.close();
-  });
-  const [pc, dc] = [new RestClient(prod.api.url), new RestClient(dr.api.url)];
+  const pair = await startApiPair(t, { dir, secret, intake });
+  const [pc, dc] = [new RestClient(pair.prod.api.url), new RestClient(pair.dr.api.url)];
   await pc.login();
   await dc.login();
   t.equal((await dc.call('POST', '/vmstrategy', drStrategy((i) => join(dir, `target-${i}.img`)))).status, 200);
-  t.equal((await pc.call('POST', '/vrgmap', { dstIp: '127.0.0.1', dstPort: (dr.gw as DrGateway).linkPort })).status, 200);
+  t.equal((await pc.call('POST', '/vrgmap', { dstIp: '127.0.0.1', dstPort: (pair.dr.gw as DrGateway).linkPort })).status, 200);
   t.equal((await pc.call('POST', '/vmstrategy', prodBody([0, 1].map((i) => ({ volUuid: `vol-${i}`, seqNum: i + 1, sizeBytes: 4 * MiB }))))).status, 200);
   await until(async () => (await pc.call('GET', '/vrgmap')).body.status === 1, 15_000, 'paired');
-  await (prod.gw as ProductionGateway).write('vol-0', 0, Buffer.alloc(65536, 7));
-  await (prod.gw as ProductionGateway).drain();
-  await prod.close();
+  await (pair.prod.gw as ProductionGateway).write('vol-0', 0, Buffer.alloc(65536, 7));
+  await (pair.prod.gw as ProductionGateway).drain();
+  await pair.prod.close();
   // What a stop on a host that lost power leaves: the run marker still unclean, and a new boot id.
   const marker = join(dir, 'production', 'run-state.json');
   await writeFile(marker, JSON.stringify({ ...JSON.parse(await readFile(marker, 'utf8')), clean: false }));
   await writeFile(bootIdPath, 'boot-2\n');
-  prod = await startApiGateway('production', { dir, secret, intake });
+  await pair.restart('prod');
   const st = await until(() => {
-    const s = (prod.gw as ProductionGateway).vmStatus(VM);
+    const s = (pair.prod.gw as ProductionGateway).vmStatus(VM);
     return s && s.transitions['check->queue'] >= 1 ? s : null;
   }, 30_000, 'the check after the host crash');
   t.equal(st.transitions['queue->check'], 1, 'the re-added VM went to a consistency check');

@@ -66,6 +66,26 @@ export async function startApiGateway(role: 'production' | 'dr', o: ApiGatewayOp
   };
 }
 
+/**
+ * A DR and a production API gateway sharing `o` (dir, secret...). `restart` stops one side and starts it
+ * again with `extra` options; teardown closes whichever instances are current then.
+ */
+export async function startApiPair(t: { teardown(fn: () => Promise<void>): void }, o: ApiGatewayOptions) {
+  const pair = {
+    dr: await startApiGateway('dr', o),
+    prod: await startApiGateway('production', o),
+    async restart(role: 'dr' | 'prod', extra: Partial<ApiGatewayOptions> = {}): Promise<void> {
+      await pair[role].close();
+      pair[role] = await startApiGateway(role === 'dr' ? 'dr' : 'production', { ...o, ...extra });
+    },
+  };
+  t.teardown(async () => {
+    await pair.prod.close();
+    await pair.dr.close();
+  });
+  return pair;
+}
+
 export function newSecret(): string {
   return randomBytes(32).toString('hex');
 }
