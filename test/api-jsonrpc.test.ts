@@ -6,6 +6,7 @@ import { DrGateway } from '../src/replication/dr-gateway.js';
 import { ProductionGateway } from '../src/replication/production-gateway.js';
 import { JsonRpcClient } from './lib/jsonrpc-client.js';
 import { newSecret, RestClient, shiftedClock, tempDir, startApiGateway, until, type ApiGateway } from './lib/rest-client.js';
+import { drained } from './lib/wait.js';
 
 const MiB = 1024 * 1024;
 const VM = '6f1e2d3c-4b5a-4978-8a6b-5c4d3e2f1a0b';
@@ -89,7 +90,7 @@ t.test('pair two gateways and a volume through JSON-RPC only: writes replicate; 
   for (let i = 0; i < data.length; i++) data[i] = (i * 31 + 7) & 0xff;
   await prod(p).write(src.volUuid, 8192, data);
   await until(async () => {
-    await prod(p).drain();
+    await drained(prod(p), dr(d));
     return (await dr(d).readReplica(src.volUuid, 8192, data.length)).equals(data);
   }, 20_000, 'write replicated to the target volume');
   t.pass('the source write arrived on the target');
@@ -353,7 +354,7 @@ t.test('pairs survive a restart; link down shows as PausedDisconnected; the stor
   const data = Buffer.alloc(8192, 0x5a);
   await prod(p).write(src.volUuid, 4096, data);
   await until(async () => {
-    await prod(p).drain();
+    await drained(prod(p), dr(d));
     return (await dr(d).readReplica(src.volUuid, 4096, data.length)).equals(data);
   }, 20_000, 'replicated after the restart');
   t.pass('writes replicate after the restart');
@@ -440,7 +441,7 @@ t.test('two pairs on one production gateway: volume pairing moves the one link o
   const data = Buffer.alloc(4096, 0xa5);
   await prod(p).write(src.volUuid, 0, data);
   await until(async () => {
-    await prod(p).drain();
+    await drained(prod(p), dr(d2));
     return (await dr(d2).readReplica(src.volUuid, 0, data.length)).equals(data);
   }, 20_000, 'replicated to the second DR');
   const other = await createVolume(p, 'other', MiB);

@@ -8,6 +8,7 @@ import { netInfos } from '../src/api/rest/routes-gateway.js';
 import { ProductionGateway } from '../src/replication/production-gateway.js';
 import { DrGateway } from '../src/replication/dr-gateway.js';
 import { ADMIN_PW, newSecret, RestClient, shiftedClock, tempDir, startApiGateway, startApiPair, until, type ApiGateway } from './lib/rest-client.js';
+import { drained } from './lib/wait.js';
 
 const VM = '6f1e2d3c-4b5a-4978-8a6b-5c4d3e2f1a0b';
 const MiB = 1024 * 1024;
@@ -262,8 +263,8 @@ t.test('pairing and protection purely over HTTP replicate writes; the configurat
   const data = Buffer.alloc(64 * 1024, 0x5a);
   await p.write('vol-0', 4096, data);
   await p.write('vol-1', 2 * MiB, data.subarray(0, 8192));
-  await p.drain();
   const d = pair.dr.gw as DrGateway;
+  await drained(p, d);
   t.ok((await d.readReplica('vol-0', 4096, data.length)).equals(data), 'vol-0 replicated');
   t.ok((await d.readReplica('vol-1', 2 * MiB, 8192)).equals(data.subarray(0, 8192)), 'vol-1 replicated');
   const st = (await pc.call('GET', '/vrgstatus')).body;
@@ -286,7 +287,7 @@ t.test('pairing and protection purely over HTTP replicate writes; the configurat
   t.not(prod.gw.vmStatus(VM), null, 'the stored VM is protected again');
   await until(async () => (await pc2.call('GET', '/vrgmap')).body.status === 1, 15_000, 'paired again from the store');
   await (prod.gw as ProductionGateway).write('vol-0', 0, data.subarray(0, 4096));
-  await (prod.gw as ProductionGateway).drain();
+  await drained(prod.gw as ProductionGateway, dr.gw as DrGateway);
   t.ok((await (dr.gw as DrGateway).readReplica('vol-0', 0, 4096)).equals(data.subarray(0, 4096)), 'replicating after the restart');
 });
 
@@ -327,7 +328,7 @@ t.test('write-back gateway: a VM the API store re-adds after a host crash (new b
   t.equal((await pc.call('POST', '/vmstrategy', prodBody([0, 1].map((i) => ({ volUuid: `vol-${i}`, seqNum: i + 1, sizeBytes: 4 * MiB }))))).status, 200);
   await until(async () => (await pc.call('GET', '/vrgmap')).body.status === 1, 15_000, 'paired');
   await (pair.prod.gw as ProductionGateway).write('vol-0', 0, Buffer.alloc(65536, 7));
-  await (pair.prod.gw as ProductionGateway).drain();
+  await drained(pair.prod.gw as ProductionGateway, pair.dr.gw as DrGateway);
   await pair.prod.close();
   // What a stop on a host that lost power leaves: the run marker still unclean, and a new boot id.
   const marker = join(dir, 'production', 'run-state.json');

@@ -4,7 +4,7 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
 import t from 'tap';
-import { haveTool } from './lib/nbd-tools.js';
+import { needs } from './lib/tools.js';
 
 // The `vrg` CLI as a user runs it (the compiled entry point: `npm test` builds first).
 
@@ -60,8 +60,7 @@ t.test('bad options get a clear message and exit code 2', async (t) => {
   t.equal(u?.code, 2, 'unknown command: exit code 2');
 });
 
-t.test('vrg demo --load none serves the intake until SIGTERM, then drains and verifies', async (t) => {
-  if (!haveTool('qemu-io')) return t.skip('qemu-io (Debian qemu-utils) is not installed');
+t.test('vrg demo --load none serves the intake until SIGTERM, then drains and verifies', needs('qemu-io'), async (t) => {
   const dir = t.testdir();
   const demo = spawn('node', [main, 'demo', '--dir', dir, '--volume-size', '16MiB', '--load', 'none'], { stdio: ['ignore', 'pipe', 'pipe'] });
   let out = '';

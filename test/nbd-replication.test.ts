@@ -5,7 +5,7 @@ import { join } from 'node:path';
 import { promisify } from 'node:util';
 import net from 'node:net';
 import t from 'tap';
-import { haveTool } from './lib/nbd-tools.js';
+import { needs } from './lib/tools.js';
 import { compareVolumes } from '../src/cli/demo.js';
 import { NbdServer } from '../src/nbd/nbd-server.js';
 import { productionExports, replicaExports } from '../src/replication/nbd-exports.js';
@@ -32,7 +32,7 @@ async function withNbd(t: Tap.Test, opts: Parameters<typeof startPair>[0]) {
     intakeUrl: (vol: string) => `nbd://127.0.0.1:${intakePort}/${vol}`,
     replicaUrl: (vol: string) => `nbd://127.0.0.1:${replicaPort}/${vol}`,
     async finish() {
-      await pair.prod.drain();
+      await pair.drain();
       await intake.close();
       await replica.close();
       await pair.close();
@@ -52,8 +52,7 @@ async function sameVolumes(pair: Pair): Promise<string | null> {
   return compareVolumes(p.map((v, i) => [v.url, d[i]!.url]));
 }
 
-t.test('qemu-io writes, zeroes and discards through the intake; the replica verifies', async (t) => {
-  if (!haveTool('qemu-io')) return t.skip('qemu-io (Debian qemu-utils) is not installed');
+t.test('qemu-io writes, zeroes and discards through the intake; the replica verifies', needs('qemu-io'), async (t) => {
   const s = await withNbd(t, { dir: t.testdir(), volumeSizeBytes: 32 * MiB });
   const io = (url: string, cmds: string[], readOnly = false) =>
     run('qemu-io', ['-f', 'raw', ...(readOnly ? ['-r'] : []), ...cmds.flatMap((c) => ['-c', c]), url]);
@@ -62,7 +61,7 @@ t.test('qemu-io writes, zeroes and discards through the intake; the replica veri
     'read -P 0xab 0 1M', 'read -P 0xcd 4M 64k', 'read -P 0 8M 2M', 'read -P 0 12M 512k', 'read -P 0x11 12800k 512k',
   ]);
   t.notMatch(w.stdout + w.stderr, /verification failed|error|failed/i, 'qemu-io wrote and read back its patterns');
-  await s.pair.prod.drain();
+  await s.pair.drain();
   const r = await io(s.replicaUrl('vol-0'), ['read -P 0xab 0 1M', 'read -P 0xcd 4M 64k', 'read -P 0 8M 2M', 'read -P 0 12M 512k',
     'read -P 0x11 12800k 512k'], true);
   t.notMatch(r.stdout + r.stderr, /verification failed|error|failed/i, 'the DR replica holds the same patterns');
@@ -74,8 +73,7 @@ t.test('qemu-io writes, zeroes and discards through the intake; the replica veri
   t.equal(await sameVolumes(s.pair), null, 'DR volumes identical to production');
 });
 
-t.test('nbdinfo reports size and flags; nbdcopy copies an image in and it arrives on DR', async (t) => {
-  if (!haveTool('nbdinfo') || !haveTool('nbdcopy')) return t.skip('nbdinfo/nbdcopy (Debian libnbd-bin) not installed');
+t.test('nbdinfo reports size and flags; nbdcopy copies an image in and it arrives on DR', needs('nbdinfo', 'nbdcopy'), async (t) => {
   const dir = t.testdir();
   const s = await withNbd(t, { dir, volumeSizeBytes: 16 * MiB });
   const info = JSON.parse((await run('nbdinfo', ['--json', s.intakeUrl('vol-1')])).stdout);
@@ -89,21 +87,20 @@ t.test('nbdinfo reports size and flags; nbdcopy copies an image in and it arrive
   const content = Buffer.concat([randomBytes(4 * MiB), Buffer.alloc(4 * MiB), Buffer.from('x'.repeat(8 * MiB))]);
   await writeFile(image, content);
   await run('nbdcopy', [image, s.intakeUrl('vol-1')]);
-  await s.pair.prod.drain();
+  await s.pair.drain();
   const back = join(dir, 'back.raw');
   await run('nbdcopy', [s.replicaUrl('vol-1'), back]);
   t.equal(await compareVolumes([[image, back]]), null, 'the DR replica equals the image byte for byte');
   await s.finish();
 });
 
-t.test('fio writes with crc32c verification through the intake; fio verifies the DR replica', async (t) => {
-  if (!haveTool('fio')) return t.skip('fio is not installed');
+t.test('fio writes with crc32c verification through the intake; fio verifies the DR replica', needs('fio'), async (t) => {
   const s = await withNbd(t, { dir: t.testdir(), volumeSizeBytes: 32 * MiB });
   const job = ['--name=vrg', '--ioengine=nbd', '--rw=randwrite', '--bs=4k', '--iodepth=16', '--size=16M',
     '--verify=crc32c', '--verify_state_save=0', '--randseed=42', '--buffer_compress_percentage=50', '--refill_buffers'];
   const w = await run('fio', [...job, `--uri=${s.intakeUrl('vol-0')}`, '--do_verify=1']);
   t.match(w.stdout, /WRITE:/, 'fio wrote through the intake');
-  await s.pair.prod.drain();
+  await s.pair.drain();
   const v = await run('fio', [...job, `--uri=${s.replicaUrl('vol-0')}`, '--verify_only']);
   t.notMatch(v.stdout + v.stderr, /verify: bad|verify failed|err=\s*[1-9]/i, 'fio verify pass over the DR replica succeeds');
   t.match(v.stdout, /issued rwts: total=4096,/, 'all 4096 blocks were read back and checked');
@@ -111,8 +108,7 @@ t.test('fio writes with crc32c verification through the intake; fio verifies the
   t.equal(await sameVolumes(s.pair), null, 'DR volumes identical');
 });
 
-t.test('a DR volume served by qemu-nbd as write agent ends identical to production', async (t) => {
-  if (!haveTool('qemu-nbd') || !haveTool('qemu-io')) return t.skip('qemu-nbd/qemu-io not installed');
+t.test('a DR volume served by qemu-nbd as write agent ends identical to production', needs('qemu-nbd', 'qemu-io'), async (t) => {
   const dir = t.testdir();
   const agentFile = join(dir, 'agent.img');
   await run('truncate', ['-s', String(16 * MiB), agentFile]);

@@ -15,7 +15,8 @@ import {
 } from '../src/protocol/nbd.js';
 import { FileVolume } from '../src/volume/file-volume.js';
 import { RawNbdClient } from './lib/nbd-raw-client.js';
-import { haveTool, runTool } from './lib/nbd-tools.js';
+import { runTool } from './lib/nbd-tools.js';
+import { haveTool, needs } from './lib/tools.js';
 
 const MiB = 1024 * 1024;
 const SIZE = 16 * MiB;
@@ -59,9 +60,6 @@ t.teardown(async () => {
   await rm(dir, { recursive: true, force: true });
 });
 
-const skipUnless = (tool: string): { skip?: string } =>
-  haveTool(tool) ? {} : { skip: `${tool} is not installed (apt-get install qemu-utils libnbd-bin fio)` };
-
 const cookie = (n: number): Buffer => {
   const b = Buffer.alloc(8);
   b.writeBigUInt64BE(BigInt(n));
@@ -85,7 +83,7 @@ function qemuOk(t: Pick<typeof tap, 'equal' | 'notMatch'>, r: { code: number; st
   t.notMatch(out, /verification failed|failed|error/i, `${what}: no errors in qemu-io output`);
 }
 
-t.test('qemu-io: patterned writes, verified reads, discard, zero writes', skipUnless('qemu-io'), async (t) => {
+t.test('qemu-io: patterned writes, verified reads, discard, zero writes', needs('qemu-io'), async (t) => {
   const cmds = [
     'write -P 0xa5 0 64k', 'write -P 0x5a 1M 3M', 'write -P 0x11 204799 1',
     'aio_write -P 0x21 8M 128k', 'aio_write -P 0x22 9M 128k', 'aio_flush',
@@ -105,7 +103,7 @@ t.test('qemu-io: patterned writes, verified reads, discard, zero writes', skipUn
   t.ok(flushes > 0, 'FLUSH and FUA reached the backend');
 });
 
-t.test('nbdinfo: export details and list', skipUnless('nbdinfo'), async (t) => {
+t.test('nbdinfo: export details and list', needs('nbdinfo'), async (t) => {
   const r = await runTool('nbdinfo', ['--json', uri('vol-rw')]);
   t.equal(r.code, 0, r.stderr);
   const info = JSON.parse(r.stdout) as { structured: boolean; exports: Array<Record<string, unknown>> };
@@ -129,7 +127,7 @@ t.test('nbdinfo: export details and list', skipUnless('nbdinfo'), async (t) => {
   t.match(missing.stderr, /no-such-volume/);
 });
 
-t.test('nbdcopy: a random sparse image in, byte-identical file out', skipUnless('nbdcopy'), async (t) => {
+t.test('nbdcopy: a random sparse image in, byte-identical file out', needs('nbdcopy'), async (t) => {
   const src = join(dir, 'src.img');
   const rnd = seededRandom(7);
   const fh = await open(src, 'w');
@@ -148,7 +146,7 @@ t.test('nbdcopy: a random sparse image in, byte-identical file out', skipUnless(
   t.ok((await readFile(back)).equals(await readFile(src)), 'reading it back gives the same bytes');
 });
 
-t.test('fio: random 4k writes at iodepth 16, crc32c verified', skipUnless('fio'), async (t) => {
+t.test('fio: random 4k writes at iodepth 16, crc32c verified', needs('fio'), async (t) => {
   const r = await runTool('fio', [
     '--name=nbd-verify', '--ioengine=nbd', `--uri=${uri('vol-rw')}`, '--rw=randwrite', '--bs=4k', '--iodepth=16',
     '--size=8M', '--verify=crc32c', '--verify_fatal=1', '--do_verify=1', '--verify_state_save=0', `--directory=${dir}`,

@@ -9,6 +9,7 @@ import { generateLoad, type LoadOptions } from '../src/cli/load-generator.js';
 import type { DrStatus } from '../src/replication/dr-gateway.js';
 import type { ProductionStatus } from '../src/replication/production-gateway.js';
 import { pairConfigJson } from './lib/pair.js';
+import { drainChild, watchChild } from './lib/process-pair.js';
 
 // Gateways as real processes, killed with SIGKILL mid-load and restarted (the compiled CLI is used:
 // `npm test` builds first).
@@ -43,16 +44,6 @@ async function setup(dir: string) {
   return { json, startDr, startProd, load };
 }
 
-/** Polls the production gateway until `until` holds, collecting acknowledged write indices. */
-async function watch(prod: GatewayChild, acked: Set<number>, until: (s: Status) => boolean): Promise<Status> {
-  for (;;) {
-    const s = await prod.request<Status>({ type: 'status' }, 'status');
-    for (const i of s.load.ackedIndices) acked.add(i);
-    if (until(s)) return s;
-    await new Promise((r) => setTimeout(r, 20));
-  }
-}
-
 async function checkAckedWrites(t: Tap.Test, load: LoadOptions, acked: Set<number>, targetPath: (volUuid: string) => string) {
   let bad = 0;
   for await (const w of generateLoad(load)) {
@@ -79,13 +70,13 @@ t.test('production gateway SIGKILLed mid-load loses no acknowledged write', asyn
   let prod = await startProd();
   const acked = new Set<number>();
   const loadDone = prod.request({ type: 'load', load }, 'loadDone').catch(() => 'killed');
-  await watch(prod, acked, (s) => s.load.bytes >= 24 * MiB);
+  await watchChild<Status>(prod, dr, acked, (s) => s.load.bytes >= 24 * MiB);
   await prod.kill();
   t.equal(await loadDone, 'killed', 'killed before the load finished');
   t.ok(acked.size > 0, `${acked.size} writes were acknowledged before the kill`);
 
   prod = await startProd();
-  await prod.request({ type: 'drain' }, 'drained');
+  await drainChild(prod, dr);
   const final = (await prod.request<Status>({ type: 'status' }, 'status')).status as ProductionStatus;
   t.equal(final.vms[0]!.ackedSeq, final.vms[0]!.lastSeq, 'DR acknowledged the replayed journal');
   t.equal(await prod.stop(), 0, 'production exits cleanly');
@@ -103,12 +94,12 @@ t.test('DR gateway SIGKILLed mid-load resumes with no gap and no duplicate', asy
   const prod = await startProd();
   const acked = new Set<number>();
   const loadDone = prod.request({ type: 'load', load }, 'loadDone');
-  await watch(prod, acked, (s) => (s.status as ProductionStatus).vms[0]!.ackedSeq > 100);
+  await watchChild<Status>(prod, dr, acked, (s) => (s.status as ProductionStatus).vms[0]!.ackedSeq > 100);
   await dr.kill();
-  await watch(prod, acked, (s) => s.load.bytes >= 48 * MiB);
+  await watchChild<Status>(prod, dr, acked, (s) => s.load.bytes >= 48 * MiB);
   dr = await startDr();
   await loadDone;
-  await prod.request({ type: 'drain' }, 'drained');
+  await drainChild(prod, dr);
   const final = (await prod.request<Status>({ type: 'status' }, 'status')).status as ProductionStatus;
   t.equal(await prod.stop(), 0, 'production exits cleanly');
   t.equal(await dr.stop(), 0, 'DR exits cleanly');

@@ -15,7 +15,7 @@ async function replicate(t: Tap.Test, o: { compress: 0 | 1; encrypt: 0 | 1; pool
   await pair.prod.writeZeroes('vol-0', 4096, 65536);
   await pair.prod.trim('vol-1', 1 * MiB, 2 * MiB);
   await pair.prod.flush();
-  await pair.prod.drain();
+  await pair.drain();
   const status = pair.prod.status().vms[0]!;
   const drStatus = pair.dr.status().vms[0]!;
   await pair.close();
@@ -57,7 +57,7 @@ t.test('resumes after dropped TCP connections with no gap and no duplicate', asy
   } finally {
     clearInterval(cutter);
   }
-  await pair.prod.drain();
+  await pair.drain();
   const prodStatus = pair.prod.status().vms[0]!;
   const drStatus = pair.dr.status().vms[0]!;
   await pair.close();
@@ -75,12 +75,12 @@ t.test('a DR gateway restart resumes from its durable position', async (t) => {
   const load = (seed: number) => runLoad({ totalBytes: 8 * MiB, volumes: vols, writeBytes: 64 * 1024, queueDepth: 8, seed },
     (w) => pair.prod.write(w.volUuid, w.offset, w.data), () => undefined);
   await load(1);
-  await pair.prod.drain();
+  await pair.drain();
   const before = pair.dr.status().vms[0]!.durableSeq;
   await pair.restartDr();
   t.equal(pair.dr.status().vms[0]!.durableSeq, before, 'durable position survives the restart');
   await load(2);
-  await pair.prod.drain();
+  await pair.drain();
   const after = pair.dr.status().vms[0]!;
   const prodStatus = pair.prod.status().vms[0]!;
   await pair.close();
@@ -108,7 +108,7 @@ t.test('a journal smaller than the load fills up, checkpoints, and replication c
   await runLoad({ totalBytes: 64 * MiB, volumes: vols, writeBytes: 256 * 1024, queueDepth: 16, seed: 5 },
     (w) => pair.prod.write(w.volUuid, w.offset, w.data),
     () => { peakUsed = Math.max(peakUsed, pair.prod.status().vms[0]!.journalUsedBytes); });
-  await pair.prod.drain();
+  await pair.drain();
   const status = pair.prod.status().vms[0]!;
   await pair.close();
   t.ok(peakUsed <= 16 * MiB, `journal never exceeded its capacity (peak ${(peakUsed / MiB).toFixed(1)} MiB)`);

@@ -8,7 +8,7 @@ import type { IpcMessage, LoadProgress } from '../src/cli/gateway-process.js';
 import type { LoadOptions } from '../src/cli/load-generator.js';
 import type { ProductionStatus } from '../src/replication/production-gateway.js';
 import { pairConfigJson } from './lib/pair.js';
-import { ackedWritesMissing, processPair } from './lib/process-pair.js';
+import { ackedWritesMissing, drainChild, processPair, watchChild } from './lib/process-pair.js';
 
 // Issue 4 with gateways as real processes: SIGKILL of either gateway during a CBT resync (here the
 // initial sync of a pre-filled source, which is one) and during a consistency check loses nothing and
@@ -35,17 +35,6 @@ async function setup(dir: string, o: { volumeBytes: number; prefillBytes: number
   return { json, startDr, startProd, load, identical, target: json.dr.vms[0]!.volumes[0]!.path };
 }
 
-async function watch(prod: GatewayChild, acked: Set<number>, until: (s: Status) => boolean, timeoutMs = 120_000): Promise<Status> {
-  const start = Date.now();
-  for (;;) {
-    const s = await prod.request<Status>({ type: 'status' }, 'status');
-    for (const i of s.load?.ackedIndices ?? []) acked.add(i);
-    if (until(s)) return s;
-    if (Date.now() - start > timeoutMs) throw new Error(`timed out; last status ${JSON.stringify(prodStatus(s).replication)}`);
-    await new Promise((r) => setTimeout(r, 5));
-  }
-}
-
 declare global {
   namespace Tap {
     type Test = typeof t;
@@ -61,7 +50,7 @@ for (const victim of ['production', 'dr'] as const) {
       let prod = await s.startProd();
       const acked = new Set<number>();
       const loadDone = prod.request({ type: 'load', load: s.load }, 'loadDone').catch(() => 'killed');
-      const at = await watch(prod, acked, (st) => {
+      const at = await watchChild<Status>(prod, dr, acked, (st) => {
         const r = prodStatus(st).replication;
         return phase === 'cbt' ? r.state === 'cbt' && (r.resync?.bytesDone ?? 0) >= 16 * MiB : r.state === 'check';
       });
@@ -75,7 +64,7 @@ for (const victim of ['production', 'dr'] as const) {
         dr = await s.startDr();
         await loadDone;
       }
-      await prod.request({ type: 'drain' }, 'drained');
+      await drainChild(prod, dr);
       const final = prodStatus(await prod.request<Status>({ type: 'status' }, 'status'));
       t.equal(final.replication.state, 'queue', 'back in queue');
       t.equal(await prod.stop(), 0);
@@ -91,12 +80,12 @@ t.test('Sync mode: every write acknowledged before production is SIGKILLed is al
   const s = await setup(dir, { volumeBytes: 64 * MiB, prefillBytes: 0, mode: 'sync' });
   const dr = await s.startDr();
   const prod = await s.startProd();
-  await prod.request({ type: 'drain' }, 'drained'); // initial sync, then Sync proper
+  await drainChild(prod, dr); // initial sync, then Sync proper
   const st = prodStatus(await prod.request<Status>({ type: 'status' }, 'status')).replication;
   t.match(st, { mode: 'sync', syncDegraded: false, state: 'queue' });
   const acked = new Set<number>();
   void prod.request({ type: 'load', load: s.load }, 'loadDone').catch(() => 'killed');
-  await watch(prod, acked, (x) => x.load.bytes >= 8 * MiB);
+  await watchChild<Status>(prod, dr, acked, (x) => x.load.bytes >= 8 * MiB);
   await prod.kill();
   // DR keeps running; its volume file is read directly.
   t.ok(acked.size > 50, `${acked.size} writes acknowledged before the kill`);

@@ -58,7 +58,7 @@ t.test('initial sync ships a pre-filled source (holes skipped), then checks, the
   const pair = await startPair({ dir, volumes: 1, volumeSizeBytes: volumeBytes, proxy: true });
   t.teardown(() => pair.close());
   const seen = record(pair);
-  await pair.prod.drain();
+  await pair.drain();
   await sameFiles(t, dir, 1, 'after initial sync');
   const st = pair.prod.vmStatus(vmUuid)!;
   t.equal(st.state, 'queue');
@@ -80,7 +80,7 @@ t.test('journal overflow under a partition: queue -> CBT -> check -> queue, writ
   const dir = t.testdir();
   const pair = await startPair({ dir, volumes: 1, volumeSizeBytes: volumeBytes, proxy: true, compress: 0, journalCapacityBytes: 2 * MiB });
   t.teardown(() => pair.close());
-  await pair.prod.drain(); // initial sync of the empty volume
+  await pair.drain(); // initial sync of the empty volume
   const seen = record(pair);
   const history: number[] = [];
   const blocks = volumeBytes / blockBytes;
@@ -110,7 +110,7 @@ t.test('journal overflow under a partition: queue -> CBT -> check -> queue, writ
   })();
   pair.proxy!.block(false);
   for (let i = 0; i < 400; i++) await writeStamped();
-  await pair.prod.drain();
+  await pair.drain();
   stop = true;
   await freezer;
   t.same(problems, [], `DR crash-consistent at all ${frozen} freezes (seed ${seed})`);
@@ -128,7 +128,7 @@ t.test('an on-demand consistency check finds a damaged DR region and repairs it'
   const pair = await startPair({ dir, volumes: 2, volumeSizeBytes: volumeBytes });
   t.teardown(() => pair.close());
   await pair.prod.write('vol-1', 5 * MiB, randomBytes(MiB));
-  await pair.prod.drain();
+  await pair.drain();
   // Damage the replica behind the gateway's back (a bad disk sector, a stray writer).
   const fh = await open(path(dir, 'target', 1), 'r+');
   await fh.write(randomBytes(4096), 0, 4096, 5 * MiB + 8192);
@@ -138,7 +138,7 @@ t.test('an on-demand consistency check finds a damaged DR region and repairs it'
   const alarms: string[] = [];
   pair.prod.on('alarm', (a: { kind: string; raised: boolean }) => alarms.push(`${a.kind}:${a.raised}`));
   pair.prod.requestCheck(vmUuid);
-  await pair.prod.drain();
+  await pair.drain();
   const st = pair.prod.vmStatus(vmUuid)!;
   t.match(st.check, { regionsChecked: 32, regionsDiffering: 2, regionsRepaired: 2 });
   t.same(alarms, ['checkDiffers:true', 'checkDiffers:false']);
@@ -150,7 +150,7 @@ t.test('pause ships nothing, resume catches up', async (t) => {
   const dir = t.testdir();
   const pair = await startPair({ dir, volumes: 1, volumeSizeBytes: volumeBytes });
   t.teardown(() => pair.close());
-  await pair.prod.drain();
+  await pair.drain();
   pair.prod.pause(vmUuid);
   const acked = pair.prod.vmStatus(vmUuid)!.ackedSeq;
   for (let i = 0; i < 8; i++) await pair.prod.write('vol-0', i * MiB, randomBytes(MiB));
@@ -160,7 +160,7 @@ t.test('pause ships nothing, resume catches up', async (t) => {
   t.equal(st.ackedSeq, acked, 'nothing shipped while paused');
   t.ok(st.writesBehind >= 8 && st.bytesBehind >= 8 * MiB, `lag: ${st.writesBehind} writes, ${st.bytesBehind} bytes behind`);
   pair.prod.resume(vmUuid);
-  await pair.prod.drain();
+  await pair.drain();
   t.equal(pair.prod.vmStatus(vmUuid)!.writesBehind, 0);
   await sameFiles(t, dir, 1, 'after resume');
 });
@@ -169,7 +169,7 @@ t.test('Sync mode: every acknowledged write is already on the DR volume; a long 
   const dir = t.testdir();
   const pair = await startPair({ dir, volumes: 1, volumeSizeBytes: volumeBytes, proxy: true, prodOptions: { syncDegradeAfterMs: 1_000 } });
   t.teardown(() => pair.close());
-  await pair.prod.drain();
+  await pair.drain();
   pair.prod.setMode(vmUuid, 'sync');
   let missing = 0;
   for (let i = 0; i < 40; i++) {
@@ -194,7 +194,7 @@ t.test('Sync mode: every acknowledged write is already on the DR volume; a long 
   t.match(pair.prod.vmStatus(vmUuid), { state: 'cbt', syncDegraded: true, mode: 'sync' });
   t.ok(alarms.includes('syncDegraded:true'));
   pair.proxy!.block(false);
-  await pair.prod.drain();
+  await pair.drain();
   t.match(pair.prod.vmStatus(vmUuid), { state: 'queue', syncDegraded: false, mode: 'sync' }, 'back to Sync after a clean check');
   t.ok(alarms.includes('syncDegraded:false'));
   await sameFiles(t, dir, 1, 'after the degraded period');
@@ -206,13 +206,13 @@ t.test('SnapshotsOnly: DR keeps the last complete snapshot, also when the link d
   const transport = rateLimitedTransport(tcpTransport, 8 * MiB);
   const pair = await startPair({ dir, volumes: 1, volumeSizeBytes: volumeBytes, proxy: true, compress: 0, transport });
   t.teardown(() => pair.close());
-  await pair.prod.drain();
+  await pair.drain();
   pair.prod.setMode(vmUuid, 'snapshots');
   for (let i = 0; i < 4; i++) await pair.prod.write('vol-0', i * MiB, randomBytes(MiB));
   await new Promise((r) => setTimeout(r, 200));
   t.ok((await pair.dr.readReplica('vol-0', 0, 4 * MiB)).every((b) => b === 0), 'live writes are not shipped');
   pair.prod.takeSnapshot(vmUuid);
-  await pair.prod.drain();
+  await pair.drain();
   const snap1 = await readFile(path(dir, 'source'));
   t.ok(snap1.equals(await pair.dr.readReplica('vol-0', 0, volumeBytes)), 'DR holds snapshot 1');
 
@@ -224,6 +224,6 @@ t.test('SnapshotsOnly: DR keeps the last complete snapshot, also when the link d
   pair.proxy!.cut();
   t.ok(snap1.equals(await pair.dr.readReplica('vol-0', 0, volumeBytes)), 'link dropped mid-snapshot: DR still holds snapshot 1');
   pair.proxy!.block(false);
-  await pair.prod.drain();
+  await pair.drain();
   t.ok(snap2.equals(await pair.dr.readReplica('vol-0', 0, volumeBytes)), 'DR holds snapshot 2 once it completed');
 });

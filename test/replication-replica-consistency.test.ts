@@ -43,7 +43,7 @@ t.test('replica reads during replication always show a prefix of the write histo
       return pair.prod.write('vol-0', (i + k) * block, b);
     }));
   }
-  await pair.prod.drain();
+  await pair.drain();
   done = true;
   await reader;
   const final = await pair.dr.readReplica('vol-0', 0, blocks * block);

@@ -3,6 +3,7 @@ import { compareVolumes } from '../src/cli/demo.js';
 import { runLoad } from '../src/cli/load-generator.js';
 import { startPair } from './lib/pair.js';
 import { SimNetwork } from './lib/sim-transport.js';
+import { within } from './lib/wait.js';
 
 // Both gateways in this process over an in-memory network whose seeded fault plan cuts connections
 // (sometimes mid-frame), splits and delays chunks, and partitions the link while a load is written.
@@ -14,14 +15,6 @@ const drainTimeoutMs = 30_000;
 const faultWindowMs = 10_000;
 const cutsWanted = 10;
 const seeds = process.env.VRG_SEED ? [Number(process.env.VRG_SEED)] : [1, 2, 3, 4, 5];
-
-function withTimeout<T>(p: Promise<T>, ms: number, what: () => string): Promise<T> {
-  let timer: NodeJS.Timeout | undefined;
-  const timeout = new Promise<never>((_, reject) => {
-    timer = setTimeout(() => reject(new Error(`${what()}: still not done after ${ms} ms`)), ms);
-  });
-  return Promise.race([p, timeout]).finally(() => clearTimeout(timer));
-}
 
 for (const seed of seeds) {
   t.test(`replicates exactly once through a faulty link (VRG_SEED=${seed})`, async (t) => {
@@ -36,8 +29,8 @@ for (const seed of seeds) {
     t.teardown(close);
     const vols = pair.configs.prod.vms[0]!.volumes;
     try {
-      await withTimeout(runLoad({ totalBytes: 32 * MiB, volumes: vols, writeBytes: 64 * 1024, queueDepth: 8, seed },
-        (w) => pair.prod.write(w.volUuid, w.offset, w.data), () => undefined), drainTimeoutMs, () => 'load');
+      await within(runLoad({ totalBytes: 32 * MiB, volumes: vols, writeBytes: 64 * 1024, queueDepth: 8, seed },
+        (w) => pair.prod.write(w.volUuid, w.offset, w.data), () => undefined), `load (seed ${seed})`, pair.state, drainTimeoutMs);
       // The intake acknowledges writes once journaled, so most shipping happens after the load: keep the
       // faults firing until the link has been cut enough times (or everything is acknowledged anyway).
       const until = Date.now() + faultWindowMs;
@@ -50,12 +43,7 @@ for (const seed of seeds) {
       net.plan.stop();
     }
     const c = net.plan.counters;
-    await withTimeout(pair.prod.drain(), drainTimeoutMs, () => {
-      const p = pair.prod.status().vms[0]!;
-      const d = pair.dr.status().vms[0]!;
-      return `drain (seed ${seed}, prod lastSeq ${p.lastSeq} ackedSeq ${p.ackedSeq} connected ${pair.prod.status().connected}, ` +
-        `DR durableSeq ${d.durableSeq} applied ${d.recordsApplied}, faults ${JSON.stringify(c)})`;
-    });
+    await within(pair.prod.drain(), `drain (seed ${seed}, faults ${JSON.stringify(c)})`, pair.state, drainTimeoutMs);
     const prodStatus = pair.prod.status().vms[0]!;
     const drStatus = pair.dr.status().vms[0]!;
     await close();

@@ -12,7 +12,7 @@ import { parseConfig } from '../src/replication/config.js';
 import type { ProductionStatus } from '../src/replication/production-gateway.js';
 import { code } from './lib/error-code.js';
 import { pairConfigJson } from './lib/pair.js';
-import { ackedWritesMissing, processPair } from './lib/process-pair.js';
+import { ackedWritesMissing, drainChild, processPair, watchChild } from './lib/process-pair.js';
 
 // The write-back intake (config intake.writeBack): a write is acknowledged once it is in the journal file
 // and on the source (page cache), before the journal's fdatasync; FLUSH makes it durable. A process crash
@@ -80,21 +80,16 @@ t.test('write-back: a SIGKILL loses no acknowledged write; the same boot id mean
   const s = await setup(t.testdir());
   const dr = await s.startDr();
   let prod = await s.startProd();
-  await prod.request({ type: 'drain' }, 'drained'); // initial sync and its check
+  await drainChild(prod, dr); // initial sync and its check
   const acked = new Set<number>();
   const loadDone = prod.request({ type: 'load', load: s.load }, 'loadDone').catch(() => 'killed');
-  for (;;) {
-    const st = await prod.request<Status>({ type: 'status' }, 'status');
-    for (const i of st.load?.ackedIndices ?? []) acked.add(i);
-    if ((st.load?.bytes ?? 0) >= 8 * MiB) break;
-    await new Promise((r) => setTimeout(r, 5));
-  }
+  await watchChild<Status>(prod, dr, acked, (st) => (st.load?.bytes ?? 0) >= 8 * MiB);
   await prod.kill();
   await loadDone;
   t.ok(acked.size > 50, `${acked.size} writes acknowledged before the SIGKILL`);
   t.equal(await ackedWritesMissing(s.source, s.load, acked), 0, 'the page cache kept every acknowledged write (source)');
   prod = await s.startProd();
-  await prod.request({ type: 'drain' }, 'drained');
+  await drainChild(prod, dr);
   const after = await status(prod);
   t.equal(after.replication.transitions['queue->check'], 0, 'no consistency check after a process crash');
   t.equal(after.replication.state, 'queue');
@@ -108,13 +103,13 @@ t.test('write-back: after a host crash (new boot id) the VM is checked and DR re
   const s = await setup(t.testdir());
   const dr = await s.startDr();
   let prod = await s.startProd();
-  await prod.request({ type: 'drain' }, 'drained');
+  await drainChild(prod, dr);
   await prod.request({ type: 'load', load: s.load }, 'loadDone');
-  await prod.request({ type: 'drain' }, 'drained');
+  await drainChild(prod, dr);
   t.equal(await prod.stop(), 0);
   // A clean stop is not a crash: the next start (same boot id) runs no check.
   prod = await s.startProd();
-  await prod.request({ type: 'drain' }, 'drained');
+  await drainChild(prod, dr);
   t.equal((await status(prod)).replication.transitions['queue->check'], 0, 'no check after a clean stop');
   await prod.kill(); // the host goes down with it
   // What a power loss can leave behind: blocks on the source whose journal records never became durable
@@ -127,7 +122,7 @@ t.test('write-back: after a host crash (new boot id) the VM is checked and DR re
   t.not(await s.identical(), null, 'the source now differs from DR');
   await writeFile(s.bootIdPath, 'boot-b\n');
   prod = await s.startProd();
-  await prod.request({ type: 'drain' }, 'drained');
+  await drainChild(prod, dr);
   const after = await status(prod);
   t.comment(JSON.stringify({ transitions: after.replication.transitions, check: after.replication.check }));
   t.equal(after.replication.transitions['queue->check'], 1, 'the restart after a host crash ran a consistency check');

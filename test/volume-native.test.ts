@@ -10,6 +10,7 @@ import t, { type Test } from 'tap';
 import { ErrorCode } from '../src/core/errors.js';
 import { FileVolume } from '../src/volume/file-volume.js';
 import { loadNative, native, nativeStatus, type NativeOps } from '../src/volume/native.js';
+import { needs } from './lib/tools.js';
 
 const KiB = 1024;
 const MiB = 1024 * KiB;
@@ -111,7 +112,7 @@ function volumeSuite(t: Test, ops: NativeOps | null | undefined, label: string):
     await t.rejects(v.dataRanges!(0, 1), { code: ErrorCode.CLOSED });
   });
 
-  t.test(`${label}: a loop block device`, (t) => blockDeviceCase(t, open, withAddon));
+  t.test(`${label}: a loop block device`, needs('losetup'), (t) => blockDeviceCase(t, open, withAddon));
 }
 
 /** Sets up a loop device over an 8 MiB file (root only); skipped with the reason when the sandbox refuses. */

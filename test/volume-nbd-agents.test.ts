@@ -11,6 +11,7 @@ import { seededRandom } from '../src/core/random.js';
 import { FileVolume } from '../src/volume/file-volume.js';
 import { NbdVolume } from '../src/volume/nbd-volume.js';
 import { openVolume, parseVolumeUrl } from '../src/volume/open-volume.js';
+import { needs } from './lib/tools.js';
 
 // NBD volumes against real write agents (qemu-nbd, nbdkit), on 127.0.0.1 only.
 
@@ -57,7 +58,10 @@ async function startAgent(t: Test, cmd: string, args: (port: number) => string[]
   let stderr = '';
   child.stderr?.on('data', (d: Buffer) => { stderr += d.toString(); });
   let exited = false;
-  const exit = new Promise<void>((resolve) => child.once('exit', () => { exited = true; resolve(); }));
+  const exit = new Promise<void>((resolve) => {
+    child.once('exit', () => { exited = true; resolve(); });
+    child.once('error', (err) => { exited = true; stderr += err.message; resolve(); }); // e.g. ENOENT
+  });
   const kill = async (): Promise<void> => {
     if (!exited) child.kill('SIGKILL');
     await exit;
@@ -137,7 +141,7 @@ async function checkRanges(t: Test, vol: NbdVolume): Promise<void> {
   t.equal(vol.stats.requestsSent, before, 'out-of-range ops send nothing');
 }
 
-t.test('qemu-nbd write agent: image equals the expected one byte for byte', async (t) => {
+t.test('qemu-nbd write agent: image equals the expected one byte for byte', needs('qemu-nbd'), async (t) => {
   const size = 48 * MiB;
   const file = await scratch(t, size);
   const agent = await qemuNbd(t, file, 'vol-a');
@@ -157,7 +161,7 @@ t.test('qemu-nbd write agent: image equals the expected one byte for byte', asyn
     ErrorCode.VOLUME_NOT_FOUND, 'unknown export name');
 });
 
-t.test('nbdkit with a 64 KiB maximum block: requests are split', async (t) => {
+t.test('nbdkit with a 64 KiB maximum block: requests are split', needs('nbdkit'), async (t) => {
   const size = 40 * MiB;
   const file = await scratch(t, size);
   const agent = await nbdkit(t, file, ['blocksize-policy', 'blocksize-minimum=1', 'blocksize-preferred=4096',
@@ -172,7 +176,7 @@ t.test('nbdkit with a 64 KiB maximum block: requests are split', async (t) => {
   t.ok((await readFile(file)).equals(expected), 'backing file equals the expected image');
 });
 
-t.test('nbdkit without write zeroes: zeroes are written as data', async (t) => {
+t.test('nbdkit without write zeroes: zeroes are written as data', needs('nbdkit'), async (t) => {
   const size = 8 * MiB;
   const file = await scratch(t, size);
   await writeFile(file, Buffer.alloc(size, 0xab));
@@ -188,7 +192,7 @@ t.test('nbdkit without write zeroes: zeroes are written as data', async (t) => {
   t.ok((await readFile(file)).equals(expected), 'backing file matches');
 });
 
-t.test('old handshakes: OPT_EXPORT_NAME without NO_ZEROES, OPT_GO without NO_ZEROES', async (t) => {
+t.test('old handshakes: OPT_EXPORT_NAME without NO_ZEROES, OPT_GO without NO_ZEROES', needs('nbdkit'), async (t) => {
   const file = await scratch(t, 2 * MiB);
   for (const mask of ['0', '1']) {
     const agent = await startAgent(t, 'nbdkit', (p) => ['-f', '--exit-with-parent', `--mask-handshake=${mask}`,
@@ -202,7 +206,7 @@ t.test('old handshakes: OPT_EXPORT_NAME without NO_ZEROES, OPT_GO without NO_ZER
   }
 });
 
-t.test('server error replies fail only that request', async (t) => {
+t.test('server error replies fail only that request', needs('nbdkit'), async (t) => {
   const file = await scratch(t, 4 * MiB);
   const trigger = `${file}.fail`;
   const agent = await nbdkit(t, file, ['error', 'error-pwrite=EIO', 'error-pwrite-rate=100%', `error-pwrite-file=${trigger}`]);
@@ -216,7 +220,7 @@ t.test('server error replies fail only that request', async (t) => {
   await vol.close();
 });
 
-t.test('a killed agent fails pending ops; the next op reconnects once', async (t) => {
+t.test('a killed agent fails pending ops; the next op reconnects once', needs('nbdkit'), async (t) => {
   const file = await scratch(t, 4 * MiB);
   const agent = await nbdkit(t, file, ['delay', 'delay-write=5']);
   const vol = await NbdVolume.open({ host: '127.0.0.1', port: agent.port, exportName: '' }, { connectTimeoutMs: 2_000 });
@@ -238,7 +242,7 @@ t.test('a killed agent fails pending ops; the next op reconnects once', async (t
   await vol.close();
 });
 
-t.test('a request timeout fails it and drops the connection', async (t) => {
+t.test('a request timeout fails it and drops the connection', needs('nbdkit'), async (t) => {
   const file = await scratch(t, 1 * MiB);
   const agent = await nbdkit(t, file, ['delay', 'delay-read=3']);
   const vol = await NbdVolume.open({ host: '127.0.0.1', port: agent.port, exportName: '' }, { requestTimeoutMs: 300 });
@@ -250,7 +254,7 @@ t.test('a request timeout fails it and drops the connection', async (t) => {
   await vol.close();
 });
 
-t.test('bounded in-flight requests under heavy concurrency', async (t) => {
+t.test('bounded in-flight requests under heavy concurrency', needs('qemu-nbd'), async (t) => {
   const size = 16 * MiB;
   const file = await scratch(t, size);
   const agent = await qemuNbd(t, file, 'x');
@@ -263,7 +267,7 @@ t.test('bounded in-flight requests under heavy concurrency', async (t) => {
   await vol.close();
 });
 
-t.test('openVolume', async (t) => {
+t.test('openVolume of an nbd:// export', needs('qemu-nbd'), async (t) => {
   const file = await scratch(t, 2 * MiB);
   const agent = await qemuNbd(t, file, 'small');
   await rejectsWith(t, openVolume(`nbd://127.0.0.1:${agent.port}/small`, { sizeBytes: 4 * MiB, create: true }),
@@ -271,6 +275,9 @@ t.test('openVolume', async (t) => {
   const v = await openVolume(`nbd://127.0.0.1:${agent.port}/small`, { sizeBytes: 1 * MiB, create: true });
   t.equal(v.sizeBytes, 2 * MiB, 'export size');
   await v.close();
+});
+
+t.test('openVolume of paths and file:// URLs; nothing listening at an nbd:// URL', async (t) => {
   const dir = await mkdtemp(join(tmpdir(), 'vrg-ov-'));
   t.teardown(() => rm(dir, { recursive: true, force: true }));
   const f1 = await openVolume(join(dir, 'a.img'), { sizeBytes: 4096, create: true });

@@ -20,13 +20,15 @@ export type IpcRequest =
   | { type: 'load'; load: LoadOptions }
   | { type: 'drain' }
   | { type: 'snapshot' }
-  | { type: 'status' };
+  | { type: 'status' }
+  | { type: 'diagnostics' };
 
 export type IpcMessage =
   | { type: 'ready'; role: string; linkPort?: number; nbdPort?: number; restUrl?: string }
   | { type: 'status'; status: unknown; load?: LoadProgress; process: ProcessFigures }
   | { type: 'loadDone'; load: LoadProgress }
   | { type: 'drained' }
+  | { type: 'diagnostics'; diagnostics: unknown }
   | { type: 'snapshotTaken' }
   | { type: 'transition'; vmUuid: string; from: string; to: string; reason: string }
   | { type: 'error'; code?: string; message: string };
@@ -141,6 +143,8 @@ export async function startCommand(configPath: string): Promise<void> {
       send({ type: 'status', status: gw.status(), load: progress, process: figures });
       progress.latenciesUs = [];
       progress.ackedIndices = [];
+    } else if (req.type === 'diagnostics') {
+      send({ type: 'diagnostics', diagnostics: gw.diagnostics() });
     } else if (req.type === 'load' && gw instanceof ProductionGateway) {
       await runLoad(req.load, (w) => {
         progress.startedAtMs ??= Date.now();

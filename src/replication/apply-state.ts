@@ -15,6 +15,7 @@ const SLOT_BYTES = 32;
 
 export class ApplyState {
   private generation: number;
+  private saving: Promise<void> = Promise.resolve();
 
   private constructor(
     private readonly fh: FileHandle,
@@ -43,7 +44,18 @@ export class ApplyState {
     return new ApplyState(fh, best.generation, best.appliedSeq);
   }
 
-  async save(appliedSeq: number, nowMs: number): Promise<void> {
+  /**
+   * Durably records `appliedSeq` (never below what is recorded: the position only moves forward). Saves are
+   * serialized: two at once (DR's flush and a stage commit) would otherwise take the same generation and slot,
+   * and the one landing last, possibly the lower position, would win.
+   */
+  save(appliedSeq: number, nowMs: number): Promise<void> {
+    const run = this.saving.then(() => this.write(Math.max(appliedSeq, this.appliedSeq), nowMs));
+    this.saving = run.catch(() => undefined);
+    return run;
+  }
+
+  private async write(appliedSeq: number, nowMs: number): Promise<void> {
     const generation = this.generation + 1;
     const slot = Buffer.alloc(SLOT_BYTES);
     slot.writeUInt32LE(MAGIC, 0);
@@ -57,7 +69,8 @@ export class ApplyState {
     this.appliedSeq = appliedSeq;
   }
 
-  close(): Promise<void> {
+  async close(): Promise<void> {
+    await this.saving;
     return this.fh.close();
   }
 }

@@ -76,6 +76,17 @@ export interface DrStatus {
   vms: DrVmStatus[];
 }
 
+/** The DR side's apply pipeline as it is now, for a stall report. */
+export interface DrDiagnostics {
+  role: 'dr';
+  link: { connected: boolean; closed: boolean | null };
+  /** Write batches received and not yet applied (opening in the pool, or waiting for the apply loop). */
+  batchesQueued: number;
+  applying: boolean;
+  flushing: boolean;
+  vms: Array<{ vmUuid: string; appliedSeq: number; durableSeq: number; stageActive: boolean; stagedBytes: number; targetError: string | null }>;
+}
+
 /** Events: 'alarm' (AlarmEvent: targetError raised/cleared). */
 export class DrGateway extends EventEmitter {
   private conn: LinkConnection | null = null;
@@ -197,6 +208,18 @@ export class DrGateway extends EventEmitter {
         vmUuid: vm.config.vmUuid, appliedSeq: vm.appliedSeq, durableSeq: vm.durableSeq,
         bytesApplied: vm.bytesApplied, recordsApplied: vm.recordsApplied, duplicatesSkipped: vm.duplicatesSkipped,
         stagedBytes: vm.stage.stagedBytes, state: vm.reported?.state ?? null,
+      })),
+    };
+  }
+
+  diagnostics(): DrDiagnostics {
+    return {
+      role: 'dr',
+      link: { connected: this.conn !== null, closed: this.conn?.isClosed ?? null },
+      batchesQueued: this.queue.length, applying: this.applying, flushing: this.flushing,
+      vms: [...this.vms.values()].map((vm) => ({
+        vmUuid: vm.config.vmUuid, appliedSeq: vm.appliedSeq, durableSeq: vm.durableSeq,
+        stageActive: vm.stage.active, stagedBytes: vm.stage.stagedBytes, targetError: vm.targetError,
       })),
     };
   }
@@ -374,35 +397,49 @@ export class DrGateway extends EventEmitter {
     for (const vm of this.vms.values()) vm.appliedSeq = vm.durableSeq;
   }
 
+  /**
+   * Starts the flush loop unless it runs. `flushing` is cleared in the same turn as the loop's last look for
+   * applied records (not a few microtasks later, when a batch applied meanwhile would find the flag still set
+   * and never be acknowledged).
+   */
   private kickFlush(): void {
     if (this.flushing) return;
     this.flushing = true;
-    void this.flushDurable()
-      .catch((err) => {
-        this.deps.logger.error({ err }, 'durability flush failed');
-        this.rewindToDurable();
-        this.conn?.close(err as Error);
-      })
-      .finally(() => {
-        this.flushing = false;
-        this.settleIdle();
-      });
+    void this.flushLoop();
   }
 
-  /** Makes everything applied (or staged) so far durable, then acknowledges it; repeats while more was applied. */
-  private async flushDurable(): Promise<void> {
-    for (;;) {
-      const due = [...this.vms.values()].filter((vm) => vm.appliedSeq > vm.durableSeq);
-      if (due.length === 0) break;
-      const marks = due.map((vm) => vm.appliedSeq);
-      await Promise.all(due.flatMap((vm) => [...vm.volumes.values()].map((v) => v.flush())));
-      await Promise.all(due.map((vm) => vm.stage.sync()));
-      await Promise.all(due.map((vm, i) => vm.state.save(marks[i]!, this.deps.clock.nowMs())));
-      due.forEach((vm, i) => {
-        vm.durableSeq = Math.max(vm.durableSeq, marks[i]!);
-        this.conn?.sendControl(FrameType.ACK, encodeAck({ vmUuid: vm.config.vmUuid, durableSeq: vm.durableSeq }));
-      });
+  private async flushLoop(): Promise<void> {
+    try {
+      for (let due = this.flushDue(); due.length > 0; due = this.flushDue()) await this.flushOnce(due);
+    } catch (err) {
+      this.deps.logger.error({ err }, 'durability flush failed');
+      this.rewindToDurable();
+      this.conn?.close(err as Error);
+    } finally {
+      this.flushing = false;
+      this.settleIdle();
     }
+  }
+
+  /** Makes everything applied (or staged) so far durable, then acknowledges it; repeats while more was applied (close). */
+  private async flushDurable(): Promise<void> {
+    for (let due = this.flushDue(); due.length > 0; due = this.flushDue()) await this.flushOnce(due);
+  }
+
+  private flushDue(): DrVm[] {
+    return [...this.vms.values()].filter((vm) => vm.appliedSeq > vm.durableSeq);
+  }
+
+  /** One durability point: targets fdatasync'ed, then the stage, then the apply state; then the ack. */
+  private async flushOnce(due: DrVm[]): Promise<void> {
+    const marks = due.map((vm) => vm.appliedSeq);
+    await Promise.all(due.flatMap((vm) => [...vm.volumes.values()].map((v) => v.flush())));
+    await Promise.all(due.map((vm) => vm.stage.sync()));
+    await Promise.all(due.map((vm, i) => vm.state.save(marks[i]!, this.deps.clock.nowMs())));
+    due.forEach((vm, i) => {
+      vm.durableSeq = Math.max(vm.durableSeq, marks[i]!);
+      this.conn?.sendControl(FrameType.ACK, encodeAck({ vmUuid: vm.config.vmUuid, durableSeq: vm.durableSeq }));
+    });
   }
 
   private settleIdle(): void {

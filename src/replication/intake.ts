@@ -76,6 +76,16 @@ export interface ResyncRead {
   length: number;
 }
 
+/** What the intake holds now (for a stall report). */
+export interface IntakeDiagnostics {
+  pendingOps: number;
+  pendingBytes: number;
+  groupsInFlight: number;
+  forming: boolean;
+  tracking: 'journal' | 'bitmap';
+  sourceAppliedSeq: number;
+}
+
 export class Intake {
   readonly stats: IntakeStats = { writes: 0, bytesIn: 0, bytesJournaled: 0, groups: 0 };
   private pending: Pending[] = [];
@@ -144,6 +154,13 @@ export class Intake {
       this.pendingBytes += bytes;
       this.kick();
     });
+  }
+
+  diagnostics(): IntakeDiagnostics {
+    return {
+      pendingOps: this.pending.length, pendingBytes: this.pendingBytes, groupsInFlight: this.groupsInFlight,
+      forming: this.forming, tracking: this.tracking, sourceAppliedSeq: this.sourceAppliedSeq,
+    };
   }
 
   /** Resolves when every op submitted before the call has settled. */

@@ -17,7 +17,7 @@ import { openVolume } from '../volume/open-volume.js';
 import type { Volume } from '../volume/volume.js';
 import type { GatewayConfig } from './config.js';
 import type { AlarmEvent, AlarmKind, Mode, PeerConfig, VmProtection, VmReplicationStatus } from './control.js';
-import { ProtectedVm, type ProtectedVmHooks } from './protected-vm.js';
+import { ProtectedVm, type ProtectedVmDiagnostics, type ProtectedVmHooks } from './protected-vm.js';
 import { openRunMarker, type RunMarker } from './run-marker.js';
 
 export interface GatewayDeps {
@@ -53,6 +53,15 @@ export interface ProductionStatus {
   connected: boolean;
   rttMs: number | null;
   vms: ProductionVmStatus[];
+}
+
+/** The production side's pipeline as it is now, for a stall report (what a hung drain was waiting for). */
+export interface ProductionDiagnostics {
+  role: 'production';
+  link: { connected: boolean; closed: boolean | null; everConnected: boolean; lastError: string | null; rttMs: number | null };
+  roomWaiters: number;
+  digestWaiters: number;
+  vms: ProtectedVmDiagnostics[];
 }
 
 export interface ProductionGatewayOptions {
@@ -274,6 +283,19 @@ export class ProductionGateway extends EventEmitter {
           replication: vm.status(),
         };
       }),
+    };
+  }
+
+  diagnostics(): ProductionDiagnostics {
+    return {
+      role: 'production',
+      link: {
+        connected: this.conn !== null, closed: this.conn?.isClosed ?? null, everConnected: this.everConnected,
+        lastError: this.lastLinkError, rttMs: this.conn?.rttMs ?? null,
+      },
+      roomWaiters: this.roomWaiters.length,
+      digestWaiters: this.digestWaiters.size,
+      vms: [...this.vms.values()].map((vm) => vm.diagnostics()),
     };
   }
 

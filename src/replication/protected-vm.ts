@@ -16,11 +16,11 @@ import type { Volume } from '../volume/volume.js';
 import { ApplyState } from './apply-state.js';
 import type { VmConfig } from './config.js';
 import type { TransitionEvent, VmProtection, VmReplicationStatus } from './control.js';
-import { Intake, resyncReadBytesMax, toVolumeOp } from './intake.js';
+import { Intake, resyncReadBytesMax, toVolumeOp, type IntakeDiagnostics } from './intake.js';
 import {
   initialState, stateNumber, transition, type Effect, type Event, type Mode, type Region, type State,
 } from './protection-state.js';
-import { Shipper } from './shipper.js';
+import { Shipper, type ShipperDiagnostics } from './shipper.js';
 
 // One protected VM on the production gateway: its source volumes, journal, CBT bitmaps, intake and
 // shipper, and the driver of its protection state machine (protection-state.ts): it feeds events in and
@@ -60,6 +60,25 @@ const digestRegionsPerRequestMax = 1024;
 /** Present while a staged pass is open on DR (between STAGE_BEGIN and its acknowledged STAGE_COMMIT). */
 const stageOpenFile = 'stage-open.json';
 
+/** One VM's pipeline as it is now, stage by stage (for a stall report: `ProductionGateway.diagnostics`). */
+export interface ProtectedVmDiagnostics {
+  vmUuid: string;
+  state: string;
+  mode: Mode;
+  linkUp: boolean;
+  pausedManual: boolean;
+  repairing: boolean;
+  running: { resync: boolean; check: boolean; repair: boolean; snapshotWanted: boolean; checkpointing: boolean };
+  /** How the last resync, check or repair run that did not finish its work ended (error code and message). */
+  lastRunStopped: { run: string; why: string; atMs: number } | null;
+  lastTransition: State['lastTransition'];
+  transitions: State['transitions'];
+  journal: { firstSeq: number; lastSeq: number; writtenSeq: number; appendedSeq: number; usedBytes: number; capacityBytes: number };
+  checkpointSeq: number;
+  intake: IntakeDiagnostics;
+  shipper: ShipperDiagnostics;
+}
+
 interface Progress {
   bytesDone: number;
   bytesTotal: number;
@@ -79,6 +98,7 @@ export class ProtectedVm {
   private waitForDr = false;
   private progress: Progress | null = null;
   private lastCheck: VmReplicationStatus['check'] = null;
+  private lastRunStopped: ProtectedVmDiagnostics['lastRunStopped'] = null;
   /** Opened without earlier data (a new VM: initial sync). */
   fresh = false;
   private snapshotWanted = false;
@@ -254,15 +274,24 @@ export class ProtectedVm {
     this.appendedBytes.push([lastSeq, this.cumulativeBytes]);
   }
 
+  /** A run ended without finishing its work (an error, or the link went down): logged, and kept for diagnostics. */
+  private runStopped(run: string, err: unknown): void {
+    const e = err as { code?: string; message?: string };
+    const why = `${e.code ?? 'ERROR'}: ${e.message ?? String(err)}`;
+    this.lastRunStopped = { run, why, atMs: this.hooks.clock.nowMs() };
+    this.hooks.logger.warn({ vmUuid: this.vmUuid, run, err: { code: e.code, message: e.message } }, `${run} stopped`);
+  }
+
   // ---- CBT resync ---------------------------------------------------------------------------------------
 
   private startResync(): void {
     if (this.resyncRun !== null || this.repairRun !== null) return; // a repair pass restarts it when done
     this.resyncRun = this.resyncPasses('resync')
       .then((done) => {
-        if (done && this.state.name === 'cbt') this.feed({ type: 'resyncDrained' });
+        if (!done) this.runStopped('resync', vrgError(ErrorCode.CONNECTION_CLOSED, 'link down, paused or closed'));
+        else if (this.state.name === 'cbt') this.feed({ type: 'resyncDrained' });
       })
-      .catch((err) => this.hooks.logger.error({ err, vmUuid: this.vmUuid }, 'resync failed'))
+      .catch((err) => this.runStopped('resync', err))
       .finally(() => {
         this.resyncRun = null;
         this.progress = null;
@@ -368,7 +397,7 @@ export class ProtectedVm {
           this.feed({ type: 'checkDiffers', regions: differing });
         }
       })
-      .catch((err) => this.hooks.logger.warn({ err: { code: (err as { code?: string }).code, message: (err as Error).message }, vmUuid: this.vmUuid }, 'consistency check stopped'))
+      .catch((err) => this.runStopped('check', err))
       .finally(() => {
         this.checkRun = null;
       });
@@ -404,11 +433,12 @@ export class ProtectedVm {
     if (this.repairRun !== null) return;
     this.repairRun = this.repair(regions)
       .then((done) => {
+        if (!done) this.runStopped('repair', vrgError(ErrorCode.CONNECTION_CLOSED, 'link down, paused or closed'));
         if (!done || this.state.name !== 'check' || !this.state.repairing) return;
         this.hooks.onAlarm('checkDiffers', false, this.vmUuid, 'differing regions repaired');
         this.feed({ type: 'repairDone' });
       })
-      .catch((err) => this.hooks.logger.error({ err, vmUuid: this.vmUuid }, 'repair failed'))
+      .catch((err) => this.runStopped('repair', err))
       .finally(() => {
         this.repairRun = null;
         if (this.state.name === 'cbt' && this.canShip()) this.startResync();
@@ -445,7 +475,7 @@ export class ProtectedVm {
         if (!done) this.snapshotWanted = true;
         else this.hooks.logger.info({ vmUuid: this.vmUuid }, 'snapshot committed on DR');
       })
-      .catch((err) => this.hooks.logger.error({ err, vmUuid: this.vmUuid }, 'snapshot failed'))
+      .catch((err) => this.runStopped('snapshot', err))
       .finally(() => {
         this.resyncRun = null;
         this.progress = null;
@@ -489,6 +519,28 @@ export class ProtectedVm {
       resync: p ? { bytesDone: p.bytesDone, bytesTotal: p.bytesTotal, rateBytesPerSec: rate,
         etaSec: rate > 0 ? Math.max(0, p.bytesTotal - p.bytesDone) / rate : null } : null,
       check: this.lastCheck,
+    };
+  }
+
+  diagnostics(): ProtectedVmDiagnostics {
+    const j = this.journal;
+    return {
+      vmUuid: this.vmUuid, state: this.state.name, mode: this.state.mode, linkUp: this.state.linkUp, pausedManual: this.state.pausedManual,
+      repairing: this.state.repairing,
+      running: {
+        resync: this.resyncRun !== null, check: this.checkRun !== null, repair: this.repairRun !== null,
+        snapshotWanted: this.snapshotWanted, checkpointing: this.checkpointing !== null,
+      },
+      journal: {
+        firstSeq: j.firstSeq, lastSeq: j.lastSeq, writtenSeq: j.writtenSeq, appendedSeq: j.appendedSeq,
+        usedBytes: j.usedBytes, capacityBytes: j.capacityBytes,
+      },
+      lastRunStopped: this.lastRunStopped,
+      lastTransition: this.state.lastTransition,
+      transitions: { ...this.state.transitions },
+      checkpointSeq: this.checkpointSeq,
+      intake: this.intake.diagnostics(),
+      shipper: this.shipper.diagnostics(),
     };
   }
 

@@ -27,6 +27,18 @@ export interface ShipperStats {
   recordsSent: number;
 }
 
+/** What the shipper is doing now (for a stall report: `ProductionGateway.diagnostics`). */
+export interface ShipperDiagnostics {
+  connected: boolean;
+  paused: boolean;
+  pumping: boolean;
+  shippedSeq: number;
+  ackedSeq: number;
+  framesInFlight: number;
+  bytesInFlight: number;
+  fault: string | null;
+}
+
 export class Shipper {
   readonly stats: ShipperStats = { framesSent: 0, bytesSent: 0, plainBytesSent: 0, recordsSent: 0 };
   /** Highest seq the DR side reported durable. */
@@ -38,6 +50,8 @@ export class Shipper {
   private inFlight: InFlight[] = [];
   private inFlightBytes = 0;
   private pumping = false;
+  /** pump() was called while pumping: look again before stopping (a new connection, new records, an ack). */
+  private pumpAgain = false;
   private ackWaiters: Array<() => void> = [];
   /** Set when the DR side's position cannot be served from this journal (resync needed, issue 4). */
   fault: string | null = null;
@@ -54,6 +68,13 @@ export class Shipper {
 
   get connected(): boolean {
     return this.conn !== null;
+  }
+
+  diagnostics(): ShipperDiagnostics {
+    return {
+      connected: this.conn !== null, paused: this.paused, pumping: this.pumping, shippedSeq: this.shippedSeq,
+      ackedSeq: this.ackedSeq, framesInFlight: this.inFlight.length, bytesInFlight: this.inFlightBytes, fault: this.fault,
+    };
   }
 
   /** Starts shipping on a fresh connection from the DR side's last applied seq. */
@@ -124,14 +145,31 @@ export class Shipper {
     return this.inFlight.length < limits.framesInFlightMax && this.inFlightBytes < limits.bytesInFlightMax;
   }
 
+  /**
+   * Runs the pump unless it runs already; then it looks again before it stops. `pumping` is cleared in the
+   * same turn as the last look, never a few microtasks later: a request in between would be lost, and with
+   * it the last records (the link up, nothing in flight, nothing shipped: a stall).
+   */
   private pump(): void {
-    if (this.pumping) return;
+    if (this.pumping) {
+      this.pumpAgain = true;
+      return;
+    }
     this.pumping = true;
-    void this.pumpLoop()
-      .catch((err) => this.conn?.close(err as Error))
-      .finally(() => {
-        this.pumping = false;
-      });
+    void this.pumpRounds();
+  }
+
+  private async pumpRounds(): Promise<void> {
+    try {
+      do {
+        this.pumpAgain = false;
+        await this.pumpLoop();
+      } while (this.pumpAgain);
+    } catch (err) {
+      this.conn?.close(err as Error);
+    } finally {
+      this.pumping = false;
+    }
   }
 
   private async pumpLoop(): Promise<void> {

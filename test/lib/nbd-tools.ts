@@ -1,20 +1,7 @@
 import { execFile } from 'node:child_process';
-import { accessSync, constants } from 'node:fs';
-import { delimiter, join } from 'node:path';
 
 // Runs the real NBD clients (qemu-io, nbdinfo, nbdcopy, fio) against the server under test.
-
-/** True when `tool` is an executable on PATH. */
-export function haveTool(tool: string): boolean {
-  return (process.env.PATH ?? '').split(delimiter).some((dir) => {
-    try {
-      accessSync(join(dir, tool), constants.X_OK);
-      return true;
-    } catch {
-      return false;
-    }
-  });
-}
+// Whether a tool is there: tools.ts.
 
 export interface ToolResult { code: number; stdout: string; stderr: string }
 

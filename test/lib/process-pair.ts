@@ -4,6 +4,7 @@ import { spawnGateway, type GatewayChild } from '../../src/cli/gateway-child.js'
 import type { IpcMessage } from '../../src/cli/gateway-process.js';
 import { generateLoad, type LoadOptions } from '../../src/cli/load-generator.js';
 import type { pairConfigJson } from './pair.js';
+import { StallError, stallTimeoutMs } from './wait.js';
 
 // A production / DR pair as real `vrg start` processes (the crash tests SIGKILL them). The DR side
 // listens on an ephemeral port; production's config file is written once that port is known.
@@ -46,4 +47,50 @@ export async function ackedWritesMissing(path: string, load: LoadOptions, acked:
   }
   await fh.close();
   return missing;
+}
+
+/** What a gateway process is doing now (its `diagnostics` IPC reply), or why it could not say within 2 s. */
+export async function childState(child: GatewayChild | null): Promise<unknown> {
+  if (child === null) return null;
+  let timer: NodeJS.Timeout | undefined;
+  const late = new Promise<string>((resolve) => { timer = setTimeout(() => resolve('no reply within 2000 ms'), 2_000); });
+  const reply = child.request<IpcMessage & { type: 'diagnostics' }>({ type: 'diagnostics' }, 'diagnostics')
+    .then((m) => m.diagnostics, (err: Error) => `no diagnostics: ${err.message}`);
+  return Promise.race([reply, late]).finally(() => clearTimeout(timer));
+}
+
+/**
+ * Asks the production process to drain and waits at most `ms`: a stall rejects with a StallError carrying
+ * both processes' pipeline state, and kills both (their IPC channels would keep the test process alive).
+ */
+export async function drainChild(prod: GatewayChild, dr: GatewayChild | null, ms = 2 * stallTimeoutMs): Promise<void> {
+  let timer: NodeJS.Timeout | undefined;
+  const late = new Promise<'late'>((resolve) => { timer = setTimeout(() => resolve('late'), ms); });
+  const done = await Promise.race([prod.request({ type: 'drain' }, 'drained'), late]).finally(() => clearTimeout(timer));
+  if (done !== 'late') return;
+  const state = { production: await childState(prod), dr: await childState(dr) };
+  await Promise.all([prod.kill(), dr?.kill()]);
+  throw new StallError('drain (DR to acknowledge everything written)', ms, state);
+}
+
+type StatusReply = IpcMessage & { type: 'status' };
+
+/**
+ * Polls the production process's status until `done` holds, adding the load's acknowledged write indices to
+ * `acked`; after `ms` a StallError with both processes' state (and both are killed).
+ */
+export async function watchChild<S extends StatusReply>(prod: GatewayChild, dr: GatewayChild | null, acked: Set<number>,
+    done: (s: S) => boolean, ms = 2 * stallTimeoutMs): Promise<S> {
+  const end = Date.now() + ms;
+  for (;;) {
+    const s = await prod.request<S>({ type: 'status' }, 'status');
+    for (const i of s.load?.ackedIndices ?? []) acked.add(i);
+    if (done(s)) return s;
+    if (Date.now() > end) {
+      const state = { production: await childState(prod), dr: await childState(dr) };
+      await Promise.all([prod.kill(), dr?.kill()]);
+      throw new StallError('watching the production gateway', ms, state);
+    }
+    await new Promise((r) => setTimeout(r, 5));
+  }
 }

@@ -128,16 +128,7 @@ export class RestClient {
   }
 }
 
-/** Polls `fn` until it returns a truthy value or `ms` passes. */
-export async function until<T>(fn: () => Promise<T> | T, ms = 15_000, what = 'condition'): Promise<T> {
-  const end = Date.now() + ms;
-  for (;;) {
-    const v = await fn();
-    if (v) return v;
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 50));
-  }
-}
+export { until } from './wait.js';
 
 /** A temporary directory removed when the test ends. */
 export async function tempDir(t: { teardown(fn: () => unknown): void }, prefix: string): Promise<string> {
