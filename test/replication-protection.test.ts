@@ -2,10 +2,12 @@ import { randomBytes } from 'node:crypto';
 import { open, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import t from 'tap';
+import { ErrorCode, vrgError } from '../src/core/errors.js';
 import { seededRandom } from '../src/core/random.js';
 import { rateLimitedTransport } from '../src/link/rate-limited-transport.js';
 import { tcpTransport } from '../src/link/transport.js';
 import type { TransitionEvent } from '../src/replication/control.js';
+import type { Volume } from '../src/volume/volume.js';
 import { startPair, vmUuid, type Pair } from './lib/pair.js';
 import { blockBytes, prefixConflict, prefixOf, stampedBlock } from './lib/stamps.js';
 
@@ -144,6 +146,36 @@ t.test('an on-demand consistency check finds a damaged DR region and repairs it'
   t.same(alarms, ['checkDiffers:true', 'checkDiffers:false']);
   t.equal(st.state, 'queue');
   await sameFiles(t, dir, 2, 'after the repair');
+});
+
+t.test('a check whose source read fails is retried: the VM does not stay in check with the link up', async (t) => {
+  // What a busy host showed (issue 11): the check's hole scan of the source failed once, the check stopped,
+  // and nothing restarted it: the VM sat in check, everything acknowledged, the drain waiting for good.
+  const dir = t.testdir();
+  let failScans = 0;
+  const flaky = (v: Volume): Volume => Object.assign(Object.create(v) as Volume, {
+    dataRanges: async (offset: number, length: number) => {
+      if (failScans > 0) {
+        failScans--;
+        throw vrgError(ErrorCode.VOLUME_IO, `seek ${offset}+${length} failed (injected)`);
+      }
+      return v.dataRanges!(offset, length);
+    },
+  });
+  const pair = await startPair({ dir, volumes: 1, volumeSizeBytes: volumeBytes, wrapProdVolume: flaky });
+  t.teardown(() => pair.close());
+  await pair.prod.write('vol-0', 2 * MiB, randomBytes(MiB));
+  await pair.drain();
+  const before = pair.prod.vmStatus(vmUuid)!.transitions['check->queue'];
+  failScans = 1;
+  pair.prod.requestCheck(vmUuid);
+  await pair.drain(15_000);
+  const vm = pair.prod.diagnostics().vms[0]!;
+  t.equal(failScans, 0, 'the injected failure was hit');
+  t.match(vm.lastRunStopped, { run: 'check', why: /VRG_VOLUME_IO/ }, 'the failed check is on record');
+  t.equal(vm.state, 'queue', 'a retried check finished it');
+  t.equal(pair.prod.vmStatus(vmUuid)!.transitions['check->queue'], before + 1);
+  await sameFiles(t, dir, 1, 'after the retried check');
 });
 
 t.test('pause ships nothing, resume catches up', async (t) => {

@@ -168,6 +168,32 @@ if (childRun) {
     t.match(loadNative({ VRG_NATIVE: '0' }), { native: null, status: { loaded: false, error: /VRG_NATIVE=0/ } });
   });
 
+  t.test('dataRanges while the file changes under it: data punched between SEEK_DATA and SEEK_HOLE', { skip: native === null ? 'addon not loaded' : false }, async (t) => {
+    // The race a consistency check meets on a busy source: SEEK_DATA finds data at X, a TRIM punches X before
+    // SEEK_HOLE runs, and SEEK_HOLE(X) answers X. Made certain here by punching inside the seekHole call.
+    const path = join(t.testdir(), 'busy.img');
+    const real = native!;
+    let punchOnce: { offset: number; length: number } | null = { offset: 1 * MiB, length: 64 * KiB };
+    const racing: NativeOps = {
+      ...real,
+      seekHole: async (fd, offset) => {
+        if (punchOnce !== null && offset === punchOnce.offset) {
+          await real.punchHole(fd, punchOnce.offset, punchOnce.length);
+          punchOnce = null;
+        }
+        return real.seekHole(fd, offset);
+      },
+    };
+    const v = await FileVolume.open(path, { sizeBytes: 8 * MiB, create: true, native: racing });
+    t.teardown(() => v.close());
+    await v.write(1 * MiB, pattern(64 * KiB, 3));
+    await v.write(4 * MiB, pattern(64 * KiB, 4));
+    await v.flush();
+    const ranges = await v.dataRanges!(0, 8 * MiB);
+    t.equal(punchOnce, null, 'the punch landed between the two seeks');
+    t.same(ranges, [[4 * MiB, 4 * MiB + 64 * KiB]], 'the punched extent is skipped, the next one found');
+  });
+
   t.test('addon calls', { skip: native === null ? 'addon not loaded' : false }, async (t) => {
     const n = native!;
     const path = join(t.testdir(), 'sparse.img');

@@ -52,6 +52,9 @@ export interface ProtectedVmHooks {
   writeBack?: () => boolean;
 }
 
+/** A run that stopped on an error is retried after this, doubling up to runRetryMaxMs. */
+const runRetryMinMs = 1_000;
+const runRetryMaxMs = 30_000;
 /** Resync reads appended but not yet acknowledged by DR (each holds a bitmap token). */
 const resyncWindowMax = 32;
 /** A resync pass appends only while the journal has at least this fraction free: VM writes come first. */
@@ -99,6 +102,9 @@ export class ProtectedVm {
   private progress: Progress | null = null;
   private lastCheck: VmReplicationStatus['check'] = null;
   private lastRunStopped: ProtectedVmDiagnostics['lastRunStopped'] = null;
+  /** After a run stopped on an error, reconcile() restarts it no earlier than this (backoff, reset by a success). */
+  private retryAtMs = 0;
+  private retryBackoffMs = runRetryMinMs;
   /** Opened without earlier data (a new VM: initial sync). */
   fresh = false;
   private snapshotWanted = false;
@@ -207,6 +213,21 @@ export class ProtectedVm {
       this.hooks.onStateChanged(this);
       for (const w of this.stateWaiters.splice(0)) w();
     }
+    if (event.type === 'tick') this.reconcile();
+  }
+
+  /**
+   * The state's work effects mean "make sure this is running", but a run can end without finishing it: a
+   * check whose read failed, a repair the link cut. Nothing else restarts it while the link stays up (the VM
+   * would sit in check or cbt for good), so each tick restarts what the state wants and nothing runs, after a
+   * backoff when the last run stopped on an error.
+   */
+  private reconcile(): void {
+    const s = this.state;
+    if (this.closed || !this.canShip() || s.mode === 'snapshots' || this.hooks.clock.nowMs() < this.retryAtMs) return;
+    if (s.name === 'cbt' && this.resyncRun === null && this.repairRun === null) this.startResync();
+    else if (s.name === 'check' && s.repairing && this.repairRun === null) this.startRepair(s.repairRegions);
+    else if (s.name === 'check' && !s.repairing && this.checkRun === null) this.startCheck(s.checkReason ?? 'retry');
   }
 
   private perform(e: Effect): void {
@@ -274,12 +295,26 @@ export class ProtectedVm {
     this.appendedBytes.push([lastSeq, this.cumulativeBytes]);
   }
 
-  /** A run ended without finishing its work (an error, or the link went down): logged, and kept for diagnostics. */
-  private runStopped(run: string, err: unknown): void {
+  /**
+   * A run ended without finishing its work: logged and kept for diagnostics. On an error (not the link going
+   * down, whose linkUp restarts it) reconcile() retries it after a backoff.
+   */
+  private runStopped(run: string, err: unknown, linkDown = false): void {
     const e = err as { code?: string; message?: string };
     const why = `${e.code ?? 'ERROR'}: ${e.message ?? String(err)}`;
-    this.lastRunStopped = { run, why, atMs: this.hooks.clock.nowMs() };
-    this.hooks.logger.warn({ vmUuid: this.vmUuid, run, err: { code: e.code, message: e.message } }, `${run} stopped`);
+    const now = this.hooks.clock.nowMs();
+    this.lastRunStopped = { run, why, atMs: now };
+    if (!linkDown && !isVrgError(err, ErrorCode.CONNECTION_CLOSED)) {
+      this.retryAtMs = now + this.retryBackoffMs;
+      this.retryBackoffMs = Math.min(runRetryMaxMs, this.retryBackoffMs * 2);
+    }
+    this.hooks.logger.warn({ vmUuid: this.vmUuid, run, err: { code: e.code, message: e.message }, retryAtMs: linkDown ? null : this.retryAtMs }, `${run} stopped`);
+  }
+
+  /** A run finished its work: the next error is retried soon again. */
+  private runFinished(): void {
+    this.retryBackoffMs = runRetryMinMs;
+    this.retryAtMs = 0;
   }
 
   // ---- CBT resync ---------------------------------------------------------------------------------------
@@ -288,8 +323,9 @@ export class ProtectedVm {
     if (this.resyncRun !== null || this.repairRun !== null) return; // a repair pass restarts it when done
     this.resyncRun = this.resyncPasses('resync')
       .then((done) => {
-        if (!done) this.runStopped('resync', vrgError(ErrorCode.CONNECTION_CLOSED, 'link down, paused or closed'));
-        else if (this.state.name === 'cbt') this.feed({ type: 'resyncDrained' });
+        if (!done) return this.runStopped('resync', vrgError(ErrorCode.CONNECTION_CLOSED, 'link down, paused or closed'), true);
+        this.runFinished();
+        if (this.state.name === 'cbt') this.feed({ type: 'resyncDrained' });
       })
       .catch((err) => this.runStopped('resync', err))
       .finally(() => {
@@ -390,6 +426,7 @@ export class ProtectedVm {
     if (this.checkRun !== null) return;
     this.checkRun = this.runCheck(reason)
       .then((differing) => {
+        this.runFinished();
         if (this.state.name !== 'check' || this.state.repairing) return;
         if (differing.length === 0) this.feed({ type: 'checkClean' });
         else {
@@ -433,8 +470,9 @@ export class ProtectedVm {
     if (this.repairRun !== null) return;
     this.repairRun = this.repair(regions)
       .then((done) => {
-        if (!done) this.runStopped('repair', vrgError(ErrorCode.CONNECTION_CLOSED, 'link down, paused or closed'));
-        if (!done || this.state.name !== 'check' || !this.state.repairing) return;
+        if (!done) return this.runStopped('repair', vrgError(ErrorCode.CONNECTION_CLOSED, 'link down, paused or closed'), true);
+        this.runFinished();
+        if (this.state.name !== 'check' || !this.state.repairing) return;
         this.hooks.onAlarm('checkDiffers', false, this.vmUuid, 'differing regions repaired');
         this.feed({ type: 'repairDone' });
       })

@@ -208,12 +208,23 @@ export class FileVolume implements Volume {
     const ranges: DataRange[] = [];
     try {
       let pos = offset;
+      let vanished = 0;
       while (pos < end) {
         const start = await this.nativeCall((fd) => nat.seekData(fd, pos));
         if (start < 0 || start >= end) break;
         const hole = await this.nativeCall((fd) => nat.seekHole(fd, start));
         const stop = hole < 0 ? end : Math.min(hole, end);
-        assert(stop > start, 'SEEK_HOLE moves past SEEK_DATA');
+        if (stop <= start) {
+          // The file changed between the two seeks (a write or a punch landed at `start`): the data found there
+          // is gone. Look again from there; past a few such races, call the rest data (reading it is always
+          // correct, a hole only reads as zeros), so a busy volume cannot keep this loop going.
+          if (++vanished <= seekRacesMax) {
+            pos = start;
+            continue;
+          }
+          ranges.push([start, end]);
+          break;
+        }
         ranges.push([start, stop]);
         pos = stop;
       }
@@ -241,6 +252,9 @@ export class FileVolume implements Volume {
     await this.fh.close();
   }
 }
+
+/** dataRanges: how many times the file may change under one scan before the rest is reported as data. */
+const seekRacesMax = 8;
 
 /** Size of a block device from sysfs (/sys/dev/block/MAJOR:MINOR/size counts 512-byte sectors). */
 async function sysfsBlockDeviceSize(rdev: bigint): Promise<number> {

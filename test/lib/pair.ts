@@ -28,6 +28,8 @@ export interface PairOptions {
   drUrls?: string[];
   /** Wraps each DR target volume (fault and timing injection). */
   wrapDrVolume?: (v: Volume) => Volume;
+  /** Wraps each production source volume (fault injection). */
+  wrapProdVolume?: (v: Volume) => Volume;
   /** The network both gateways use (default: TCP on loopback). */
   transport?: Transport;
   /** Production gateway options (link-down limits, CBT granularity, snapshot interval). */
@@ -77,14 +79,16 @@ export async function startPair(o: PairOptions): Promise<Pair> {
   const configs = pairConfigs(o);
   const codec: Codec = o.pool ? new PoolCodec({ threads: 1 }) : new InlineCodec();
   const deps = { clock: systemClock, random: systemRandom, transport: o.transport ?? tcpTransport, codec, logger: silentLogger };
-  const drDeps = o.wrapDrVolume
-    ? { ...deps, openVolume: async (url: string, opts: Parameters<typeof openVolume>[1]) => o.wrapDrVolume!(await openVolume(url, opts)) }
+  const wrapped = (wrap: ((v: Volume) => Volume) | undefined) => wrap
+    ? { ...deps, openVolume: async (url: string, opts: Parameters<typeof openVolume>[1]) => wrap(await openVolume(url, opts)) }
     : deps;
+  const drDeps = wrapped(o.wrapDrVolume);
+  const prodDeps = wrapped(o.wrapProdVolume);
   let dr = await DrGateway.open(configs.dr, drDeps);
   const proxy = o.proxy ? await FaultProxy.start(dr.linkPort) : null;
   configs.dr.link.port = dr.linkPort;
   configs.prod.link.port = proxy ? proxy.port : dr.linkPort;
-  const prod = await ProductionGateway.open(configs.prod, deps, o.prodOptions);
+  const prod = await ProductionGateway.open(configs.prod, prodDeps, o.prodOptions);
   const pair: Pair = {
     prod, dr, proxy, configs,
     async restartDr() {
