@@ -5,7 +5,10 @@ import t from 'tap';
 
 // `vrg demo --api jsonrpc` as a user runs it (the compiled entry point: `npm test` builds first).
 
-const run = promisify(execFile);
+const execFileP = promisify(execFile);
+/** A demo that stalls is killed after this, its output in the error, instead of waiting for tap's timeout. */
+const runTimeoutMs = 180_000;
+const run = (cmd: string, args: string[]) => execFileP(cmd, args, { timeout: runTimeoutMs, killSignal: 'SIGKILL' });
 const main = fileURLToPath(new URL('../dist/src/cli/main.js', import.meta.url));
 
 t.test('vrg demo --api jsonrpc pairs through Start/Complete cluster and volume pairing and verifies', async (t) => {

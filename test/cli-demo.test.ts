@@ -5,10 +5,14 @@ import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
 import t from 'tap';
 import { needs } from './lib/tools.js';
+import { until, within } from './lib/wait.js';
 
 // The `vrg` CLI as a user runs it (the compiled entry point: `npm test` builds first).
 
-const run = promisify(execFile);
+const execFileP = promisify(execFile);
+/** A demo that stalls is killed after this, its output in the error, instead of waiting for tap's timeout. */
+const runTimeoutMs = 180_000;
+const run = (cmd: string, args: string[]) => execFileP(cmd, args, { timeout: runTimeoutMs, killSignal: 'SIGKILL' });
 const main = fileURLToPath(new URL('../dist/src/cli/main.js', import.meta.url));
 
 
@@ -67,12 +71,12 @@ t.test('vrg demo --load none serves the intake until SIGTERM, then drains and ve
   demo.stdout.on('data', (c) => { out += String(c); });
   const exited = new Promise<number | null>((resolve) => demo.on('exit', resolve));
   t.teardown(() => { demo.kill('SIGKILL'); });
-  while (!/waiting for NBD clients/.test(out)) await new Promise((r) => setTimeout(r, 50));
+  await until(() => /waiting for NBD clients/.test(out), 60_000, 'the demo to serve its intake', () => out);
   const urls = [...out.matchAll(/^intake: \S+ (nbd:\S+)$/gm)].map((m) => m[1]!);
   t.equal(urls.length, 2, 'one intake line per volume');
   await run('qemu-io', ['-f', 'raw', '-c', 'write -P 0x42 0 2M', '-c', 'write -z 4M 1M', urls[0]!]);
   await run('qemu-io', ['-f', 'raw', '-c', 'write -P 0x17 1M 3M', urls[1]!]);
   demo.kill('SIGTERM');
-  t.equal(await exited, 0, 'the demo exits 0');
+  t.equal(await within(exited, 'the demo to drain, verify and exit', () => out, runTimeoutMs), 0, 'the demo exits 0');
   t.match(out, /^verified: \d+ bytes identical$/m, 'the replica verified after the drain');
 });

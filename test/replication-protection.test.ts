@@ -10,6 +10,7 @@ import type { TransitionEvent } from '../src/replication/control.js';
 import type { Volume } from '../src/volume/volume.js';
 import { startPair, vmUuid, type Pair } from './lib/pair.js';
 import { blockBytes, prefixConflict, prefixOf, stampedBlock } from './lib/stamps.js';
+import { stallTimeoutMs, until } from './lib/wait.js';
 
 // Issue 4 on real files and real TCP (through a fault proxy): the protection state machine driven by
 // the gateways — initial sync, journal overflow into CBT, staged resync, consistency check, pause,
@@ -30,14 +31,6 @@ async function sameFiles(t: Tap.Test, dir: string, volumes: number, what: string
   for (let i = 0; i < volumes; i++) {
     const [a, b] = await Promise.all([readFile(path(dir, 'source', i)), readFile(path(dir, 'target', i))]);
     t.ok(a.equals(b), `${what}: volume ${i} identical on DR`);
-  }
-}
-
-async function until(cond: () => boolean, what: string, timeoutMs = 60_000): Promise<void> {
-  const start = Date.now();
-  while (!cond()) {
-    if (Date.now() - start > timeoutMs) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 10));
   }
 }
 
@@ -251,7 +244,8 @@ t.test('SnapshotsOnly: DR keeps the last complete snapshot, also when the link d
   for (let i = 0; i < 12; i++) await pair.prod.write('vol-0', i * MiB, randomBytes(MiB));
   const snap2 = await readFile(path(dir, 'source'));
   pair.prod.takeSnapshot(vmUuid);
-  await until(() => pair.prod.vmStatus(vmUuid)!.ackedSeq > 0 && (pair.prod.vmStatus(vmUuid)!.resync?.bytesDone ?? 0) > 2 * MiB, 'snapshot 2 under way');
+  await until(() => pair.prod.vmStatus(vmUuid)!.ackedSeq > 0 && (pair.prod.vmStatus(vmUuid)!.resync?.bytesDone ?? 0) > 2 * MiB,
+    stallTimeoutMs, 'snapshot 2 under way', pair.state);
   pair.proxy!.block(true);
   pair.proxy!.cut();
   t.ok(snap1.equals(await pair.dr.readReplica('vol-0', 0, volumeBytes)), 'link dropped mid-snapshot: DR still holds snapshot 1');
