@@ -1,4 +1,4 @@
-import { crc32 } from '../core/checksum.js';
+import { crc32, crc32c } from '../core/checksum.js';
 import { limits } from '../core/limits.js';
 
 // RESYNC: the current content of a region read from the source volume by a CBT resync or a consistency
@@ -29,9 +29,10 @@ export interface JournalRecord extends JournalRecordInput {
 // On-disk record (all integers little-endian). A segment file is a plain sequence of records, no file header;
 // its name (seg-<first seq, 16 digits>.vrgj) carries the seq of its first record.
 //
-//  0  u32 magic          0x4A475256 ("VRGJ" read as bytes 56 52 47 4A)
-//  4  u32 crc            CRC-32 chained over bytes [8, 48) of this header, then over the payload;
-//                        computed before the write, checked again on replay and on every read-back
+//  0  u32 magic          the record format: 0x4B475256 ("VRGK", version 2: CRC32C, written now) or
+//                        0x4A475256 ("VRGJ", version 1: zlib CRC-32, still read, so an old journal replays)
+//  4  u32 crc            CRC32C (v2) / CRC-32 (v1) chained over bytes [8, 48) of this header, then over the
+//                        payload; computed before the write, checked again on replay and on every read-back
 //  8  u64 seq            consecutive across the journal, first record is 1
 // 16  u64 timestampMs    wall-clock time of the append
 // 24  u64 offset         byte offset in the volume
@@ -41,7 +42,10 @@ export interface JournalRecord extends JournalRecordInput {
 // 46  u8  kind           RecordKind
 // 47  u8  codec          RecordCodec of the payload (RAW 0, LZ4 1)
 // 48  payload            payloadLength bytes
-export const RECORD_MAGIC = 0x4a475256;
+/** Version 2 records (CRC32C, hardware-accelerated): what the journal writes. */
+export const RECORD_MAGIC = 0x4b475256;
+/** Version 1 records (zlib CRC-32): journals written before version 2, read and replayed. */
+export const RECORD_MAGIC_V1 = 0x4a475256;
 export const HEADER_BYTES = 48;
 /** Largest payload accepted on replay: the append limit plus headroom for an incompressible codec frame. */
 export const PAYLOAD_BYTES_MAX = limits.recordBytesMax + 64 * 1024;
@@ -70,11 +74,20 @@ export function encodeHeader(buf: Buffer, at: number, seq: number, timestampMs: 
   buf.writeUInt16LE(rec.volumeIndex, at + 44);
   buf[at + 46] = rec.kind;
   buf[at + 47] = rec.codec;
-  const crc = crc32(rec.payload, crc32(buf.subarray(at + 8, at + HEADER_BYTES)));
+  const crc = crc32c(rec.payload, crc32c(buf.subarray(at + 8, at + HEADER_BYTES)));
   buf.writeUInt32LE(crc, at + 4);
 }
 
+/** A version 1 header (zlib CRC-32), as journals before version 2 wrote it: for the replay tests. */
+export function encodeHeaderV1(buf: Buffer, at: number, seq: number, timestampMs: number, rec: JournalRecordInput): void {
+  encodeHeader(buf, at, seq, timestampMs, rec);
+  buf.writeUInt32LE(RECORD_MAGIC_V1, at);
+  buf.writeUInt32LE(crc32(rec.payload, crc32(buf.subarray(at + 8, at + HEADER_BYTES))), at + 4);
+}
+
 export interface RecordHeader {
+  /** 2: CRC32C; 1: zlib CRC-32 (older journals). */
+  version: 1 | 2;
   crc: number;
   seq: number;
   timestampMs: number;
@@ -88,8 +101,10 @@ export interface RecordHeader {
 
 /** Decodes a header; returns a reason string when it is not a plausible record header. */
 export function decodeHeader(buf: Buffer, at: number): RecordHeader | string {
-  if (buf.readUInt32LE(at) !== RECORD_MAGIC) return 'bad magic';
+  const magic = buf.readUInt32LE(at);
+  if (magic !== RECORD_MAGIC && magic !== RECORD_MAGIC_V1) return 'bad magic';
   const h: RecordHeader = {
+    version: magic === RECORD_MAGIC ? 2 : 1,
     crc: buf.readUInt32LE(at + 4),
     seq: readU64(buf, at + 8),
     timestampMs: readU64(buf, at + 16),
@@ -109,9 +124,10 @@ export function decodeHeader(buf: Buffer, at: number): RecordHeader | string {
 
 /** True when the CRC stored in the header matches the header fields and the payload. */
 export function crcMatches(buf: Buffer, at: number, h: RecordHeader): boolean {
-  const headerCrc = crc32(buf.subarray(at + 8, at + HEADER_BYTES));
+  const crc = h.version === 2 ? crc32c : crc32;
+  const headerCrc = crc(buf.subarray(at + 8, at + HEADER_BYTES));
   const payloadStart = at + HEADER_BYTES;
-  return crc32(buf.subarray(payloadStart, payloadStart + h.payloadLength), headerCrc) === h.crc;
+  return crc(buf.subarray(payloadStart, payloadStart + h.payloadLength), headerCrc) === h.crc;
 }
 
 export function toRecord(h: RecordHeader, payload: Buffer): JournalRecord {

@@ -1,7 +1,7 @@
 import { open, type FileHandle } from 'node:fs/promises';
 import { join } from 'node:path';
 import { assert } from '../core/assert.js';
-import { HEADER_BYTES, crcMatches, decodeHeader, type RecordHeader } from './record-codec.js';
+import { HEADER_BYTES, RECORD_MAGIC, RECORD_MAGIC_V1, crcMatches, decodeHeader, type RecordHeader } from './record-codec.js';
 
 const NAME_RE = /^seg-(\d{16})\.vrgj$/;
 
@@ -139,7 +139,10 @@ export async function scanSegment(fh: FileHandle, seg: Segment): Promise<ScanRes
   return { goodBytes: pos, fileSize, badReason: null };
 }
 
-const MAGIC_BYTES = Buffer.from([0x56, 0x52, 0x47, 0x4a]);
+/** The first three bytes of every record format's magic ("VRG"; the fourth byte is the version's). */
+const MAGIC_PREFIX = Buffer.from([0x56, 0x52, 0x47]);
+assert((RECORD_MAGIC & 0xffffff) === MAGIC_PREFIX.readUIntLE(0, 3) && (RECORD_MAGIC_V1 & 0xffffff) === MAGIC_PREFIX.readUIntLE(0, 3),
+  'record magics share the scanned prefix');
 
 /**
  * After a bad record at `badAt` in the last segment: is there an intact record (seq ≥ minSeq) starting at or beyond
@@ -150,11 +153,11 @@ export async function findIntactRecordFrom(fh: FileHandle, fileSize: number, fro
   const r = new WindowReader(fh, fileSize);
   const rest = Buffer.allocUnsafe(fileSize - from);
   const { bytesRead } = await fh.read(rest, 0, rest.length, from);
-  let i = rest.subarray(0, bytesRead).indexOf(MAGIC_BYTES);
+  let i = rest.subarray(0, bytesRead).indexOf(MAGIC_PREFIX);
   while (i >= 0) {
     const p = await probeRecord(r, from + i, null);
     if (p.ok && p.header.seq >= minSeq) return from + i;
-    i = rest.indexOf(MAGIC_BYTES, i + 1);
+    i = rest.indexOf(MAGIC_PREFIX, i + 1);
     if (i >= bytesRead) break;
   }
   return null;
