@@ -8,7 +8,8 @@ const MiB = 1024 * 1024;
 
 async function replicate(t: Tap.Test, o: { compress: 0 | 1; encrypt: 0 | 1; pool: boolean }) {
   const dir = t.testdir();
-  const pair = await startPair({ dir, ...o });
+  // Always: this is about the codec path (auto would send raw on this unconstrained link; tested below).
+  const pair = await startPair({ dir, ...o, compression: 'always' });
   const vols = pair.configs.prod.vms[0]!.volumes;
   await runLoad({ totalBytes: 24 * MiB, volumes: vols, writeBytes: 64 * 1024, queueDepth: 16, seed: 7 },
     (w) => pair.prod.write(w.volUuid, w.offset, w.data), () => undefined);
@@ -41,6 +42,31 @@ for (const [compress, encrypt] of [[1, 1], [0, 0], [1, 0], [0, 1]] as const) {
     replicate(t, { compress, encrypt, pool: false }));
 }
 t.test('replicates through the worker pool', (t) => replicate(t, { compress: 1, encrypt: 1, pool: true }));
+
+for (const capped of [false, true]) {
+  t.test(`auto compression ${capped ? 'compresses behind a capped link' : 'sends raw on an unconstrained link'}`, async (t) => {
+    const pair = await startPair({ dir: t.testdir(), compress: 1, pool: false, ...(capped ? { linkRateBytesPerSec: 6_000_000 } : {}) });
+    t.teardown(() => pair.close());
+    await pair.drain(); // the initial sync of the empty volumes
+    const vols = pair.configs.prod.vms[0]!.volumes;
+    await runLoad({ totalBytes: 24 * MiB, volumes: vols, writeBytes: 64 * 1024, queueDepth: 16, seed: 9 },
+      (w) => pair.prod.write(w.volUuid, w.offset, w.data), () => undefined);
+    await pair.drain();
+    const s = pair.prod.status().vms[0]!;
+    t.comment(`compression ${JSON.stringify(s.compression)}, ${(s.plainBytesSent / s.bytesSent).toFixed(2)}:1 on the wire`);
+    t.equal(s.compression.setting, 'auto');
+    if (capped) {
+      t.equal(s.compression.compressing, true, 'compressing: the link is the bottleneck');
+      t.ok(s.compression.compressedShare > 0.9, 'nearly every byte went compressed');
+      t.ok(s.plainBytesSent / s.bytesSent > 1.5, 'and the wire carried about half');
+    } else {
+      t.equal(s.compression.compressing, false, 'raw: nothing waits on the link, compressing would only cost CPU');
+      t.ok(s.compression.switches >= 1, 'it switched from compressing to raw');
+      t.ok(s.compression.compressedShare < 0.95, `the rest went raw (share compressed ${s.compression.compressedShare.toFixed(2)})`);
+    }
+    t.equal(await compareVolumes(vols.map((v, i) => [v.url, pair.configs.dr.vms[0]!.volumes[i]!.url])), null, 'DR volumes identical');
+  });
+}
 
 t.test('resumes after dropped TCP connections with no gap and no duplicate', async (t) => {
   const dir = t.testdir();

@@ -1,10 +1,13 @@
 import t from 'tap';
+import { ErrorCode } from '../src/core/errors.js';
 import { silentLogger } from '../src/core/log.js';
 import { RecordKind, type Journal, type JournalRecord } from '../src/journal/journal.js';
 import type { LinkConnection } from '../src/link/connection.js';
-import { InlineCodec } from '../src/pipeline/codec.js';
-import { RecordCodec } from '../src/pipeline/codec.js';
+import { InlineCodec, RecordCodec } from '../src/pipeline/codec.js';
+import { enterAfterDefault, initialCompression, leaveAfterDefault, observe } from '../src/replication/compression-policy.js';
+import { parseConfig } from '../src/replication/config.js';
 import { Shipper } from '../src/replication/shipper.js';
+import { pairConfigJson } from './lib/pair.js';
 
 // The shipper's pump against a journal whose reads the test holds and releases, and connections that
 // record what they were handed: the orderings a loaded machine produces now and then, made certain.
@@ -87,4 +90,72 @@ t.test('records that become durable while the pump is finishing are shipped', as
   }
   t.equal(shipper.diagnostics().shippedSeq, 3, 'the notified record was shipped');
   t.equal(c.sent.length, 2, 'in a second frame');
+});
+
+t.test('compression policy: auto flips both ways with hysteresis; always and never are fixed', async (t) => {
+  let s = initialCompression('auto');
+  t.equal(s.compressing, true, 'auto starts compressing');
+  for (let i = 0; i < leaveAfterDefault - 1; i++) s = observe(s, 'linkIdle');
+  t.equal(s.compressing, true, `still compressing after ${leaveAfterDefault - 1} idle observations`);
+  s = observe(s, 'linkBound');
+  for (let i = 0; i < leaveAfterDefault - 1; i++) s = observe(s, 'linkIdle');
+  t.equal(s.compressing, true, 'a busy observation restarts the count');
+  s = observe(s, 'linkIdle');
+  t.match(s, { compressing: false, switches: 1 }, `raw after ${leaveAfterDefault} idle observations in a row`);
+  for (let i = 0; i < enterAfterDefault - 1; i++) s = observe(s, i % 2 ? 'linkBound' : 'neither');
+  t.equal(s.compressing, false, 'neither does not count towards a flip');
+  for (let i = 0; i < enterAfterDefault; i++) s = observe(s, 'linkBound');
+  t.match(s, { compressing: true, switches: 2 }, `compressing again after ${enterAfterDefault} busy observations`);
+  for (const setting of ['always', 'never'] as const) {
+    let f = initialCompression(setting);
+    for (let i = 0; i < 100; i++) f = observe(f, i % 2 ? 'linkBound' : 'linkIdle');
+    for (let i = 0; i < 100; i++) f = observe(f, setting === 'always' ? 'linkIdle' : 'linkBound');
+    t.match(f, { compressing: setting === 'always', switches: 0 }, `${setting} never flips`);
+  }
+  t.throws(() => initialCompression('sometimes' as never), { code: 'VRG_CONFIG_INVALID' });
+});
+
+t.test('the shipper compresses while frames queue in the link and sends raw while it idles', async (t) => {
+  const { journal, releaseReads } = heldJournal(0);
+  const flags: boolean[] = [];
+  const inline = new InlineCodec();
+  const codec = Object.assign(Object.create(inline) as InlineCodec, {
+    shipBatch: (task: Parameters<InlineCodec['shipBatch']>[0]) => { flags.push(task.compress); return inline.shipBatch(task); },
+  });
+  const shipper = new Shipper('vm', ['vol-0'], journal as unknown as Journal, codec, {
+    encrypt: () => false, compress: () => true, onAcked: () => undefined, logger: silentLogger, compression: 'auto',
+  });
+  const c = fakeConnection('c');
+  let queued = 0;
+  Object.defineProperty(c.conn, 'writableBytes', { get: () => queued });
+  shipper.attach(c.conn, 0);
+  /** One record made durable, shipped and acknowledged, with `bytes` queued in the link as its frame is sent. */
+  const oneFrame = async (bytes: number): Promise<void> => {
+    queued = bytes;
+    journal.lastSeq++;
+    shipper.notify();
+    for (let i = 0; i < 4; i++) {
+      await tick();
+      releaseReads();
+    }
+    shipper.onAck(journal.lastSeq);
+  };
+  for (let i = 0; i < leaveAfterDefault + 2; i++) await oneFrame(0);
+  t.equal(shipper.compression.compressing, false, 'raw once the link idled long enough');
+  t.equal(flags.at(-1), false, 'the codec was told to send raw');
+  for (let i = 0; i < enterAfterDefault + 2; i++) await oneFrame(4 * 1024 * 1024);
+  t.equal(shipper.compression.compressing, true, 'compressing again once frames queue in the link');
+  t.equal(flags.at(-1), true, 'the codec was told to compress');
+  t.equal(shipper.compression.switches, 2, 'two flips');
+  t.ok(shipper.stats.plainBytesCompressOn > 0 && shipper.stats.plainBytesCompressOn < shipper.stats.plainBytesSent, 'the share compressed is counted');
+});
+
+t.test('link.compression in the gateway config: auto by default, always or never, anything else refused', async (t) => {
+  const json = pairConfigJson({ dir: t.testdir() });
+  const { compression: _c, ...link } = json.prod.link;
+  t.equal(parseConfig({ ...json.prod, link }).link.compression, 'auto', 'default auto');
+  for (const c of ['always', 'never', 'auto'] as const) t.equal(parseConfig({ ...json.prod, link: { ...link, compression: c } }).link.compression, c);
+  for (const bad of ['fast', 1, true, null]) {
+    t.throws(() => parseConfig({ ...json.prod, link: { ...link, compression: bad } }), { code: ErrorCode.CONFIG_INVALID }, `${String(bad)} refused`);
+  }
 });

@@ -132,6 +132,11 @@ export class LinkConnection extends EventEmitter {
     return this.sock.writableNeedDrain;
   }
 
+  /** Bytes written to the link and not yet taken by the socket (the link's queue). */
+  get writableBytes(): number {
+    return this.sock.writableLength;
+  }
+
   get isClosed(): boolean {
     return this.closed;
   }

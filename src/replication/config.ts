@@ -1,6 +1,7 @@
 import { readFile } from 'node:fs/promises';
 import { ErrorCode, vrgError } from '../core/errors.js';
 import { limits, MiB } from '../core/limits.js';
+import { compressionSettings, type CompressionSetting } from './compression-policy.js';
 
 // A gateway's configuration file (JSON). The management APIs (later issues) edit the same model.
 //
@@ -65,8 +66,11 @@ export interface GatewayConfig {
   role: Role;
   gatewayId: string;
   dataDir: string;
-  /** rateBytesPerSec: a bandwidth cap on what production sends (0 = none). */
-  link: { host: string; port: number; secret: Buffer; rateBytesPerSec: number };
+  /**
+   * rateBytesPerSec: a bandwidth cap on what production sends (0 = none). compression: how a VM's
+   * compressOption 1 is applied: auto (LZ4 while the link is the bottleneck, raw while the CPU is), always, never.
+   */
+  link: { host: string; port: number; secret: Buffer; rateBytesPerSec: number; compression: CompressionSetting };
   /** The per-VM protection state machine's limits (production side). */
   protection: ProtectionConfig;
   /** parseConfig always sets it; absent means the defaults. */
@@ -158,6 +162,12 @@ function parseVm(v: unknown, path: string): VmConfig {
   };
 }
 
+function parseCompression(v: unknown, path: string): CompressionSetting {
+  if (v === undefined) return 'auto';
+  if (!compressionSettings.includes(v as CompressionSetting)) fail(path, `must be one of ${compressionSettings.map((x) => `"${x}"`).join(', ')}`);
+  return v as CompressionSetting;
+}
+
 function parseMode(v: unknown, path: string): 'async' | 'sync' | 'snapshots' {
   if (v !== 'async' && v !== 'sync' && v !== 'snapshots') fail(path, 'must be "async", "sync" or "snapshots"');
   return v;
@@ -205,7 +215,8 @@ export function parseConfig(raw: unknown): GatewayConfig {
     gatewayId: str(o, 'gatewayId', '$'),
     dataDir: str(o, 'dataDir', '$'),
     link: { host: str(link, 'host', '$.link'), port: int(link, 'port', '$.link', 0, 65535), secret: Buffer.from(secretHex, 'hex'),
-      rateBytesPerSec: int(link, 'rateBytesPerSec', '$.link', 0, Number.MAX_SAFE_INTEGER, 0) },
+      rateBytesPerSec: int(link, 'rateBytesPerSec', '$.link', 0, Number.MAX_SAFE_INTEGER, 0),
+      compression: parseCompression(link.compression, '$.link.compression') },
     protection: parseProtection(o.protection, '$.protection'),
     intake: parseIntake(o.intake, '$.intake'),
     codecThreads: int(o, 'codecThreads', '$', 1, 16, 1),

@@ -44,6 +44,8 @@ export interface ProductionVmStatus {
   /** Plain bytes of the data records shipped, and their stored bytes on the wire (compressed at ship time). */
   plainBytesSent: number;
   bytesSent: number;
+  /** Ship-time compression: the setting, what the next batch does, the share of plain bytes sent compressed, flips. */
+  compression: { setting: string; compressing: boolean; compressedShare: number; switches: number };
   fault: string | null;
   replication: VmReplicationStatus;
 }
@@ -279,6 +281,12 @@ export class ProductionGateway extends EventEmitter {
           bytesJournaled: vm.intake.stats.bytesJournaled,
           plainBytesSent: vm.shipper.stats.plainBytesSent,
           bytesSent: vm.shipper.stats.bytesSent,
+          compression: {
+            setting: vm.shipper.compression.setting,
+            compressing: vm.config.compressOption === 1 && vm.shipper.compression.compressing,
+            compressedShare: vm.shipper.stats.plainBytesSent === 0 ? 0 : vm.shipper.stats.plainBytesCompressOn / vm.shipper.stats.plainBytesSent,
+            switches: vm.shipper.compression.switches,
+          },
           fault: vm.shipper.fault,
           replication: vm.status(),
         };
@@ -348,6 +356,7 @@ export class ProductionGateway extends EventEmitter {
       syncDegradeAfterMs: this.opts.syncDegradeAfterMs,
       cbtGranularityBytes: this.opts.cbtGranularityBytes,
       writeBack: () => this.writeBack,
+      compression: this.config.link.compression,
     };
   }
 

@@ -21,6 +21,7 @@ import {
   initialState, stateNumber, transition, type Effect, type Event, type Mode, type Region, type State,
 } from './protection-state.js';
 import { Shipper, type ShipperDiagnostics } from './shipper.js';
+import type { CompressionSetting } from './compression-policy.js';
 
 // One protected VM on the production gateway: its source volumes, journal, CBT bitmaps, intake and
 // shipper, and the driver of its protection state machine (protection-state.ts): it feeds events in and
@@ -50,6 +51,8 @@ export interface ProtectedVmHooks {
   cbtGranularityBytes: number;
   /** Write-back intake: acknowledge once the journal write is in the page cache (config intake.writeBack). */
   writeBack?: () => boolean;
+  /** How compressOption 1 is applied (config link.compression). */
+  compression?: CompressionSetting;
 }
 
 /** A run that stopped on an error is retried after this, doubling up to runRetryMaxMs. */
@@ -133,6 +136,7 @@ export class ProtectedVm {
       compress: () => config.compressOption === 1,
       onAcked: () => this.onAcked(),
       logger,
+      compression: hooks.compression ?? 'auto',
     });
     this.intake = new Intake(journal, volumes, {
       writeBack: () => hooks.writeBack?.() === true,

@@ -5,6 +5,7 @@ import type { Logger } from '../core/log.js';
 import { carriesData, type Journal, type JournalRecord } from '../journal/journal.js';
 import type { LinkConnection } from '../link/connection.js';
 import { batchPlainBytesMax, type Codec } from '../pipeline/codec.js';
+import { initialCompression, observe, type CompressionSetting, type CompressionState, type LinkObservation } from './compression-policy.js';
 
 // Ships one VM's journal to the DR gateway over the current link connection: consecutive records
 // in ~1 MiB write-batch frames, sealed in the codec pool, with a bounded window of unacknowledged
@@ -24,6 +25,8 @@ export interface ShipperStats {
   bytesSent: number;
   /** Plain bytes of the data records sent (bytesSent / plainBytesSent is the compression achieved). */
   plainBytesSent: number;
+  /** Of plainBytesSent, the bytes of batches sent with compression on (the share compressed). */
+  plainBytesCompressOn: number;
   recordsSent: number;
 }
 
@@ -40,7 +43,9 @@ export interface ShipperDiagnostics {
 }
 
 export class Shipper {
-  readonly stats: ShipperStats = { framesSent: 0, bytesSent: 0, plainBytesSent: 0, recordsSent: 0 };
+  readonly stats: ShipperStats = { framesSent: 0, bytesSent: 0, plainBytesSent: 0, plainBytesCompressOn: 0, recordsSent: 0 };
+  /** Compress the next batch (when the VM allows it): auto follows what bounds the link (compression-policy.ts). */
+  compression: CompressionState;
   /** Highest seq the DR side reported durable. */
   ackedSeq = 0;
   /** Journal time of the newest acknowledged record (for lag / RPO). */
@@ -63,8 +68,17 @@ export class Shipper {
     private readonly volumeUuids: readonly string[],
     private readonly journal: Journal,
     private readonly codec: Codec,
-    private readonly opts: { encrypt: () => boolean; compress: () => boolean; onAcked: (seq: number) => void; logger: Logger },
-  ) {}
+    private readonly opts: {
+      encrypt: () => boolean;
+      /** The VM allows compression (compressOption 1). */
+      compress: () => boolean;
+      onAcked: (seq: number) => void;
+      logger: Logger;
+      compression?: CompressionSetting;
+    },
+  ) {
+    this.compression = initialCompression(opts.compression ?? 'auto');
+  }
 
   get connected(): boolean {
     return this.conn !== null;
@@ -213,16 +227,35 @@ export class Shipper {
     this.inFlightBytes += payloadBytes;
     this.stats.framesSent++;
     this.stats.recordsSent += records.length;
-    for (const r of records) if (carriesData(r.kind)) this.stats.plainBytesSent += r.length;
-    this.codec.shipBatch({ keys: conn.sendKeys, seq, batch, payload, encrypt: this.opts.encrypt(), compress: this.opts.compress() }).then(
+    const compress = this.opts.compress() && this.compression.compressing;
+    for (const r of records) {
+      if (!carriesData(r.kind)) continue;
+      this.stats.plainBytesSent += r.length;
+      if (compress) this.stats.plainBytesCompressOn += r.length;
+    }
+    this.codec.shipBatch({ keys: conn.sendKeys, seq, batch, payload, encrypt: this.opts.encrypt(), compress }).then(
       (out) => {
         this.stats.bytesSent += out.storedBytes;
+        if (this.opts.compress()) this.compression = observe(this.compression, this.observeLink(conn));
         conn.sendSealed(seq, out.frame);
       },
       (err) => conn.close(err as Error),
     );
   }
+
+  /**
+   * What bounds shipping as a sealed frame reaches the link: the link, when a batch's worth is still queued in
+   * it or the window is full; nothing waits on it when its queue is empty (the frame found it idle).
+   */
+  private observeLink(conn: LinkConnection): LinkObservation {
+    const queued = conn.writableBytes;
+    if (queued >= linkQueuedBytesHigh || !this.windowOpen()) return 'linkBound';
+    return queued === 0 ? 'linkIdle' : 'neither';
+  }
 }
+
+/** Bytes queued in the link (not yet taken by the socket) from which the link counts as the bottleneck. */
+const linkQueuedBytesHigh = limits.batchBytesTarget;
 
 /** Frames in flight beyond which a batch is sent only once full. */
 const partialFramesInFlightMax = 2;

@@ -24,6 +24,9 @@ export interface PairOptions {
   pool?: boolean;
   proxy?: boolean;
   journalCapacityBytes?: number;
+  /** Production's link.compression (default auto) and link.rateBytesPerSec (default none). */
+  compression?: 'auto' | 'always' | 'never';
+  linkRateBytesPerSec?: number;
   /** DR target URLs (e.g. nbd:// write agents) instead of files, one per volume. */
   drUrls?: string[];
   /** Wraps each DR target volume (fault and timing injection). */
@@ -46,7 +49,8 @@ export function pairConfigJson(o: PairOptions, secret = randomBytes(32).toString
     sizeBytes: o.volumeSizeBytes ?? 16 * 1024 * 1024,
   }));
   const base = (role: string, side: string) => ({
-    role, gatewayId: `test-${role}`, dataDir: join(o.dir, role), link: { host: '127.0.0.1', port: 0, secret },
+    role, gatewayId: `test-${role}`, dataDir: join(o.dir, role),
+    link: { host: '127.0.0.1', port: 0, secret, compression: o.compression ?? 'auto', rateBytesPerSec: role === 'production' ? o.linkRateBytesPerSec ?? 0 : 0 },
     journalCapacityBytes: o.journalCapacityBytes ?? 256 * 1024 * 1024,
     vms: [{ vmUuid, vmName: 'vm', compressOption: o.compress ?? 1, encryptOption: o.encrypt ?? 1, volumes: vols(side) }],
   });
