@@ -15,6 +15,7 @@ import { NbdServer } from '../src/nbd/nbd-server.js';
 import { volumeExport } from '../src/nbd/volume-export.js';
 import { Intake } from '../src/replication/intake.js';
 import { FileVolume } from '../src/volume/file-volume.js';
+import { startCpuWindow, type CpuWindow } from './cpu-meter.js';
 
 // The NBD section of `npm run bench`: the same two fio jobs (fio's nbd engine, libnbd, QD 16, buffers 50%
 // compressible, refilled per I/O) against three targets on loopback:
@@ -41,6 +42,12 @@ export interface FioFigures {
   p99Ms: number;
   /** Replicating targets: from the end of the fio job until the DR copy had every write (replication lag). */
   syncMs: number | null;
+  /**
+   * CPU from the start of the fio job until the DR copy had every write (the job alone for targets without a
+   * DR copy): the target's processes per GB fio wrote, fio's own (its I/O child, from its report), the
+   * machine's busy share, and per VRG gateway its GC time and event-loop utilization.
+   */
+  cpu?: { window: CpuWindow; targetCpuSecondsPerGB: number; fioCpuSeconds: number };
 }
 
 export interface NbdTargetResult {
@@ -219,6 +226,8 @@ function planJobs(volumeBytes: number, seconds: number): JobPlan {
   };
 }
 
+interface FioJob { error: number; write: FioWrite; usr_cpu?: number; sys_cpu?: number; job_runtime?: number }
+
 interface FioWrite {
   io_bytes: number;
   bw_bytes: number;
@@ -232,15 +241,37 @@ async function runFio(plan: JobPlan, job: NbdJobName, uri: string, outPath: stri
   const r = await capture('fio', args, timeoutMs);
   if (r.code !== 0) throw new Error(`fio ${job} on ${uri} exited ${r.code}: ${r.out.trim().slice(-500)}`);
   const text = await readFile(outPath, 'utf8');
-  const json = JSON.parse(text.slice(text.indexOf('{'))) as { jobs: Array<{ error: number; write: FioWrite }> };
+  const json = JSON.parse(text.slice(text.indexOf('{'))) as { jobs: FioJob[] };
   const j = json.jobs[0];
   if (!j || j.error !== 0) throw new Error(`fio ${job} on ${uri}: job error ${j?.error}`);
   const w = j.write;
   const pctMs = (p: string): number => (w.clat_ns.percentile?.[p] ?? 0) / 1e6;
+  lastFioCpuSeconds = (((j.usr_cpu ?? 0) + (j.sys_cpu ?? 0)) / 100) * ((j.job_runtime ?? w.runtime) / 1000);
   return {
     bytes: w.io_bytes, seconds: w.runtime / 1000, MBps: w.bw_bytes / 1e6, iops: w.iops,
     p50Ms: pctMs('50.000000'), p99Ms: pctMs('99.000000'), syncMs: null,
   };
+}
+
+/** CPU-seconds of the last fio job's own process (usr + sys % of its run time). */
+let lastFioCpuSeconds = 0;
+
+/**
+ * Runs one fio job against a target, then `sync` (until the DR copy has every write), inside a CPU window over
+ * the target's processes `pids` (and the VRG `gateways`' GC and event-loop figures).
+ */
+async function measuredFio(ctx: Ctx, job: NbdJobName, uri: string, outPath: string, pids: number[],
+    opts: { gateways?: GatewayChild[]; sync?: () => Promise<void> } = {}): Promise<FioFigures> {
+  const window = await startCpuWindow(pids, opts.gateways ?? []);
+  const f = await runFio(ctx.plan, job, uri, outPath, ctx.fioTimeoutMs);
+  if (opts.sync) {
+    const t0 = Date.now();
+    await opts.sync();
+    f.syncMs = Date.now() - t0;
+  }
+  const w = await window.end();
+  f.cpu = { window: w, targetCpuSecondsPerGB: w.targetCpuSeconds / (f.bytes / 1e9), fioCpuSeconds: lastFioCpuSeconds };
+  return f;
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -367,7 +398,7 @@ async function targetQemuNbd(ctx: Ctx, r: NbdTargetResult, cache: 'writeback' | 
   try {
     await waitListening(port, p, 'qemu-nbd');
     for (const job of jobNames) {
-      r.jobs[job] = await runFio(ctx.plan, job, `nbd://127.0.0.1:${port}/disk`, join(ctx.dir, `qemu-nbd-${cache}-${job}.json`), ctx.fioTimeoutMs);
+      r.jobs[job] = await measuredFio(ctx, job, `nbd://127.0.0.1:${port}/disk`, join(ctx.dir, `qemu-nbd-${cache}-${job}.json`), [p.pid!]);
     }
   } finally {
     await stopDaemon(p);
@@ -399,7 +430,7 @@ async function targetIntakeOnly(ctx: Ctx, r: NbdTargetResult): Promise<void> {
   try {
     const port = await server.listen('127.0.0.1', 0);
     for (const job of jobNames) {
-      r.jobs[job] = await runFio(ctx.plan, job, `nbd://127.0.0.1:${port}/disk`, join(ctx.dir, `intake-only-${job}.json`), ctx.fioTimeoutMs);
+      r.jobs[job] = await measuredFio(ctx, job, `nbd://127.0.0.1:${port}/disk`, join(ctx.dir, `intake-only-${job}.json`), [process.pid]);
     }
   } finally {
     await server.close();
@@ -441,11 +472,9 @@ async function targetQemuMirror(ctx: Ctx, r: NbdTargetResult, copyMode: 'backgro
     await qmp.execute('blockdev-mirror', { 'job-id': 'm0', device: 'src', target: 'dr', sync: 'full', 'copy-mode': copyMode });
     await qmp.waitEvent('BLOCK_JOB_READY', (e) => e.data?.device === 'm0', 60_000);
     for (const job of jobNames) {
-      const f = await runFio(ctx.plan, job, `nbd://127.0.0.1:${port}/disk`, join(ctx.dir, `${tag}-${job}.json`), ctx.fioTimeoutMs);
-      const t0 = Date.now();
-      await mirrorSynced(qmp, 'm0', 120_000);
-      f.syncMs = Date.now() - t0;
-      r.jobs[job] = f;
+      const q = qmp;
+      r.jobs[job] = await measuredFio(ctx, job, `nbd://127.0.0.1:${port}/disk`, join(ctx.dir, `${tag}-${job}.json`),
+        [qsd.pid!, dr.pid!], { sync: () => mirrorSynced(q, 'm0', 120_000) });
     }
     // Cancelling a ready mirror lets it converge and leaves the target a consistent copy (no pivot).
     await qmp.execute('block-job-cancel', { device: 'm0' });
@@ -508,11 +537,8 @@ async function targetVrg(ctx: Ctx, r: NbdTargetResult, mode: 'async' | 'sync', w
     // The initial sync of the (sparse) source and the check after it, before measuring.
     await withTimeout(prod.request({ type: 'drain' }, 'drained'), 300_000, 'initial sync');
     for (const job of jobNames) {
-      const f = await runFio(ctx.plan, job, `nbd://127.0.0.1:${ready.nbdPort}/${vol.volUuid}`, join(dir, `${job}.json`), ctx.fioTimeoutMs);
-      const t0 = Date.now();
-      await withTimeout(prod.request({ type: 'drain' }, 'drained'), 300_000, 'drain');
-      f.syncMs = Date.now() - t0;
-      r.jobs[job] = f;
+      r.jobs[job] = await measuredFio(ctx, job, `nbd://127.0.0.1:${ready.nbdPort}/${vol.volUuid}`, join(dir, `${job}.json`),
+        [prod.proc.pid!, dr.proc.pid!], { gateways: [prod, dr], sync: async () => { await withTimeout(prod.request({ type: 'drain' }, 'drained'), 300_000, 'drain'); } });
     }
     const [ps, ds] = [await prod.request<StatusReply>({ type: 'status' }, 'status'), await dr.request<StatusReply>({ type: 'status' }, 'status')];
     const cpu = (p: ProcessFigures): number => (p.cpuUserUs + p.cpuSystemUs) / 1e6;
@@ -605,7 +631,7 @@ export async function benchNbd(opts: NbdBenchOptions): Promise<NbdBenchResult> {
 
 export function formatNbdBench(r: NbdBenchResult): string {
   const lines = [`NBD intake, fio ${r.fio.version ?? '?'} nbd engine, QD 16, 50% compressible buffers, ${r.volumeBytes / MiB} MiB volume:`];
-  lines.push('  target                    job       MB/s     IOPS  p50 ms  p99 ms  sync ms  DR verified');
+  lines.push('  target                    job       MB/s     IOPS  p50 ms  p99 ms  sync ms  CPU-s/GB  fio CPU-s  busy %  DR verified');
   const labels: Record<NbdTargetName, string> = {
     vrg: 'VRG async', vrgWriteBack: 'VRG async write-back', vrgSync: 'VRG sync', vrgIntakeOnly: 'VRG intake, no repl.', qemuNbd: 'qemu-nbd (no repl.)', qemuNbdWritethrough: 'qemu-nbd writethrough',
     qemuMirrorBackground: 'QEMU mirror background', qemuMirrorWriteBlocking: 'QEMU mirror write-block',
@@ -620,7 +646,13 @@ export function formatNbdBench(r: NbdBenchResult): string {
       const f = t.jobs[job];
       if (!f) continue;
       lines.push(`  ${labels[name].padEnd(25)} ${job.padEnd(7)} ${f.MBps.toFixed(1).padStart(7)} ${f.iops.toFixed(0).padStart(8)} ` +
-        `${f.p50Ms.toFixed(2).padStart(7)} ${f.p99Ms.toFixed(2).padStart(7)} ${(f.syncMs === null ? '-' : String(f.syncMs)).padStart(8)}  ${verified}`);
+        `${f.p50Ms.toFixed(2).padStart(7)} ${f.p99Ms.toFixed(2).padStart(7)} ${(f.syncMs === null ? '-' : String(f.syncMs)).padStart(8)} ` +
+        `${(f.cpu ? f.cpu.targetCpuSecondsPerGB.toFixed(1) : '-').padStart(9)} ${(f.cpu ? f.cpu.fioCpuSeconds.toFixed(1) : '-').padStart(10)} ` +
+        `${(f.cpu ? f.cpu.window.machineBusyPct.toFixed(0) : '-').padStart(7)}  ${verified}`);
+      for (const g of f.cpu?.window.gateways ?? []) {
+        lines.push(`      ${g.role.padEnd(10)} ${g.cpuSeconds.toFixed(1)} CPU-s, GC ${g.gcMs.toFixed(0)} ms (${(100 * g.gcShareOfCpu).toFixed(1)} % of its CPU, ` +
+          `${g.gcCount} collections), event loop ${(100 * g.eventLoopUtilization).toFixed(0)} % busy`);
+      }
     }
     if (t.error) lines.push(`    error: ${t.error}`);
   }
@@ -632,7 +664,8 @@ export function formatNbdBench(r: NbdBenchResult): string {
     lines.push(`  VRG async write-back ${job}: ${x(q.writeBackVsQemuMirrorBackground)} of QEMU background mirror MB/s`);
     lines.push(`  VRG Sync ${job}: ${x(q.syncVsWriteBlocking)} of QEMU write-blocking mirror MB/s, p99 ${x(q.syncP99VsWriteBlockingP99)} of its p99`);
   }
-  lines.push(`  (sync ms: after the fio job ended, until DR had every write; ${r.seconds.toFixed(0)} s for the section)`);
+  lines.push(`  (sync ms: after the fio job ended, until DR had every write. CPU-s/GB: the target's processes, all threads, from the`);
+  lines.push(`  job's start until DR had every write, per GB fio wrote; fio's own CPU apart. ${r.seconds.toFixed(0)} s for the section)`);
   return lines.join('\n');
 }
 

@@ -1,4 +1,5 @@
 import { readFileSync } from 'node:fs';
+import { performance, PerformanceObserver } from 'node:perf_hooks';
 import { systemClock } from '../core/clock.js';
 import { createLogger, type Logger } from '../core/log.js';
 import { systemRandom } from '../core/random.js';
@@ -65,7 +66,26 @@ export interface ProcessFigures {
   rssPeakBytes: number;
   cpuUserUs: number;
   cpuSystemUs: number;
+  /** Since the gateway started: V8 garbage-collection pause time (PerformanceObserver 'gc' entries). */
+  gcMs: number;
+  gcCount: number;
+  /** Since the gateway started: the main thread's event loop, active and idle (performance.eventLoopUtilization). */
+  eluActiveMs: number;
+  eluIdleMs: number;
   codec: CodecStats;
+}
+
+/** Counts V8 garbage collection on the main thread from now on. */
+function watchGc(): { ms: number; count: number } {
+  const gc = { ms: 0, count: 0 };
+  const obs = new PerformanceObserver((list) => {
+    for (const e of list.getEntries()) {
+      gc.ms += e.duration;
+      gc.count++;
+    }
+  });
+  obs.observe({ entryTypes: ['gc'] });
+  return gc;
 }
 
 export async function openGateway(config: GatewayConfig, logger: Logger):
@@ -131,14 +151,17 @@ export async function startCommand(configPath: string): Promise<void> {
   }
   const progress: LoadProgress = { bytes: 0, writes: 0, latenciesUs: [], ackedIndices: [], startedAtMs: null };
   const samplesMax = 100_000;
+  const gc = watchGc();
   process.on('message', (req: IpcRequest) => {
     void handle(req).catch((err: Error & { code?: string }) => send({ type: 'error', code: err.code, message: err.message }));
   });
   const handle = async (req: IpcRequest): Promise<void> => {
     if (req.type === 'status') {
       const cpu = process.cpuUsage();
+      const elu = performance.eventLoopUtilization();
       const figures: ProcessFigures = {
-        rssPeakBytes: peakRssBytes(), cpuUserUs: cpu.user, cpuSystemUs: cpu.system, codec: codec.stats(),
+        rssPeakBytes: peakRssBytes(), cpuUserUs: cpu.user, cpuSystemUs: cpu.system,
+        gcMs: gc.ms, gcCount: gc.count, eluActiveMs: elu.active, eluIdleMs: elu.idle, codec: codec.stats(),
       };
       send({ type: 'status', status: gw.status(), load: progress, process: figures });
       progress.latenciesUs = [];
