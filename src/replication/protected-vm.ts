@@ -300,15 +300,16 @@ export class ProtectedVm {
   }
 
   /**
-   * A run ended without finishing its work: logged and kept for diagnostics. On an error (not the link going
-   * down, whose linkUp restarts it) reconcile() retries it after a backoff.
+   * A run ended without finishing its work: logged and kept for diagnostics. On an error other than the link
+   * going down (CONNECTION_CLOSED: the linkUp restarts it) reconcile() retries it after a backoff.
    */
-  private runStopped(run: string, err: unknown, linkDown = false): void {
+  private runStopped(run: string, err: unknown): void {
     const e = err as { code?: string; message?: string };
     const why = `${e.code ?? 'ERROR'}: ${e.message ?? String(err)}`;
     const now = this.hooks.clock.nowMs();
     this.lastRunStopped = { run, why, atMs: now };
-    if (!linkDown && !isVrgError(err, ErrorCode.CONNECTION_CLOSED)) {
+    const linkDown = isVrgError(err, ErrorCode.CONNECTION_CLOSED);
+    if (!linkDown) {
       this.retryAtMs = now + this.retryBackoffMs;
       this.retryBackoffMs = Math.min(runRetryMaxMs, this.retryBackoffMs * 2);
     }
@@ -327,7 +328,7 @@ export class ProtectedVm {
     if (this.resyncRun !== null || this.repairRun !== null) return; // a repair pass restarts it when done
     this.resyncRun = this.resyncPasses('resync')
       .then((done) => {
-        if (!done) return this.runStopped('resync', vrgError(ErrorCode.CONNECTION_CLOSED, 'link down, paused or closed'), true);
+        if (!done) return this.runStopped('resync', vrgError(ErrorCode.CONNECTION_CLOSED, 'link down, paused or closed'));
         this.runFinished();
         if (this.state.name === 'cbt') this.feed({ type: 'resyncDrained' });
       })
@@ -474,7 +475,7 @@ export class ProtectedVm {
     if (this.repairRun !== null) return;
     this.repairRun = this.repair(regions)
       .then((done) => {
-        if (!done) return this.runStopped('repair', vrgError(ErrorCode.CONNECTION_CLOSED, 'link down, paused or closed'), true);
+        if (!done) return this.runStopped('repair', vrgError(ErrorCode.CONNECTION_CLOSED, 'link down, paused or closed'));
         this.runFinished();
         if (this.state.name !== 'check' || !this.state.repairing) return;
         this.hooks.onAlarm('checkDiffers', false, this.vmUuid, 'differing regions repaired');

@@ -68,9 +68,14 @@ export async function drainChild(prod: GatewayChild, dr: GatewayChild | null, ms
   const late = new Promise<'late'>((resolve) => { timer = setTimeout(() => resolve('late'), ms); });
   const done = await Promise.race([prod.request({ type: 'drain' }, 'drained'), late]).finally(() => clearTimeout(timer));
   if (done !== 'late') return;
+  throw await stalled('drain (DR to acknowledge everything written)', ms, prod, dr);
+}
+
+/** A StallError with both processes' state; both are killed (their IPC channels would keep the test process alive). */
+async function stalled(what: string, ms: number, prod: GatewayChild, dr: GatewayChild | null): Promise<StallError> {
   const state = { production: await childState(prod), dr: await childState(dr) };
   await Promise.all([prod.kill(), dr?.kill()]);
-  throw new StallError('drain (DR to acknowledge everything written)', ms, state);
+  return new StallError(what, ms, state);
 }
 
 type StatusReply = IpcMessage & { type: 'status' };
@@ -86,11 +91,7 @@ export async function watchChild<S extends StatusReply>(prod: GatewayChild, dr: 
     const s = await prod.request<S>({ type: 'status' }, 'status');
     for (const i of s.load?.ackedIndices ?? []) acked.add(i);
     if (done(s)) return s;
-    if (Date.now() > end) {
-      const state = { production: await childState(prod), dr: await childState(dr) };
-      await Promise.all([prod.kill(), dr?.kill()]);
-      throw new StallError('watching the production gateway', ms, state);
-    }
+    if (Date.now() > end) throw await stalled('watching the production gateway', ms, prod, dr);
     await new Promise((r) => setTimeout(r, 5));
   }
 }
