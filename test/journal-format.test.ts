@@ -4,7 +4,7 @@ import { join } from 'node:path';
 import { crc32, crc32c } from '../src/core/checksum.js';
 import { seededRandom } from '../src/core/random.js';
 import { Journal, RecordKind, type JournalRecordInput } from '../src/journal/journal.js';
-import { HEADER_BYTES, RECORD_MAGIC, RECORD_MAGIC_V1, encodeHeaderV1 } from '../src/journal/record-codec.js';
+import { HEADER_BYTES, RECORD_MAGIC, RECORD_MAGIC_V1, encodeHeader } from '../src/journal/record-codec.js';
 
 // Journal record format versions: version 2 records carry a CRC32C (hardware-accelerated), version 1
 // records (journals written before it) a zlib CRC-32. A version 1 journal still opens, reads and replays;
@@ -28,6 +28,13 @@ function records(n: number, seed: number): JournalRecordInput[] {
     const size = 100 + (rnd.uint32() % 4000);
     return { volumeIndex: 0, offset: i * 8192, length: size, kind: RecordKind.WRITE, codec: 0, payload: rnd.bytes(size) };
   });
+}
+
+/** A version 1 header: the same fields, magic VRGJ and a zlib CRC-32 (as journals before version 2 wrote it). */
+function encodeHeaderV1(buf: Buffer, at: number, seq: number, timestampMs: number, rec: JournalRecordInput): void {
+  encodeHeader(buf, at, seq, timestampMs, rec);
+  buf.writeUInt32LE(RECORD_MAGIC_V1, at);
+  buf.writeUInt32LE(crc32(rec.payload, crc32(buf.subarray(at + 8, at + HEADER_BYTES))), at + 4);
 }
 
 /** A segment file as a version 1 journal wrote it. */

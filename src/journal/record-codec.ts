@@ -78,13 +78,6 @@ export function encodeHeader(buf: Buffer, at: number, seq: number, timestampMs: 
   buf.writeUInt32LE(crc, at + 4);
 }
 
-/** A version 1 header (zlib CRC-32), as journals before version 2 wrote it: for the replay tests. */
-export function encodeHeaderV1(buf: Buffer, at: number, seq: number, timestampMs: number, rec: JournalRecordInput): void {
-  encodeHeader(buf, at, seq, timestampMs, rec);
-  buf.writeUInt32LE(RECORD_MAGIC_V1, at);
-  buf.writeUInt32LE(crc32(rec.payload, crc32(buf.subarray(at + 8, at + HEADER_BYTES))), at + 4);
-}
-
 export interface RecordHeader {
   /** 2: CRC32C; 1: zlib CRC-32 (older journals). */
   version: 1 | 2;
