@@ -1,9 +1,9 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { existsSync, openSync, closeSync } from 'node:fs';
-import { mkdir, readFile, rm, truncate, writeFile } from 'node:fs/promises';
+import { cp, mkdir, readFile, rm, truncate, writeFile } from 'node:fs/promises';
 import { connect, createServer, type Socket } from 'node:net';
-import { delimiter, join, resolve } from 'node:path';
+import { basename, delimiter, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { compareVolumes } from '../src/cli/demo.js';
 import { spawnGateway, type GatewayChild } from '../src/cli/gateway-child.js';
@@ -16,6 +16,7 @@ import { volumeExport } from '../src/nbd/volume-export.js';
 import { Intake } from '../src/replication/intake.js';
 import { FileVolume } from '../src/volume/file-volume.js';
 import { startCpuWindow, type CpuWindow } from './cpu-meter.js';
+import { startPerf } from './perf-profile.js';
 
 // The NBD section of `npm run bench`: the same two fio jobs (fio's nbd engine, libnbd, QD 16, buffers 50%
 // compressible, refilled per I/O) against three targets on loopback:
@@ -98,7 +99,7 @@ process.on('exit', () => {
   for (const p of live) p.kill('SIGKILL');
 });
 
-function startDaemon(cmd: string, args: string[], logPath: string): ChildProcess {
+export function startDaemon(cmd: string, args: string[], logPath: string): ChildProcess {
   const log = openSync(logPath, 'a');
   const p = spawn(cmd, args, { stdio: ['ignore', log, log] });
   closeSync(log);
@@ -108,7 +109,7 @@ function startDaemon(cmd: string, args: string[], logPath: string): ChildProcess
   return p;
 }
 
-async function stopDaemon(p: ChildProcess, graceMs = 5000): Promise<number | null> {
+export async function stopDaemon(p: ChildProcess, graceMs = 5000): Promise<number | null> {
   if (p.exitCode !== null || p.signalCode !== null) return p.exitCode;
   const exited = new Promise<number | null>((res) => p.once('exit', (code) => res(code)));
   p.kill('SIGTERM');
@@ -120,7 +121,7 @@ async function stopDaemon(p: ChildProcess, graceMs = 5000): Promise<number | nul
   }
 }
 
-async function stopGateway(g: GatewayChild, graceMs = 10_000): Promise<number | null> {
+export async function stopGateway(g: GatewayChild, graceMs = 10_000): Promise<number | null> {
   const timer = setTimeout(() => g.proc.kill('SIGKILL'), graceMs);
   try {
     return await g.stop();
@@ -130,13 +131,13 @@ async function stopGateway(g: GatewayChild, graceMs = 10_000): Promise<number | 
 }
 
 /** Gateways run in their own process group: tracked like the daemons so a crash here still kills them. */
-function track(g: GatewayChild): GatewayChild {
+export function track(g: GatewayChild): GatewayChild {
   live.add(g.proc);
   g.proc.on('exit', () => live.delete(g.proc));
   return g;
 }
 
-function which(cmd: string): string | null {
+export function which(cmd: string): string | null {
   for (const dir of (process.env.PATH ?? '').split(delimiter)) {
     const p = join(dir, cmd);
     if (dir && existsSync(p)) return p;
@@ -144,7 +145,7 @@ function which(cmd: string): string | null {
   return null;
 }
 
-function capture(cmd: string, args: string[], timeoutMs: number): Promise<{ code: number | null; out: string }> {
+export function capture(cmd: string, args: string[], timeoutMs: number): Promise<{ code: number | null; out: string }> {
   return new Promise((res, rej) => {
     const p = spawn(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'] });
     live.add(p);
@@ -197,7 +198,7 @@ async function waitListening(port: number, p: ChildProcess, what: string, timeou
   }
 }
 
-async function sparseFile(path: string, bytes: number): Promise<void> {
+export async function sparseFile(path: string, bytes: number): Promise<void> {
   await rm(path, { force: true });
   await writeFile(path, '');
   await truncate(path, bytes);
@@ -263,6 +264,7 @@ let lastFioCpuSeconds = 0;
 async function measuredFio(ctx: Ctx, job: NbdJobName, uri: string, outPath: string, pids: number[],
     opts: { gateways?: GatewayChild[]; sync?: () => Promise<void> } = {}): Promise<FioFigures> {
   const window = await startCpuWindow(pids, opts.gateways ?? []);
+  const perf = startPerf(basename(outPath, '.json'));
   const f = await runFio(ctx.plan, job, uri, outPath, ctx.fioTimeoutMs);
   if (opts.sync) {
     const t0 = Date.now();
@@ -270,6 +272,7 @@ async function measuredFio(ctx: Ctx, job: NbdJobName, uri: string, outPath: stri
     f.syncMs = Date.now() - t0;
   }
   const w = await window.end();
+  if (perf) process.stdout.write(`nbd: perf profile ${await perf.stop() ?? '(perf report failed)'}\n`);
   f.cpu = { window: w, targetCpuSecondsPerGB: w.targetCpuSeconds / (f.bytes / 1e9), fioCpuSeconds: lastFioCpuSeconds };
   return f;
 }
@@ -279,7 +282,7 @@ async function measuredFio(ctx: Ctx, job: NbdJobName, uri: string, outPath: stri
 
 interface QmpEvent { event: string; data?: Record<string, unknown> }
 
-class Qmp {
+export class Qmp {
   private buf = '';
   private pending: Array<{ resolve: (v: unknown) => void; reject: (e: Error) => void }> = [];
   readonly events: QmpEvent[] = [];
@@ -359,7 +362,7 @@ class Qmp {
 interface BlockJobInfo { device: string; len: number; offset: number; ready: boolean; status: string; busy: boolean }
 
 /** Waits until the mirror job is ready and has copied every dirty byte it knows of. */
-async function mirrorSynced(qmp: Qmp, jobId: string, timeoutMs: number): Promise<void> {
+export async function mirrorSynced(qmp: Qmp, jobId: string, timeoutMs: number): Promise<void> {
   const deadline = Date.now() + timeoutMs;
   for (;;) {
     const jobs = await qmp.execute<BlockJobInfo[]>('query-block-jobs');
@@ -498,12 +501,14 @@ async function targetQemuMirror(ctx: Ctx, r: NbdTargetResult, copyMode: 'backgro
 type StatusReply = Extract<IpcMessage, { type: 'status' }>;
 type Ready = Extract<IpcMessage, { type: 'ready' }>;
 
-function vrgConfig(role: 'production' | 'dr', dir: string, linkPort: number, secret: string, volumeBytes: number, mode: 'async' | 'sync',
+// The VRG rows force LZ4 on every frame (link.compression "always"), as the CPU target is stated; the
+// adaptive default ("auto") would send raw frames on an idle loopback link.
+export function vrgConfig(role: 'production' | 'dr', dir: string, linkPort: number, secret: string, volumeBytes: number, mode: 'async' | 'sync',
     writeBack = false) {
   const vmUuid = '7d2f3a90-5b1e-4c8d-9e0f-1a2b3c4d5e6f';
   return {
     role, gatewayId: `bench-${role}`, dataDir: join(dir, role), codecThreads: 1,
-    link: { host: '127.0.0.1', port: linkPort, secret },
+    link: { host: '127.0.0.1', port: linkPort, secret, compression: 'always' },
     // Port 0: the gateway picks a free port and reports it in its `ready` message.
     nbd: { host: '127.0.0.1', port: 0 },
     journalCapacityBytes: 1024 * MiB,
@@ -537,7 +542,7 @@ async function targetVrg(ctx: Ctx, r: NbdTargetResult, mode: 'async' | 'sync', w
     // The initial sync of the (sparse) source and the check after it, before measuring.
     await withTimeout(prod.request({ type: 'drain' }, 'drained'), 300_000, 'initial sync');
     for (const job of jobNames) {
-      r.jobs[job] = await measuredFio(ctx, job, `nbd://127.0.0.1:${ready.nbdPort}/${vol.volUuid}`, join(dir, `${job}.json`),
+      r.jobs[job] = await measuredFio(ctx, job, `nbd://127.0.0.1:${ready.nbdPort}/${vol.volUuid}`, join(ctx.dir, `vrg-${mode}${writeBack ? '-writeback' : ''}-${job}.json`),
         [prod.proc.pid!, dr.proc.pid!], { gateways: [prod, dr], sync: async () => { await withTimeout(prod.request({ type: 'drain' }, 'drained'), 300_000, 'drain'); } });
     }
     const [ps, ds] = [await prod.request<StatusReply>({ type: 'status' }, 'status'), await dr.request<StatusReply>({ type: 'status' }, 'status')];
@@ -553,11 +558,13 @@ async function targetVrg(ctx: Ctx, r: NbdTargetResult, mode: 'async' | 'sync', w
     r.verifyDetail = mismatch ?? `${ctx.volumeBytes} bytes identical`;
   } finally {
     for (const g of gateways) await stopGateway(g);
+    // VRG_BENCH_KEEP=<dir>: the gateways' logs and data stay there (e.g. for --trace-gc output).
+    if (process.env.VRG_BENCH_KEEP) await cp(dir, join(process.env.VRG_BENCH_KEEP, `vrg-${mode}${writeBack ? '-writeback' : ''}`), { recursive: true });
     await rm(dir, { recursive: true, force: true });
   }
 }
 
-function withTimeout<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
+export function withTimeout<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
   let timer: NodeJS.Timeout | undefined;
   return Promise.race([
     p.finally(() => clearTimeout(timer)),
@@ -575,7 +582,7 @@ export async function benchNbd(opts: NbdBenchOptions): Promise<NbdBenchResult> {
   await mkdir(dir, { recursive: true });
   const ctx: Ctx = { dir, volumeBytes, plan, fioTimeoutMs: 120_000 };
   const targets: Record<NbdTargetName, NbdTargetResult> = {
-    vrg: emptyResult('VRG Async intake (lz4+aes, 1 codec thread), production -> DR gateway, drained after each job'),
+    vrg: emptyResult('VRG Async intake (lz4 on every frame + aes, 1 codec thread), production -> DR gateway, drained after each job'),
     vrgWriteBack: emptyResult('VRG Async, write-back intake (intake.writeBack: acknowledged once in the journal file and the source, before the fdatasync; FLUSH/FUA durable)'),
     vrgIntakeOnly: emptyResult('VRG NBD intake alone, no replication: journal + source volume, write-back (each byte written twice; the ceiling of any VRG Async figure here)'),
     vrgSync: emptyResult('VRG Sync intake: each write acknowledged once durable (fdatasync) on the DR volume'),

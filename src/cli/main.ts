@@ -1,4 +1,4 @@
-#!/usr/bin/env node
+#!/usr/bin/env -S node --initial-old-space-size=64
 import { parseArgs } from 'node:util';
 import { isVrgError } from '../core/errors.js';
 import { parseSize } from '../core/size.js';

@@ -30,6 +30,14 @@ export const limits = {
   groupCommitBytesMax: 4 * MiB,
   /** Hot records kept in memory for shipping without reading the journal back. */
   journalCacheBytesMax: 256 * MiB,
+  /** The cache a journal has unless told otherwise: a VM's shipping backlog beyond it is read back from disk. */
+  journalCacheBytesDefault: 64 * MiB,
+  /**
+   * Production: the ring batches are assembled and frames sealed in (held until the socket has taken them).
+   * DR: the ring frames are received into and opened into (held until applied). Beyond it, buffers of their own.
+   */
+  linkRingBytesProduction: 24 * MiB,
+  linkRingBytesDr: 48 * MiB,
   /** Writes accepted by the intake but not yet durable. */
   intakePendingBytesMax: 64 * MiB,
   /**

@@ -26,7 +26,7 @@ export interface JournalOptions {
   logger?: Logger;
   /** Most bytes written by one group commit (default and maximum limits.groupCommitBytesMax). */
   groupCommitBytes?: number;
-  /** In-memory cache of recent records for read() (default and maximum limits.journalCacheBytesMax; 0 disables). */
+  /** In-memory cache of recent records for read() (default limits.journalCacheBytesDefault, at most journalCacheBytesMax; 0 disables). */
   cacheBytes?: number;
 }
 
@@ -108,7 +108,7 @@ export class Journal {
     this.groupCommitBytes = opts.groupCommitBytes ?? limits.groupCommitBytesMax;
     this.clock = opts.clock ?? systemClock;
     this.logger = opts.logger ?? silentLogger;
-    this.cache = new RecordCache(opts.cacheBytes ?? limits.journalCacheBytesMax);
+    this.cache = new RecordCache(opts.cacheBytes ?? limits.journalCacheBytesDefault, () => this.reads.size > 0);
     const bad = (what: string): VrgError => vrgError(ErrorCode.CONFIG_INVALID, `journal: ${what}`, { dir: opts.dir });
     if (typeof opts.dir !== 'string' || opts.dir === '') throw bad('dir is required');
     if (!Number.isSafeInteger(this.capacityBytes) || this.capacityBytes <= 0) throw bad('capacityBytes must be a positive integer');
@@ -179,8 +179,9 @@ export class Journal {
   // ---- append / group commit -------------------------------------------------------------------------------------
 
   /**
-   * Appends records with consecutive seqs; resolves once they are durable (write + fdatasync). The payload buffers
-   * are written and cached without copying: callers must not modify them afterwards.
+   * Appends records with consecutive seqs; resolves once they are durable (write + fdatasync). With a cache the
+   * payloads are copied into it here, and the caller may reuse its buffers once append() returns; without one
+   * they are written as they are and must stay untouched until the records are written.
    * Refusals (closed, failed, invalid, full) throw synchronously, before any seq is taken, so a caller
    * holding an ordering turn can wait for room and retry without a later append overtaking it.
    */
@@ -195,6 +196,7 @@ export class Journal {
     }
     const timestampMs = this.clock.nowMs();
     const firstSeq = this.nextSeq;
+    if (this.cache.bytesMax > 0) records = records.map((r) => (r.payload.length > 0 ? { ...r, payload: this.cache.hold(r.payload) } : r));
     const headers = Buffer.allocUnsafe(HEADER_BYTES * records.length);
     for (let i = 0; i < records.length; i++) encodeHeader(headers, i * HEADER_BYTES, firstSeq + i, timestampMs, records[i]!);
     this.nextSeq += records.length;
@@ -328,6 +330,8 @@ export class Journal {
           seq, timestampMs: p.timestampMs, volumeIndex: rec.volumeIndex, offset: rec.offset, length: rec.length,
           kind: rec.kind, codec: rec.codec, payload: rec.payload,
         });
+      } else {
+        this.cache.drop(rec.payload);
       }
     }
     while (this.qHead < this.queue.length && this.queue[this.qHead]!.lastSeq <= this.last) {

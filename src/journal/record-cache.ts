@@ -1,16 +1,34 @@
 import { assert } from '../core/assert.js';
+import { BufferRing } from '../core/buffer-ring.js';
 import { HEADER_BYTES, type JournalRecord } from './record-codec.js';
 
 /**
  * The most recent durable records, consecutive by seq, bounded in bytes (payload + header each); the oldest are
- * evicted first. Payloads are the appenders' buffers (no copy).
+ * evicted first.
+ *
+ * Payloads live in the cache's own ring (`hold` copies an appended payload in before it is written): one
+ * ArrayBuffer for the life of the journal instead of one per write kept for seconds. Payloads kept that long
+ * are promoted to V8's old space, whose growth forces full collections of the whole heap; the ring does not
+ * grow. A payload that finds no room is copied into a buffer of its own.
+ *
+ * An evicted payload's block is freed only once no read() is in flight and the current macrotask has ended:
+ * read() callers use (copy) the records it returns before they next wait on I/O.
  */
 export class RecordCache {
   private items: (JournalRecord | undefined)[] = [];
   private head = 0;
   bytes = 0;
+  private readonly ring: BufferRing | null;
+  private retired: Buffer[] = [];
+  private retireScheduled = false;
+  /** Payloads copied into buffers of their own for want of ring room. */
+  heldOutsideRing = 0;
 
-  constructor(readonly bytesMax: number) {}
+  /** `readsInFlight` says whether a read may still hold records. */
+  constructor(readonly bytesMax: number, private readonly readsInFlight: () => boolean = () => false) {
+    // Slack beyond bytesMax for payloads appended and not yet durable (not in the cache yet).
+    this.ring = bytesMax > 0 ? new BufferRing({ capacityBytes: bytesMax + ringSlackBytes(bytesMax) }) : null;
+  }
 
   /** Seq of the oldest cached record (or Infinity when empty). */
   get firstSeq(): number {
@@ -21,10 +39,26 @@ export class RecordCache {
     return this.items.length > this.head ? this.items[this.items.length - 1]!.seq : 0;
   }
 
+  /** The cache's copy of a payload about to be appended (the caller may reuse its own buffer afterwards). */
+  hold(payload: Buffer): Buffer {
+    if (payload.length === 0 || this.ring === null) return payload;
+    const block = this.ring.tryAlloc(payload.length);
+    const copy = block ?? Buffer.allocUnsafeSlow(payload.length);
+    if (!block) this.heldOutsideRing++;
+    payload.copy(copy);
+    return copy;
+  }
+
+  /** Gives back a held payload that never made it into the cache (its append failed). */
+  drop(payload: Buffer): void {
+    this.retire(payload);
+  }
+
   add(rec: JournalRecord): void {
     const size = rec.payload.length + HEADER_BYTES;
     if (size > this.bytesMax) {
       this.clear();
+      this.retire(rec.payload);
       return;
     }
     if (this.items.length > this.head) assert(rec.seq === this.lastSeq + 1, 'cache seqs consecutive');
@@ -45,9 +79,14 @@ export class RecordCache {
   }
 
   clear(): void {
+    for (let i = this.head; i < this.items.length; i++) this.retire(this.items[i]!.payload);
     this.items = [];
     this.head = 0;
     this.bytes = 0;
+  }
+
+  ringStats(): ReturnType<BufferRing['stats']> | null {
+    return this.ring?.stats() ?? null;
   }
 
   private evictOldest(): void {
@@ -55,9 +94,33 @@ export class RecordCache {
     if (!rec) return;
     this.items[this.head++] = undefined;
     this.bytes -= rec.payload.length + HEADER_BYTES;
+    this.retire(rec.payload);
     if (this.head >= 1024 && this.head * 2 >= this.items.length) {
       this.items = this.items.slice(this.head);
       this.head = 0;
     }
   }
+
+  private retire(payload: Buffer): void {
+    if (!this.ring?.owns(payload)) return;
+    this.retired.push(payload);
+    this.scheduleFree();
+  }
+
+  private scheduleFree(): void {
+    if (this.retireScheduled) return;
+    this.retireScheduled = true;
+    setImmediate(() => {
+      this.retireScheduled = false;
+      if (this.readsInFlight()) {
+        this.scheduleFree(); // look again next turn
+        return;
+      }
+      for (const b of this.retired.splice(0)) this.ring!.free(b);
+    });
+  }
+}
+
+function ringSlackBytes(bytesMax: number): number {
+  return Math.min(bytesMax, 16 * 1024 * 1024);
 }

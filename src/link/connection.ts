@@ -6,7 +6,7 @@ import { ErrorCode, isVrgError, vrgError, type VrgError } from '../core/errors.j
 import { limits } from '../core/limits.js';
 import { silentLogger, type Logger } from '../core/log.js';
 import type { Random } from '../core/random.js';
-import { encodeFrame, FrameFlags, FrameType, openFrame, type DirectionKeys, type FrameDecoder, type RawFrame } from '../protocol/frame.js';
+import { encodeFrame, FrameFlags, FrameType, openFrame, type DirectionKeys, type FrameDecoder, type FrameMemory, type RawFrame } from '../protocol/frame.js';
 import {
   decodeAck, decodeCheckDigests, decodeCheckRequest, decodeVmState, decodeHeartbeat, decodeLinkError, decodeResume, encodeHeartbeat, encodeLinkError, type Resume,
 } from '../protocol/messages.js';
@@ -93,13 +93,14 @@ export class LinkConnection extends EventEmitter {
   private nextAllocSeq: number;
   private nextWriteSeq: number;
   private recvSeq: number;
-  private readonly early = new Map<number, Buffer>();
+  private readonly early = new Map<number, { bytes: Buffer; onWritten?: () => void }>();
   private closed = false;
   private lastRecvNs: bigint;
   private heartbeatId = 0;
   private heartbeatTimer: TimerHandle | null = null;
   private watchdogTimer: TimerHandle | null = null;
   private readonly onData = (chunk: Buffer): void => this.receive(chunk);
+  private frameMemory: FrameMemory | null = null;
 
   constructor(init: ConnectionInit) {
     super();
@@ -153,24 +154,49 @@ export class LinkConnection extends EventEmitter {
     return this.nextAllocSeq++;
   }
 
-  /** Writes frames strictly in seq order; early ones wait (bounded). Ignored once closed. */
-  sendSealed(seq: number, frameBytes: Buffer): void {
-    if (this.closed) return;
+  /**
+   * Writes frames strictly in seq order; early ones wait (bounded). Ignored once closed. `onWritten` runs once
+   * the socket no longer needs `frameBytes` (written, or dropped with the connection): a pooled frame's memory
+   * may be reused from then on.
+   */
+  sendSealed(seq: number, frameBytes: Buffer, onWritten?: () => void): void {
+    if (this.closed) {
+      onWritten?.();
+      return;
+    }
     assert(seq >= this.nextWriteSeq && seq < this.nextAllocSeq && !this.early.has(seq), `send seq ${seq} was allocated once`);
     if (seq !== this.nextWriteSeq) {
-      this.early.set(seq, frameBytes);
+      this.early.set(seq, { bytes: frameBytes, onWritten });
       if (this.early.size > SEND_REORDER_MAX) {
         this.close(vrgError(ErrorCode.FRAME_SEQUENCE, `send seq ${this.nextWriteSeq} still missing with ${this.early.size} frames queued behind it`));
       }
       return;
     }
-    this.sock.write(frameBytes);
-    this.nextWriteSeq++;
+    this.write(frameBytes, onWritten);
     for (let next = this.early.get(this.nextWriteSeq); next !== undefined; next = this.early.get(this.nextWriteSeq)) {
       this.early.delete(this.nextWriteSeq);
-      this.sock.write(next);
-      this.nextWriteSeq++;
+      this.write(next.bytes, next.onWritten);
     }
+  }
+
+  private write(bytes: Buffer, onWritten?: () => void): void {
+    // The callback runs on success and on error (a destroyed socket fails its queued writes).
+    if (onWritten) this.sock.write(bytes, () => onWritten());
+    else this.sock.write(bytes);
+    this.nextWriteSeq++;
+  }
+
+  /**
+   * Large frames are received into `memory` from now on; the 'writeBatch' listener frees each batch frame's
+   * bytes once it is done with them (control frames are freed here).
+   */
+  useFrameMemory(memory: FrameMemory): void {
+    this.frameMemory = memory;
+    this.decoder.memory = memory;
+  }
+
+  private freeFrame(f: RawFrame): void {
+    if (this.frameMemory?.owns(f.bytes)) this.frameMemory.free(f.bytes);
   }
 
   /** Sends a LinkError first when `err` is given (and the send stream has no gap), then closes. Idempotent. */
@@ -183,8 +209,10 @@ export class LinkConnection extends EventEmitter {
     this.closed = true;
     this.heartbeatTimer?.cancel();
     this.watchdogTimer?.cancel();
+    for (const e of this.early.values()) e.onWritten?.();
     this.early.clear();
     this.sock.off('data', this.onData);
+    this.decoder.dispose();
     const sock = this.sock;
     if (err && notifyPeer && this.nextWriteSeq === this.nextAllocSeq && sock.writable && !sock.destroyed) {
       const code = isVrgError(err) ? err.code : 'VRG_INTERNAL';
@@ -227,8 +255,8 @@ export class LinkConnection extends EventEmitter {
       return;
     }
     for (const f of frames) {
-      if (this.closed) return;
-      this.handleFrame(f);
+      if (this.closed) this.freeFrame(f);
+      else this.handleFrame(f);
     }
   }
 
@@ -245,6 +273,14 @@ export class LinkConnection extends EventEmitter {
       this.acceptWriteBatch(f);
       return;
     }
+    try {
+      this.handleControlFrame(f);
+    } finally {
+      this.freeFrame(f); // the decoded message holds no view of the frame's bytes
+    }
+  }
+
+  private handleControlFrame(f: RawFrame): void {
     let header: Buffer;
     try {
       header = openFrame(f, this.recvKeys, this.recvSeq).header;
@@ -273,10 +309,12 @@ export class LinkConnection extends EventEmitter {
   /** Data frames are opened in the worker pool: only the seal's presence and the sequence are checked here. */
   private acceptWriteBatch(f: RawFrame): void {
     if ((f.flags & FrameFlags.SEALED) === 0 || f.tag === null) {
+      this.freeFrame(f);
       this.close(vrgError(ErrorCode.FRAME_AUTH_FAILED, `write batch seq ${f.seq} is not sealed`));
       return;
     }
     if (f.seq !== this.recvSeq) {
+      this.freeFrame(f);
       this.close(vrgError(ErrorCode.FRAME_SEQUENCE, `frame seq ${f.seq}, expected ${this.recvSeq}`, { seq: f.seq, expectedSeq: this.recvSeq }));
       return;
     }

@@ -27,8 +27,8 @@ function paced(sock: Duplex, bytesPerSec: number, clock: Clock): Duplex {
       freeAtMs = Math.max(now, freeAtMs) + (chunk.byteLength * 1000) / bytesPerSec;
       clock.setTimer(Math.max(0, freeAtMs - now), () => {
         if (sock.destroyed) return cb(vrgError(ErrorCode.CONNECTION_CLOSED, 'link socket closed'));
-        if (sock.write(chunk)) cb();
-        else sock.once('drain', () => cb());
+        // Done only once the socket has written the chunk: the writer may reuse a pooled frame's memory then.
+        sock.write(chunk, (err) => cb(err ?? null));
       });
     },
     read() {

@@ -1,13 +1,14 @@
 import { systemClock } from '../core/clock.js';
 import { ErrorCode, isVrgError, vrgError } from '../core/errors.js';
 import { limits } from '../core/limits.js';
-import { encodeFrame, FrameType, openFrame, parseFrame, type DirectionKeys } from '../protocol/frame.js';
+import { encodeFrame, FRAME_OVERHEAD_BYTES, frameHeaderBytesMax, FrameType, openFrame, parseFrame, type DirectionKeys } from '../protocol/frame.js';
 import { decodeWriteBatch, encodeWriteBatch, type WriteBatch } from '../protocol/messages.js';
 import { RecordCodec, type CompressResult, type ShipResult, type StageSample } from './codec-types.js';
 import { lz4Decode, lz4Encode, lz4EncodeBound } from './lz4-native.js';
 
 // Pure, synchronous codec operations shared by InlineCodec (calling thread) and codec-worker.ts (piscina).
-// Every output buffer they return owns its whole ArrayBuffer (Buffer.allocUnsafeSlow), so it can be transferred.
+// Every output buffer they return owns its whole ArrayBuffer (Buffer.allocUnsafeSlow), so it can be transferred,
+// unless the caller gave a block to build it in (`into`, a pooled buffer): then it is a view of that block.
 
 /** Record kinds of WriteRecord.kind (same numbers as the journal's RecordKind). */
 // The journal's RecordKind (workers load this file alone, so the values are repeated here).
@@ -101,7 +102,8 @@ export function compressRecords(data: Buffer, lengths: readonly number[], compre
  * intake's ack path does no compression; here each RAW data record becomes LZ4 when that is strictly smaller.
  * `payload` holds the records' stored bytes back to back, as `batch.records[i].storedLength` says.
  */
-export function shipBatch(keys: DirectionKeys, seq: number, batch: WriteBatch, payload: Buffer, encrypt: boolean, compress: boolean): Timed<ShipResult> {
+export function shipBatch(keys: DirectionKeys, seq: number, batch: WriteBatch, payload: Buffer, encrypt: boolean, compress: boolean,
+    into?: Buffer): Timed<ShipResult> {
   validateBatch(batch, payload.length);
   const samples: StageSample[] = [];
   let stored = payload;
@@ -128,14 +130,18 @@ export function shipBatch(keys: DirectionKeys, seq: number, batch: WriteBatch, p
     stored = work.subarray(0, outPos);
     samples.push({ stage: 'compress', bytesIn: payload.length, bytesOut: outPos, ns: since(t0) });
   }
-  const sealed = sealBatch(keys, seq, encodeWriteBatch({ ...batch, records }), stored, encrypt);
+  const sealed = sealBatch(keys, seq, encodeWriteBatch({ ...batch, records }), stored, encrypt, into);
   return { value: { frame: sealed.value, storedBytes: stored.length }, samples: [...samples, ...sealed.samples] };
 }
 
-/** A complete sealed WRITE_BATCH frame: header = encoded WriteBatch, payload = the records' stored bytes. */
-export function sealBatch(keys: DirectionKeys, seq: number, header: Uint8Array, payload: Buffer, encrypt: boolean): Timed<Buffer> {
+/**
+ * A complete sealed WRITE_BATCH frame: header = encoded WriteBatch, payload = the records' stored bytes. Built at
+ * the start of `into` when given (a pooled block: shipBoundBytes(payload) fits), else in a buffer of its own.
+ */
+export function sealBatch(keys: DirectionKeys, seq: number, header: Uint8Array, payload: Buffer, encrypt: boolean, into?: Buffer): Timed<Buffer> {
   const t0 = now();
-  const frame = toOwned(encodeFrame({ type: FrameType.WRITE_BATCH, seq, header, payload }, { keys, encrypt }));
+  const encoded = encodeFrame({ type: FrameType.WRITE_BATCH, seq, header, payload }, { keys, encrypt }, into);
+  const frame = into ? encoded : toOwned(encoded);
   return {
     value: frame,
     samples: [{ stage: 'seal', bytesIn: header.byteLength + payload.length, bytesOut: frame.length, ns: since(t0) }],
@@ -211,9 +217,34 @@ function isU32(v: unknown): v is number {
   return typeof v === 'number' && Number.isInteger(v) && v >= 0 && v <= 0xffff_ffff;
 }
 
-/** Decompresses the (validated) WRITE records of `payload` into one buffer of `plainTotal` bytes. */
-function decompressRecords(batch: WriteBatch, payload: Buffer, plainTotal: number): Buffer {
-  const out = Buffer.allocUnsafeSlow(plainTotal);
+/**
+ * The plain bytes a WRITE_BATCH frame's header declares, read before the frame is authenticated: only to size
+ * the block its data is decompressed into (openBatch checks everything again). 0 when undecodable or over
+ * batchPlainBytesMax (the worker then refuses the frame, or builds its data in a buffer of its own).
+ */
+export function declaredPlainBytes(header: Uint8Array): number {
+  let batch: WriteBatch;
+  try {
+    batch = decodeWriteBatch(header);
+  } catch {
+    return 0;
+  }
+  let plain = 0;
+  for (const r of batch.records ?? []) if (carriesData(r.kind) && Number.isSafeInteger(r.length) && r.length > 0) plain += r.length;
+  return plain <= batchPlainBytesMax ? plain : 0;
+}
+
+/** Bytes a sealed frame of a batch whose stored payload is `payloadBytes` may need (the header at its largest). */
+export function shipBoundBytes(payloadBytes: number): number {
+  return payloadBytes + FRAME_OVERHEAD_BYTES + frameHeaderBytesMax;
+}
+
+/**
+ * Decompresses the (validated) WRITE records of `payload` into one buffer of `plainTotal` bytes: the start of
+ * `into` when it is large enough, else a buffer of its own.
+ */
+function decompressRecords(batch: WriteBatch, payload: Buffer, plainTotal: number, into?: Buffer): Buffer {
+  const out = into && into.length >= plainTotal ? into.subarray(0, plainTotal) : Buffer.allocUnsafeSlow(plainTotal);
   let inPos = 0;
   let outPos = 0;
   for (const [i, r] of (batch.records ?? []).entries()) {
@@ -240,7 +271,7 @@ function decompressRecords(batch: WriteBatch, payload: Buffer, plainTotal: numbe
  * DR side: parse, authenticate and decrypt (openFrame, before anything else touches the payload), decode and
  * validate the WriteBatch header, then decompress each WRITE record into a buffer bounded by its declared length.
  */
-export function openBatch(keys: DirectionKeys, expectedSeq: number, frameBytes: Buffer): Timed<{ batch: WriteBatch; data: Buffer }> {
+export function openBatch(keys: DirectionKeys, expectedSeq: number, frameBytes: Buffer, into?: Buffer): Timed<{ batch: WriteBatch; data: Buffer }> {
   const t0 = now();
   const raw = parseFrame(frameBytes); // exactly one complete frame, views into frameBytes
   const { header, payload } = openFrame(raw, keys, expectedSeq);
@@ -250,7 +281,7 @@ export function openBatch(keys: DirectionKeys, expectedSeq: number, frameBytes: 
   const batch = plainBatch(decodeHeader(header));
   const plainTotal = validateBatch(batch, payload.length);
   const t1 = now();
-  const data = decompressRecords(batch, payload, plainTotal);
+  const data = decompressRecords(batch, payload, plainTotal, into);
   const samples: StageSample[] = [
     { stage: 'open', bytesIn: frameBytes.length, bytesOut: payload.length, ns: Number(t1 - t0) },
     { stage: 'decompress', bytesIn: payload.length, bytesOut: data.length, ns: since(t1) },

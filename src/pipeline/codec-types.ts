@@ -37,6 +37,11 @@ export interface ShipTask {
   payload: Buffer;
   encrypt: boolean;
   compress: boolean;
+  /**
+   * A pooled block to build the frame in (shipBoundBytes(payload.length) long; with PoolCodec a view of a
+   * SharedArrayBuffer ring, as `payload` may be). The result's frame is then a view of it.
+   */
+  into?: Buffer;
 }
 
 export interface ShipResult {
@@ -49,11 +54,13 @@ export interface OpenTask {
   keys: DirectionKeys;
   expectedSeq: number;
   frame: Buffer;
+  /** A pooled block for the plain data (used when the batch's plain bytes fit in it). */
+  into?: Buffer;
 }
 
 export interface OpenResult {
   batch: WriteBatch;
-  /** Plain bytes of the WRITE records, concatenated in order. Owns its ArrayBuffer. */
+  /** Plain bytes of the WRITE records, concatenated in order: a view of `into`, or a buffer owning its ArrayBuffer. */
   data: Buffer;
 }
 

@@ -4,4 +4,4 @@ export type { Codec, CodecStats, CompressInput, CompressResult, OpenResult, Open
   StageStats } from './codec-types.js';
 export { InlineCodec } from './inline-codec.js';
 export { PoolCodec, codecWorkerFilename, type PoolCodecOptions } from './pool-codec.js';
-export { batchPlainBytesMax } from './codec-ops.js';
+export { batchPlainBytesMax, declaredPlainBytes, shipBoundBytes } from './codec-ops.js';

@@ -24,14 +24,14 @@ export class InlineCodec implements Codec {
 
   async shipBatch(t: ShipTask): Promise<ShipResult> {
     this.checkOpen();
-    const r = ops.shipBatch(t.keys, t.seq, t.batch, t.payload, t.encrypt, t.compress);
+    const r = ops.shipBatch(t.keys, t.seq, t.batch, t.payload, t.encrypt, t.compress, t.into);
     this.acc.add(r.samples);
     return r.value;
   }
 
   async openBatch(t: OpenTask): Promise<OpenResult> {
     this.checkOpen();
-    const r = ops.openBatch(t.keys, t.expectedSeq, t.frame);
+    const r = ops.openBatch(t.keys, t.expectedSeq, t.frame, t.into);
     this.acc.add(r.samples);
     return r.value;
   }

@@ -76,6 +76,7 @@ export class PoolCodec implements Codec {
     const payload = this.outgoing(t.payload);
     const task: CodecTask = {
       op: 'ship', keys: wireKeys(t.keys), seq: t.seq, batch: t.batch, payload, encrypt: t.encrypt, compress: t.compress,
+      ...(t.into && isShared(t.into) ? { into: t.into } : {}),
     };
     const v = (await this.run(task, [payload])) as { frame: Uint8Array; storedBytes: number };
     return { frame: asBuffer(v.frame), storedBytes: v.storedBytes };
@@ -83,7 +84,9 @@ export class PoolCodec implements Codec {
 
   async openBatch(t: OpenTask): Promise<OpenResult> {
     const frame = this.outgoing(t.frame);
-    const task: CodecTask = { op: 'open', keys: wireKeys(t.keys), expectedSeq: t.expectedSeq, frame };
+    const task: CodecTask = {
+      op: 'open', keys: wireKeys(t.keys), expectedSeq: t.expectedSeq, frame, ...(t.into && isShared(t.into) ? { into: t.into } : {}),
+    };
     const v = (await this.run(task, [frame])) as { batch: WriteBatch; data: Uint8Array };
     return { batch: v.batch, data: asBuffer(v.data) };
   }
@@ -105,8 +108,12 @@ export class PoolCodec implements Codec {
     await this.pool.close();
   }
 
-  /** A buffer to move to the worker: the input itself (transferInputs) or one copy owning its ArrayBuffer. */
+  /**
+   * A buffer for the worker: a view of shared memory as it is (nothing copied or moved), the input itself
+   * (transferInputs), or one copy owning its ArrayBuffer.
+   */
   private outgoing(b: Buffer): Buffer {
+    if (isShared(b)) return b;
     if (this.transferInputs && ownsArrayBuffer(b)) return b;
     const copy = Buffer.allocUnsafeSlow(b.length);
     copy.set(b);
@@ -116,8 +123,9 @@ export class PoolCodec implements Codec {
   private async run(task: CodecTask, moved: Buffer[]): Promise<unknown> {
     await this.slot();
     try {
-      for (const b of moved) assert(ownsArrayBuffer(b), 'only buffers owning their ArrayBuffer are moved');
-      const reply = (await this.submit(task, moved.map((b) => b.buffer as ArrayBuffer))) as CodecReply;
+      const transfer = moved.filter((b) => !isShared(b));
+      for (const b of transfer) assert(ownsArrayBuffer(b), 'only buffers owning their ArrayBuffer are moved');
+      const reply = (await this.submit(task, transfer.map((b) => b.buffer as ArrayBuffer))) as CodecReply;
       if (!reply.ok) throw rebuildError(reply.error);
       this.acc.add(reply.samples);
       return reply.value;
@@ -152,6 +160,10 @@ export class PoolCodec implements Codec {
     if (next) next.resolve(); // the slot passes straight to the next caller
     else this.inFlight--;
   }
+}
+
+function isShared(b: Uint8Array): boolean {
+  return b.buffer instanceof SharedArrayBuffer;
 }
 
 function wireKeys(k: DirectionKeys): WireKeys {

@@ -74,10 +74,30 @@ function cipherInto(c: { update(b: Buffer): Buffer }, src: Uint8Array, dst: Buff
   }
 }
 
-/** Builds a frame in one buffer that owns its ArrayBuffer (transferable). Unsealed when `seal` is omitted. */
+/**
+ * Where large frames are received into, and handed back once used (a BufferRing): the decoder takes a block for
+ * each frame of pooledFrameBytesMin or more, and falls back to a buffer of its own when there is no room.
+ */
+export interface FrameMemory {
+  tryAlloc(bytes: number): Buffer | null;
+  owns(buf: Uint8Array): boolean;
+  free(buf: Uint8Array): void;
+}
+
+/** Smaller frames (control frames) are not worth a ring block. */
+export const pooledFrameBytesMin = 16 * 1024;
+
+/** Frame bytes beyond the header and payload: prefix and tag. */
+export const FRAME_OVERHEAD_BYTES = FRAME_PREFIX_BYTES + FRAME_TAG_BYTES;
+
+/**
+ * Builds a frame in one buffer that owns its ArrayBuffer (transferable), or at the start of `into` (a
+ * returned view of it) when given. Unsealed when `seal` is omitted.
+ */
 export function encodeFrame(
   f: { type: number; seq: number; header: Uint8Array; payload?: Uint8Array },
   seal?: { keys: DirectionKeys; encrypt: boolean },
+  into?: Buffer,
 ): Buffer {
   const payload = f.payload ?? new Uint8Array(0);
   const headerLen = f.header.byteLength;
@@ -90,7 +110,10 @@ export function encodeFrame(
   if (bodyLen > limits.frameBytesMax) {
     throw vrgError(ErrorCode.FRAME_TOO_LARGE, `frame body of ${bodyLen} bytes exceeds ${limits.frameBytesMax}`);
   }
-  const out = Buffer.allocUnsafeSlow(4 + bodyLen);
+  if (into && into.length < 4 + bodyLen) {
+    throw vrgError(ErrorCode.INVALID_ARGUMENT, `frame of ${4 + bodyLen} bytes does not fit its ${into.length}-byte buffer`);
+  }
+  const out = into ? into.subarray(0, 4 + bodyLen) : Buffer.allocUnsafeSlow(4 + bodyLen);
   const flags = seal ? FrameFlags.SEALED | (seal.encrypt ? FrameFlags.ENCRYPTED : 0) : 0;
   out.writeUInt32BE(bodyLen, 0);
   out[4] = f.type;
@@ -186,7 +209,8 @@ export function parseFrame(bytes: Buffer, frameBytesMax: number = limits.frameBy
 /**
  * Incremental frame decoder: any split of the byte stream gives the same frames. Holds at most one
  * partial frame, whose size is checked against frameBytesMax before any of its body is buffered.
- * Each frame is copied once into its own buffer (transferable to a worker). After an error it stays failed.
+ * Each frame is copied once into its own buffer (transferable to a worker) or a block of `memory`, which
+ * whoever consumes the frame frees. After an error it stays failed.
  */
 export class FrameDecoder {
   private readonly lenBuf = Buffer.alloc(4);
@@ -194,8 +218,17 @@ export class FrameDecoder {
   private cur: Buffer | null = null;
   private curFill = 0;
   private failure: Error | null = null;
+  /** Set by the frame's consumer (the DR gateway): large frames are received into it. */
+  memory: FrameMemory | null = null;
 
   constructor(private readonly frameBytesMax: number = limits.frameBytesMax) {}
+
+  /** Hands back the partial frame's block (the connection is gone). */
+  dispose(): void {
+    if (this.cur && this.memory?.owns(this.cur)) this.memory.free(this.cur);
+    this.cur = null;
+    this.failure ??= new Error('frame decoder disposed');
+  }
 
   get bufferedBytes(): number {
     return this.cur ? this.curFill : this.lenFill;
@@ -244,7 +277,8 @@ export class FrameDecoder {
       throw vrgError(ErrorCode.FRAME_TOO_LARGE, `frame body of ${bodyLen} bytes exceeds ${this.frameBytesMax}`, { bodyLen });
     }
     if (bodyLen < BODY_FIXED_BYTES) throw malformed(`frame body of ${bodyLen} bytes is shorter than ${BODY_FIXED_BYTES}`);
-    const buf = Buffer.allocUnsafeSlow(4 + bodyLen);
+    const pooled = this.memory && 4 + bodyLen >= pooledFrameBytesMin ? this.memory.tryAlloc(4 + bodyLen) : null;
+    const buf = pooled ?? Buffer.allocUnsafeSlow(4 + bodyLen);
     this.lenBuf.copy(buf, 0);
     return buf;
   }

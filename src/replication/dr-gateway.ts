@@ -1,6 +1,7 @@
 import { EventEmitter } from 'node:events';
 import { mkdir, rm } from 'node:fs/promises';
 import { join } from 'node:path';
+import { BufferRing } from '../core/buffer-ring.js';
 import { ErrorCode, vrgError } from '../core/errors.js';
 import { RwLock } from '../core/rw-lock.js';
 import { limits } from '../core/limits.js';
@@ -9,6 +10,7 @@ import { LinkServer } from '../link/link-server.js';
 import type { PeerSecretLookup } from '../link/handshake.js';
 import { carriesData, RecordKind } from '../journal/journal.js';
 import { FrameType, type RawFrame } from '../protocol/frame.js';
+import { declaredPlainBytes } from '../pipeline/codec.js';
 import {
   encodeAck, encodeCheckDigests, type CheckRequest, type Resume, type VmState, type WriteBatch,
 } from '../protocol/messages.js';
@@ -56,6 +58,8 @@ class DrVm {
 interface Opened {
   batch: WriteBatch;
   data: Buffer;
+  /** The ring block `data` was opened into (freed once applied), or null. */
+  into: Buffer | null;
 }
 
 export interface DrVmStatus {
@@ -91,6 +95,8 @@ export interface DrDiagnostics {
 export class DrGateway extends EventEmitter {
   private conn: LinkConnection | null = null;
   private queue: Array<Promise<Opened>> = [];
+  /** Received frames and their opened data (shared with the codec workers). */
+  private readonly linkRing = new BufferRing({ capacityBytes: limits.linkRingBytesDr, shared: true });
   private applying = false;
   private flushing = false;
   private idleWaiters: Array<() => void> = [];
@@ -244,13 +250,15 @@ export class DrGateway extends EventEmitter {
 
   private attach(conn: LinkConnection): void {
     this.conn = conn;
-    this.queue = [];
+    this.dropQueue();
+    conn.useFrameMemory(this.linkRing);
     conn.on('writeBatch', (seq: number, raw: RawFrame) => {
       if (this.queue.length >= limits.framesInFlightMax * 2) {
+        this.freeBlock(raw.bytes);
         conn.close(vrgError(ErrorCode.FRAME_UNEXPECTED, 'peer exceeded the in-flight window'));
         return;
       }
-      const opened = this.deps.codec.openBatch({ keys: conn.recvKeys, expectedSeq: seq, frame: raw.bytes });
+      const opened = this.open(conn, seq, raw);
       opened.catch(() => undefined); // observed in order by applyLoop
       this.queue.push(opened);
       this.kickApply(conn);
@@ -262,10 +270,38 @@ export class DrGateway extends EventEmitter {
     conn.on('close', () => {
       if (this.conn === conn) {
         this.conn = null;
-        this.queue = [];
+        this.dropQueue();
       }
     });
     this.kickFlush();
+  }
+
+  /**
+   * Opens a frame in the codec pool, its data into a ring block sized by what the (not yet authenticated) header
+   * declares; the frame's own block is free once opened. A failed open frees the data block too.
+   */
+  private async open(conn: LinkConnection, seq: number, raw: RawFrame): Promise<Opened> {
+    const plainBytes = declaredPlainBytes(raw.header);
+    const into = plainBytes > 0 ? this.linkRing.tryAlloc(plainBytes) : null;
+    try {
+      const o = await this.deps.codec.openBatch({ keys: conn.recvKeys, expectedSeq: seq, frame: raw.bytes, ...(into ? { into } : {}) });
+      return { ...o, into };
+    } catch (err) {
+      this.freeBlock(into);
+      throw err;
+    } finally {
+      this.freeBlock(raw.bytes);
+    }
+  }
+
+  private freeBlock(b: Buffer | null): void {
+    if (b && this.linkRing.owns(b)) this.linkRing.free(b);
+  }
+
+  /** Forgets the queued batches (the connection is gone); each one's block is freed once its open settles. */
+  private dropQueue(): void {
+    for (const q of this.queue) q.then((o) => this.freeBlock(o.into), () => undefined);
+    this.queue = [];
   }
 
   private onVmState(msg: VmState): void {
@@ -311,7 +347,9 @@ export class DrGateway extends EventEmitter {
       this.queue.shift();
       try {
         await this.applyBatch(opened.batch, opened.data);
+        this.freeBlock(opened.into);
       } catch (err) {
+        this.freeBlock(opened.into);
         this.deps.logger.error({ err }, 'apply failed');
         this.targetFailed(opened.batch.vmUuid, err as Error);
         this.rewindToDurable();

@@ -1,4 +1,5 @@
 import { EventEmitter } from 'node:events';
+import { BufferRing } from '../core/buffer-ring.js';
 import { mkdir } from 'node:fs/promises';
 import type { Clock, TimerHandle } from '../core/clock.js';
 import { limits } from '../core/limits.js';
@@ -94,6 +95,8 @@ export class ProductionGateway extends EventEmitter {
   private everConnected = false;
   private lastLinkError: string | null = null;
   private readonly vms = new Map<string, ProtectedVm>();
+  /** Batches and sealed frames of every VM (shared with the codec workers). */
+  private readonly linkRing = new BufferRing({ capacityBytes: limits.linkRingBytesProduction, shared: true });
   private readonly byVolume = new Map<string, { vm: ProtectedVm; index: number }>();
   private readonly roomWaiters: Array<() => void> = [];
   private readonly digestWaiters = new Map<number, { resolve: (b: Buffer) => void; reject: (e: Error) => void; timer: TimerHandle }>();
@@ -357,6 +360,7 @@ export class ProductionGateway extends EventEmitter {
       cbtGranularityBytes: this.opts.cbtGranularityBytes,
       writeBack: () => this.writeBack,
       compression: this.config.link.compression,
+      linkRing: this.linkRing,
     };
   }
 

@@ -1,4 +1,5 @@
 import { mkdir, rm, stat } from 'node:fs/promises';
+import type { BufferRing } from '../core/buffer-ring.js';
 import { join } from 'node:path';
 import { writeJsonAtomic } from '../core/atomic-file.js';
 import { sleep, type Clock } from '../core/clock.js';
@@ -53,6 +54,8 @@ export interface ProtectedVmHooks {
   writeBack?: () => boolean;
   /** How compressOption 1 is applied (config link.compression). */
   compression?: CompressionSetting;
+  /** The gateway's ring for batches and sealed frames (shared by its VMs). */
+  linkRing?: BufferRing;
 }
 
 /** A run that stopped on an error is retried after this, doubling up to runRetryMaxMs. */
@@ -137,6 +140,7 @@ export class ProtectedVm {
       onAcked: () => this.onAcked(),
       logger,
       compression: hooks.compression ?? 'auto',
+      ...(hooks.linkRing ? { ring: hooks.linkRing } : {}),
     });
     this.intake = new Intake(journal, volumes, {
       writeBack: () => hooks.writeBack?.() === true,

@@ -4,7 +4,8 @@ import { limits } from '../core/limits.js';
 import type { Logger } from '../core/log.js';
 import { carriesData, type Journal, type JournalRecord } from '../journal/journal.js';
 import type { LinkConnection } from '../link/connection.js';
-import { batchPlainBytesMax, type Codec } from '../pipeline/codec.js';
+import { batchPlainBytesMax, shipBoundBytes, type Codec } from '../pipeline/codec.js';
+import type { BufferRing } from '../core/buffer-ring.js';
 import { initialCompression, observe, type CompressionSetting, type CompressionState, type LinkObservation } from './compression-policy.js';
 
 // Ships one VM's journal to the DR gateway over the current link connection: consecutive records
@@ -75,6 +76,11 @@ export class Shipper {
       onAcked: (seq: number) => void;
       logger: Logger;
       compression?: CompressionSetting;
+      /**
+       * Where batches are assembled and frames sealed (shared with the codec workers), each block freed once
+       * the codec or the socket is done with it. A batch that finds no room uses buffers of its own.
+       */
+      ring?: BufferRing;
     },
   ) {
     this.compression = initialCompression(opts.compression ?? 'auto');
@@ -204,7 +210,12 @@ export class Shipper {
 
   private sendBatch(conn: LinkConnection, records: JournalRecord[]): void {
     const payloadBytes = records.reduce((n, r) => n + r.payload.byteLength, 0);
-    const payload = Buffer.allocUnsafeSlow(payloadBytes);
+    const ring = this.opts.ring;
+    const payload = (payloadBytes > 0 ? ring?.tryAlloc(payloadBytes) : null) ?? Buffer.allocUnsafeSlow(payloadBytes);
+    const into = ring?.tryAlloc(shipBoundBytes(payloadBytes)) ?? undefined;
+    const free = (b: Buffer | undefined): void => {
+      if (b && ring?.owns(b)) ring.free(b);
+    };
     let at = 0;
     for (const r of records) {
       payload.set(r.payload, at);
@@ -233,13 +244,18 @@ export class Shipper {
       this.stats.plainBytesSent += r.length;
       if (compress) this.stats.plainBytesCompressOn += r.length;
     }
-    this.codec.shipBatch({ keys: conn.sendKeys, seq, batch, payload, encrypt: this.opts.encrypt(), compress }).then(
+    this.codec.shipBatch({ keys: conn.sendKeys, seq, batch, payload, encrypt: this.opts.encrypt(), compress, into }).then(
       (out) => {
+        free(payload);
         this.stats.bytesSent += out.storedBytes;
         if (this.opts.compress()) this.compression = observe(this.compression, this.observeLink(conn));
-        conn.sendSealed(seq, out.frame);
+        conn.sendSealed(seq, out.frame, () => free(into));
       },
-      (err) => conn.close(err as Error),
+      (err) => {
+        free(payload);
+        free(into);
+        conn.close(err as Error);
+      },
     );
   }
 

@@ -143,7 +143,8 @@ class SimEnd extends Duplex {
         const piece = fate.pieces[i]!;
         if (piece.delayMs) await sleep(piece.delayMs);
         if (this.destroyed || this.finSent || this.peer.destroyed) return;
-        this.peer.push(chunk.subarray(at, at + piece.bytes));
+        // A copy, as a socket's kernel buffer is: the writer may reuse its memory once its callback ran.
+        this.peer.push(Buffer.from(chunk.subarray(at, at + piece.bytes)));
         at += piece.bytes;
         if (fate.cutAfter === i) {
           this.net.cut(this);

@@ -1,0 +1,126 @@
+import { assert } from './assert.js';
+
+// A bounded ring of reusable bytes for the data path's short-lived buffers (a batch on its way to the codec,
+// a sealed frame until the socket has taken it, a received frame until it is opened, its plain data until it
+// is applied). Allocating these afresh costs more than the copy into them: every new ArrayBuffer counts
+// towards V8's external-memory limit, and each 64 MiB of it forces a full mark-compact of the heap.
+//
+// Layout: one (Shared)ArrayBuffer of `capacityBytes`. Blocks are handed out in order from `head`, wrapping to 0
+// when the tail end is too short; they may be freed in any order, and the space of the oldest ones comes back
+// as soon as they are freed. Lifetimes on the data path are nearly FIFO, so little is held up.
+//
+//   [ free | oldest live ... newest live | free ]        not wrapped (head >= tail)
+//   [ newer live | free | oldest live ... | unused end ] wrapped (head < tail)
+//
+// Shared (SharedArrayBuffer) rings are visible to the codec workers as they are: nothing is copied or moved.
+
+interface Block {
+  start: number;
+  end: number;
+  freed: boolean;
+}
+
+export interface BufferRingStats {
+  capacityBytes: number;
+  usedBytes: number;
+  usedBytesPeak: number;
+  blocks: number;
+  allocs: number;
+  /** Allocations refused for want of room (the caller waited, or used a buffer of its own). */
+  refusals: number;
+}
+
+export class BufferRing {
+  readonly capacityBytes: number;
+  private readonly memory: ArrayBuffer | SharedArrayBuffer;
+  private readonly bytes: Buffer;
+  /** Live blocks in allocation order (a deque: `first` is the oldest). */
+  private blocks: Block[] = [];
+  private first = 0;
+  private readonly byStart = new Map<number, Block>();
+  private head = 0;
+  private used = 0;
+  private usedPeak = 0;
+  private allocs = 0;
+  private refusals = 0;
+  private waiters: Array<{ bytes: number; resolve: () => void }> = [];
+
+  constructor(opts: { capacityBytes: number; shared?: boolean }) {
+    assert(Number.isSafeInteger(opts.capacityBytes) && opts.capacityBytes > 0, 'ring capacity is a positive integer');
+    this.capacityBytes = opts.capacityBytes;
+    this.memory = opts.shared ? new SharedArrayBuffer(opts.capacityBytes) : new ArrayBuffer(opts.capacityBytes);
+    this.bytes = Buffer.from(this.memory as ArrayBuffer);
+  }
+
+  /** True when `buf` is a view into this ring's memory. */
+  owns(buf: Uint8Array): boolean {
+    return buf.buffer === this.memory;
+  }
+
+  /** `bytes` of the ring (contents undefined), or null when there is no room now. */
+  tryAlloc(bytes: number): Buffer | null {
+    assert(Number.isSafeInteger(bytes) && bytes > 0, `ring allocation of ${bytes} bytes`);
+    const start = this.waiters.length > 0 ? null : this.place(bytes);
+    if (start === null) {
+      this.refusals++;
+      return null;
+    }
+    const block: Block = { start, end: start + bytes, freed: false };
+    this.blocks.push(block);
+    this.byStart.set(start, block);
+    this.head = block.end;
+    this.used += bytes;
+    this.usedPeak = Math.max(this.usedPeak, this.used);
+    this.allocs++;
+    return this.bytes.subarray(start, block.end);
+  }
+
+  /** Resolves once `bytes` may fit (FIFO among waiters); false at once when they never can. */
+  room(bytes: number): Promise<boolean> {
+    if (bytes > this.capacityBytes) return Promise.resolve(false);
+    if (this.waiters.length === 0 && this.place(bytes) !== null) return Promise.resolve(true);
+    return new Promise((resolve) => this.waiters.push({ bytes, resolve: () => resolve(true) }));
+  }
+
+  /** Returns a block from tryAlloc. Freeing anything else (or twice) is a bug. */
+  free(buf: Uint8Array): void {
+    assert(this.owns(buf), 'freed buffer belongs to this ring');
+    const block = this.byStart.get(buf.byteOffset);
+    assert(block !== undefined && !block.freed, `ring block at ${buf.byteOffset} is live`);
+    block.freed = true;
+    this.byStart.delete(block.start);
+    this.used -= block.end - block.start;
+    while (this.first < this.blocks.length && this.blocks[this.first]!.freed) this.first++;
+    if (this.first === this.blocks.length) {
+      this.blocks = [];
+      this.first = 0;
+      this.head = 0; // empty: start again at the beginning, the longest free run
+    } else if (this.first >= 1024 && this.first * 2 >= this.blocks.length) {
+      this.blocks = this.blocks.slice(this.first);
+      this.first = 0;
+    }
+    this.wake();
+  }
+
+  stats(): BufferRingStats {
+    return {
+      capacityBytes: this.capacityBytes, usedBytes: this.used, usedBytesPeak: this.usedPeak,
+      blocks: this.blocks.length - this.first, allocs: this.allocs, refusals: this.refusals,
+    };
+  }
+
+  /** Where `bytes` would start now, or null. */
+  private place(bytes: number): number | null {
+    if (this.first === this.blocks.length) return bytes <= this.capacityBytes ? 0 : null;
+    const tail = this.blocks[this.first]!.start;
+    if (this.head > tail || (this.head === tail && this.used === 0)) {
+      if (this.capacityBytes - this.head >= bytes) return this.head;
+      return tail >= bytes ? 0 : null; // wrap: the short end stays unused until the ring empties past it
+    }
+    return tail - this.head >= bytes ? this.head : null;
+  }
+
+  private wake(): void {
+    while (this.waiters.length > 0 && this.place(this.waiters[0]!.bytes) !== null) this.waiters.shift()!.resolve();
+  }
+}
