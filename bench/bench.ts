@@ -9,7 +9,9 @@ import { runDemo, type DemoResult } from '../src/cli/demo.js';
 import { MiB } from '../src/core/limits.js';
 import type { CodecStats } from '../src/pipeline/codec.js';
 import { benchCodec, formatCodecBench, type CodecBenchResult } from './codec-bench.js';
+import { benchFloor, formatFloorBench } from './floor-bench.js';
 import { benchNbd, formatNbdBench } from './nbd-bench.js';
+import { benchWan, formatWanBench } from './wan-bench.js';
 import { benchProtection, formatProtectionBench } from './protection-bench.js';
 
 // `npm run bench`: one run on this machine, side by side: the codec per worker beside `lz4 -b1` and
@@ -123,14 +125,20 @@ async function main(): Promise<void> {
   process.stdout.write('NBD intake: fio against VRG, qemu-nbd and a QEMU blockdev-mirror...\n');
   const nbd = await benchNbd({ workDir: join(workDir, 'nbd') });
   await rm(join(workDir, 'nbd'), { recursive: true, force: true });
+  process.stdout.write('floor: a minimal two-process replicator doing only the unavoidable work...\n');
+  const floor = await benchFloor({ workDir: join(workDir, 'floor') });
+  await rm(join(workDir, 'floor'), { recursive: true, force: true });
+  process.stdout.write('WAN row: production and DR in two network namespaces over a tbf-shaped veth...\n');
+  const wan = await benchWan({ workDir: join(workDir, 'wan') });
+  await rm(join(workDir, 'wan'), { recursive: true, force: true });
   process.stdout.write('protection: initial sync, consistency check, CBT resync...\n');
   const protection = await benchProtection({ imagePath: image, workDir: join(workDir, 'protection') });
   const result = {
-    at: new Date().toISOString(), machine: { cores: (await import('node:os')).cpus().length }, codec, e2e: Object.fromEntries(rows), nbd, protection,
+    at: new Date().toISOString(), machine: { cores: (await import('node:os')).cpus().length }, codec, e2e: Object.fromEntries(rows), nbd, floor, wan, protection,
   };
   const file = join(root, 'bench', 'results', `bench-${result.at.replaceAll(':', '-')}.json`);
   await writeFile(file, JSON.stringify(result, null, 2));
-  process.stdout.write(`${table(codec, rows)}\n\n${formatNbdBench(nbd)}\n\n${formatProtectionBench(protection)}\n\nresult: ${file}\n`);
+  process.stdout.write(`${table(codec, rows)}\n\n${formatNbdBench(nbd)}\n\n${formatFloorBench(floor)}\n\n${formatWanBench(wan)}\n\n${formatProtectionBench(protection)}\n\nresult: ${file}\n`);
   await rm(join(workDir, 'e2e'), { recursive: true, force: true });
 }
 

@@ -14,6 +14,8 @@ import { Journal, RecordKind } from '../src/journal/journal.js';
 import { NbdServer } from '../src/nbd/nbd-server.js';
 import { volumeExport } from '../src/nbd/volume-export.js';
 import { Intake } from '../src/replication/intake.js';
+import type { DrDiagnostics } from '../src/replication/dr-gateway.js';
+import type { ProductionDiagnostics } from '../src/replication/production-gateway.js';
 import { FileVolume } from '../src/volume/file-volume.js';
 import { startCpuWindow, type CpuWindow } from './cpu-meter.js';
 import { startPerf } from './perf-profile.js';
@@ -61,6 +63,8 @@ export interface NbdTargetResult {
   verifyDetail: string | null;
   /** VRG only: peak RSS and CPU seconds of the two gateway processes over the whole target run. */
   processes?: { productionRssPeakMiB: number; drRssPeakMiB: number; productionCpuSeconds: number; drCpuSeconds: number };
+  /** VRG only: the pooled buffers at the end of the run (peak use, and how often they had no room). */
+  rings?: Record<string, unknown>;
 }
 
 export interface NbdBenchResult {
@@ -547,6 +551,7 @@ async function targetVrg(ctx: Ctx, r: NbdTargetResult, mode: 'async' | 'sync', w
     }
     const [ps, ds] = [await prod.request<StatusReply>({ type: 'status' }, 'status'), await dr.request<StatusReply>({ type: 'status' }, 'status')];
     const cpu = (p: ProcessFigures): number => (p.cpuUserUs + p.cpuSystemUs) / 1e6;
+    r.rings = await ringFigures(prod, dr);
     r.processes = {
       productionRssPeakMiB: ps.process.rssPeakBytes / MiB, drRssPeakMiB: ds.process.rssPeakBytes / MiB,
       productionCpuSeconds: cpu(ps.process), drCpuSeconds: cpu(ds.process),
@@ -562,6 +567,18 @@ async function targetVrg(ctx: Ctx, r: NbdTargetResult, mode: 'async' | 'sync', w
     if (process.env.VRG_BENCH_KEEP) await cp(dir, join(process.env.VRG_BENCH_KEEP, `vrg-${mode}${writeBack ? '-writeback' : ''}`), { recursive: true });
     await rm(dir, { recursive: true, force: true });
   }
+}
+
+type DiagnosticsReply = Extract<IpcMessage, { type: 'diagnostics' }>;
+
+/** Peak use and refusals of the gateways' rings: the link rings and each journal's cache ring. */
+async function ringFigures(prod: GatewayChild, dr: GatewayChild): Promise<Record<string, unknown>> {
+  const p = (await prod.request<DiagnosticsReply>({ type: 'diagnostics' }, 'diagnostics')).diagnostics as ProductionDiagnostics;
+  const d = (await dr.request<DiagnosticsReply>({ type: 'diagnostics' }, 'diagnostics')).diagnostics as DrDiagnostics;
+  return {
+    productionLink: p.linkRing, drLink: d.linkRing,
+    journalCaches: p.vms.map((vm) => ({ vmUuid: vm.vmUuid, ...vm.journal.cache })),
+  };
 }
 
 export function withTimeout<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
@@ -661,6 +678,8 @@ export function formatNbdBench(r: NbdBenchResult): string {
           `${g.gcCount} collections), event loop ${(100 * g.eventLoopUtilization).toFixed(0)} % busy`);
       }
     }
+    if (t.rings) lines.push(`    rings: ${JSON.stringify(t.rings)}`);
+    if (t.processes) lines.push(`    peak RSS: production ${t.processes.productionRssPeakMiB.toFixed(0)} MiB, DR ${t.processes.drRssPeakMiB.toFixed(0)} MiB`);
     if (t.error) lines.push(`    error: ${t.error}`);
   }
   const x = (v: number | null): string => (v === null ? '-' : `${v.toFixed(2)}x`);

@@ -19,8 +19,14 @@ async function replicate(t: Tap.Test, o: { compress: 0 | 1; encrypt: 0 | 1; pool
   await pair.drain();
   const status = pair.prod.status().vms[0]!;
   const drStatus = pair.dr.status().vms[0]!;
+  const rings = { production: pair.prod.diagnostics().linkRing, dr: pair.dr.diagnostics().linkRing };
   await pair.close();
   t.equal(status.ackedSeq, status.lastSeq, 'DR acknowledged every record');
+  for (const [side, ring] of Object.entries(rings)) {
+    // Drained: every batch, frame and opened batch has given its block back; the pooled path was used.
+    t.equal(ring.usedBytes, 0, `${side}: every ring block returned`);
+    t.ok(ring.allocs > 0 && ring.usedBytesPeak <= ring.capacityBytes, `${side}: frames went through the ring`);
+  }
   t.equal(drStatus.recordsApplied, status.lastSeq, 'each record applied exactly once');
   t.equal(await compareVolumes(vols.map((v, i) => [v.url, pair.configs.dr.vms[0]!.volumes[i]!.url])), null,
     'DR volumes identical to the source volumes');

@@ -159,3 +159,40 @@ t.test('link.compression in the gateway config: auto by default, always or never
     t.throws(() => parseConfig({ ...json.prod, link: { ...link, compression: bad } }), { code: ErrorCode.CONFIG_INVALID }, `${String(bad)} refused`);
   }
 });
+
+t.test('batches and frames come from the ring and go back to it once written; a full ring still ships', async (t) => {
+  const { BufferRing } = await import('../src/core/buffer-ring.js');
+  const { openBatch } = await import('../src/pipeline/codec-ops.js');
+  for (const capacityBytes of [8 * 1024 * 1024, 4096]) {
+    const ring = new BufferRing({ capacityBytes, shared: true });
+    const { journal, releaseReads } = heldJournal(3);
+    const shipper = new Shipper('vm', ['vol-0'], journal as unknown as Journal, new InlineCodec(), {
+      encrypt: () => true, compress: () => true, onAcked: () => undefined, logger: silentLogger, compression: 'always', ring,
+    });
+    const frames: Buffer[] = [];
+    const written: Array<() => void> = [];
+    let nextSeq = 0;
+    const conn = {
+      sendKeys: { key: Buffer.alloc(16, 1), salt: Buffer.alloc(4, 2) },
+      allocSendSeq: () => nextSeq++,
+      sendSealed: (_seq: number, bytes: Buffer, onWritten?: () => void) => {
+        frames.push(Buffer.from(bytes)); // what the socket would send, taken before the block is reused
+        if (onWritten) written.push(onWritten);
+      },
+      close: () => undefined,
+    } as unknown as LinkConnection;
+    shipper.attach(conn, 0);
+    for (let i = 0; i < 5 && frames.length === 0; i++) {
+      await tick();
+      releaseReads();
+    }
+    t.equal(frames.length, 1, `one frame shipped (ring of ${capacityBytes} bytes)`);
+    const inRing = capacityBytes > 4096;
+    t.equal(ring.stats().usedBytes > 0, inRing, inRing ? 'its frame holds a block until written' : 'no block: buffers of its own');
+    for (const w of written.splice(0)) w();
+    t.equal(ring.stats().usedBytes, 0, 'every block is back once the socket has written the frame');
+    if (!inRing) t.ok(ring.stats().refusals > 0, 'the full ring refused, and the batch went anyway');
+    const opened = openBatch({ key: Buffer.alloc(16, 1), salt: Buffer.alloc(4, 2) }, 0, frames[0]!).value;
+    t.same(opened.data, Buffer.concat([1, 2, 3].map((s) => record(s).payload)), 'the frame carries the records, intact');
+  }
+});

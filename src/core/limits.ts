@@ -31,7 +31,7 @@ export const limits = {
   /** Hot records kept in memory for shipping without reading the journal back. */
   journalCacheBytesMax: 256 * MiB,
   /** The cache a journal has unless told otherwise: a VM's shipping backlog beyond it is read back from disk. */
-  journalCacheBytesDefault: 64 * MiB,
+  journalCacheBytesDefault: 16 * MiB,
   /**
    * Production: the ring batches are assembled and frames sealed in (held until the socket has taken them).
    * DR: the ring frames are received into and opened into (held until applied). Beyond it, buffers of their own.

@@ -142,6 +142,11 @@ export class Journal {
   get lastSeq(): number { return this.last; }
   /** Highest seq written to its segment file: in the page cache, so it survives a process crash. */
   get writtenSeq(): number { return this.writeSeq - 1; }
+  /** The record cache's ring (null without a cache) and the payloads it could not hold. */
+  cacheStats(): { ring: ReturnType<RecordCache['ringStats']>; heldOutsideRing: number; cachedBytes: number } {
+    return { ring: this.cache.ringStats(), heldOutsideRing: this.cache.heldOutsideRing, cachedBytes: this.cache.bytes };
+  }
+
   /** Highest seq append() has assigned (written or not yet). */
   get appendedSeq(): number { return this.nextSeq - 1; }
 

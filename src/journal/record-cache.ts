@@ -122,5 +122,5 @@ export class RecordCache {
 }
 
 function ringSlackBytes(bytesMax: number): number {
-  return Math.min(bytesMax, 16 * 1024 * 1024);
+  return Math.min(bytesMax, 8 * 1024 * 1024);
 }

@@ -234,9 +234,14 @@ export function declaredPlainBytes(header: Uint8Array): number {
   return plain <= batchPlainBytesMax ? plain : 0;
 }
 
-/** Bytes a sealed frame of a batch whose stored payload is `payloadBytes` may need (the header at its largest). */
-export function shipBoundBytes(payloadBytes: number): number {
-  return payloadBytes + FRAME_OVERHEAD_BYTES + frameHeaderBytesMax;
+/**
+ * Bytes a sealed frame of a batch may need: its stored payload (compression never grows it), prefix and tag, and
+ * the encoded WriteBatch header at its largest: per record at most 6 varint fields (≤ 10 bytes each with their
+ * tags, the offset's 11) and a 3-byte length prefix; the VM and volume UUIDs (≤ 40 bytes each with tag and length).
+ */
+export function shipBoundBytes(payloadBytes: number, records: number = limits.batchRecordsMax, volumes: number = limits.volumesPerVmMax): number {
+  const headerBytes = Math.min(frameHeaderBytesMax, 64 + 70 * records + 40 * (volumes + 1));
+  return payloadBytes + FRAME_OVERHEAD_BYTES + headerBytes;
 }
 
 /**

@@ -1,7 +1,7 @@
 import { EventEmitter } from 'node:events';
 import { mkdir, rm } from 'node:fs/promises';
 import { join } from 'node:path';
-import { BufferRing } from '../core/buffer-ring.js';
+import { BufferRing, type BufferRingStats } from '../core/buffer-ring.js';
 import { ErrorCode, vrgError } from '../core/errors.js';
 import { RwLock } from '../core/rw-lock.js';
 import { limits } from '../core/limits.js';
@@ -84,6 +84,8 @@ export interface DrStatus {
 export interface DrDiagnostics {
   role: 'dr';
   link: { connected: boolean; closed: boolean | null };
+  /** The ring of batches and frames: how full, and how often a batch or frame found no room. */
+  linkRing: BufferRingStats;
   /** Write batches received and not yet applied (opening in the pool, or waiting for the apply loop). */
   batchesQueued: number;
   applying: boolean;
@@ -223,6 +225,7 @@ export class DrGateway extends EventEmitter {
       role: 'dr',
       link: { connected: this.conn !== null, closed: this.conn?.isClosed ?? null },
       batchesQueued: this.queue.length, applying: this.applying, flushing: this.flushing,
+      linkRing: this.linkRing.stats(),
       vms: [...this.vms.values()].map((vm) => ({
         vmUuid: vm.config.vmUuid, appliedSeq: vm.appliedSeq, durableSeq: vm.durableSeq,
         stageActive: vm.stage.active, stagedBytes: vm.stage.stagedBytes, targetError: vm.targetError,

@@ -1,5 +1,5 @@
 import { EventEmitter } from 'node:events';
-import { BufferRing } from '../core/buffer-ring.js';
+import { BufferRing, type BufferRingStats } from '../core/buffer-ring.js';
 import { mkdir } from 'node:fs/promises';
 import type { Clock, TimerHandle } from '../core/clock.js';
 import { limits } from '../core/limits.js';
@@ -64,6 +64,9 @@ export interface ProductionDiagnostics {
   link: { connected: boolean; closed: boolean | null; everConnected: boolean; lastError: string | null; rttMs: number | null };
   roomWaiters: number;
   digestWaiters: number;
+  /** The ring of batches and frames: how full, and how often a batch or frame found no room. */
+  linkRing: BufferRingStats;
+
   vms: ProtectedVmDiagnostics[];
 }
 
@@ -306,6 +309,7 @@ export class ProductionGateway extends EventEmitter {
       },
       roomWaiters: this.roomWaiters.length,
       digestWaiters: this.digestWaiters.size,
+      linkRing: this.linkRing.stats(),
       vms: [...this.vms.values()].map((vm) => vm.diagnostics()),
     };
   }

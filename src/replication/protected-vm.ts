@@ -82,7 +82,7 @@ export interface ProtectedVmDiagnostics {
   lastRunStopped: { run: string; why: string; atMs: number } | null;
   lastTransition: State['lastTransition'];
   transitions: State['transitions'];
-  journal: { firstSeq: number; lastSeq: number; writtenSeq: number; appendedSeq: number; usedBytes: number; capacityBytes: number };
+  journal: { firstSeq: number; lastSeq: number; writtenSeq: number; appendedSeq: number; usedBytes: number; capacityBytes: number; cache: ReturnType<Journal['cacheStats']> };
   checkpointSeq: number;
   intake: IntakeDiagnostics;
   shipper: ShipperDiagnostics;
@@ -580,7 +580,7 @@ export class ProtectedVm {
       },
       journal: {
         firstSeq: j.firstSeq, lastSeq: j.lastSeq, writtenSeq: j.writtenSeq, appendedSeq: j.appendedSeq,
-        usedBytes: j.usedBytes, capacityBytes: j.capacityBytes,
+        usedBytes: j.usedBytes, capacityBytes: j.capacityBytes, cache: j.cacheStats(),
       },
       lastRunStopped: this.lastRunStopped,
       lastTransition: this.state.lastTransition,

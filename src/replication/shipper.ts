@@ -212,7 +212,7 @@ export class Shipper {
     const payloadBytes = records.reduce((n, r) => n + r.payload.byteLength, 0);
     const ring = this.opts.ring;
     const payload = (payloadBytes > 0 ? ring?.tryAlloc(payloadBytes) : null) ?? Buffer.allocUnsafeSlow(payloadBytes);
-    const into = ring?.tryAlloc(shipBoundBytes(payloadBytes)) ?? undefined;
+    const into = ring?.tryAlloc(shipBoundBytes(payloadBytes, records.length, this.volumeUuids.length)) ?? undefined;
     const free = (b: Buffer | undefined): void => {
       if (b && ring?.owns(b)) ring.free(b);
     };
