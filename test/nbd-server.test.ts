@@ -140,6 +140,9 @@ t.test('nbdcopy: a random sparse image in, byte-identical file out', needs('nbdc
   const r = await runTool('nbdcopy', [src, uri('vol-rw')]);
   t.equal(r.code, 0, r.stderr);
   t.ok((await readFile(rwPath)).equals(await readFile(src)), 'the served file equals the source image');
+  const ring = server.payloadRingStats();
+  t.ok(ring.allocs > 0, 'payloads spanning received chunks were assembled in the payload ring');
+  t.equal(ring.usedBytes, 0, 'every payload block was freed once its write was answered');
   const back = join(dir, 'back.img');
   const r2 = await runTool('nbdcopy', [uri('vol-rw'), back]);
   t.equal(r2.code, 0, r2.stderr);

@@ -38,6 +38,8 @@ export const limits = {
    */
   linkRingBytesProduction: 24 * MiB,
   linkRingBytesDr: 48 * MiB,
+  /** NBD: WRITE payloads spanning received chunks are assembled here until answered (all clients of a server). */
+  nbdPayloadRingBytes: 8 * MiB,
   /** Writes accepted by the intake but not yet durable. */
   intakePendingBytesMax: 64 * MiB,
   /**

@@ -5,7 +5,7 @@ import type { Logger } from '../core/log.js';
 import {
   NbdCmd, NbdCmdFlag, NbdErrno, NbdHandshakeFlag, NbdHandshakeParser, NbdReplyFlag, NbdReplyType, NbdRequestParser,
   encodeErrorChunk, encodeGreeting, encodeOffsetDataChunkHead, encodeSimpleReplyHeader, encodeStructuredReplyHeader,
-  type NbdRequest, type NbdRequestEvent,
+  type NbdRequest, type NbdRequestEvent, type PayloadMemory,
 } from '../protocol/nbd.js';
 import { nbdErrnoFor, type NbdExport } from './nbd-export.js';
 import { NbdNegotiation, type NegotiationOptions } from './nbd-negotiation.js';
@@ -31,6 +31,8 @@ export interface NbdConnectionOptions extends Omit<NegotiationOptions, 'shutting
   /** 0 = never drop an idle but healthy client (qemu does not reconnect by default). */
   idleTimeoutMs: number;
   shuttingDown: () => boolean;
+  /** Where WRITE payloads spanning received chunks are assembled; each is freed once its request is answered. */
+  payloadMemory?: PayloadMemory;
 }
 
 const cmdNames: Record<number, string> = Object.fromEntries(Object.entries(NbdCmd).map(([k, v]) => [v, k]));
@@ -127,7 +129,7 @@ export class NbdConnection {
         this.phase = 'transmission';
         this.exp = step.export;
         this.exportName = step.export.name;
-        this.parser = new NbdRequestParser(this.opts.payloadBytesMax);
+        this.parser = new NbdRequestParser(this.opts.payloadBytesMax, this.opts.payloadMemory ?? null);
         for (const rest of this.handshake.drain()) this.parser.push(rest);
         this.log.info({ export: step.export.name, structured: this.negotiation.structured }, 'nbd client attached');
         this.pump();
@@ -163,6 +165,8 @@ export class NbdConnection {
     this.inFlight++;
     this.bytesInFlight += weight;
     void this.execute(ev).then((outcome) => {
+      // Answered: nothing holds the payload any more (the journal keeps a copy of its own).
+      if (ev.payload && this.opts.payloadMemory?.owns(ev.payload)) this.opts.payloadMemory.free(ev.payload);
       this.inFlight--;
       this.bytesInFlight -= weight;
       this.reply(req, outcome);

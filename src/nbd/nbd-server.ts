@@ -2,7 +2,8 @@ import { createServer, type Server, type Socket } from 'node:net';
 import { assert } from '../core/assert.js';
 import { systemClock, type Clock } from '../core/clock.js';
 import { ErrorCode, vrgError } from '../core/errors.js';
-import { MiB } from '../core/limits.js';
+import { BufferRing, type BufferRingStats } from '../core/buffer-ring.js';
+import { limits, MiB } from '../core/limits.js';
 import { silentLogger, type Logger } from '../core/log.js';
 import { NbdConnection } from './nbd-connection.js';
 import type { NbdExportSource } from './nbd-export.js';
@@ -40,12 +41,19 @@ export interface NbdServerOptions {
 }
 
 export class NbdServer {
+  /** The payload ring's use (for diagnostics and the bench). */
+  payloadRingStats(): BufferRingStats {
+    return this.payloadRing.stats();
+  }
+
   private server: Server | null = null;
   private readonly connections = new Set<NbdConnection>();
   private shuttingDown = false;
   private readonly logger: Logger;
   private readonly clock: Clock;
   private readonly maxPayloadBytes: number;
+  /** WRITE payloads that span received chunks, for every client (beyond it, buffers of their own). */
+  private readonly payloadRing = new BufferRing({ capacityBytes: limits.nbdPayloadRingBytes });
 
   constructor(private readonly opts: NbdServerOptions) {
     this.logger = opts.logger ?? silentLogger;
@@ -130,6 +138,7 @@ export class NbdServer {
       stallTimeoutMs: this.opts.stallTimeoutMs ?? 30_000,
       idleTimeoutMs: this.opts.idleTimeoutMs ?? 0,
       shuttingDown: () => this.shuttingDown,
+      payloadMemory: this.payloadRing,
     });
     this.connections.add(conn);
     void conn.closed.then(() => this.connections.delete(conn));

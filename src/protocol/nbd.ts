@@ -491,8 +491,11 @@ export class ByteQueue {
     this.size += chunk.length;
   }
 
-  /** Exactly `n` bytes (n ≤ length); a view into a received chunk when possible, else a new buffer. */
-  take(n: number): Buffer {
+  /**
+   * Exactly `n` bytes (n ≤ length); a view into a received chunk when possible, else a copy: into
+   * `alloc(n)`'s buffer when it gives one (pooled memory), else a new buffer.
+   */
+  take(n: number, alloc?: (n: number) => Buffer | null): Buffer {
     assert(n <= this.size, 'take within the buffered bytes');
     const first = this.chunks[0];
     if (n === 0 || first === undefined) return Buffer.alloc(0);
@@ -501,7 +504,7 @@ export class ByteQueue {
       this.consume(n);
       return out;
     }
-    const out = Buffer.allocUnsafe(n);
+    const out = alloc?.(n) ?? Buffer.allocUnsafe(n);
     let done = 0;
     while (done < n) {
       const c = this.chunks[0]!;
@@ -606,6 +609,16 @@ export interface NbdRequestEvent {
 }
 
 /**
+ * Where WRITE payloads that span received chunks are assembled (a BufferRing): the request's owner frees the
+ * payload once the request is answered. A payload within one chunk stays a view of it (nothing copied).
+ */
+export interface PayloadMemory {
+  tryAlloc(bytes: number): Buffer | null;
+  owns(buf: Uint8Array): boolean;
+  free(buf: Uint8Array): void;
+}
+
+/**
  * Server side of the transmission phase: requests, each WRITE followed by its payload. Pull-based like
  * NbdHandshakeParser, so the server takes the next request only when it has room for it (backpressure).
  * Any split of the byte stream yields the same events. Throws VRG_NBD_PROTOCOL on a bad request magic
@@ -616,7 +629,7 @@ export class NbdRequestParser {
   private pending: NbdRequest | null = null;
   private discarding = 0;
 
-  constructor(private readonly payloadBytesMax: number) {}
+  constructor(private readonly payloadBytesMax: number, private readonly memory: PayloadMemory | null = null) {}
 
   push(chunk: Buffer): void {
     this.q.push(chunk);
@@ -649,6 +662,8 @@ export class NbdRequestParser {
     }
     if (this.q.length < request.length) return null;
     this.pending = null;
-    return { request, payload: this.q.take(request.length), payloadDiscarded: false };
+    const memory = this.memory;
+    const payload = this.q.take(request.length, memory ? (n) => memory.tryAlloc(n) : undefined);
+    return { request, payload, payloadDiscarded: false };
   }
 }

@@ -132,8 +132,8 @@ export class Intake {
 
   /**
    * Resolves when the op is on the source volume and durable in the journal (write-back: written to it; see
-   * flushJournal). The intake takes `op.data` as it is (journaled and cached without a copy): the caller must
-   * not modify it afterwards.
+   * flushJournal). The intake uses `op.data` until the returned promise settles (the journal's cache keeps a
+   * copy of its own): the caller may reuse its buffer after that, never before.
    */
   async submit(op: IntakeOp): Promise<void> {
     if (this.closed) throw vrgError(ErrorCode.CLOSED, 'intake is closed');
