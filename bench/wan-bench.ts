@@ -5,7 +5,7 @@ import { mkdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { compareVolumes } from '../src/cli/demo.js';
-import { GatewayChild } from '../src/cli/gateway-child.js';
+import { GatewayChild, gatewayNodeArgs } from '../src/cli/gateway-child.js';
 import type { IpcMessage } from '../src/cli/gateway-process.js';
 import { GiB, MiB } from '../src/core/limits.js';
 import { startCpuWindow, type CpuWindow } from './cpu-meter.js';
@@ -269,7 +269,7 @@ async function vmStatus(g: GatewayChild): Promise<VmStatus> {
 function gatewayIn(ns: string, role: string, configPath: string, logPath: string): GatewayChild {
   const main = fileURLToPath(new URL('../src/cli/main.js', import.meta.url));
   if (!existsSync(main)) throw new Error(`${main} is missing: build first (npx tsc -p tsconfig.json)`);
-  const execArgv = (process.env.VRG_GATEWAY_NODE_ARGS ?? '').split(' ').filter(Boolean);
+  const execArgv = [...gatewayNodeArgs, ...(process.env.VRG_GATEWAY_NODE_ARGS ?? '').split(' ').filter(Boolean)];
   const log = openSync(logPath, 'a');
   const proc = spawn('ip', ['netns', 'exec', ns, process.execPath, ...execArgv, main, 'start', '--config', configPath],
     { stdio: ['ignore', 'ignore', log, 'ipc'], detached: true });
