@@ -8,7 +8,7 @@ import type { IpcMessage, ProcessFigures } from '../src/cli/gateway-process.js';
 // time and event-loop utilization over the same window (from their status reports). fio's own CPU comes
 // from its JSON report (its I/O runs in a child process that /proc of the parent would miss).
 
-const clockTicksPerSec = (() => {
+export const clockTicksPerSec = (() => {
   try {
     return Number(execFileSync('getconf', ['CLK_TCK'], { encoding: 'utf8' }).trim()) || 100;
   } catch {

@@ -1,17 +1,10 @@
-import { execFileSync } from 'node:child_process';
 import { readFileSync } from 'node:fs';
+import { clockTicksPerSec } from './cpu-meter.js';
 
 // Where a process's CPU went over a window, from /proc: user vs system time of the whole process, and the
 // main thread (tid = pid) and one named thread (the codec worker) apart from the rest (libuv's file-system
 // pool, V8's GC and compiler threads). Node does not name its threads, so the rest stays one figure.
 
-const ticksPerSec = (() => {
-  try {
-    return Number(execFileSync('getconf', ['CLK_TCK'], { encoding: 'utf8' }).trim()) || 100;
-  } catch {
-    return 100;
-  }
-})();
 
 interface UserSys { userSeconds: number; sysSeconds: number }
 
@@ -19,7 +12,7 @@ function readUserSys(path: string): UserSys {
   try {
     const stat = readFileSync(path, 'utf8');
     const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-    return { userSeconds: Number(f[11]) / ticksPerSec, sysSeconds: Number(f[12]) / ticksPerSec };
+    return { userSeconds: Number(f[11]) / clockTicksPerSec, sysSeconds: Number(f[12]) / clockTicksPerSec };
   } catch {
     return { userSeconds: 0, sysSeconds: 0 };
   }

@@ -20,17 +20,26 @@ interface Block {
   freed: boolean;
 }
 
+/**
+ * Pooled memory as its users see it (a BufferRing): blocks taken when there is room, and given back with
+ * release(), which ignores a buffer the pool did not hand out (the caller's fallback).
+ */
+export interface BlockMemory {
+  tryAlloc(bytes: number): Buffer | null;
+  release(buf: Uint8Array | null | undefined): void;
+}
+
 export interface BufferRingStats {
   capacityBytes: number;
   usedBytes: number;
   usedBytesPeak: number;
   blocks: number;
   allocs: number;
-  /** Allocations refused for want of room (the caller waited, or used a buffer of its own). */
+  /** Allocations refused for want of room (the caller used a buffer of its own). */
   refusals: number;
 }
 
-export class BufferRing {
+export class BufferRing implements BlockMemory {
   readonly capacityBytes: number;
   private readonly memory: ArrayBuffer | SharedArrayBuffer;
   private readonly bytes: Buffer;
@@ -43,7 +52,6 @@ export class BufferRing {
   private usedPeak = 0;
   private allocs = 0;
   private refusals = 0;
-  private waiters: Array<{ bytes: number; resolve: () => void }> = [];
 
   constructor(opts: { capacityBytes: number; shared?: boolean }) {
     assert(Number.isSafeInteger(opts.capacityBytes) && opts.capacityBytes > 0, 'ring capacity is a positive integer');
@@ -60,7 +68,7 @@ export class BufferRing {
   /** `bytes` of the ring (contents undefined), or null when there is no room now. */
   tryAlloc(bytes: number): Buffer | null {
     assert(Number.isSafeInteger(bytes) && bytes > 0, `ring allocation of ${bytes} bytes`);
-    const start = this.waiters.length > 0 ? null : this.place(bytes);
+    const start = this.place(bytes);
     if (start === null) {
       this.refusals++;
       return null;
@@ -75,11 +83,9 @@ export class BufferRing {
     return this.bytes.subarray(start, block.end);
   }
 
-  /** Resolves once `bytes` may fit (FIFO among waiters); false at once when they never can. */
-  room(bytes: number): Promise<boolean> {
-    if (bytes > this.capacityBytes) return Promise.resolve(false);
-    if (this.waiters.length === 0 && this.place(bytes) !== null) return Promise.resolve(true);
-    return new Promise((resolve) => this.waiters.push({ bytes, resolve: () => resolve(true) }));
+  /** Frees `buf` when it is a block of this ring; anything else (a fallback buffer, null) is left alone. */
+  release(buf: Uint8Array | null | undefined): void {
+    if (buf && this.owns(buf)) this.free(buf);
   }
 
   /** Returns a block from tryAlloc. Freeing anything else (or twice) is a bug. */
@@ -99,7 +105,6 @@ export class BufferRing {
       this.blocks = this.blocks.slice(this.first);
       this.first = 0;
     }
-    this.wake();
   }
 
   stats(): BufferRingStats {
@@ -118,9 +123,5 @@ export class BufferRing {
       return tail >= bytes ? 0 : null; // wrap: the short end stays unused until the ring empties past it
     }
     return tail - this.head >= bytes ? this.head : null;
-  }
-
-  private wake(): void {
-    while (this.waiters.length > 0 && this.place(this.waiters[0]!.bytes) !== null) this.waiters.shift()!.resolve();
   }
 }

@@ -116,7 +116,7 @@ export class RecordCache {
         this.scheduleFree(); // look again next turn
         return;
       }
-      for (const b of this.retired.splice(0)) this.ring!.free(b);
+      for (const b of this.retired.splice(0)) this.ring!.free(b); // retire() kept only the ring's own
     });
   }
 }

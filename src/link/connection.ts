@@ -1,12 +1,13 @@
 import { EventEmitter } from 'node:events';
 import type { Duplex } from 'node:stream';
 import { assert } from '../core/assert.js';
+import type { BlockMemory } from '../core/buffer-ring.js';
 import { elapsedMs, type Clock, type TimerHandle } from '../core/clock.js';
 import { ErrorCode, isVrgError, vrgError, type VrgError } from '../core/errors.js';
 import { limits } from '../core/limits.js';
 import { silentLogger, type Logger } from '../core/log.js';
 import type { Random } from '../core/random.js';
-import { encodeFrame, FrameFlags, FrameType, openFrame, type DirectionKeys, type FrameDecoder, type FrameMemory, type RawFrame } from '../protocol/frame.js';
+import { encodeFrame, FrameFlags, FrameType, openFrame, type DirectionKeys, type FrameDecoder, type RawFrame } from '../protocol/frame.js';
 import {
   decodeAck, decodeCheckDigests, decodeCheckRequest, decodeVmState, decodeHeartbeat, decodeLinkError, decodeResume, encodeHeartbeat, encodeLinkError, type Resume,
 } from '../protocol/messages.js';
@@ -100,7 +101,7 @@ export class LinkConnection extends EventEmitter {
   private heartbeatTimer: TimerHandle | null = null;
   private watchdogTimer: TimerHandle | null = null;
   private readonly onData = (chunk: Buffer): void => this.receive(chunk);
-  private frameMemory: FrameMemory | null = null;
+  private frameMemory: BlockMemory | null = null;
 
   constructor(init: ConnectionInit) {
     super();
@@ -190,13 +191,13 @@ export class LinkConnection extends EventEmitter {
    * Large frames are received into `memory` from now on; the 'writeBatch' listener frees each batch frame's
    * bytes once it is done with them (control frames are freed here).
    */
-  useFrameMemory(memory: FrameMemory): void {
+  useFrameMemory(memory: BlockMemory): void {
     this.frameMemory = memory;
     this.decoder.memory = memory;
   }
 
   private freeFrame(f: RawFrame): void {
-    if (this.frameMemory?.owns(f.bytes)) this.frameMemory.free(f.bytes);
+    this.frameMemory?.release(f.bytes);
   }
 
   /** Sends a LinkError first when `err` is given (and the send stream has no gap), then closes. Idempotent. */

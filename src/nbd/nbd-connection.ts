@@ -1,11 +1,12 @@
 import type { Socket } from 'node:net';
+import type { BlockMemory } from '../core/buffer-ring.js';
 import type { Clock, TimerHandle } from '../core/clock.js';
 import { elapsedMs } from '../core/clock.js';
 import type { Logger } from '../core/log.js';
 import {
   NbdCmd, NbdCmdFlag, NbdErrno, NbdHandshakeFlag, NbdHandshakeParser, NbdReplyFlag, NbdReplyType, NbdRequestParser,
   encodeErrorChunk, encodeGreeting, encodeOffsetDataChunkHead, encodeSimpleReplyHeader, encodeStructuredReplyHeader,
-  type NbdRequest, type NbdRequestEvent, type PayloadMemory,
+  type NbdRequest, type NbdRequestEvent,
 } from '../protocol/nbd.js';
 import { nbdErrnoFor, type NbdExport } from './nbd-export.js';
 import { NbdNegotiation, type NegotiationOptions } from './nbd-negotiation.js';
@@ -32,7 +33,7 @@ export interface NbdConnectionOptions extends Omit<NegotiationOptions, 'shutting
   idleTimeoutMs: number;
   shuttingDown: () => boolean;
   /** Where WRITE payloads spanning received chunks are assembled; each is freed once its request is answered. */
-  payloadMemory?: PayloadMemory;
+  payloadMemory?: BlockMemory;
 }
 
 const cmdNames: Record<number, string> = Object.fromEntries(Object.entries(NbdCmd).map(([k, v]) => [v, k]));
@@ -166,7 +167,7 @@ export class NbdConnection {
     this.bytesInFlight += weight;
     void this.execute(ev).then((outcome) => {
       // Answered: nothing holds the payload any more (the journal keeps a copy of its own).
-      if (ev.payload && this.opts.payloadMemory?.owns(ev.payload)) this.opts.payloadMemory.free(ev.payload);
+      this.opts.payloadMemory?.release(ev.payload);
       this.inFlight--;
       this.bytesInFlight -= weight;
       this.reply(req, outcome);

@@ -1,4 +1,5 @@
 import { createCipheriv, createDecipheriv } from 'node:crypto';
+import type { BlockMemory } from '../core/buffer-ring.js';
 import { ErrorCode, vrgError } from '../core/errors.js';
 import { limits } from '../core/limits.js';
 
@@ -74,17 +75,7 @@ function cipherInto(c: { update(b: Buffer): Buffer }, src: Uint8Array, dst: Buff
   }
 }
 
-/**
- * Where large frames are received into, and handed back once used (a BufferRing): the decoder takes a block for
- * each frame of pooledFrameBytesMin or more, and falls back to a buffer of its own when there is no room.
- */
-export interface FrameMemory {
-  tryAlloc(bytes: number): Buffer | null;
-  owns(buf: Uint8Array): boolean;
-  free(buf: Uint8Array): void;
-}
-
-/** Smaller frames (control frames) are not worth a ring block. */
+/** Frames smaller than this (control frames) are not worth a ring block. */
 export const pooledFrameBytesMin = 16 * 1024;
 
 /** Frame bytes beyond the header and payload: prefix and tag. */
@@ -218,14 +209,17 @@ export class FrameDecoder {
   private cur: Buffer | null = null;
   private curFill = 0;
   private failure: Error | null = null;
-  /** Set by the frame's consumer (the DR gateway): large frames are received into it. */
-  memory: FrameMemory | null = null;
+  /**
+   * Set by the frame's consumer (the DR gateway): frames of pooledFrameBytesMin or more are received into it
+   * (a buffer of their own when it has no room), and the consumer releases them once used.
+   */
+  memory: BlockMemory | null = null;
 
   constructor(private readonly frameBytesMax: number = limits.frameBytesMax) {}
 
   /** Hands back the partial frame's block (the connection is gone). */
   dispose(): void {
-    if (this.cur && this.memory?.owns(this.cur)) this.memory.free(this.cur);
+    this.memory?.release(this.cur);
     this.cur = null;
     this.failure ??= new Error('frame decoder disposed');
   }

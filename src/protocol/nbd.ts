@@ -1,4 +1,5 @@
 import { assert } from '../core/assert.js';
+import type { BlockMemory } from '../core/buffer-ring.js';
 import { ErrorCode, vrgError } from '../core/errors.js';
 
 // The NBD wire protocol (fixed newstyle handshake, simple and structured replies, no extended headers),
@@ -608,15 +609,6 @@ export interface NbdRequestEvent {
   payloadDiscarded: boolean;
 }
 
-/**
- * Where WRITE payloads that span received chunks are assembled (a BufferRing): the request's owner frees the
- * payload once the request is answered. A payload within one chunk stays a view of it (nothing copied).
- */
-export interface PayloadMemory {
-  tryAlloc(bytes: number): Buffer | null;
-  owns(buf: Uint8Array): boolean;
-  free(buf: Uint8Array): void;
-}
 
 /**
  * Server side of the transmission phase: requests, each WRITE followed by its payload. Pull-based like
@@ -629,7 +621,11 @@ export class NbdRequestParser {
   private pending: NbdRequest | null = null;
   private discarding = 0;
 
-  constructor(private readonly payloadBytesMax: number, private readonly memory: PayloadMemory | null = null) {}
+  /**
+   * `memory`: where WRITE payloads that span received chunks are assembled; the request's owner releases the
+   * payload once the request is answered. A payload within one chunk stays a view of it (nothing copied).
+   */
+  constructor(private readonly payloadBytesMax: number, private readonly memory: BlockMemory | null = null) {}
 
   push(chunk: Buffer): void {
     this.q.push(chunk);

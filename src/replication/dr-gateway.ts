@@ -257,7 +257,7 @@ export class DrGateway extends EventEmitter {
     conn.useFrameMemory(this.linkRing);
     conn.on('writeBatch', (seq: number, raw: RawFrame) => {
       if (this.queue.length >= limits.framesInFlightMax * 2) {
-        this.freeBlock(raw.bytes);
+        this.linkRing.release(raw.bytes);
         conn.close(vrgError(ErrorCode.FRAME_UNEXPECTED, 'peer exceeded the in-flight window'));
         return;
       }
@@ -290,20 +290,16 @@ export class DrGateway extends EventEmitter {
       const o = await this.deps.codec.openBatch({ keys: conn.recvKeys, expectedSeq: seq, frame: raw.bytes, ...(into ? { into } : {}) });
       return { ...o, into };
     } catch (err) {
-      this.freeBlock(into);
+      this.linkRing.release(into);
       throw err;
     } finally {
-      this.freeBlock(raw.bytes);
+      this.linkRing.release(raw.bytes);
     }
-  }
-
-  private freeBlock(b: Buffer | null): void {
-    if (b && this.linkRing.owns(b)) this.linkRing.free(b);
   }
 
   /** Forgets the queued batches (the connection is gone); each one's block is freed once its open settles. */
   private dropQueue(): void {
-    for (const q of this.queue) q.then((o) => this.freeBlock(o.into), () => undefined);
+    for (const q of this.queue) q.then((o) => this.linkRing.release(o.into), () => undefined);
     this.queue = [];
   }
 
@@ -350,9 +346,9 @@ export class DrGateway extends EventEmitter {
       this.queue.shift();
       try {
         await this.applyBatch(opened.batch, opened.data);
-        this.freeBlock(opened.into);
+        this.linkRing.release(opened.into);
       } catch (err) {
-        this.freeBlock(opened.into);
+        this.linkRing.release(opened.into);
         this.deps.logger.error({ err }, 'apply failed');
         this.targetFailed(opened.batch.vmUuid, err as Error);
         this.rewindToDurable();

@@ -213,9 +213,7 @@ export class Shipper {
     const ring = this.opts.ring;
     const payload = (payloadBytes > 0 ? ring?.tryAlloc(payloadBytes) : null) ?? Buffer.allocUnsafeSlow(payloadBytes);
     const into = ring?.tryAlloc(shipBoundBytes(payloadBytes, records.length, this.volumeUuids.length)) ?? undefined;
-    const free = (b: Buffer | undefined): void => {
-      if (b && ring?.owns(b)) ring.free(b);
-    };
+    const free = (b: Buffer | undefined): void => ring?.release(b);
     let at = 0;
     for (const r of records) {
       payload.set(r.payload, at);
