@@ -525,6 +525,29 @@ export class Journal {
     return p;
   }
 
+  /**
+   * Continues the numbering at `seq` (> lastSeq + 1 leaves a gap): only while the journal holds nothing, i.e.
+   * every record trimmed and none pending. The old segments go first, then the new one is created, so a crash
+   * between leaves an empty directory (a journal at seq 1 that the caller restarts again), never a gap on disk.
+   */
+  async restartAt(seq: number): Promise<void> {
+    if (this.state !== 'open') throw vrgError(ErrorCode.CLOSED, 'journal is closed', { dir: this.dir });
+    assert(Number.isSafeInteger(seq) && seq >= this.nextSeq, `restart seq ${seq} ≥ next seq ${this.nextSeq}`);
+    assert(this.first === this.last + 1 && this.nextSeq === this.last + 1 && !this.loop && this.unsynced.length === 0,
+      `journal restarts only when empty (first ${this.first}, last ${this.last}, next ${this.nextSeq})`);
+    if (seq === this.nextSeq) return;
+    await this.trimChain;
+    const doomed = this.segments.splice(0);
+    for (const seg of doomed) seg.dropped = true;
+    await this.deleteSegments(doomed);
+    this.segBytes = 0;
+    await this.createSegment(seq);
+    this.first = seq;
+    this.last = seq - 1;
+    this.nextSeq = this.writeSeq = seq;
+    this.cache.evictBefore(seq);
+  }
+
   private async deleteSegments(doomed: Segment[]): Promise<void> {
     for (const seg of doomed) {
       if (seg.fh) await seg.fh.catch(() => undefined); // an open in flight completes before the unlink
