@@ -104,20 +104,20 @@ t.test('DR gateway SIGKILLed mid-load resumes with no gap and no duplicate', asy
   t.equal(await prod.stop(), 0, 'production exits cleanly');
   t.equal(await dr.stop(), 0, 'DR exits cleanly');
 
-  // Every DR process applied one contiguous run of records, starting right after its durable position.
+  // Every DR process logged one contiguous run of records, starting right after its durable position.
   const lines = (await readFile(join(dir, 'dr.log'), 'utf8')).split('\n').filter(Boolean).map((l) => JSON.parse(l));
   const byPid = new Map<number, { start: number; next: number }>();
   let gaps = 0;
   for (const l of lines) {
     if (l.msg === 'dr vm opened') byPid.set(l.pid, { start: l.durableSeq + 1, next: l.durableSeq + 1 });
-    if (l.msg !== 'applied') continue;
+    if (l.msg !== 'logged') continue;
     const run = byPid.get(l.pid)!;
     if (l.firstSeq + l.skipped !== run.next) gaps++;
     run.next = l.lastSeq + 1;
   }
   t.equal(byPid.size, 2, `two DR processes ran: ${JSON.stringify([...byPid])}`);
-  t.equal(gaps, 0, 'no gap and no duplicate in what each DR process applied');
-  t.equal([...byPid.values()].at(-1)!.next - 1, final.vms[0]!.lastSeq, 'the restarted DR applied up to the last record');
+  t.equal(gaps, 0, 'no gap and no duplicate in what each DR process logged');
+  t.equal([...byPid.values()].at(-1)!.next - 1, final.vms[0]!.lastSeq, 'the restarted DR logged up to the last record');
   const vols = json.prod.vms[0]!.volumes;
   t.equal(await compareVolumes(vols.map((v, i) => [v.path, json.dr.vms[0]!.volumes[i]!.path])), null,
     'DR volumes equal the production volumes');

@@ -48,6 +48,23 @@ export const limits = {
    */
   checkpointIntervalMs: 5_000,
   checkpointJournalFraction: 0.5,
+  /**
+   * DR: a VM's log is applied to its targets in the background and checkpointed (targets fsynced, position
+   * saved, log trimmed) after this many applied bytes, this often, or at once when the log is this full.
+   */
+  drCheckpointBytes: 64 * MiB,
+  drCheckpointIntervalMs: 1_000,
+  drCheckpointLogFraction: 0.5,
+  /** DR: records the applier takes from the log at once (one gate hold: replica reads wait at most this much). */
+  drApplyChunkBytes: 4 * MiB,
+  /** DR: a batch waits this long for room in a full log before the connection is dropped (production resends). */
+  drLogRoomWaitMs: 30_000,
+  /** DR: after a target write fails, the applier retries from the last checkpoint this much later. */
+  drApplyRetryMs: 1_000,
+  /** DR: a replica read or check digest first waits this long for the targets to reach what was acknowledged. */
+  replicaCatchUpMs: 10_000,
+  /** DR: a clean stop applies and checkpoints each VM's log for at most this long (the rest replays at open). */
+  drCloseSettleMs: 60_000,
   /** Async mode: the link down longer than this moves a VM from the journal to CBT. */
   linkDownCbtAfterMs: 300_000,
   /** Sync mode: the link down longer than this degrades a VM to Async with CBT. */

@@ -95,6 +95,8 @@ export class Journal {
   private unsyncedBytes = 0;
   private trimChain: Promise<void> = Promise.resolve();
   private readonly reads = new Set<Promise<unknown>>();
+  /** readPinned() results not yet released: their payloads must not be freed. */
+  private pins = 0;
   private state: 'open' | 'closing' | 'closed' = 'open';
   private closing: Promise<void> | null = null;
   private failure: VrgError | null = null;
@@ -108,7 +110,7 @@ export class Journal {
     this.groupCommitBytes = opts.groupCommitBytes ?? limits.groupCommitBytesMax;
     this.clock = opts.clock ?? systemClock;
     this.logger = opts.logger ?? silentLogger;
-    this.cache = new RecordCache(opts.cacheBytes ?? limits.journalCacheBytesDefault, () => this.reads.size > 0);
+    this.cache = new RecordCache(opts.cacheBytes ?? limits.journalCacheBytesDefault, () => this.reads.size > 0 || this.pins > 0);
     const bad = (what: string): VrgError => vrgError(ErrorCode.CONFIG_INVALID, `journal: ${what}`, { dir: opts.dir });
     if (typeof opts.dir !== 'string' || opts.dir === '') throw bad('dir is required');
     if (!Number.isSafeInteger(this.capacityBytes) || this.capacityBytes <= 0) throw bad('capacityBytes must be a positive integer');
@@ -404,7 +406,33 @@ export class Journal {
       return await p;
     } finally {
       this.reads.delete(p);
+      this.settleReads();
     }
+  }
+
+  /**
+   * read(), with payloads that stay valid until `release()`: for a caller that writes them out across I/O waits
+   * (DR's applier) instead of copying them first. Cache blocks evicted meanwhile are freed only after the release.
+   */
+  async readPinned(fromSeq: number, maxBytes: number): Promise<{ records: JournalRecord[]; release: () => void }> {
+    this.pins++;
+    let held = true;
+    const release = (): void => {
+      if (!held) return;
+      held = false;
+      this.pins--;
+      this.settleReads();
+    };
+    try {
+      return { records: await this.read(fromSeq, maxBytes), release };
+    } catch (err) {
+      release();
+      throw err;
+    }
+  }
+
+  private settleReads(): void {
+    if (this.reads.size === 0 && this.pins === 0) this.cache.readsDone();
   }
 
   private async readRange(fromSeq: number, maxBytes: number): Promise<JournalRecord[]> {

@@ -21,6 +21,8 @@ export class RecordCache {
   private readonly ring: BufferRing | null;
   private retired: Buffer[] = [];
   private retireScheduled = false;
+  /** A free was put off because reads held records; readsDone() picks it up. */
+  private freeDeferred = false;
   /** Payloads copied into buffers of their own for want of ring room. */
   heldOutsideRing = 0;
 
@@ -107,13 +109,20 @@ export class RecordCache {
     this.scheduleFree();
   }
 
+  /** No read holds records any more: free what was retired meanwhile (after this macrotask, as always). */
+  readsDone(): void {
+    if (!this.freeDeferred) return;
+    this.freeDeferred = false;
+    this.scheduleFree();
+  }
+
   private scheduleFree(): void {
     if (this.retireScheduled) return;
     this.retireScheduled = true;
     setImmediate(() => {
       this.retireScheduled = false;
       if (this.readsInFlight()) {
-        this.scheduleFree(); // look again next turn
+        this.freeDeferred = true; // not a setImmediate respin: that would keep the event loop from ever idling
         return;
       }
       for (const b of this.retired.splice(0)) this.ring!.free(b); // retire() kept only the ring's own

@@ -12,7 +12,7 @@ import { compressionSettings, type CompressionSetting } from './compression-poli
 //   "link": { "host": "127.0.0.1", "port": 7001,      // DR: where to listen; production: the DR peer
 //             "secret": "<hex, >= 16 bytes>" },
 //   "codecThreads": 1,
-//   "journalCapacityBytes": 1073741824,               // production only
+//   "journalCapacityBytes": 1073741824,               // production: the journals; DR: the DR logs (split per VM)
 //   "vms": [ { "vmUuid": "...", "vmName": "...", "compressOption": 1, "encryptOption": 1,
 //              "volumes": [ { "volUuid": "...", "url": "/data/disk0.img", "sizeBytes": 1073741824 } ] } ],
 //   "nbd": { "host": "127.0.0.1", "port": 10809 },     // optional: NBD intake (production) / replica exports (DR)

@@ -1,71 +1,45 @@
 import { EventEmitter } from 'node:events';
-import { mkdir, rm } from 'node:fs/promises';
-import { join } from 'node:path';
+import { rm } from 'node:fs/promises';
 import { BufferRing, type BufferRingStats } from '../core/buffer-ring.js';
 import { ErrorCode, vrgError } from '../core/errors.js';
-import { RwLock } from '../core/rw-lock.js';
 import { limits } from '../core/limits.js';
 import type { LinkConnection } from '../link/connection.js';
 import { LinkServer } from '../link/link-server.js';
 import type { PeerSecretLookup } from '../link/handshake.js';
-import { carriesData, RecordKind } from '../journal/journal.js';
 import { FrameType, type RawFrame } from '../protocol/frame.js';
 import { declaredPlainBytes } from '../pipeline/codec.js';
-import {
-  encodeAck, encodeCheckDigests, type CheckRequest, type Resume, type VmState, type WriteBatch,
-} from '../protocol/messages.js';
+import { encodeAck, encodeCheckDigests, type CheckRequest, type Resume, type VmState, type WriteBatch } from '../protocol/messages.js';
 import { digestVolume } from '../volume/region-digests.js';
 import { openVolume } from '../volume/open-volume.js';
-import { applyInOrder, type VolumeOp } from '../volume/ordered-writes.js';
 import type { Volume } from '../volume/volume.js';
-import { ApplyState } from './apply-state.js';
 import type { GatewayConfig, VmConfig } from './config.js';
 import type { AlarmEvent, VmReplicationStatus } from './control.js';
 import { stateNumber, type Mode, type StateName } from './protection-state.js';
-import { StageStore, type StagedOp } from './stage-store.js';
+import { DrVm } from './dr-vm.js';
 import type { GatewayDeps } from './production-gateway.js';
 
-// The DR gateway: authenticates and opens write batches in the codec pool, applies each VM's records
-// to its target volumes strictly in production order, makes them durable (fdatasync of the targets,
-// then the apply state), and only then acknowledges them. Group commit: while one durability point is
-// being written, later batches keep applying; the ack names the seq captured before the flush began.
-
-class DrVm {
-  /** What production last reported of the VM's protection state (vmdrstatus on this side). */
-  reported: VmState | null = null;
-  targetError: string | null = null;
-  appliedSeq: number;
-  durableSeq: number;
-  bytesApplied = 0;
-  recordsApplied = 0;
-  duplicatesSkipped = 0;
-  lastProducedAtMs = 0;
-  /** Batches apply under the write side; replica reads take the read side, so none sees half a batch. */
-  readonly gate = new RwLock();
-
-  constructor(
-    readonly config: VmConfig,
-    readonly volumes: Map<string, Volume>,
-    readonly state: ApplyState,
-    readonly stage: StageStore,
-    readonly dir: string,
-  ) {
-    this.appliedSeq = state.appliedSeq;
-    this.durableSeq = state.appliedSeq;
-  }
-}
+// The DR gateway: authenticates and opens write batches in the codec pool and hands each VM's records, in
+// production order, to its DrVm (dr-vm.ts), which logs them durably (one group-committed fdatasync), after
+// which they are acknowledged, and applies them to the target volumes in the background.
 
 interface Opened {
   batch: WriteBatch;
   data: Buffer;
-  /** The ring block `data` was opened into (freed once applied), or null. */
+  /** The ring block `data` was opened into (freed once logged), or null. */
   into: Buffer | null;
 }
 
 export interface DrVmStatus {
   vmUuid: string;
+  /** Applied to the target volumes (in their page cache). */
   appliedSeq: number;
+  /** Durable in the DR log: what production was acknowledged. */
   durableSeq: number;
+  /** Durable on the targets, the log trimmed to it (the last checkpoint). */
+  checkpointSeq: number;
+  loggedSeq: number;
+  logUsedBytes: number;
+  logCapacityBytes: number;
   bytesApplied: number;
   recordsApplied: number;
   duplicatesSkipped: number;
@@ -80,17 +54,19 @@ export interface DrStatus {
   vms: DrVmStatus[];
 }
 
-/** The DR side's apply pipeline as it is now, for a stall report. */
+/** The DR side's pipeline as it is now, for a stall report. */
 export interface DrDiagnostics {
   role: 'dr';
   link: { connected: boolean; closed: boolean | null };
   /** The ring of batches and frames: how full, and how often a batch or frame found no room. */
   linkRing: BufferRingStats;
-  /** Write batches received and not yet applied (opening in the pool, or waiting for the apply loop). */
+  /** Write batches received and not yet logged (opening in the pool, or waiting for the receive loop). */
   batchesQueued: number;
-  applying: boolean;
-  flushing: boolean;
-  vms: Array<{ vmUuid: string; appliedSeq: number; durableSeq: number; stageActive: boolean; stagedBytes: number; targetError: string | null }>;
+  receiving: boolean;
+  vms: Array<{
+    vmUuid: string; appliedSeq: number; durableSeq: number; checkpointSeq: number; loggedSeq: number; logUsedBytes: number;
+    stageActive: boolean; stagedBytes: number; targetError: string | null;
+  }>;
 }
 
 /** Events: 'alarm' (AlarmEvent: targetError raised/cleared). */
@@ -99,36 +75,39 @@ export class DrGateway extends EventEmitter {
   private queue: Array<Promise<Opened>> = [];
   /** Received frames and their opened data (shared with the codec workers). */
   private readonly linkRing = new BufferRing({ capacityBytes: limits.linkRingBytesDr, shared: true });
-  private applying = false;
-  private flushing = false;
+  private receiving = false;
   private idleWaiters: Array<() => void> = [];
+  /** VMs with an acknowledgement to send (coalesced: one ACK per VM per turn). */
+  private readonly acksDue = new Set<DrVm>();
 
-  private constructor(
-    readonly config: GatewayConfig,
-    private readonly deps: GatewayDeps,
-    private readonly vms: Map<string, DrVm>,
-    private readonly server: LinkServer,
-    readonly linkPort: number,
-  ) {
+  private readonly vms = new Map<string, DrVm>();
+  private readonly server: LinkServer;
+  private port = 0;
+
+  private constructor(readonly config: GatewayConfig, private readonly deps: GatewayDeps) {
     super();
-    server.on('connection', (conn: LinkConnection) => this.attach(conn));
-  }
-
-  static async open(config: GatewayConfig, deps: GatewayDeps): Promise<DrGateway> {
-    const vms = new Map<string, DrVm>();
-    for (const vmc of config.vms) vms.set(vmc.vmUuid, await openDrVm(config, deps, vmc));
     const resume = (): Resume => ({
-      // The durable position, not the applied one: production trims its journal to what we report.
-      // Records between the two are resent and skipped here, so each still applies exactly once.
-      vms: [...vms.values()].map((vm) => ({ vmUuid: vm.config.vmUuid, appliedSeq: vm.durableSeq })),
+      // The log's durable position: production trims its journal to what we acknowledge.
+      vms: [...this.vms.values()].map((vm) => ({ vmUuid: vm.config.vmUuid, appliedSeq: vm.durableSeq })),
     });
-    const server = new LinkServer({
+    this.server = new LinkServer({
       transport: deps.transport, gatewayId: config.gatewayId, role: 'dr', secret: config.link.secret,
       clock: deps.clock, random: deps.random, logger: deps.logger, resume,
     });
-    const port = await server.listen(config.link.host, config.link.port);
-    for (const vm of vms.values()) deps.logger.info({ vmUuid: vm.config.vmUuid, durableSeq: vm.durableSeq }, 'dr vm opened');
-    return new DrGateway(config, deps, vms, server, port);
+    this.server.on('connection', (conn: LinkConnection) => this.attach(conn));
+  }
+
+  /** Opens every VM (each applies what its log holds past its checkpoint), then listens for production. */
+  static async open(config: GatewayConfig, deps: GatewayDeps): Promise<DrGateway> {
+    const gw = new DrGateway(config, deps);
+    for (const vmc of config.vms) gw.vms.set(vmc.vmUuid, await gw.openVm(vmc, config.vms.length));
+    gw.port = await gw.server.listen(config.link.host, config.link.port);
+    for (const vm of gw.vms.values()) deps.logger.info({ vmUuid: vm.config.vmUuid, durableSeq: vm.durableSeq }, 'dr vm opened');
+    return gw;
+  }
+
+  get linkPort(): number {
+    return this.port;
   }
 
   // ---- management (control.ts) ----
@@ -140,7 +119,7 @@ export class DrGateway extends EventEmitter {
     for (const v of vmc.volumes) {
       if (used.has(v.volUuid)) throw vrgError(ErrorCode.CONFIG_INVALID, `volUuid ${v.volUuid} is used twice`, { volUuid: v.volUuid });
     }
-    this.vms.set(vmc.vmUuid, await openDrVm(this.config, this.deps, vmc));
+    this.vms.set(vmc.vmUuid, await this.openVm(vmc, this.vms.size + 1));
     this.conn?.close();
   }
 
@@ -150,11 +129,7 @@ export class DrGateway extends EventEmitter {
     this.vms.delete(vmUuid);
     this.conn?.close();
     await this.idle();
-    await vm.gate.write(async () => {
-      for (const v of vm.volumes.values()) await v.close();
-      await vm.state.close();
-      await vm.stage.close();
-    });
+    await vm.close(0);
     await rm(vm.dir, { recursive: true, force: true });
   }
 
@@ -172,7 +147,7 @@ export class DrGateway extends EventEmitter {
     return this.conn === null ? null : { gatewayId: this.conn.peer.gatewayId, rttMs: this.conn.rttMs };
   }
 
-  /** What production last reported of the VM (state, mode), with this side's applied figures. */
+  /** What production last reported of the VM (state, mode), with this side's figures. */
   vmStatus(vmUuid: string): VmReplicationStatus | null {
     const vm = this.vms.get(vmUuid);
     if (!vm) return null;
@@ -182,22 +157,30 @@ export class DrGateway extends EventEmitter {
       vmUuid, state, status: stateNumber(state), mode: (r?.mode ?? 'async') as Mode,
       pausedManual: r?.pausedManual ?? false, syncDegraded: r?.syncDegraded ?? false,
       transitions: { 'queue->cbt': 0, 'queue->check': 0, 'cbt->queue': 0, 'cbt->check': 0, 'check->queue': 0, 'check->cbt': 0 } as VmReplicationStatus['transitions'],
-      writesBehind: vm.appliedSeq - vm.durableSeq, bytesBehind: vm.stage.stagedBytes,
+      // Behind on this side: acknowledged (in the log) and not yet on the targets.
+      writesBehind: vm.durableSeq - vm.appliedSeq, bytesBehind: vm.stage.stagedBytes,
       secondsBehind: 0, ackedSeq: vm.durableSeq, resync: null, check: null,
     };
   }
 
   /**
-   * Reads a DR replica as of a batch boundary: production's image at some point of its acknowledged
-   * write history (for test failover and verification). While a resync is staged it is the image
-   * from before the resync.
+   * Reads a DR replica as of a chunk boundary: production's image at some point of its acknowledged write history
+   * (for test failover and verification), no older than what was acknowledged when the read was asked (it waits
+   * for the targets, within limits.replicaCatchUpMs). While a resync is staged it is the image from before it.
    */
-  readReplica(volUuid: string, offset: number, length: number): Promise<Buffer> {
+  async readReplica(volUuid: string, offset: number, length: number): Promise<Buffer> {
     for (const vm of this.vms.values()) {
       const volume = vm.volumes.get(volUuid);
-      if (volume) return vm.gate.read(() => volume.read(offset, length));
+      if (!volume) continue;
+      await vm.whenApplied(vm.durableSeq, limits.replicaCatchUpMs);
+      return vm.gate.read(() => volume.read(offset, length));
     }
-    return Promise.reject(vrgError(ErrorCode.VOLUME_NOT_FOUND, `no replica volume ${volUuid}`, { volUuid }));
+    throw vrgError(ErrorCode.VOLUME_NOT_FOUND, `no replica volume ${volUuid}`, { volUuid });
+  }
+
+  /** Resolves once every VM's targets hold what it acknowledged when asked (within timeoutMs; at once while a target fails). */
+  async caughtUp(timeoutMs = limits.replicaCatchUpMs): Promise<void> {
+    await Promise.all([...this.vms.values()].map((vm) => vm.whenApplied(vm.durableSeq, timeoutMs)));
   }
 
   /** The replica volumes, for exporting them read-only. */
@@ -213,8 +196,8 @@ export class DrGateway extends EventEmitter {
       connected: this.conn !== null,
       linkPort: this.linkPort,
       vms: [...this.vms.values()].map((vm) => ({
-        vmUuid: vm.config.vmUuid, appliedSeq: vm.appliedSeq, durableSeq: vm.durableSeq,
-        bytesApplied: vm.bytesApplied, recordsApplied: vm.recordsApplied, duplicatesSkipped: vm.duplicatesSkipped,
+        vmUuid: vm.config.vmUuid, appliedSeq: vm.appliedSeq, durableSeq: vm.durableSeq, checkpointSeq: vm.checkpointSeq,
+        ...vm.status(), bytesApplied: vm.bytesApplied, recordsApplied: vm.recordsApplied, duplicatesSkipped: vm.duplicatesSkipped,
         stagedBytes: vm.stage.stagedBytes, state: vm.reported?.state ?? null,
       })),
     };
@@ -224,30 +207,27 @@ export class DrGateway extends EventEmitter {
     return {
       role: 'dr',
       link: { connected: this.conn !== null, closed: this.conn?.isClosed ?? null },
-      batchesQueued: this.queue.length, applying: this.applying, flushing: this.flushing,
+      batchesQueued: this.queue.length, receiving: this.receiving,
       linkRing: this.linkRing.stats(),
       vms: [...this.vms.values()].map((vm) => ({
-        vmUuid: vm.config.vmUuid, appliedSeq: vm.appliedSeq, durableSeq: vm.durableSeq,
+        vmUuid: vm.config.vmUuid, appliedSeq: vm.appliedSeq, durableSeq: vm.durableSeq, checkpointSeq: vm.checkpointSeq,
+        loggedSeq: vm.loggedSeq, logUsedBytes: vm.log.usedBytes,
         stageActive: vm.stage.active, stagedBytes: vm.stage.stagedBytes, targetError: vm.targetError,
       })),
     };
   }
 
+  /** Stops taking batches, then lets each VM apply and checkpoint what its log holds (bounded) and closes it. */
   async close(): Promise<void> {
     await this.server.close();
     this.conn?.close();
     this.conn = null;
     await this.idle();
-    await this.flushDurable();
-    for (const vm of this.vms.values()) {
-      for (const v of vm.volumes.values()) await v.close();
-      await vm.state.close();
-      await vm.stage.close();
-    }
+    for (const vm of this.vms.values()) await vm.close(limits.drCloseSettleMs);
   }
 
   private idle(): Promise<void> {
-    if (!this.applying && !this.flushing) return Promise.resolve();
+    if (!this.receiving) return Promise.resolve();
     return new Promise((resolve) => this.idleWaiters.push(resolve));
   }
 
@@ -262,9 +242,9 @@ export class DrGateway extends EventEmitter {
         return;
       }
       const opened = this.open(conn, seq, raw);
-      opened.catch(() => undefined); // observed in order by applyLoop
+      opened.catch(() => undefined); // observed in order by receiveLoop
       this.queue.push(opened);
-      this.kickApply(conn);
+      this.kickReceive(conn);
     });
     conn.on('control', (type: number, msg: unknown) => {
       if (type === FrameType.VM_STATE) this.onVmState(msg as VmState);
@@ -276,7 +256,6 @@ export class DrGateway extends EventEmitter {
         this.dropQueue();
       }
     });
-    this.kickFlush();
   }
 
   /**
@@ -308,13 +287,18 @@ export class DrGateway extends EventEmitter {
     if (vm) vm.reported = msg;
   }
 
-  /** Digests a target range for production's consistency check (not under the gate: the check tolerates lag). */
+  /**
+   * Digests a target range for production's consistency check, once the targets hold what was acknowledged
+   * (within limits.replicaCatchUpMs; not under the gate: the check tolerates lag).
+   */
   private async onCheckRequest(conn: LinkConnection, req: CheckRequest): Promise<void> {
     const reply = (digests: Buffer, error: string): void =>
       conn.sendControl(FrameType.CHECK_DIGESTS, encodeCheckDigests({ vmUuid: req.vmUuid, checkId: req.checkId, digests, error }));
     try {
-      const volume = this.vms.get(req.vmUuid)?.volumes.get(req.volUuid);
-      if (!volume) throw vrgError(ErrorCode.VOLUME_NOT_FOUND, `no target volume ${req.volUuid} for VM ${req.vmUuid}`);
+      const vm = this.vms.get(req.vmUuid);
+      const volume = vm?.volumes.get(req.volUuid);
+      if (!vm || !volume) throw vrgError(ErrorCode.VOLUME_NOT_FOUND, `no target volume ${req.volUuid} for VM ${req.vmUuid}`);
+      await vm.whenApplied(vm.durableSeq, limits.replicaCatchUpMs);
       const d = await digestVolume(volume, { start: req.start, end: req.end, regionBytes: req.regionBytes });
       reply(d.digests, '');
     } catch (err) {
@@ -322,236 +306,82 @@ export class DrGateway extends EventEmitter {
     }
   }
 
-  private kickApply(conn: LinkConnection): void {
-    if (this.applying) return;
-    this.applying = true;
-    void this.applyLoop(conn).finally(() => {
-      this.applying = false;
-      if (this.queue.length > 0 && this.conn) this.kickApply(this.conn);
-      else this.settleIdle();
+  private kickReceive(conn: LinkConnection): void {
+    if (this.receiving) return;
+    this.receiving = true;
+    void this.receiveLoop(conn).finally(() => {
+      this.receiving = false;
+      if (this.queue.length > 0 && this.conn) this.kickReceive(this.conn);
+      else for (const w of this.idleWaiters.splice(0)) w();
     });
   }
 
-  private async applyLoop(conn: LinkConnection): Promise<void> {
+  /** Hands opened batches to their VMs in order; a batch that fails to open or validate closes the link. */
+  private async receiveLoop(conn: LinkConnection): Promise<void> {
     while (this.conn === conn && this.queue.length > 0) {
       let opened: Opened;
       try {
         opened = await this.queue[0]!;
       } catch (err) {
-        // Nothing of a frame that fails authentication or decoding is applied, nor anything after it.
+        // Nothing of a frame that fails authentication or decoding is logged, nor anything after it.
         conn.close(err as Error);
         return;
       }
       if (this.conn !== conn) return;
       this.queue.shift();
       try {
-        await this.applyBatch(opened.batch, opened.data);
-        this.linkRing.release(opened.into);
+        const vm = this.vms.get(opened.batch.vmUuid);
+        if (!vm) throw vrgError(ErrorCode.VM_NOT_FOUND, `batch for unknown VM ${opened.batch.vmUuid}`);
+        await vm.accept(opened.batch, opened.data);
       } catch (err) {
-        this.linkRing.release(opened.into);
-        this.deps.logger.error({ err }, 'apply failed');
-        this.targetFailed(opened.batch.vmUuid, err as Error);
-        this.rewindToDurable();
+        this.deps.logger.error({ err }, 'batch refused');
         conn.close(err as Error);
         return;
+      } finally {
+        this.linkRing.release(opened.into);
       }
-      this.kickFlush();
     }
   }
 
-  private targetFailed(vmUuid: string, err: Error): void {
-    const vm = this.vms.get(vmUuid);
-    if (!vm || vm.targetError !== null) return;
-    vm.targetError = err.message;
-    const ev: AlarmEvent = { kind: 'targetError', raised: true, vmUuid, detail: err.message, atMs: this.deps.clock.nowMs() };
-    this.emit('alarm', ev);
+  /** One ACK per VM per turn, however many log commits completed in it. */
+  private ackSoon(vm: DrVm): void {
+    if (this.acksDue.size === 0) queueMicrotask(() => this.sendAcks());
+    this.acksDue.add(vm);
   }
 
-  private targetRecovered(vm: DrVm): void {
-    if (vm.targetError === null) return;
-    vm.targetError = null;
-    const ev: AlarmEvent = { kind: 'targetError', raised: false, vmUuid: vm.config.vmUuid, detail: 'target volumes writable again', atMs: this.deps.clock.nowMs() };
-    this.emit('alarm', ev);
-  }
-
-  /** Validates the whole batch first, so a bad batch changes nothing; then applies (or stages) it in order. */
-  private async applyBatch(batch: WriteBatch, data: Buffer): Promise<void> {
-    const vm = this.vms.get(batch.vmUuid);
-    if (!vm) throw vrgError(ErrorCode.VM_NOT_FOUND, `batch for unknown VM ${batch.vmUuid}`);
-    if (batch.firstSeq > vm.appliedSeq + 1) {
-      throw vrgError(ErrorCode.APPLY_GAP, `VM ${batch.vmUuid}: batch starts at ${batch.firstSeq}, applied ${vm.appliedSeq}`);
-    }
-    const steps = planBatch(vm, batch, data);
-    await vm.gate.write(() => this.runSteps(vm, steps.steps));
-    const lastSeq = batch.firstSeq + batch.records.length - 1;
-    if (lastSeq > vm.appliedSeq) {
-      vm.appliedSeq = lastSeq;
-      vm.lastProducedAtMs = batch.producedAtMs;
-    }
-    vm.duplicatesSkipped += steps.skipped;
-    vm.recordsApplied += batch.records.length - steps.skipped;
-    vm.bytesApplied += data.byteLength;
-    this.targetRecovered(vm);
-    const msg = steps.skipped === batch.records.length ? 'skipped' : 'applied';
-    this.deps.logger.debug({ vmUuid: vm.config.vmUuid, firstSeq: batch.firstSeq, lastSeq, skipped: steps.skipped }, msg);
-  }
-
-  /**
-   * Direct ops go to the targets; between STAGE_BEGIN and STAGE_COMMIT they go to the stage, and the
-   * commit applies the whole stage (its marker durable first, so a crash mid-apply redoes it at open).
-   */
-  private async runSteps(vm: DrVm, steps: Step[]): Promise<void> {
-    let direct: VolumeOp[] = [];
-    for (const step of steps) {
-      if (step.type === 'op' && !vm.stage.active) {
-        direct.push(toVolumeOp(vm, step.op));
-        continue;
-      }
-      await applyInOrder(direct);
-      direct = [];
-      if (step.type === 'op') vm.stage.append(step.seq, [step.op]);
-      else if (step.type === 'begin') vm.stage.begin(step.seq);
-      else if (vm.stage.active) await this.commitStage(vm, step.seq);
-    }
-    await applyInOrder(direct);
-  }
-
-  private async commitStage(vm: DrVm, seq: number): Promise<void> {
-    this.deps.logger.info({ vmUuid: vm.config.vmUuid, seq, stagedBytes: vm.stage.stagedBytes }, 'committing staged resync');
-    await vm.stage.commit(seq, (ops) => applyStaged(vm, ops), async () => {
-      // Durable before the stage is cleared: a resend from an older point would re-apply staged records directly.
-      // flushDurable then acknowledges it as usual (appliedSeq moves past it after this batch).
-      await vm.state.save(seq, this.deps.clock.nowMs());
-    });
-  }
-
-  /**
-   * After a target volume failed (a write agent dropped, a flush refused), what was applied since the
-   * last durability point may be lost on the target: forget it, so the resend from the durable position
-   * (production resumes from there on the next connection) applies it again instead of skipping it.
-   */
-  private rewindToDurable(): void {
-    for (const vm of this.vms.values()) vm.appliedSeq = vm.durableSeq;
-  }
-
-  /**
-   * Starts the flush loop unless it runs. `flushing` is cleared in the same turn as the loop's last look for
-   * applied records (not a few microtasks later, when a batch applied meanwhile would find the flag still set
-   * and never be acknowledged).
-   */
-  private kickFlush(): void {
-    if (this.flushing) return;
-    this.flushing = true;
-    void this.flushLoop();
-  }
-
-  private async flushLoop(): Promise<void> {
-    try {
-      for (let due = this.flushDue(); due.length > 0; due = this.flushDue()) await this.flushOnce(due);
-    } catch (err) {
-      this.deps.logger.error({ err }, 'durability flush failed');
-      this.rewindToDurable();
-      this.conn?.close(err as Error);
-    } finally {
-      this.flushing = false;
-      this.settleIdle();
-    }
-  }
-
-  /** Makes everything applied (or staged) so far durable, then acknowledges it; repeats while more was applied (close). */
-  private async flushDurable(): Promise<void> {
-    for (let due = this.flushDue(); due.length > 0; due = this.flushDue()) await this.flushOnce(due);
-  }
-
-  private flushDue(): DrVm[] {
-    return [...this.vms.values()].filter((vm) => vm.appliedSeq > vm.durableSeq);
-  }
-
-  /** One durability point: targets fdatasync'ed, then the stage, then the apply state; then the ack. */
-  private async flushOnce(due: DrVm[]): Promise<void> {
-    const marks = due.map((vm) => vm.appliedSeq);
-    await Promise.all(due.flatMap((vm) => [...vm.volumes.values()].map((v) => v.flush())));
-    await Promise.all(due.map((vm) => vm.stage.sync()));
-    await Promise.all(due.map((vm, i) => vm.state.save(marks[i]!, this.deps.clock.nowMs())));
-    due.forEach((vm, i) => {
-      vm.durableSeq = Math.max(vm.durableSeq, marks[i]!);
+  private sendAcks(): void {
+    for (const vm of this.acksDue) {
+      if (this.vms.get(vm.config.vmUuid) !== vm) continue;
       this.conn?.sendControl(FrameType.ACK, encodeAck({ vmUuid: vm.config.vmUuid, durableSeq: vm.durableSeq }));
+    }
+    this.acksDue.clear();
+  }
+
+  private onLogFailed(vm: DrVm, err: Error): void {
+    this.deps.logger.error({ err, vmUuid: vm.config.vmUuid }, 'DR log write failed; dropping the link');
+    this.conn?.close(err);
+  }
+
+  private onTargetError(vm: DrVm, err: Error | null): void {
+    if ((err === null) === (vm.targetError === null)) return;
+    vm.targetError = err === null ? null : err.message;
+    const detail = err === null ? 'target volumes writable again' : err.message;
+    const ev: AlarmEvent = { kind: 'targetError', raised: err !== null, vmUuid: vm.config.vmUuid, detail, atMs: this.deps.clock.nowMs() };
+    this.emit('alarm', ev);
+  }
+
+  /** A VM's log is its share of journalCapacityBytes. */
+  private async openVm(vmc: VmConfig, vmCount: number): Promise<DrVm> {
+    const volumes = new Map<string, Volume>();
+    for (const v of vmc.volumes) {
+      volumes.set(v.volUuid, await (this.deps.openVolume ?? openVolume)(v.url, { sizeBytes: v.sizeBytes, create: true }));
+    }
+    const logBytes = Math.floor(this.config.journalCapacityBytes / Math.max(1, vmCount));
+    return DrVm.open(this.config.dataDir, vmc, volumes, logBytes, {
+      clock: this.deps.clock, logger: this.deps.logger.child({ vmUuid: vmc.vmUuid }),
+      onDurable: (vm) => this.ackSoon(vm),
+      onLogFailed: (vm, err) => this.onLogFailed(vm, err),
+      onTargetError: (vm, err) => this.onTargetError(vm, err),
     });
   }
-
-  private settleIdle(): void {
-    if (this.applying || this.flushing) return;
-    for (const w of this.idleWaiters.splice(0)) w();
-  }
-}
-
-type Step = { type: 'op'; seq: number; op: StagedOp } | { type: 'begin'; seq: number } | { type: 'commit'; seq: number };
-
-/** Checks every record of a batch against the VM's targets and cuts it into steps; throws before any change. */
-function planBatch(vm: DrVm, batch: WriteBatch, data: Buffer): { steps: Step[]; skipped: number } {
-  const indexOf = batch.volumeUuids.map((u) => {
-    const i = vm.config.volumes.findIndex((v) => v.volUuid === u);
-    if (i < 0) throw vrgError(ErrorCode.VOLUME_NOT_FOUND, `VM ${batch.vmUuid} has no target volume ${u}`);
-    return i;
-  });
-  const steps: Step[] = [];
-  let at = 0;
-  let skipped = 0;
-  batch.records.forEach((r, i) => {
-    const seq = batch.firstSeq + i;
-    const index = indexOf[r.volumeIndex];
-    const volume = index === undefined ? undefined : vm.volumes.get(vm.config.volumes[index]!.volUuid);
-    if (!volume || r.offset + r.length > volume.sizeBytes) {
-      throw vrgError(ErrorCode.VOLUME_OUT_OF_RANGE, `record ${seq} outside its target volume`);
-    }
-    const payload = carriesData(r.kind) ? data.subarray(at, at + r.length) : null;
-    if (payload) at += r.length;
-    // Records already applied (a resend after reconnect) are skipped: each applies exactly once.
-    if (seq <= vm.appliedSeq) {
-      skipped++;
-      return;
-    }
-    if (r.kind === RecordKind.BARRIER) return;
-    if (r.kind === RecordKind.STAGE_BEGIN) return void steps.push({ type: 'begin', seq });
-    if (r.kind === RecordKind.STAGE_COMMIT) return void steps.push({ type: 'commit', seq });
-    // A TRIM applies as zeroing: production's trim reads back zeros, and a discard on a DR block
-    // device or write agent need not, which would leave the replica different.
-    const kind = payload ? 'write' : 'zero';
-    steps.push({ type: 'op', seq, op: { volumeIndex: index!, offset: r.offset, length: r.length, kind, data: payload } });
-  });
-  if (at !== data.byteLength) throw vrgError(ErrorCode.FRAME_MALFORMED, 'batch data length does not match its records');
-  return { steps, skipped };
-}
-
-function toVolumeOp(vm: DrVm, op: StagedOp): VolumeOp {
-  const volume = vm.volumes.get(vm.config.volumes[op.volumeIndex]!.volUuid)!;
-  return { volume, offset: op.offset, length: op.length, data: op.data, kind: op.kind };
-}
-
-/** Applies a chunk of the stage and makes it durable on the targets. */
-async function applyStaged(vm: DrVm, ops: StagedOp[]): Promise<void> {
-  await applyInOrder(ops.map((op) => toVolumeOp(vm, op)));
-  await Promise.all([...vm.volumes.values()].map((v) => v.flush()));
-}
-
-async function openDrVm(config: GatewayConfig, deps: GatewayDeps, vmc: VmConfig): Promise<DrVm> {
-  const volumes = new Map<string, Volume>();
-  for (const v of vmc.volumes) {
-    volumes.set(v.volUuid, await (deps.openVolume ?? openVolume)(v.url, { sizeBytes: v.sizeBytes, create: true }));
-  }
-  const dir = join(config.dataDir, 'dr', vmc.vmUuid);
-  await mkdir(dir, { recursive: true });
-  const state = await ApplyState.open(join(dir, 'applied.state'));
-  const logger = deps.logger.child({ vmUuid: vmc.vmUuid });
-  const stage = await StageStore.open({ path: join(dir, 'stage.log'), durableSeq: state.appliedSeq, logger });
-  const vm = new DrVm(vmc, volumes, state, stage, dir);
-  // A commit made durable before a crash is applied before anything reads the replica.
-  const committed = stage.committedSeq;
-  if (await stage.recover((ops) => applyStaged(vm, ops), async () => {
-    await state.save(Math.max(state.appliedSeq, committed ?? 0), deps.clock.nowMs());
-  })) {
-    vm.appliedSeq = vm.durableSeq = state.appliedSeq;
-    logger.info({ committedSeq: committed }, 'staged resync committed before a crash: applied at open');
-  }
-  return vm;
 }

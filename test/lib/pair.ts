@@ -102,6 +102,8 @@ export async function startPair(o: PairOptions): Promise<Pair> {
     async drain(ms = stallTimeoutMs) {
       try {
         await drained(prod, pair.dr, ms);
+        // Acknowledged means durable in DR's log; the targets follow in the background.
+        await pair.dr.caughtUp(ms);
       } catch (err) {
         await pair.close();
         throw err;
