@@ -2,6 +2,7 @@ import { EventEmitter } from 'node:events';
 import { rm } from 'node:fs/promises';
 import { BufferRing, type BufferRingStats } from '../core/buffer-ring.js';
 import { ErrorCode, vrgError } from '../core/errors.js';
+import type { LatencySummary } from '../core/latency-histogram.js';
 import { limits } from '../core/limits.js';
 import type { LinkConnection } from '../link/connection.js';
 import { LinkServer } from '../link/link-server.js';
@@ -27,6 +28,7 @@ interface Opened {
   data: Buffer;
   /** The ring block `data` was opened into (freed once logged), or null. */
   into: Buffer | null;
+  receivedNs: bigint;
 }
 
 export interface DrVmStatus {
@@ -45,6 +47,8 @@ export interface DrVmStatus {
   duplicatesSkipped: number;
   stagedBytes: number;
   state: string | null;
+  /** A batch's frame arriving → its records durable in the DR log (then acknowledged). */
+  durableLatency: LatencySummary;
 }
 
 export interface DrStatus {
@@ -198,7 +202,7 @@ export class DrGateway extends EventEmitter {
       vms: [...this.vms.values()].map((vm) => ({
         vmUuid: vm.config.vmUuid, appliedSeq: vm.appliedSeq, durableSeq: vm.durableSeq, checkpointSeq: vm.checkpointSeq,
         ...vm.status(), bytesApplied: vm.bytesApplied, recordsApplied: vm.recordsApplied, duplicatesSkipped: vm.duplicatesSkipped,
-        stagedBytes: vm.stage.stagedBytes, state: vm.reported?.state ?? null,
+        stagedBytes: vm.stage.stagedBytes, state: vm.reported?.state ?? null, durableLatency: vm.durableLatency.summary(),
       })),
     };
   }
@@ -263,11 +267,12 @@ export class DrGateway extends EventEmitter {
    * declares; the frame's own block is free once opened. A failed open frees the data block too.
    */
   private async open(conn: LinkConnection, seq: number, raw: RawFrame): Promise<Opened> {
+    const receivedNs = this.deps.clock.monotonicNs();
     const plainBytes = declaredPlainBytes(raw.header);
     const into = plainBytes > 0 ? this.linkRing.tryAlloc(plainBytes) : null;
     try {
       const o = await this.deps.codec.openBatch({ keys: conn.recvKeys, expectedSeq: seq, frame: raw.bytes, ...(into ? { into } : {}) });
-      return { ...o, into };
+      return { ...o, into, receivedNs };
     } catch (err) {
       this.linkRing.release(into);
       throw err;
@@ -332,7 +337,7 @@ export class DrGateway extends EventEmitter {
       try {
         const vm = this.vms.get(opened.batch.vmUuid);
         if (!vm) throw vrgError(ErrorCode.VM_NOT_FOUND, `batch for unknown VM ${opened.batch.vmUuid}`);
-        await vm.accept(opened.batch, opened.data);
+        await vm.accept(opened.batch, opened.data, opened.receivedNs);
       } catch (err) {
         this.deps.logger.error({ err }, 'batch refused');
         conn.close(err as Error);

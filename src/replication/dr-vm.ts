@@ -1,8 +1,9 @@
 import { mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { assert } from '../core/assert.js';
-import type { Clock, TimerHandle } from '../core/clock.js';
+import { elapsedMs, type Clock, type TimerHandle } from '../core/clock.js';
 import { ErrorCode, vrgError } from '../core/errors.js';
+import { LatencyHistogram } from '../core/latency-histogram.js';
 import { limits } from '../core/limits.js';
 import type { Logger } from '../core/log.js';
 import { RwLock } from '../core/rw-lock.js';
@@ -63,6 +64,8 @@ export class DrVm {
   duplicatesSkipped = 0;
   lastProducedAtMs = 0;
   readonly gate = new RwLock();
+  /** From a batch's frame arriving to its records durable in the log (DR's share of a Sync write's latency). */
+  readonly durableLatency = new LatencyHistogram();
   private working: Promise<void> | null = null;
   private retryTimer: TimerHandle | null = null;
   private checkpointTimer: TimerHandle | null = null;
@@ -128,7 +131,7 @@ export class DrVm {
    * Validates a batch whole (a bad one changes nothing), waits for room, then appends its new records to the log
    * (their payloads copied in: the caller may free `data` once this resolves). Durability is reported by onDurable.
    */
-  async accept(batch: WriteBatch, data: Buffer): Promise<void> {
+  async accept(batch: WriteBatch, data: Buffer, receivedNs: bigint): Promise<void> {
     const plan = this.planLog(batch, data);
     this.duplicatesSkipped += plan.skipped;
     const lastSeq = batch.firstSeq + batch.records.length - 1;
@@ -140,6 +143,7 @@ export class DrVm {
     const durable = this.log.append(plan.records);
     this.lastProducedAtMs = Math.max(this.lastProducedAtMs, batch.producedAtMs);
     durable.then(() => {
+      this.durableLatency.record(elapsedMs(this.hooks.clock, receivedNs));
       this.durableSeq = Math.max(this.durableSeq, lastSeq);
       this.hooks.onDurable(this);
       this.kick();
