@@ -14,8 +14,9 @@ import { Journal, RecordKind } from '../src/journal/journal.js';
 import { NbdServer } from '../src/nbd/nbd-server.js';
 import { volumeExport } from '../src/nbd/volume-export.js';
 import { Intake } from '../src/replication/intake.js';
-import type { DrDiagnostics } from '../src/replication/dr-gateway.js';
-import type { ProductionDiagnostics } from '../src/replication/production-gateway.js';
+import type { LatencySummary } from '../src/core/latency-histogram.js';
+import type { DrDiagnostics, DrStatus } from '../src/replication/dr-gateway.js';
+import type { ProductionDiagnostics, ProductionStatus } from '../src/replication/production-gateway.js';
 import { FileVolume } from '../src/volume/file-volume.js';
 import { startCpuWindow, type CpuWindow } from './cpu-meter.js';
 import { startPerf } from './perf-profile.js';
@@ -51,6 +52,8 @@ export interface FioFigures {
    * machine's busy share, and per VRG gateway its GC time and event-loop utilization.
    */
   cpu?: { window: CpuWindow; targetCpuSecondsPerGB: number; fioCpuSeconds: number };
+  /** VRG rows: where a write's latency went over the job's window (each gateway's latency histograms, ms). */
+  stages?: Record<string, LatencySummary>;
 }
 
 export interface NbdTargetResult {
@@ -546,8 +549,10 @@ async function targetVrg(ctx: Ctx, r: NbdTargetResult, mode: 'async' | 'sync', w
     // The initial sync of the (sparse) source and the check after it, before measuring.
     await withTimeout(prod.request({ type: 'drain' }, 'drained'), 300_000, 'initial sync');
     for (const job of jobNames) {
+      await Promise.all([prod, dr].map((g) => g.request({ type: 'status', resetLatency: true }, 'status')));
       r.jobs[job] = await measuredFio(ctx, job, `nbd://127.0.0.1:${ready.nbdPort}/${vol.volUuid}`, join(ctx.dir, `vrg-${mode}${writeBack ? '-writeback' : ''}-${job}.json`),
         [prod.proc.pid!, dr.proc.pid!], { gateways: [prod, dr], sync: async () => { await withTimeout(prod.request({ type: 'drain' }, 'drained'), 300_000, 'drain'); } });
+      r.jobs[job]!.stages = await latencyStages(prod, dr);
     }
     const [ps, ds] = [await prod.request<StatusReply>({ type: 'status' }, 'status'), await dr.request<StatusReply>({ type: 'status' }, 'status')];
     const cpu = (p: ProcessFigures): number => (p.cpuUserUs + p.cpuSystemUs) / 1e6;
@@ -567,6 +572,16 @@ async function targetVrg(ctx: Ctx, r: NbdTargetResult, mode: 'async' | 'sync', w
     if (process.env.VRG_BENCH_KEEP) await cp(dir, join(process.env.VRG_BENCH_KEEP, `vrg-${mode}${writeBack ? '-writeback' : ''}`), { recursive: true });
     await rm(dir, { recursive: true, force: true });
   }
+}
+
+/** The gateways' latency histograms for the job just measured (reset at its start). */
+async function latencyStages(prod: GatewayChild, dr: GatewayChild): Promise<Record<string, LatencySummary>> {
+  const d = (await dr.request<StatusReply>({ type: 'status' }, 'status')).status as DrStatus;
+  const p = (await prod.request<StatusReply>({ type: 'status' }, 'status')).status as ProductionStatus;
+  const stages: Record<string, LatencySummary> = {};
+  for (const [name, h] of Object.entries((p.vms[0] as { latency?: Record<string, LatencySummary> } | undefined)?.latency ?? {})) stages[`production ${name}`] = h;
+  if (d.vms[0]) stages['dr frame received -> durable in DR log'] = d.vms[0].durableLatency;
+  return stages;
 }
 
 type DiagnosticsReply = Extract<IpcMessage, { type: 'diagnostics' }>;
@@ -676,6 +691,9 @@ export function formatNbdBench(r: NbdBenchResult): string {
       for (const g of f.cpu?.window.gateways ?? []) {
         lines.push(`      ${g.role.padEnd(10)} ${g.cpuSeconds.toFixed(1)} CPU-s, GC ${g.gcMs.toFixed(0)} ms (${(100 * g.gcShareOfCpu).toFixed(1)} % of its CPU, ` +
           `${g.gcCount} collections), event loop ${(100 * g.eventLoopUtilization).toFixed(0)} % busy`);
+      }
+      for (const [stage, h] of Object.entries(f.stages ?? {})) {
+        if (h.count > 0) lines.push(`      ${stage}: p50 ${h.p50Ms.toFixed(2)} ms, p99 ${h.p99Ms.toFixed(2)} ms, mean ${h.meanMs.toFixed(2)} ms (${h.count})`);
       }
     }
     if (t.rings) lines.push(`    rings: ${JSON.stringify(t.rings)}`);

@@ -21,7 +21,8 @@ export type IpcRequest =
   | { type: 'load'; load: LoadOptions }
   | { type: 'drain' }
   | { type: 'snapshot' }
-  | { type: 'status' }
+  /** resetLatency: the latency histograms start afresh once this status is taken (a bench job's window). */
+  | { type: 'status'; resetLatency?: boolean }
   | { type: 'diagnostics' };
 
 export type IpcMessage =
@@ -164,6 +165,7 @@ export async function startCommand(configPath: string): Promise<void> {
         gcMs: gc.ms, gcCount: gc.count, eluActiveMs: elu.active, eluIdleMs: elu.idle, codec: codec.stats(),
       };
       send({ type: 'status', status: gw.status(), load: progress, process: figures });
+      if (req.resetLatency && gw instanceof DrGateway) gw.resetLatency();
       progress.latenciesUs = [];
       progress.ackedIndices = [];
     } else if (req.type === 'diagnostics') {

@@ -207,6 +207,11 @@ export class DrGateway extends EventEmitter {
     };
   }
 
+  /** The latency histograms in status start afresh (e.g. at the start of a bench job). */
+  resetLatency(): void {
+    for (const vm of this.vms.values()) vm.durableLatency.reset();
+  }
+
   diagnostics(): DrDiagnostics {
     return {
       role: 'dr',
