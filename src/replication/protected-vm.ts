@@ -307,6 +307,9 @@ export class ProtectedVm {
     const d = this.drAhead;
     if (d === null) return;
     if (drAppliedSeq <= d.aboveSeq) return this.drAheadResolved('not-ahead');
+    // SnapshotsOnly journals only staged passes of blocks read from the source, their bits still dirty until
+    // DR acknowledged them: the next snapshot reships them, and a check would never run in this mode.
+    if (this.state.mode === 'snapshots') return this.drAheadResolved('snapshots-mode');
     this.hooks.logger.warn({ vmUuid: this.vmUuid, drAppliedSeq, ...d }, 'DR holds records the journal lost in the host crash: checking the VM');
     this.drAheadChecking = true;
     this.feed({ type: 'checkRequested', reason: 'dr-ahead' });
