@@ -22,10 +22,13 @@ function heldJournal(lastSeq: number) {
   const journal = {
     firstSeq: 1,
     lastSeq,
-    async read(from: number): Promise<JournalRecord[]> {
+    // Every record durable: written and shippable up to lastSeq too.
+    get writtenSeq(): number { return journal.lastSeq; },
+    get shippableSeq(): number { return journal.lastSeq; },
+    async read(from: number, _maxBytes: number, opts: { upToSeq?: number } = {}): Promise<JournalRecord[]> {
       await new Promise<void>((resolve) => held.push(resolve));
       const out: JournalRecord[] = [];
-      for (let seq = from; seq <= journal.lastSeq; seq++) out.push(record(seq));
+      for (let seq = from; seq <= Math.min(opts.upToSeq ?? journal.lastSeq, journal.lastSeq); seq++) out.push(record(seq));
       return out;
     },
   };

@@ -40,6 +40,12 @@ export const limits = {
   linkRingBytesDr: 48 * MiB,
   /** NBD: WRITE payloads spanning received chunks are assembled here until answered (all clients of a server). */
   nbdPayloadRingBytes: 8 * MiB,
+  /**
+   * Records shipped to DR may run this far beyond the journal's durable seq (shipping overlaps the local
+   * fdatasync). After a host crash production skips this many seqs (filler barriers), so it never reuses a
+   * seq DR may already hold.
+   */
+  shipAheadRecordsMax: 4096,
   /** Writes accepted by the intake but not yet durable. */
   intakePendingBytesMax: 64 * MiB,
   /**

@@ -140,10 +140,16 @@ export class Journal {
   }
 
   get firstSeq(): number { return this.first; }
-  /** Highest durable seq (written and fdatasync'ed): what read() returns and what may be shipped. */
+  /** Highest durable seq (written and fdatasync'ed): what read() returns by default. */
   get lastSeq(): number { return this.last; }
   /** Highest seq written to its segment file: in the page cache, so it survives a process crash. */
   get writtenSeq(): number { return this.writeSeq - 1; }
+  /**
+   * Highest seq that may be shipped now: written, and at most limits.shipAheadRecordsMax beyond the durable
+   * seq. A host crash loses at most the written-not-durable tail, so DR never holds more than that many seqs
+   * beyond what replay finds (the restart skips as many: see ProtectedVm.skipShipAheadSeqs).
+   */
+  get shippableSeq(): number { return Math.min(this.writtenSeq, this.last + limits.shipAheadRecordsMax); }
   /** The record cache's ring (null without a cache) and the payloads it could not hold. */
   cacheStats(): { ring: ReturnType<RecordCache['ringStats']>; heldOutsideRing: number; cachedBytes: number } {
     return { ring: this.cache.ringStats(), heldOutsideRing: this.cache.heldOutsideRing, cachedBytes: this.cache.bytes };
@@ -261,6 +267,7 @@ export class Journal {
         seg.size = at;
         this.segBytes += g.bytes;
         this.reservedBytes -= g.bytes;
+        this.cacheWritten(g);
         this.writeSeq = g.endSeq;
         this.unsynced.push(g);
         this.unsyncedBytes += g.bytes;
@@ -322,16 +329,17 @@ export class Journal {
     return g;
   }
 
-  /** The group is durable: publish lastSeq, cache its records, resolve the appends it completes. */
-  private completeGroup(g: Group): void {
-    const firstSeq = this.last + 1;
-    this.last = g.endSeq - 1;
+  /**
+   * The group is written (not yet durable): its records go into the cache now, so the shipper can read them
+   * while the fdatasync runs. Every payload the cache holds has been written, so its eviction never frees
+   * one the writer still needs.
+   */
+  private cacheWritten(g: Group): void {
+    const firstSeq = this.writeSeq;
     for (let k = 0; k < g.owners.length; k++) {
       const p = g.owners[k]!;
       const seq = firstSeq + k;
       const rec = p.records[seq - p.firstSeq]!;
-      this.counters.recordsAppended++;
-      this.counters.payloadBytesAppended += rec.payload.length;
       if (this.cache.bytesMax > 0 && seq >= this.first) {
         this.cache.add({
           seq, timestampMs: p.timestampMs, volumeIndex: rec.volumeIndex, offset: rec.offset, length: rec.length,
@@ -340,6 +348,17 @@ export class Journal {
       } else {
         this.cache.drop(rec.payload);
       }
+    }
+  }
+
+  /** The group is durable: publish lastSeq, resolve the appends it completes. */
+  private completeGroup(g: Group): void {
+    const firstSeq = this.last + 1;
+    this.last = g.endSeq - 1;
+    for (let k = 0; k < g.owners.length; k++) {
+      const p = g.owners[k]!;
+      this.counters.recordsAppended++;
+      this.counters.payloadBytesAppended += p.records[firstSeq + k - p.firstSeq]!.payload.length;
     }
     while (this.qHead < this.queue.length && this.queue[this.qHead]!.lastSeq <= this.last) {
       const p = this.queue[this.qHead]!;
@@ -389,18 +408,22 @@ export class Journal {
   // ---- read --------------------------------------------------------------------------------------------------------
 
   /**
-   * Consecutive durable records from `fromSeq`: at least one when any exists, then as many as fit in `maxBytes` of
-   * payload. Empty when fromSeq > lastSeq. A seq below firstSeq (trimmed) is VRG_INVALID_ARGUMENT.
+   * Consecutive records from `fromSeq` up to `upToSeq` (default lastSeq: durable ones only; at most writtenSeq,
+   * e.g. shippableSeq): at least one when any exists, then as many as fit in `maxBytes` of payload. Empty when
+   * fromSeq > upToSeq. A seq below firstSeq (trimmed) is VRG_INVALID_ARGUMENT.
    */
-  async read(fromSeq: number, maxBytes: number): Promise<JournalRecord[]> {
+  async read(fromSeq: number, maxBytes: number, opts: { upToSeq?: number } = {}): Promise<JournalRecord[]> {
     if (this.state !== 'open') throw vrgError(ErrorCode.CLOSED, 'journal is closed', { dir: this.dir });
-    if (!Number.isSafeInteger(fromSeq) || fromSeq < 1 || !(maxBytes >= 0)) {
-      throw vrgError(ErrorCode.INVALID_ARGUMENT, 'journal read: bad fromSeq or maxBytes', { fromSeq, maxBytes });
+    const upTo = opts.upToSeq ?? this.last;
+    if (!Number.isSafeInteger(fromSeq) || fromSeq < 1 || !(maxBytes >= 0) || !Number.isSafeInteger(upTo) || upTo > this.writtenSeq) {
+      throw vrgError(ErrorCode.INVALID_ARGUMENT, 'journal read: bad fromSeq, maxBytes or upToSeq', {
+        fromSeq, maxBytes, upToSeq: upTo, writtenSeq: this.writtenSeq,
+      });
     }
     if (fromSeq < this.first) {
       throw vrgError(ErrorCode.INVALID_ARGUMENT, 'journal read: seq was trimmed', { fromSeq, firstSeq: this.first });
     }
-    const p = this.readRange(fromSeq, maxBytes);
+    const p = this.readRange(fromSeq, maxBytes, upTo);
     this.reads.add(p);
     try {
       return await p;
@@ -435,11 +458,11 @@ export class Journal {
     if (this.reads.size === 0 && this.pins === 0) this.cache.readsDone();
   }
 
-  private async readRange(fromSeq: number, maxBytes: number): Promise<JournalRecord[]> {
+  private async readRange(fromSeq: number, maxBytes: number, upTo: number): Promise<JournalRecord[]> {
     const out: JournalRecord[] = [];
     let payloadBytes = 0;
     let seq = fromSeq;
-    while (seq <= this.last && seq >= this.first) {
+    while (seq <= upTo && seq >= this.first) {
       const cached = this.cache.get(seq);
       if (cached) {
         if (out.length > 0 && payloadBytes + cached.payload.length > maxBytes) break;
@@ -449,7 +472,7 @@ export class Journal {
         seq++;
         continue;
       }
-      const recs = await this.readFromDisk(seq, maxBytes - payloadBytes, out.length === 0);
+      const recs = await this.readFromDisk(seq, maxBytes - payloadBytes, out.length === 0, upTo);
       if (recs.length === 0) break;
       for (const r of recs) {
         out.push(r);
@@ -474,9 +497,9 @@ export class Journal {
   }
 
   /** Records of one segment from `seq`, read back with one pread and CRC-checked. Stops where the cache begins. */
-  private async readFromDisk(seq: number, budget: number, atLeastOne: boolean): Promise<JournalRecord[]> {
+  private async readFromDisk(seq: number, budget: number, atLeastOne: boolean, upTo: number): Promise<JournalRecord[]> {
     const seg = this.findSegment(seq);
-    const end = Math.min(segmentEnd(seg), this.last + 1, this.cache.firstSeq);
+    const end = Math.min(segmentEnd(seg), upTo + 1, this.cache.firstSeq);
     const i0 = seq - seg.firstSeq;
     let i = i0;
     let bytes = 0;

@@ -3,7 +3,7 @@ import { BufferRing } from '../core/buffer-ring.js';
 import { HEADER_BYTES, type JournalRecord } from './record-codec.js';
 
 /**
- * The most recent durable records, consecutive by seq, bounded in bytes (payload + header each); the oldest are
+ * The most recent written records (durable or still in their fdatasync), consecutive by seq, bounded in bytes (payload + header each); the oldest are
  * evicted first.
  *
  * Payloads live in the cache's own ring (`hold` copies an appended payload in before it is written): one
@@ -28,7 +28,7 @@ export class RecordCache {
 
   /** `readsInFlight` says whether a read may still hold records. */
   constructor(readonly bytesMax: number, private readonly readsInFlight: () => boolean = () => false) {
-    // Slack beyond bytesMax for payloads appended and not yet durable (not in the cache yet).
+    // Slack beyond bytesMax for payloads appended and not yet written (not in the cache yet).
     this.ring = bytesMax > 0 ? new BufferRing({ capacityBytes: bytesMax + ringSlackBytes(bytesMax) }) : null;
   }
 

@@ -59,7 +59,10 @@ export interface IntakeCbt {
   sourceState: ApplyState;
   /** A write found the journal full (journal tracking): the driver moves the VM to CBT. */
   onOverflow: () => void;
-  /** Sync mode: resolves once DR has `seq` durably, or once acks no longer wait for DR. */
+  /**
+   * Sync mode: resolves once DR has `seq` durably, or once acks no longer wait for DR; null when acks do not
+   * wait for DR now (then the intake does not wait for the local fdatasync either in write-back).
+   */
   waitForDr: (seq: number) => Promise<void> | null;
 }
 
@@ -279,6 +282,7 @@ export class Intake {
     const appended = records.then((r) => (r === null ? null : this.appendInOrder(turn!, r)));
     const logged = appended.then(async (a) => {
       if (a === null) return null;
+      this.shipWhenWritten(a, group);
       if (this.opts.writeBack?.()) await this.journal.whenWritten(a.lastSeq);
       else await a.durable;
       return a;
@@ -292,18 +296,30 @@ export class Intake {
     this.sourceTurn = sourceDone.catch(() => undefined);
     try {
       const a = await logged;
-      // Shipping starts once durable (DR never holds what a host crash could take from the journal) and
-      // need not wait for the source volume.
-      if (a !== null) void a.durable.then(() => this.shippable(a.lastSeq, group), () => undefined);
       await sourceDone;
       if (a === null) this.trackedUnsynced = true;
-      else await this.opts.cbt?.waitForDr(a.lastSeq);
+      else {
+        // Sync: DR durable *and* local durable (shipping overlaps the fdatasync, which write-back skips).
+        const dr = this.opts.cbt?.waitForDr(a.lastSeq);
+        if (dr) await Promise.all([dr, a.durable]);
+      }
       this.countGroup(group, a !== null);
       for (const op of group) op.done(null);
     } catch (err) {
       this.opts.logger.error({ err }, 'intake group failed');
       for (const op of group) op.done(err as Error);
     }
+  }
+
+  /**
+   * Shipping starts once the group is written to the journal file, while its fdatasync runs, and need not
+   * wait for the source volume. DR may then hold records a host crash takes from the journal (none of them
+   * acknowledged in any mode): the restart skips past them (ProtectedVm.skipShipAheadSeqs). Durability
+   * moves the ship-ahead bound (Journal.shippableSeq), so it kicks the shipper again.
+   */
+  private shipWhenWritten(a: Appended, group: Pending[]): void {
+    void this.journal.whenWritten(a.lastSeq).then(() => this.shippable(a.lastSeq, group), () => undefined);
+    void a.durable.then(() => this.opts.onCommitted(), () => undefined);
   }
 
   private shippable(lastSeq: number, group: Pending[]): void {

@@ -273,7 +273,7 @@ export class ProductionGateway extends EventEmitter {
       connected: this.conn !== null,
       rttMs: this.conn?.rttMs ?? null,
       vms: [...this.vms.values()].map((vm) => {
-        const behind = vm.journal.lastSeq - vm.shipper.ackedSeq;
+        const behind = Math.max(0, vm.journal.lastSeq - vm.shipper.ackedSeq);
         return {
           vmUuid: vm.vmUuid,
           lastSeq: vm.journal.lastSeq,
@@ -339,8 +339,10 @@ export class ProductionGateway extends EventEmitter {
     const vm = await ProtectedVm.open(p, this.config.dataDir, (v) => open(v.url, { sizeBytes: v.sizeBytes, create: true }), perVmCapacity, this.vmHooks(p.vmUuid));
     this.vms.set(p.vmUuid, vm);
     p.volumes.forEach((v, index) => this.byVolume.set(v.volUuid, { vm, index }));
+    // Before any write takes a seq: DR may hold seqs the crash took from the journal.
+    if (this.runMarker?.hostCrashed && !vm.fresh) await vm.skipShipAheadSeqs();
     // Also for VMs the management API re-adds at start: each one with earlier data is checked.
-    if (this.runMarker?.hostCrashed && !vm.fresh) {
+    if (this.runMarker?.writeBackHostCrashed && !vm.fresh) {
       this.deps.logger.warn({ vmUuid: vm.vmUuid }, 'write-back gateway: the host restarted after an unclean stop; checking the VM');
       vm.feed({ type: 'recovered' });
     }
@@ -431,10 +433,12 @@ export class ProductionGateway extends EventEmitter {
   /**
    * Trims the journal to what DR acknowledged *and* the source volumes hold durably: the source writes
    * are not fsynced per write (the journal is their WAL), so they are fsynced here, before the journal
-   * forgets the records that could have replayed them.
+   * forgets the records that could have replayed them. Never past the journal's own durable seq: DR may
+   * acknowledge records still in their local fdatasync (shipping overlaps it), and a write-back source
+   * may hold them too.
    */
   private checkpoint(vm: ProtectedVm): void {
-    const target = Math.min(vm.shipper.ackedSeq, vm.intake.sourceAppliedSeq);
+    const target = Math.min(vm.shipper.ackedSeq, vm.intake.sourceAppliedSeq, vm.journal.lastSeq);
     if (vm.checkpointing || vm.closed || target <= vm.checkpointSeq) return;
     vm.checkpointing = (async () => {
       await Promise.all(vm.volumes.map((v) => v.flush()));
@@ -509,6 +513,7 @@ export class ProductionGateway extends EventEmitter {
 
   private attachVm(vm: ProtectedVm, conn: LinkConnection, appliedSeq: number): void {
     vm.shipper.attach(conn, appliedSeq);
+    if (vm.shipper.fault === null) vm.attached(appliedSeq);
     this.sendVmState(vm);
     if (vm.shipper.fault === null) {
       vm.feed({ type: 'linkUp' });

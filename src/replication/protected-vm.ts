@@ -4,7 +4,7 @@ import { join } from 'node:path';
 import { writeJsonAtomic } from '../core/atomic-file.js';
 import { sleep, type Clock } from '../core/clock.js';
 import { ErrorCode, isVrgError, vrgError } from '../core/errors.js';
-import { MiB } from '../core/limits.js';
+import { limits, MiB } from '../core/limits.js';
 import type { Logger } from '../core/log.js';
 import { DirtyBitmap } from '../journal/dirty-bitmap.js';
 import { Journal, RecordKind } from '../journal/journal.js';
@@ -23,6 +23,7 @@ import {
 } from './protection-state.js';
 import { Shipper, type ShipperDiagnostics } from './shipper.js';
 import type { CompressionSetting } from './compression-policy.js';
+import { appendBarriersTo, clearDrAhead, loadDrAhead, saveDrAhead, type DrAhead } from './dr-ahead.js';
 
 // One protected VM on the production gateway: its source volumes, journal, CBT bitmaps, intake and
 // shipper, and the driver of its protection state machine (protection-state.ts): it feeds events in and
@@ -113,6 +114,10 @@ export class ProtectedVm {
   private retryBackoffMs = runRetryMinMs;
   /** Opened without earlier data (a new VM: initial sync). */
   fresh = false;
+  /** After a host crash, until DR's position is reconciled (dr-ahead.ts). */
+  private drAhead: DrAhead | null = null;
+  /** DR was found ahead: the check runs; the VM back in queue resolves it. */
+  private drAheadChecking = false;
   private snapshotWanted = false;
   private stateWaiters: Array<() => void> = [];
   /** Stored bytes per journal seq range not yet acknowledged: [lastSeq, cumulative stored bytes]. */
@@ -178,6 +183,9 @@ export class ProtectedVm {
     await replayOntoSource(journal, volumes, sourceState.appliedSeq, logger);
     const vm = new ProtectedVm(config, volumes, journal, bitmaps, sourceState, dir, hooks);
     vm.fresh = fresh;
+    vm.drAhead = await loadDrAhead(dir);
+    // A crash while the barriers were appended: finish them before any new record takes one of those seqs.
+    if (vm.drAhead && journal.appendedSeq < vm.drAhead.skipToSeq) await vm.skipTo(vm.drAhead.aboveSeq, vm.drAhead.skipToSeq);
     if (fresh) for (const b of bitmaps) b.markAll();
     await Promise.all(bitmaps.map((b) => b.persist()));
     if (config.pausedManual) vm.feed({ type: 'pause' });
@@ -218,6 +226,7 @@ export class ProtectedVm {
     this.state = r.state;
     for (const e of r.effects) this.perform(e);
     if (before !== this.state) {
+      if (this.drAheadChecking && before.name !== 'queue' && this.state.name === 'queue') this.drAheadResolved('checked');
       this.hooks.onStateChanged(this);
       for (const w of this.stateWaiters.splice(0)) w();
     }
@@ -265,6 +274,59 @@ export class ProtectedVm {
     }
   }
 
+  // ---- DR ahead after a host crash (dr-ahead.ts) ---------------------------------------------------------
+
+  /**
+   * The host crashed: the journal's unsynced tail may be lost while DR holds it (shipping runs ahead of the
+   * fdatasync). Skips every seq DR may hold (filler barriers) and remembers where the journal ended. Called
+   * before the VM takes any write.
+   */
+  async skipShipAheadSeqs(): Promise<void> {
+    const k = this.journal.lastSeq;
+    await this.skipTo(Math.min(this.drAhead?.aboveSeq ?? k, k), k + limits.shipAheadRecordsMax);
+  }
+
+  /** Remembered first, then the barriers appended: a crash between finishes them at the next open. */
+  private async skipTo(aboveSeq: number, skipToSeq: number): Promise<void> {
+    this.drAhead = { aboveSeq, skipToSeq };
+    await saveDrAhead(this.dir, this.drAhead);
+    const reached = await appendBarriersTo(this.journal, skipToSeq);
+    this.intake.sourceAppliedSeq = Math.max(this.intake.sourceAppliedSeq, this.journal.lastSeq);
+    if (reached < skipToSeq) {
+      // DR beyond `reached` is then refused (Shipper.attach): new records would reuse seqs it may hold.
+      this.hooks.logger.error({ vmUuid: this.vmUuid, reached, skipToSeq }, 'journal full: could not skip every seq DR may hold');
+      this.drAhead = { aboveSeq, skipToSeq: reached };
+      await saveDrAhead(this.dir, this.drAhead);
+    }
+    this.shipper.skippedToSeq = this.drAhead.skipToSeq;
+    this.hooks.logger.warn({ vmUuid: this.vmUuid, ...this.drAhead }, 'host crash: skipped the seqs DR may hold beyond the journal');
+  }
+
+  /** The shipper attached at DR's position (no fault): DR holding seqs beyond the crashed journal means a check. */
+  attached(drAppliedSeq: number): void {
+    const d = this.drAhead;
+    if (d === null) return;
+    if (drAppliedSeq <= d.aboveSeq) return this.drAheadResolved('not-ahead');
+    // SnapshotsOnly journals only staged passes of blocks read from the source, their bits still dirty until
+    // DR acknowledged them: the next snapshot reships them, and a check would never run in this mode.
+    if (this.state.mode === 'snapshots') return this.drAheadResolved('snapshots-mode');
+    this.hooks.logger.warn({ vmUuid: this.vmUuid, drAppliedSeq, ...d }, 'DR holds records the journal lost in the host crash: checking the VM');
+    this.drAheadChecking = true;
+    this.feed({ type: 'checkRequested', reason: 'dr-ahead' });
+  }
+
+  private drAheadResolved(how: string): void {
+    this.drAheadChecking = false;
+    this.drAhead = null;
+    this.hooks.logger.info({ vmUuid: this.vmUuid, how }, 'DR position after the host crash reconciled');
+    void clearDrAhead(this.dir).catch((err) => this.hooks.logger.error({ err }, 'could not clear dr-ahead.json'));
+  }
+
+  /** Reconciliation of DR's position after a host crash still to do (for tests and diagnostics). */
+  get drAheadPending(): DrAhead | null {
+    return this.drAhead;
+  }
+
   // ---- intake hooks -------------------------------------------------------------------------------------
 
   private onOverflow(): void {
@@ -279,7 +341,8 @@ export class ProtectedVm {
 
   /** Sync mode: a write's ack waits until DR has it durably, or until acks stop waiting (degraded, paused). */
   private waitDr(seq: number): Promise<void> | null {
-    if (!this.waitForDr || this.shipper.ackedSeq >= seq) return null;
+    if (!this.waitForDr) return null;
+    if (this.shipper.ackedSeq >= seq) return Promise.resolve();
     return new Promise<void>((resolve) => {
       const check = (): void => {
         if (!this.waitForDr || this.shipper.ackedSeq >= seq || this.closed) resolve();
@@ -552,7 +615,7 @@ export class ProtectedVm {
     const s = this.state;
     const acked = this.shipper.ackedSeq;
     const journalBehind = this.cumulativeBytes - this.ackedCumulativeBytes;
-    const behind = this.journal.lastSeq - acked;
+    const behind = Math.max(0, this.journal.lastSeq - acked);
     const p = this.progress;
     const elapsedSec = p ? Math.max(0.001, (now - p.startedAtMs) / 1000) : 0;
     const rate = p ? p.bytesDone / elapsedSec : 0;

@@ -9,7 +9,8 @@ import type { BufferRing } from '../core/buffer-ring.js';
 import { initialCompression, observe, type CompressionSetting, type CompressionState, type LinkObservation } from './compression-policy.js';
 
 // Ships one VM's journal to the DR gateway over the current link connection: consecutive records
-// in ~1 MiB write-batch frames, sealed in the codec pool, with a bounded window of unacknowledged
+// (once written to the journal file, while its fdatasync runs, at most limits.shipAheadRecordsMax beyond
+// the durable seq: Journal.shippableSeq) in ~1 MiB write-batch frames, sealed in the codec pool, with a bounded window of unacknowledged
 // frames. The DR side acknowledges the highest seq it has made durable; `onAcked` lets the gateway trim
 // the journal once the source volumes are durable up to there too (a checkpoint).
 // After a reconnect the DR side's Resume says where to continue, so nothing is skipped or sent twice.
@@ -63,6 +64,13 @@ export class Shipper {
   fault: string | null = null;
   /** Paused (pausedManual): nothing is sent; the connection and the window stay. */
   private paused = false;
+  /**
+   * Set after a host crash (ProtectedVm): the end of the seqs skipped past the replayed journal. DR may hold
+   * seqs up to there from before the crash, never beyond what this process shipped since.
+   */
+  skippedToSeq: number | null = null;
+  /** Highest seq sent on any connection of this process. */
+  private sentMaxSeq = 0;
 
   constructor(
     private readonly vmUuid: string,
@@ -100,8 +108,12 @@ export class Shipper {
   /** Starts shipping on a fresh connection from the DR side's last applied seq. */
   attach(conn: LinkConnection, drAppliedSeq: number): void {
     this.detach();
-    if (drAppliedSeq > this.journal.lastSeq) {
-      this.fault = `DR has applied seq ${drAppliedSeq} beyond this journal's last seq ${this.journal.lastSeq}`;
+    const skipped = this.skippedToSeq;
+    if (drAppliedSeq > this.journal.writtenSeq) {
+      this.fault = `DR has applied seq ${drAppliedSeq} beyond this journal's last seq ${this.journal.writtenSeq}`;
+    } else if (skipped !== null && drAppliedSeq > Math.max(skipped, this.sentMaxSeq)) {
+      this.fault = `DR has applied seq ${drAppliedSeq} beyond what production could have shipped before its host crash ` +
+        `(seqs skipped to ${skipped}) or since (${this.sentMaxSeq})`;
     } else if (drAppliedSeq < this.journal.firstSeq - 1) {
       this.fault = `DR is at seq ${drAppliedSeq} but the journal starts at ${this.journal.firstSeq}: a resync is needed`;
     } else {
@@ -124,8 +136,9 @@ export class Shipper {
   }
 
   onAck(durableSeq: number): void {
-    if (durableSeq > this.journal.lastSeq) {
-      this.conn?.close(vrgError(ErrorCode.FRAME_UNEXPECTED, `ack of seq ${durableSeq} beyond journal end ${this.journal.lastSeq}`));
+    // Shipping runs ahead of local durability: DR may acknowledge a seq still in its local fdatasync.
+    if (durableSeq > this.journal.writtenSeq) {
+      this.conn?.close(vrgError(ErrorCode.FRAME_UNEXPECTED, `ack of seq ${durableSeq} beyond journal end ${this.journal.writtenSeq}`));
       return;
     }
     // The DR side may finish making durable what an earlier connection delivered: skip ahead.
@@ -144,7 +157,7 @@ export class Shipper {
     if (!paused) this.pump();
   }
 
-  /** New records are durable in the journal. */
+  /** New records are written (or durable: the ship-ahead bound moved) in the journal. */
   notify(): void {
     this.pump();
   }
@@ -193,10 +206,10 @@ export class Shipper {
   }
 
   private async pumpLoop(): Promise<void> {
-    while (this.conn !== null && !this.paused && this.windowOpen() && this.shippedSeq < this.journal.lastSeq) {
+    while (this.conn !== null && !this.paused && this.windowOpen() && this.shippedSeq < this.journal.shippableSeq) {
       const conn = this.conn;
       const from = this.shippedSeq + 1;
-      const records = await this.journal.read(from, limits.batchBytesTarget);
+      const records = await this.journal.read(from, limits.batchBytesTarget, { upToSeq: this.journal.shippableSeq });
       if (conn !== this.conn) return;
       if (from !== this.shippedSeq + 1) continue; // an ack skipped us ahead meanwhile
       assert(records.length > 0 && records[0]!.seq === from, 'journal read is consecutive');
@@ -232,6 +245,7 @@ export class Shipper {
     };
     const seq = conn.allocSendSeq();
     this.shippedSeq = last.seq;
+    this.sentMaxSeq = Math.max(this.sentMaxSeq, last.seq);
     this.inFlight.push({ lastSeq: last.seq, bytes: payloadBytes, producedAtMs: last.timestampMs });
     this.inFlightBytes += payloadBytes;
     this.stats.framesSent++;
