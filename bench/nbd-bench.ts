@@ -579,7 +579,7 @@ async function latencyStages(prod: GatewayChild, dr: GatewayChild): Promise<Reco
   const d = (await dr.request<StatusReply>({ type: 'status' }, 'status')).status as DrStatus;
   const p = (await prod.request<StatusReply>({ type: 'status' }, 'status')).status as ProductionStatus;
   const stages: Record<string, LatencySummary> = {};
-  for (const [name, h] of Object.entries((p.vms[0] as { latency?: Record<string, LatencySummary> } | undefined)?.latency ?? {})) stages[`production ${name}`] = h;
+  for (const [name, h] of Object.entries(p.vms[0]?.latency ?? {})) stages[`production ${name}`] = h;
   if (d.vms[0]) stages['dr frame received -> durable in DR log'] = d.vms[0].durableLatency;
   return stages;
 }

@@ -162,3 +162,23 @@ t.test('replica reads see a prefix of the write history, and no less than what w
   const after = await pair.dr.readReplica('vol-0', 0, 8 * MiB);
   t.ok(after.equals(Buffer.alloc(8 * MiB, 3)), `a replica read right after the acknowledgement sees every write (applied ${behind.appliedSeq} of ${behind.durableSeq} when asked)`);
 });
+
+t.test('status times each stage of a Sync write, and resetLatency starts the window afresh', async (t) => {
+  const dir = t.testdir();
+  const pair = await startPair({ dir, pool: false, volumes: 1, volumeSizeBytes: 8 * MiB });
+  t.teardown(() => pair.close());
+  await pair.drain();
+  pair.prod.setMode(pair.configs.prod.vms[0]!.vmUuid, 'sync');
+  pair.prod.resetLatency();
+  pair.dr.resetLatency();
+  for (let i = 0; i < 32; i++) await pair.prod.write('vol-0', i * 65536, Buffer.alloc(65536, i + 1));
+  const p = pair.prod.status().vms[0]!.latency;
+  const d = pair.dr.status().vms[0]!.durableLatency;
+  for (const stage of ['group -> journal written', 'group -> journal durable', 'group -> DR durable (sync)', 'group -> acknowledged', 'batch taken -> DR ack']) {
+    t.ok(p[stage]!.count > 0 && p[stage]!.p50Ms <= p[stage]!.p99Ms, `${stage}: ${JSON.stringify(p[stage])}`);
+  }
+  t.equal(p['group -> acknowledged']!.count, p['group -> DR durable (sync)']!.count, 'every acknowledged group waited for DR');
+  t.ok(d.count > 0, `DR: frame received -> durable in its log ${JSON.stringify(d)}`);
+  pair.prod.resetLatency();
+  t.equal(pair.prod.status().vms[0]!.latency['group -> acknowledged']!.count, 0, 'reset empties the window');
+});

@@ -165,7 +165,7 @@ export async function startCommand(configPath: string): Promise<void> {
         gcMs: gc.ms, gcCount: gc.count, eluActiveMs: elu.active, eluIdleMs: elu.idle, codec: codec.stats(),
       };
       send({ type: 'status', status: gw.status(), load: progress, process: figures });
-      if (req.resetLatency && gw instanceof DrGateway) gw.resetLatency();
+      if (req.resetLatency) gw.resetLatency();
       progress.latenciesUs = [];
       progress.ackedIndices = [];
     } else if (req.type === 'diagnostics') {

@@ -1,5 +1,7 @@
 import { assert } from '../core/assert.js';
+import { elapsedMs, type Clock } from '../core/clock.js';
 import { ErrorCode, isVrgError, vrgError } from '../core/errors.js';
+import { LatencyHistogram } from '../core/latency-histogram.js';
 import { limits } from '../core/limits.js';
 import type { Logger } from '../core/log.js';
 import type { DirtyBitmap } from '../journal/dirty-bitmap.js';
@@ -122,8 +124,21 @@ export class Intake {
       logger: Logger;
       /** CBT: one dirty bitmap per volume. With them a full journal never blocks a write: it falls back to CBT. */
       cbt?: IntakeCbt;
+      /** Times the stages of each journaled group (`latency`); without it nothing is timed. */
+      clock?: Clock;
     },
   ) {}
+
+  /**
+   * Where a journaled write's time goes, per group from the moment it is formed: written to the journal file,
+   * durable there, durable on DR (Sync only), acknowledged. Reset by the gateway's resetLatency().
+   */
+  readonly latency = {
+    'group -> journal written': new LatencyHistogram(),
+    'group -> journal durable': new LatencyHistogram(),
+    'group -> DR durable (sync)': new LatencyHistogram(),
+    'group -> acknowledged': new LatencyHistogram(),
+  };
 
   /**
    * 'journal': writes are journaled (queue / check states, a resync pass); 'bitmap': they only mark the CBT
@@ -271,6 +286,9 @@ export class Intake {
    * instead, then writes the source: the write is never blocked by the journal.
    */
   private async commitGroup(group: Pending[], formed: () => void): Promise<void> {
+    const clock = this.opts.clock;
+    const t0 = clock?.monotonicNs() ?? 0n;
+    const stage = (h: LatencyHistogram) => (): void => { if (clock) h.record(elapsedMs(clock, t0)); };
     const sourceTurn = this.sourceTurn;
     const tracked = (this.tracking === 'bitmap' || group.some((op) => op.tracked)) && this.opts.cbt !== undefined;
     const records = Promise.resolve(tracked ? null : this.records(group));
@@ -283,6 +301,10 @@ export class Intake {
     const logged = appended.then(async (a) => {
       if (a === null) return null;
       this.shipWhenWritten(a, group);
+      if (clock) {
+        void this.journal.whenWritten(a.lastSeq).then(stage(this.latency['group -> journal written']), () => undefined);
+        void a.durable.then(stage(this.latency['group -> journal durable']), () => undefined);
+      }
       if (this.opts.writeBack?.()) await this.journal.whenWritten(a.lastSeq);
       else await a.durable;
       return a;
@@ -301,9 +323,10 @@ export class Intake {
       else {
         // Sync: DR durable *and* local durable (shipping overlaps the fdatasync, which write-back skips).
         const dr = this.opts.cbt?.waitForDr(a.lastSeq);
-        if (dr) await Promise.all([dr, a.durable]);
+        if (dr) await Promise.all([dr.then(stage(this.latency['group -> DR durable (sync)'])), a.durable]);
       }
       this.countGroup(group, a !== null);
+      if (a !== null) stage(this.latency['group -> acknowledged'])();
       for (const op of group) op.done(null);
     } catch (err) {
       this.opts.logger.error({ err }, 'intake group failed');

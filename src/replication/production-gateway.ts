@@ -2,6 +2,7 @@ import { EventEmitter } from 'node:events';
 import { BufferRing, type BufferRingStats } from '../core/buffer-ring.js';
 import { mkdir } from 'node:fs/promises';
 import type { Clock, TimerHandle } from '../core/clock.js';
+import type { LatencySummary } from '../core/latency-histogram.js';
 import { limits } from '../core/limits.js';
 import { ErrorCode, vrgError } from '../core/errors.js';
 import type { Logger } from '../core/log.js';
@@ -49,6 +50,8 @@ export interface ProductionVmStatus {
   compression: { setting: string; compressing: boolean; compressedShare: number; switches: number };
   fault: string | null;
   replication: VmReplicationStatus;
+  /** Where a write's time went, per stage (ms; since the last resetLatency). */
+  latency: Record<string, LatencySummary>;
 }
 
 export interface ProductionStatus {
@@ -266,6 +269,11 @@ export class ProductionGateway extends EventEmitter {
     }));
   }
 
+  /** The latency histograms in status start afresh (e.g. at the start of a bench job). */
+  resetLatency(): void {
+    for (const vm of this.vms.values()) vm.resetLatency();
+  }
+
   status(): ProductionStatus {
     const now = this.deps.clock.nowMs();
     return {
@@ -295,6 +303,7 @@ export class ProductionGateway extends EventEmitter {
           },
           fault: vm.shipper.fault,
           replication: vm.status(),
+          latency: vm.latencySummary(),
         };
       }),
     };

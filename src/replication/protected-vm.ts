@@ -4,6 +4,7 @@ import { join } from 'node:path';
 import { writeJsonAtomic } from '../core/atomic-file.js';
 import { sleep, type Clock } from '../core/clock.js';
 import { ErrorCode, isVrgError, vrgError } from '../core/errors.js';
+import type { LatencySummary } from '../core/latency-histogram.js';
 import { limits, MiB } from '../core/limits.js';
 import type { Logger } from '../core/log.js';
 import { DirtyBitmap } from '../journal/dirty-bitmap.js';
@@ -146,6 +147,7 @@ export class ProtectedVm {
       logger,
       compression: hooks.compression ?? 'auto',
       ...(hooks.linkRing ? { ring: hooks.linkRing } : {}),
+      clock: hooks.clock,
     });
     this.intake = new Intake(journal, volumes, {
       writeBack: () => hooks.writeBack?.() === true,
@@ -153,6 +155,7 @@ export class ProtectedVm {
       onCommitted: () => this.shipper.notify(),
       onAppended: (lastSeq, storedBytes) => this.noteAppended(lastSeq, storedBytes),
       logger,
+      clock: hooks.clock,
       cbt: {
         bitmaps, sourceState,
         onOverflow: () => this.onOverflow(),
@@ -320,6 +323,16 @@ export class ProtectedVm {
     this.drAhead = null;
     this.hooks.logger.info({ vmUuid: this.vmUuid, how }, 'DR position after the host crash reconciled');
     void clearDrAhead(this.dir).catch((err) => this.hooks.logger.error({ err }, 'could not clear dr-ahead.json'));
+  }
+
+  /** Latency per stage of a write (intake and shipper histograms), for status. */
+  latencySummary(): Record<string, LatencySummary> {
+    const all = { ...this.intake.latency, ...this.shipper.latency };
+    return Object.fromEntries(Object.entries(all).map(([k, h]) => [k, h.summary()]));
+  }
+
+  resetLatency(): void {
+    for (const h of [...Object.values(this.intake.latency), ...Object.values(this.shipper.latency)]) h.reset();
   }
 
   /** Reconciliation of DR's position after a host crash still to do (for tests and diagnostics). */

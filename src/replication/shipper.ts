@@ -1,4 +1,6 @@
 import { assert } from '../core/assert.js';
+import { elapsedMs, type Clock } from '../core/clock.js';
+import { LatencyHistogram } from '../core/latency-histogram.js';
 import { ErrorCode, vrgError } from '../core/errors.js';
 import { limits } from '../core/limits.js';
 import type { Logger } from '../core/log.js';
@@ -19,6 +21,8 @@ interface InFlight {
   lastSeq: number;
   bytes: number;
   producedAtMs: number;
+  /** When the batch was taken from the journal (clock.monotonicNs), for `latency`. */
+  takenNs: bigint;
 }
 
 export interface ShipperStats {
@@ -48,6 +52,8 @@ export class Shipper {
   readonly stats: ShipperStats = { framesSent: 0, bytesSent: 0, plainBytesSent: 0, plainBytesCompressOn: 0, recordsSent: 0 };
   /** Compress the next batch (when the VM allows it): auto follows what bounds the link (compression-policy.ts). */
   compression: CompressionState;
+  /** A batch from leaving the journal (sealed, sent, DR log durable) to its ack: the link's share of a Sync write. */
+  readonly latency = { 'batch taken -> DR ack': new LatencyHistogram() };
   /** Highest seq the DR side reported durable. */
   ackedSeq = 0;
   /** Journal time of the newest acknowledged record (for lag / RPO). */
@@ -89,6 +95,8 @@ export class Shipper {
        * the codec or the socket is done with it. A batch that finds no room uses buffers of its own.
        */
       ring?: BufferRing;
+      /** Times each batch from leaving the journal to DR's ack (`latency`); without it nothing is timed. */
+      clock?: Clock;
     },
   ) {
     this.compression = initialCompression(opts.compression ?? 'auto');
@@ -145,6 +153,7 @@ export class Shipper {
     if (durableSeq > this.shippedSeq) this.shippedSeq = durableSeq;
     while (this.inFlight.length > 0 && this.inFlight[0]!.lastSeq <= durableSeq) {
       const done = this.inFlight.shift()!;
+      if (this.opts.clock) this.latency['batch taken -> DR ack'].record(elapsedMs(this.opts.clock, done.takenNs));
       this.inFlightBytes -= done.bytes;
       this.ackedProducedAtMs = Math.max(this.ackedProducedAtMs, done.producedAtMs);
     }
@@ -246,7 +255,7 @@ export class Shipper {
     const seq = conn.allocSendSeq();
     this.shippedSeq = last.seq;
     this.sentMaxSeq = Math.max(this.sentMaxSeq, last.seq);
-    this.inFlight.push({ lastSeq: last.seq, bytes: payloadBytes, producedAtMs: last.timestampMs });
+    this.inFlight.push({ lastSeq: last.seq, bytes: payloadBytes, producedAtMs: last.timestampMs, takenNs: this.opts.clock?.monotonicNs() ?? 0n });
     this.inFlightBytes += payloadBytes;
     this.stats.framesSent++;
     this.stats.recordsSent += records.length;
