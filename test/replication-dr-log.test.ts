@@ -1,8 +1,7 @@
 import { spawn } from 'node:child_process';
 import { mkdir, open, readFile } from 'node:fs/promises';
-import { connect, createServer } from 'node:net';
 import { join } from 'node:path';
-import t from 'tap';
+import t, { type Test } from 'tap';
 import { compareVolumes } from '../src/cli/demo.js';
 import type { IpcMessage, LoadProgress } from '../src/cli/gateway-process.js';
 import type { LoadOptions } from '../src/cli/load-generator.js';
@@ -10,6 +9,7 @@ import type { DrStatus } from '../src/replication/dr-gateway.js';
 import type { Volume } from '../src/volume/volume.js';
 import { pairConfigJson, startPair } from './lib/pair.js';
 import { ackedWritesMissing, drainChild, processPair, watchChild } from './lib/process-pair.js';
+import { freePort, probe } from './lib/ports.js';
 import { needs } from './lib/tools.js';
 import { drained } from './lib/wait.js';
 
@@ -19,25 +19,8 @@ import { drained } from './lib/wait.js';
 const MiB = 1024 * 1024;
 type Status = IpcMessage & { type: 'status'; status: unknown; load: LoadProgress };
 
-declare global {
-  namespace Tap {
-    type Test = typeof t;
-  }
-}
-
-function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const srv = createServer();
-    srv.once('error', reject);
-    srv.listen(0, '127.0.0.1', () => {
-      const a = srv.address();
-      srv.close(() => resolve(typeof a === 'object' && a ? a.port : 0));
-    });
-  });
-}
-
 /** nbdkit serving `file` on two threads with every write delayed (a slow DR target: the log runs ahead of it). */
-async function slowTarget(t: Tap.Test, file: string, sizeBytes: number, delayWriteMs: number): Promise<string> {
+async function slowTarget(t: Test, file: string, sizeBytes: number, delayWriteMs: number): Promise<string> {
   const fh = await open(file, 'w');
   await fh.truncate(sizeBytes);
   await fh.close();
@@ -47,12 +30,7 @@ async function slowTarget(t: Tap.Test, file: string, sizeBytes: number, delayWri
     'blocksize-preferred=4096', 'blocksize-minimum=1'], { stdio: 'ignore' });
   t.teardown(() => void child.kill('SIGKILL'));
   for (let i = 0; i < 200; i++) {
-    const up = await new Promise<boolean>((resolve) => {
-      const s = connect({ host: '127.0.0.1', port });
-      s.once('connect', () => { s.destroy(); resolve(true); });
-      s.once('error', () => resolve(false));
-    });
-    if (up) return `nbd://127.0.0.1:${port}/`;
+    if (await probe(port)) return `nbd://127.0.0.1:${port}/`;
     await new Promise((r) => setTimeout(r, 50));
   }
   throw new Error('nbdkit did not start');

@@ -1,6 +1,5 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdtemp, readFile, rm, truncate, writeFile } from 'node:fs/promises';
-import { connect, createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { pathToFileURL } from 'node:url';
@@ -11,6 +10,7 @@ import { seededRandom } from '../src/core/random.js';
 import { FileVolume } from '../src/volume/file-volume.js';
 import { NbdVolume } from '../src/volume/nbd-volume.js';
 import { openVolume, parseVolumeUrl } from '../src/volume/open-volume.js';
+import { freePort, probe } from './lib/ports.js';
 import { needs } from './lib/tools.js';
 
 // NBD volumes against real write agents (qemu-nbd, nbdkit), on 127.0.0.1 only.
@@ -28,26 +28,6 @@ async function rejectsWith(t: Test, p: Promise<unknown>, code: string, what: str
     t.equal(codeOf(err), code, what);
     return err;
   }
-}
-
-function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const srv = createServer();
-    srv.once('error', reject);
-    srv.listen(0, '127.0.0.1', () => {
-      const addr = srv.address();
-      const port = typeof addr === 'object' && addr ? addr.port : 0;
-      srv.close(() => resolve(port));
-    });
-  });
-}
-
-function probe(port: number): Promise<boolean> {
-  return new Promise((resolve) => {
-    const s = connect({ host: '127.0.0.1', port });
-    s.once('connect', () => { s.destroy(); resolve(true); });
-    s.once('error', () => resolve(false));
-  });
 }
 
 interface Agent { child: ChildProcess; port: number; kill(): Promise<void> }

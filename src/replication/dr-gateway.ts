@@ -183,7 +183,7 @@ export class DrGateway extends EventEmitter {
   }
 
   /** Resolves once every VM's targets hold what it acknowledged when asked (within timeoutMs; at once while a target fails). */
-  async caughtUp(timeoutMs = limits.replicaCatchUpMs): Promise<void> {
+  async caughtUp(timeoutMs: number = limits.replicaCatchUpMs): Promise<void> {
     await Promise.all([...this.vms.values()].map((vm) => vm.whenApplied(vm.durableSeq, timeoutMs)));
   }
 
