@@ -1,7 +1,7 @@
 import { mkdtemp, open, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import t from 'tap';
+import t, { type Test } from 'tap';
 import { ErrorCode } from '../src/core/errors.js';
 import { limits } from '../src/core/limits.js';
 import { Journal, RecordKind } from '../src/journal/journal.js';
@@ -32,16 +32,10 @@ async function holdDatasync(dir: string) {
   return { release, restore: () => (proto.datasync = real) };
 }
 
-async function tempDir(t: Tap.Test): Promise<string> {
+async function tempDir(t: Test): Promise<string> {
   const dir = await mkdtemp(join(tmpdir(), 'vrg-jahead-'));
   t.teardown(() => rm(dir, { recursive: true, force: true }));
   return dir;
-}
-
-declare global {
-  namespace Tap {
-    type Test = typeof t;
-  }
 }
 
 t.test('a record is readable up to writtenSeq before it is durable; the default read stays durable-only', async (t) => {

@@ -1,6 +1,6 @@
 import { cp, mkdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import t from 'tap';
+import t, { type Test } from 'tap';
 import { compareVolumes } from '../src/cli/demo.js';
 import { systemClock } from '../src/core/clock.js';
 import { limits } from '../src/core/limits.js';
@@ -25,13 +25,7 @@ import { drained, until } from './lib/wait.js';
 const MiB = 1024 * 1024;
 const volumeBytes = 8 * MiB;
 
-declare global {
-  namespace Tap {
-    type Test = typeof t;
-  }
-}
-
-async function setup(t: Tap.Test, dir: string, o: { writeBack?: boolean } = {}) {
+async function setup(t: Test, dir: string, o: { writeBack?: boolean } = {}) {
   const json = pairConfigJson({ dir, volumes: 1, volumeSizeBytes: volumeBytes, compress: 0, encrypt: 0 });
   const bootIdPath = join(dir, 'boot_id');
   await mkdir(dir, { recursive: true });
