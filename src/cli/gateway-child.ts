@@ -1,5 +1,5 @@
 import { fork, type ChildProcess } from 'node:child_process';
-import { closeSync, existsSync, openSync } from 'node:fs';
+import { closeSync, existsSync, openSync, readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { ErrorCode, vrgError } from '../core/errors.js';
 import type { IpcMessage, IpcRequest } from './gateway-process.js';
@@ -19,7 +19,7 @@ export class GatewayChild {
   readonly exited: Promise<number | null>;
   private readonly listeners: Array<(m: IpcMessage) => void> = [];
 
-  constructor(readonly role: string, readonly proc: ChildProcess) {
+  constructor(readonly role: string, readonly proc: ChildProcess, private readonly logPath: string | null = null) {
     proc.on('message', (m: IpcMessage) => {
       for (const l of this.listeners) l(m);
       const i = this.waiters.findIndex((w) => w.type === m.type || m.type === 'error');
@@ -29,9 +29,22 @@ export class GatewayChild {
       else w!.resolve(m);
     });
     this.exited = new Promise((res) => proc.on('exit', (code, signal) => {
-      for (const w of this.waiters.splice(0)) w.reject(new Error(`${role} gateway exited (${code ?? signal})`));
+      const why = code !== null && code !== 0 ? this.lastWords() : '';
+      for (const w of this.waiters.splice(0)) w.reject(new Error(`${role} gateway exited (${code ?? signal})${why}`));
       res(code);
     }));
+  }
+
+  /** The last line the process wrote that is not a JSON log record (its `vrg: ...` error), for an exit's message. */
+  private lastWords(): string {
+    if (this.logPath === null) return '';
+    try {
+      const text = readFileSync(this.logPath, 'utf8').slice(-16_384);
+      const line = text.split('\n').filter((l) => l.trim() !== '' && !l.startsWith('{')).at(-1);
+      return line ? `: ${line.slice(0, 500)}` : ` (see ${this.logPath})`;
+    } catch {
+      return '';
+    }
   }
 
   /** Every message the gateway sends (for events such as 'transition'). */
@@ -82,5 +95,5 @@ export function spawnGateway(role: string, configPath: string, logPath: string, 
     detached: true,
   });
   closeSync(log);
-  return new GatewayChild(role, proc);
+  return new GatewayChild(role, proc, logPath);
 }
