@@ -13,6 +13,11 @@ import { assert } from './assert.js';
 //   [ newer live | free | oldest live ... | unused end ] wrapped (head < tail)
 //
 // Shared (SharedArrayBuffer) rings are visible to the codec workers as they are: nothing is copied or moved.
+// Blocks start on BLOCK_ALIGN_BYTES: V8 copies to or from shared memory word by word only when source and
+// destination have the same alignment, and byte by byte (8x slower: 1.4 against 11 GB/s here) otherwise.
+
+/** Every block starts on this boundary (its size is rounded up to it). */
+export const BLOCK_ALIGN_BYTES = 64;
 
 interface Block {
   start: number;
@@ -55,8 +60,9 @@ export class BufferRing implements BlockMemory {
 
   constructor(opts: { capacityBytes: number; shared?: boolean }) {
     assert(Number.isSafeInteger(opts.capacityBytes) && opts.capacityBytes > 0, 'ring capacity is a positive integer');
-    this.capacityBytes = opts.capacityBytes;
-    this.memory = opts.shared ? new SharedArrayBuffer(opts.capacityBytes) : new ArrayBuffer(opts.capacityBytes);
+    this.capacityBytes = alignUp(opts.capacityBytes);
+    // The memory is the rounded-up capacity: a block placed at the end must not be cut short by it.
+    this.memory = opts.shared ? new SharedArrayBuffer(this.capacityBytes) : new ArrayBuffer(this.capacityBytes);
     this.bytes = Buffer.from(this.memory as ArrayBuffer);
   }
 
@@ -65,22 +71,25 @@ export class BufferRing implements BlockMemory {
     return buf.buffer === this.memory;
   }
 
-  /** `bytes` of the ring (contents undefined), or null when there is no room now. */
+  /** `bytes` of the ring (contents undefined; the block takes `bytes` rounded up to BLOCK_ALIGN_BYTES), or null when there is no room now. */
   tryAlloc(bytes: number): Buffer | null {
     assert(Number.isSafeInteger(bytes) && bytes > 0, `ring allocation of ${bytes} bytes`);
-    const start = this.place(bytes);
+    const span = alignUp(bytes);
+    const start = this.place(span);
     if (start === null) {
       this.refusals++;
       return null;
     }
-    const block: Block = { start, end: start + bytes, freed: false };
+    const block: Block = { start, end: start + span, freed: false };
     this.blocks.push(block);
     this.byStart.set(start, block);
     this.head = block.end;
-    this.used += bytes;
+    this.used += span;
     this.usedPeak = Math.max(this.usedPeak, this.used);
     this.allocs++;
-    return this.bytes.subarray(start, block.end);
+    const buf = this.bytes.subarray(start, start + bytes);
+    assert(buf.length === bytes, `ring block of ${bytes} bytes at ${start} is cut short to ${buf.length}`);
+    return buf;
   }
 
   /** Frees `buf` when it is a block of this ring; anything else (a fallback buffer, null) is left alone. */
@@ -124,4 +133,8 @@ export class BufferRing implements BlockMemory {
     }
     return tail - this.head >= bytes ? this.head : null;
   }
+}
+
+function alignUp(bytes: number): number {
+  return Math.ceil(bytes / BLOCK_ALIGN_BYTES) * BLOCK_ALIGN_BYTES;
 }
