@@ -9,8 +9,8 @@ import { systemRandom } from '../src/core/random.js';
 import { tcpTransport } from '../src/link/transport.js';
 import { PoolCodec } from '../src/pipeline/codec.js';
 import { parseConfig } from '../src/replication/config.js';
-import { DrGateway } from '../src/replication/dr-gateway.js';
-import { ProductionGateway } from '../src/replication/production-gateway.js';
+import { DrGateway } from '../src/replication/target/dr-gateway.js';
+import { ProductionGateway } from '../src/replication/source/production-gateway.js';
 
 // Issue 4's rates, on a realistic disk image (the bench's ext4 image as the source volume):
 // - initial sync: a full CBT resync of the image (holes skipped), staged on DR and committed;

@@ -5,7 +5,7 @@ import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { VRG_TRAP_OID } from '../src/api/alarms/alarm-notifier.js';
-import { DrGateway } from '../src/replication/dr-gateway.js';
+import { DrGateway } from '../src/replication/target/dr-gateway.js';
 import { newSecret, RestClient, startApiPair, until } from './lib/rest-client.js';
 import { needs } from './lib/tools.js';
 

@@ -5,8 +5,8 @@ import { join } from 'node:path';
 import { passwordKey } from '../src/api/auth/account-store.js';
 import { apiErrorOf } from '../src/api/auth/error-codes.js';
 import { netInfos } from '../src/api/rest/routes-gateway.js';
-import { ProductionGateway } from '../src/replication/production-gateway.js';
-import { DrGateway } from '../src/replication/dr-gateway.js';
+import { ProductionGateway } from '../src/replication/source/production-gateway.js';
+import { DrGateway } from '../src/replication/target/dr-gateway.js';
 import { ADMIN_PW, newSecret, RestClient, shiftedClock, tempDir, startApiGateway, startApiPair, until, type ApiGateway } from './lib/rest-client.js';
 import { drained } from './lib/wait.js';
 

@@ -6,8 +6,8 @@ import { compareVolumes } from '../src/cli/demo.js';
 import { spawnGateway, type GatewayChild } from '../src/cli/gateway-child.js';
 import type { IpcMessage, LoadProgress } from '../src/cli/gateway-process.js';
 import { generateLoad, type LoadOptions } from '../src/cli/load-generator.js';
-import type { DrStatus } from '../src/replication/dr-gateway.js';
-import type { ProductionStatus } from '../src/replication/production-gateway.js';
+import type { DrStatus } from '../src/replication/target/dr-gateway.js';
+import type { ProductionStatus } from '../src/replication/source/production-gateway.js';
 import { pairConfigJson } from './lib/pair.js';
 import { drainChild, watchChild } from './lib/process-pair.js';
 

@@ -9,9 +9,9 @@ import { systemRandom } from '../src/core/random.js';
 import { tcpTransport } from '../src/link/transport.js';
 import { InlineCodec } from '../src/pipeline/codec.js';
 import { parseConfig } from '../src/replication/config.js';
-import { DrGateway } from '../src/replication/dr-gateway.js';
+import { DrGateway } from '../src/replication/target/dr-gateway.js';
 import { productionExports } from '../src/replication/nbd-exports.js';
-import { ProductionGateway } from '../src/replication/production-gateway.js';
+import { ProductionGateway } from '../src/replication/source/production-gateway.js';
 import { pairConfigJson } from './lib/pair.js';
 import { drained, until } from './lib/wait.js';
 

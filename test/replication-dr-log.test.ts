@@ -5,7 +5,7 @@ import t, { type Test } from 'tap';
 import { compareVolumes } from '../src/cli/demo.js';
 import type { IpcMessage, LoadProgress } from '../src/cli/gateway-process.js';
 import type { LoadOptions } from '../src/cli/load-generator.js';
-import type { DrStatus } from '../src/replication/dr-gateway.js';
+import type { DrStatus } from '../src/replication/target/dr-gateway.js';
 import type { Volume } from '../src/volume/volume.js';
 import { pairConfigJson, startPair } from './lib/pair.js';
 import { ackedWritesMissing, drainChild, processPair, watchChild } from './lib/process-pair.js';

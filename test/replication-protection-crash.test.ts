@@ -6,7 +6,7 @@ import { compareVolumes } from '../src/cli/demo.js';
 import type { GatewayChild } from '../src/cli/gateway-child.js';
 import type { IpcMessage, LoadProgress } from '../src/cli/gateway-process.js';
 import type { LoadOptions } from '../src/cli/load-generator.js';
-import type { ProductionStatus } from '../src/replication/production-gateway.js';
+import type { ProductionStatus } from '../src/replication/source/production-gateway.js';
 import { pairConfigJson } from './lib/pair.js';
 import { ackedWritesMissing, drainChild, processPair, watchChild } from './lib/process-pair.js';
 

@@ -6,7 +6,7 @@ import type { LinkConnection } from '../src/link/connection.js';
 import { InlineCodec, RecordCodec } from '../src/pipeline/codec.js';
 import { enterAfterDefault, initialCompression, leaveAfterDefault, observe } from '../src/replication/compression-policy.js';
 import { parseConfig } from '../src/replication/config.js';
-import { Shipper } from '../src/replication/shipper.js';
+import { Shipper } from '../src/replication/source/shipper.js';
 import { pairConfigJson } from './lib/pair.js';
 
 // The shipper's pump against a journal whose reads the test holds and releases, and connections that

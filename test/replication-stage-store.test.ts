@@ -2,7 +2,7 @@ import t, { type Test } from 'tap';
 import { readFileSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { pino, type Logger } from 'pino';
-import { StageStore, type StagedOp } from '../src/replication/stage-store.js';
+import { StageStore, type StagedOp } from '../src/replication/target/stage-store.js';
 import { ErrorCode, isVrgError } from '../src/core/errors.js';
 import { seededRandom } from '../src/core/random.js';
 

@@ -9,7 +9,7 @@ import type { LoadOptions } from '../src/cli/load-generator.js';
 import { ErrorCode } from '../src/core/errors.js';
 import { Journal, RecordKind } from '../src/journal/journal.js';
 import { parseConfig } from '../src/replication/config.js';
-import type { ProductionStatus } from '../src/replication/production-gateway.js';
+import type { ProductionStatus } from '../src/replication/source/production-gateway.js';
 import { code } from './lib/error-code.js';
 import { pairConfigJson } from './lib/pair.js';
 import { ackedWritesMissing, drainChild, processPair, watchChild } from './lib/process-pair.js';

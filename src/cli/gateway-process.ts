@@ -7,10 +7,10 @@ import { tcpTransport } from '../link/transport.js';
 import { PoolCodec, type CodecStats } from '../pipeline/codec.js';
 import { loadConfig, type GatewayConfig } from '../replication/config.js';
 import { NbdServer } from '../nbd/nbd-server.js';
-import { DrGateway } from '../replication/dr-gateway.js';
+import { DrGateway } from '../replication/target/dr-gateway.js';
 import { productionExports, replicaExports } from '../replication/nbd-exports.js';
 import type { TransitionEvent } from '../replication/control.js';
-import { ProductionGateway } from '../replication/production-gateway.js';
+import { ProductionGateway } from '../replication/source/production-gateway.js';
 import { runLoad, type LoadOptions } from './load-generator.js';
 import { startApi } from '../api/rest/api-runtime.js';
 

@@ -1,6 +1,6 @@
 import type { NbdExport } from '../nbd/nbd-server.js';
-import type { DrGateway } from './dr-gateway.js';
-import type { ProductionGateway } from './production-gateway.js';
+import type { DrGateway } from './target/dr-gateway.js';
+import type { ProductionGateway } from './source/production-gateway.js';
 
 // What the gateways serve over NBD. Production: one writable export per protected volume, named by
 // its volume UUID; writes go through the intake (source volume + journal + replication), reads come

@@ -9,8 +9,8 @@ import { systemRandom } from '../../src/core/random.js';
 import { tcpTransport } from '../../src/link/transport.js';
 import { InlineCodec } from '../../src/pipeline/codec.js';
 import { parseConfig, type GatewayConfig } from '../../src/replication/config.js';
-import { DrGateway } from '../../src/replication/dr-gateway.js';
-import { ProductionGateway } from '../../src/replication/production-gateway.js';
+import { DrGateway } from '../../src/replication/target/dr-gateway.js';
+import { ProductionGateway } from '../../src/replication/source/production-gateway.js';
 import { passwordKey } from '../../src/api/auth/account-store.js';
 import { startApi, type RunningApi } from '../../src/api/rest/api-runtime.js';
 

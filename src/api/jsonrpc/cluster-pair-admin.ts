@@ -1,4 +1,4 @@
-import { ProductionGateway } from '../../replication/production-gateway.js';
+import { ProductionGateway } from '../../replication/source/production-gateway.js';
 import type { StoredClusterPair } from '../store/api-store.js';
 import { activePair, applyLink } from './cluster-pairing.js';
 import { rpcState, updateRpc, type RpcContext } from './rpc-context.js';

@@ -1,4 +1,4 @@
-import { ProductionGateway } from '../../replication/production-gateway.js';
+import { ProductionGateway } from '../../replication/source/production-gateway.js';
 import type { StoredClusterPair } from '../store/api-store.js';
 import { decodeClusterPairingKey, PAIRING_KEY_HEX_MAX } from './pairing-keys.js';
 import { callPeer } from './peer-rpc-client.js';

@@ -2,7 +2,7 @@ import type { FastifyError, FastifyInstance } from 'fastify';
 import type { Clock } from '../../core/clock.js';
 import type { Logger } from '../../core/log.js';
 import type { Random } from '../../core/random.js';
-import { ProductionGateway } from '../../replication/production-gateway.js';
+import { ProductionGateway } from '../../replication/source/production-gateway.js';
 import { passwordKey, type AccountStore } from '../auth/account-store.js';
 import type { ApiService, Gateway } from '../rest/api-service.js';
 import type { ApiStore } from '../store/api-store.js';

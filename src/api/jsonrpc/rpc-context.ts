@@ -2,7 +2,7 @@ import { createHash, createHmac, timingSafeEqual } from 'node:crypto';
 import type { Clock } from '../../core/clock.js';
 import type { Logger } from '../../core/log.js';
 import type { Random } from '../../core/random.js';
-import { DrGateway } from '../../replication/dr-gateway.js';
+import { DrGateway } from '../../replication/target/dr-gateway.js';
 import type { ApiService, Gateway } from '../rest/api-service.js';
 import type { ApiStore, RpcState, StoredClusterPair, StoredRpcVolume, StoredVm } from '../store/api-store.js';
 import type { PairingKeyIssuer } from './pairing-keys.js';

@@ -1,5 +1,5 @@
 import { resolve } from 'node:path';
-import { ProductionGateway } from '../../replication/production-gateway.js';
+import { ProductionGateway } from '../../replication/source/production-gateway.js';
 import type { RpcState, StoredRpcVolume, StoredVm, StoredVolumePair } from '../store/api-store.js';
 import { activePair } from './cluster-pairing.js';
 import { rpcState, sha256Hex, updateRpc, type RpcContext } from './rpc-context.js';

@@ -1,4 +1,4 @@
-import { ProductionGateway } from '../../replication/production-gateway.js';
+import { ProductionGateway } from '../../replication/source/production-gateway.js';
 import { rpcState, type RpcContext } from './rpc-context.js';
 import { elementMode } from './rpc-params.js';
 import { pairingOf, restPairId, syncInventory, volumeObject, type Pairing } from './volume-inventory.js';

@@ -1,4 +1,4 @@
-import { ProductionGateway } from '../../replication/production-gateway.js';
+import { ProductionGateway } from '../../replication/source/production-gateway.js';
 import type { StoredClusterPair, StoredRpcVolume } from '../store/api-store.js';
 import { activePair, applyLink } from './cluster-pairing.js';
 import { vmsOnPair } from './cluster-pair-admin.js';

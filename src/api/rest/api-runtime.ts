@@ -5,7 +5,7 @@ import type { Clock } from '../../core/clock.js';
 import type { Logger } from '../../core/log.js';
 import type { Random } from '../../core/random.js';
 import type { ApiListenConfig } from '../../replication/config.js';
-import { DrGateway } from '../../replication/dr-gateway.js';
+import { DrGateway } from '../../replication/target/dr-gateway.js';
 import { AlarmNotifier } from '../alarms/alarm-notifier.js';
 import { AccountStore, type ScryptParams } from '../auth/account-store.js';
 import { SessionManager } from '../auth/session-manager.js';

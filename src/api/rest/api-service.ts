@@ -1,6 +1,6 @@
 import type { Logger } from '../../core/log.js';
-import { DrGateway } from '../../replication/dr-gateway.js';
-import { ProductionGateway } from '../../replication/production-gateway.js';
+import { DrGateway } from '../../replication/target/dr-gateway.js';
+import { ProductionGateway } from '../../replication/source/production-gateway.js';
 import { ApiErrorNumber } from '../auth/error-codes.js';
 import type { AlarmNotifier } from '../alarms/alarm-notifier.js';
 import type { ApiStore, StoredVm } from '../store/api-store.js';

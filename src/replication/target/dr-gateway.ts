@@ -1,23 +1,23 @@
 import { EventEmitter } from 'node:events';
 import { rm } from 'node:fs/promises';
-import { BufferRing, type BufferRingStats } from '../core/buffer-ring.js';
-import { ErrorCode, vrgError } from '../core/errors.js';
-import type { LatencySummary } from '../core/latency-histogram.js';
-import { limits } from '../core/limits.js';
-import type { LinkConnection } from '../link/connection.js';
-import { LinkServer } from '../link/link-server.js';
-import type { PeerSecretLookup } from '../link/handshake.js';
-import { FrameType, type RawFrame } from '../protocol/frame.js';
-import { declaredPlainBytes } from '../pipeline/codec.js';
-import { encodeAck, encodeCheckDigests, type CheckRequest, type Resume, type VmState, type WriteBatch } from '../protocol/messages.js';
-import { digestVolume } from '../volume/region-digests.js';
-import { openVolume } from '../volume/open-volume.js';
-import type { Volume } from '../volume/volume.js';
-import type { GatewayConfig, VmConfig } from './config.js';
-import type { AlarmEvent, VmReplicationStatus } from './control.js';
-import { stateNumber, type Mode, type StateName } from './protection-state.js';
+import { BufferRing, type BufferRingStats } from '../../core/buffer-ring.js';
+import { ErrorCode, vrgError } from '../../core/errors.js';
+import type { LatencySummary } from '../../core/latency-histogram.js';
+import { limits } from '../../core/limits.js';
+import type { LinkConnection } from '../../link/connection.js';
+import { LinkServer } from '../../link/link-server.js';
+import type { PeerSecretLookup } from '../../link/handshake.js';
+import { FrameType, type RawFrame } from '../../protocol/frame.js';
+import { declaredPlainBytes } from '../../pipeline/codec.js';
+import { encodeAck, encodeCheckDigests, type CheckRequest, type Resume, type VmState, type WriteBatch } from '../../protocol/messages.js';
+import { digestVolume } from '../../volume/region-digests.js';
+import { openVolume } from '../../volume/open-volume.js';
+import type { Volume } from '../../volume/volume.js';
+import type { GatewayConfig, VmConfig } from '../config.js';
+import type { AlarmEvent, VmReplicationStatus } from '../control.js';
+import { stateNumber, type Mode, type StateName } from '../protection-state.js';
 import { DrVm } from './dr-vm.js';
-import type { GatewayDeps } from './production-gateway.js';
+import type { GatewayDeps } from '../gateway-deps.js';
 
 // The DR gateway: authenticates and opens write batches in the codec pool and hands each VM's records, in
 // production order, to its DrVm (dr-vm.ts), which logs them durably (one group-committed fdatasync), after

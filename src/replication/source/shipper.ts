@@ -1,14 +1,14 @@
-import { assert } from '../core/assert.js';
-import { elapsedMs, type Clock } from '../core/clock.js';
-import { LatencyHistogram } from '../core/latency-histogram.js';
-import { ErrorCode, vrgError } from '../core/errors.js';
-import { limits } from '../core/limits.js';
-import type { Logger } from '../core/log.js';
-import { carriesData, type Journal, type JournalRecord } from '../journal/journal.js';
-import type { LinkConnection } from '../link/connection.js';
-import { batchPlainBytesMax, shipBoundBytes, type Codec } from '../pipeline/codec.js';
-import type { BufferRing } from '../core/buffer-ring.js';
-import { initialCompression, observe, type CompressionSetting, type CompressionState, type LinkObservation } from './compression-policy.js';
+import { assert } from '../../core/assert.js';
+import { elapsedMs, type Clock } from '../../core/clock.js';
+import { LatencyHistogram } from '../../core/latency-histogram.js';
+import { ErrorCode, vrgError } from '../../core/errors.js';
+import { limits } from '../../core/limits.js';
+import type { Logger } from '../../core/log.js';
+import { carriesData, type Journal, type JournalRecord } from '../../journal/journal.js';
+import type { LinkConnection } from '../../link/connection.js';
+import { batchPlainBytesMax, shipBoundBytes, type Codec } from '../../pipeline/codec.js';
+import type { BufferRing } from '../../core/buffer-ring.js';
+import { initialCompression, observe, type CompressionSetting, type CompressionState, type LinkObservation } from '../compression-policy.js';
 
 // Ships one VM's journal to the DR gateway over the current link connection: consecutive records
 // (once written to the journal file, while its fdatasync runs, at most limits.shipAheadRecordsMax beyond

@@ -1,6 +1,6 @@
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { writeJsonAtomic } from '../core/atomic-file.js';
+import { writeJsonAtomic } from '../../core/atomic-file.js';
 
 // <dataDir>/run-state.json: { bootId, writeBack, clean }. Written (clean: false) when a production gateway
 // opens and (clean: true) when it closes. An unclean stop with a different boot id now (or an unreadable one)

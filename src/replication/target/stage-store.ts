@@ -1,12 +1,12 @@
 import { mkdir, open, type FileHandle } from 'node:fs/promises';
 import { dirname } from 'node:path';
-import { assert } from '../core/assert.js';
-import { crc32 } from '../core/checksum.js';
-import { ErrorCode, vrgError } from '../core/errors.js';
-import { limits, MiB } from '../core/limits.js';
-import type { Logger } from '../core/log.js';
-import { writeFully } from '../core/write-fully.js';
-import { WindowReader, fsyncDir } from '../journal/segment.js';
+import { assert } from '../../core/assert.js';
+import { crc32 } from '../../core/checksum.js';
+import { ErrorCode, vrgError } from '../../core/errors.js';
+import { limits, MiB } from '../../core/limits.js';
+import type { Logger } from '../../core/log.js';
+import { writeFully } from '../../core/write-fully.js';
+import { WindowReader, fsyncDir } from '../../journal/segment.js';
 
 // The DR side's stage for one VM: a CBT resync pass (or a SnapshotsOnly snapshot) is written here, not to
 // the targets, so the replica stays crash-consistent. The durable COMMIT marker is the atomic commit

@@ -1,29 +1,29 @@
 import { mkdir, rm, stat } from 'node:fs/promises';
-import type { BufferRing } from '../core/buffer-ring.js';
+import type { BufferRing } from '../../core/buffer-ring.js';
 import { join } from 'node:path';
-import { writeJsonAtomic } from '../core/atomic-file.js';
-import { sleep, type Clock } from '../core/clock.js';
-import { ErrorCode, isVrgError, vrgError } from '../core/errors.js';
-import type { LatencySummary } from '../core/latency-histogram.js';
-import { limits, MiB } from '../core/limits.js';
-import type { Logger } from '../core/log.js';
-import { DirtyBitmap } from '../journal/dirty-bitmap.js';
-import { Journal, RecordKind } from '../journal/journal.js';
-import type { Codec } from '../pipeline/codec.js';
-import { decodeRecordPayload } from '../pipeline/record-payload.js';
-import type { CheckRequest } from '../protocol/messages.js';
-import { applyInOrder } from '../volume/ordered-writes.js';
-import { compareRegions, digestVolume, type RegionDigests } from '../volume/region-digests.js';
-import type { Volume } from '../volume/volume.js';
-import { ApplyState } from './apply-state.js';
-import type { VmConfig } from './config.js';
-import type { TransitionEvent, VmProtection, VmReplicationStatus } from './control.js';
+import { writeJsonAtomic } from '../../core/atomic-file.js';
+import { sleep, type Clock } from '../../core/clock.js';
+import { ErrorCode, isVrgError, vrgError } from '../../core/errors.js';
+import type { LatencySummary } from '../../core/latency-histogram.js';
+import { limits, MiB } from '../../core/limits.js';
+import type { Logger } from '../../core/log.js';
+import { DirtyBitmap } from '../../journal/dirty-bitmap.js';
+import { Journal, RecordKind } from '../../journal/journal.js';
+import type { Codec } from '../../pipeline/codec.js';
+import { decodeRecordPayload } from '../../pipeline/record-payload.js';
+import type { CheckRequest } from '../../protocol/messages.js';
+import { applyInOrder } from '../../volume/ordered-writes.js';
+import { compareRegions, digestVolume, type RegionDigests } from '../../volume/region-digests.js';
+import type { Volume } from '../../volume/volume.js';
+import { ApplyState } from '../apply-state.js';
+import type { VmConfig } from '../config.js';
+import type { TransitionEvent, VmProtection, VmReplicationStatus } from '../control.js';
 import { Intake, resyncReadBytesMax, toVolumeOp, type IntakeDiagnostics } from './intake.js';
 import {
   initialState, stateNumber, transition, type Effect, type Event, type Mode, type Region, type State,
-} from './protection-state.js';
+} from '../protection-state.js';
 import { Shipper, type ShipperDiagnostics } from './shipper.js';
-import type { CompressionSetting } from './compression-policy.js';
+import type { CompressionSetting } from '../compression-policy.js';
 import { appendBarriersTo, clearDrAhead, loadDrAhead, saveDrAhead, type DrAhead } from './dr-ahead.js';
 
 // One protected VM on the production gateway: its source volumes, journal, CBT bitmaps, intake and

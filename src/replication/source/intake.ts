@@ -1,15 +1,15 @@
-import { assert } from '../core/assert.js';
-import { elapsedMs, type Clock } from '../core/clock.js';
-import { ErrorCode, isVrgError, vrgError } from '../core/errors.js';
-import { LatencyHistogram } from '../core/latency-histogram.js';
-import { limits } from '../core/limits.js';
-import type { Logger } from '../core/log.js';
-import type { DirtyBitmap } from '../journal/dirty-bitmap.js';
-import { RecordKind, type Journal, type JournalRecordInput } from '../journal/journal.js';
-import type { ApplyState } from './apply-state.js';
-import { RecordCodec } from '../pipeline/codec.js';
-import { applyInOrder, type VolumeOp } from '../volume/ordered-writes.js';
-import { checkVolumeRange, type Volume } from '../volume/volume.js';
+import { assert } from '../../core/assert.js';
+import { elapsedMs, type Clock } from '../../core/clock.js';
+import { ErrorCode, isVrgError, vrgError } from '../../core/errors.js';
+import { LatencyHistogram } from '../../core/latency-histogram.js';
+import { limits } from '../../core/limits.js';
+import type { Logger } from '../../core/log.js';
+import type { DirtyBitmap } from '../../journal/dirty-bitmap.js';
+import { RecordKind, type Journal, type JournalRecordInput } from '../../journal/journal.js';
+import type { ApplyState } from '../apply-state.js';
+import { RecordCodec } from '../../pipeline/codec.js';
+import { applyInOrder, type VolumeOp } from '../../volume/ordered-writes.js';
+import { checkVolumeRange, type Volume } from '../../volume/volume.js';
 
 // The production intake of one VM: a write is made durable in the journal (as it arrived: compression
 // happens at ship time) and applied to the source volume, then acknowledged: SPEC §2.1's Async rule. The

@@ -1,36 +1,25 @@
 import { EventEmitter } from 'node:events';
-import { BufferRing, type BufferRingStats } from '../core/buffer-ring.js';
+import { BufferRing, type BufferRingStats } from '../../core/buffer-ring.js';
 import { mkdir } from 'node:fs/promises';
-import type { Clock, TimerHandle } from '../core/clock.js';
-import type { LatencySummary } from '../core/latency-histogram.js';
-import { limits } from '../core/limits.js';
-import { ErrorCode, vrgError } from '../core/errors.js';
-import type { Logger } from '../core/log.js';
-import type { Random } from '../core/random.js';
-import { RecordKind } from '../journal/journal.js';
-import type { LinkConnection } from '../link/connection.js';
-import { LinkClient } from '../link/link-client.js';
-import { rateLimitedTransport } from '../link/rate-limited-transport.js';
-import type { Transport } from '../link/transport.js';
-import type { Codec } from '../pipeline/codec.js';
-import { FrameType } from '../protocol/frame.js';
-import { encodeCheckRequest, encodeVmState, type Ack, type CheckDigests, type CheckRequest, type Resume } from '../protocol/messages.js';
-import { openVolume } from '../volume/open-volume.js';
-import type { Volume } from '../volume/volume.js';
-import type { GatewayConfig } from './config.js';
-import type { AlarmEvent, AlarmKind, Mode, PeerConfig, VmProtection, VmReplicationStatus } from './control.js';
+import type { TimerHandle } from '../../core/clock.js';
+import type { LatencySummary } from '../../core/latency-histogram.js';
+import { limits } from '../../core/limits.js';
+import { ErrorCode, vrgError } from '../../core/errors.js';
+import { RecordKind } from '../../journal/journal.js';
+import type { LinkConnection } from '../../link/connection.js';
+import { LinkClient } from '../../link/link-client.js';
+import { rateLimitedTransport } from '../../link/rate-limited-transport.js';
+import { FrameType } from '../../protocol/frame.js';
+import { encodeCheckRequest, encodeVmState, type Ack, type CheckDigests, type CheckRequest, type Resume } from '../../protocol/messages.js';
+import { openVolume } from '../../volume/open-volume.js';
+import type { Volume } from '../../volume/volume.js';
+import type { GatewayConfig } from '../config.js';
+import type { AlarmEvent, AlarmKind, Mode, PeerConfig, VmProtection, VmReplicationStatus } from '../control.js';
+import type { GatewayDeps } from '../gateway-deps.js';
+export type { GatewayDeps } from '../gateway-deps.js';
 import { ProtectedVm, type ProtectedVmDiagnostics, type ProtectedVmHooks } from './protected-vm.js';
 import { openRunMarker, type RunMarker } from './run-marker.js';
 
-export interface GatewayDeps {
-  clock: Clock;
-  random: Random;
-  transport: Transport;
-  codec: Codec;
-  logger: Logger;
-  /** The block store: opens a volume by URL (default openVolume; a simulator or test may wrap it). */
-  openVolume?: typeof openVolume;
-}
 
 export interface ProductionVmStatus {
   vmUuid: string;

@@ -1,8 +1,8 @@
 import { readFile, rm } from 'node:fs/promises';
 import { join } from 'node:path';
-import { writeJsonAtomic } from '../core/atomic-file.js';
-import { ErrorCode, isVrgError, vrgError } from '../core/errors.js';
-import { RecordKind, type Journal, type JournalRecordInput } from '../journal/journal.js';
+import { writeJsonAtomic } from '../../core/atomic-file.js';
+import { ErrorCode, isVrgError, vrgError } from '../../core/errors.js';
+import { RecordKind, type Journal, type JournalRecordInput } from '../../journal/journal.js';
 
 // DR ahead of production (issue 13 item 4). Records are shipped once written to the journal, before they
 // are durable (at most limits.shipAheadRecordsMax beyond the durable seq), so after a host crash DR may hold

@@ -1,19 +1,19 @@
 import { mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
-import { assert } from '../core/assert.js';
-import { elapsedMs, type Clock, type TimerHandle } from '../core/clock.js';
-import { ErrorCode, vrgError } from '../core/errors.js';
-import { LatencyHistogram } from '../core/latency-histogram.js';
-import { limits } from '../core/limits.js';
-import type { Logger } from '../core/log.js';
-import { RwLock } from '../core/rw-lock.js';
-import { carriesData, Journal, RecordKind, type JournalRecord, type JournalRecordInput } from '../journal/journal.js';
-import { HEADER_BYTES } from '../journal/record-codec.js';
-import type { VmState, WriteBatch } from '../protocol/messages.js';
-import { applyInOrder, type VolumeOp } from '../volume/ordered-writes.js';
-import type { Volume } from '../volume/volume.js';
-import { ApplyState } from './apply-state.js';
-import type { VmConfig } from './config.js';
+import { assert } from '../../core/assert.js';
+import { elapsedMs, type Clock, type TimerHandle } from '../../core/clock.js';
+import { ErrorCode, vrgError } from '../../core/errors.js';
+import { LatencyHistogram } from '../../core/latency-histogram.js';
+import { limits } from '../../core/limits.js';
+import type { Logger } from '../../core/log.js';
+import { RwLock } from '../../core/rw-lock.js';
+import { carriesData, Journal, RecordKind, type JournalRecord, type JournalRecordInput } from '../../journal/journal.js';
+import { HEADER_BYTES } from '../../journal/record-codec.js';
+import type { VmState, WriteBatch } from '../../protocol/messages.js';
+import { applyInOrder, type VolumeOp } from '../../volume/ordered-writes.js';
+import type { Volume } from '../../volume/volume.js';
+import { ApplyState } from '../apply-state.js';
+import type { VmConfig } from '../config.js';
 import { StageStore, type StagedOp } from './stage-store.js';
 
 // One protected VM on the DR side: its target volumes, a log of what production sent, and the applier that
