@@ -1,6 +1,7 @@
 import { readFileSync } from 'node:fs';
 import { performance, PerformanceObserver } from 'node:perf_hooks';
 import { systemClock } from '../core/clock.js';
+import { ErrorCode, vrgError } from '../core/errors.js';
 import { createLogger, type Logger } from '../core/log.js';
 import { systemRandom } from '../core/random.js';
 import { tcpTransport } from '../link/transport.js';
@@ -8,9 +9,10 @@ import { PoolCodec, type CodecStats } from '../pipeline/codec.js';
 import { loadConfig, type GatewayConfig } from '../replication/config.js';
 import { NbdServer } from '../nbd/nbd-server.js';
 import { DrGateway } from '../replication/target/dr-gateway.js';
-import { productionExports, replicaExports } from '../replication/nbd-exports.js';
+import { productionExports } from '../replication/nbd-exports.js';
 import type { TransitionEvent } from '../replication/control.js';
 import { ProductionGateway } from '../replication/source/production-gateway.js';
+import { DrSite, type FailoverKind, type FailoverResult } from '../replication/dr-site.js';
 import { runLoad, type LoadOptions } from './load-generator.js';
 import { startApi } from '../api/rest/api-runtime.js';
 
@@ -23,7 +25,9 @@ export type IpcRequest =
   | { type: 'snapshot' }
   /** resetLatency: the latency histograms start afresh once this status is taken (a bench job's window). */
   | { type: 'status'; resetLatency?: boolean }
-  | { type: 'diagnostics' };
+  | { type: 'diagnostics' }
+  /** DR: fail a VM over to this gateway (dr-site.ts). */
+  | { type: 'failover'; vmUuid: string; kind: FailoverKind };
 
 export type IpcMessage =
   | { type: 'ready'; role: string; linkPort?: number; nbdPort?: number; restUrl?: string }
@@ -32,6 +36,7 @@ export type IpcMessage =
   | { type: 'drained' }
   | { type: 'diagnostics'; diagnostics: unknown }
   | { type: 'snapshotTaken' }
+  | { type: 'failedOver'; result: FailoverResult }
   | { type: 'transition'; vmUuid: string; from: string; to: string; reason: string }
   | { type: 'error'; code?: string; message: string };
 
@@ -90,27 +95,30 @@ function watchGc(): { ms: number; count: number } {
 }
 
 export async function openGateway(config: GatewayConfig, logger: Logger):
-    Promise<{ gw: Gateway; codec: PoolCodec; nbdPort: number | null; close(): Promise<void> }> {
+    Promise<{ gw: Gateway; site: DrSite | null; codec: PoolCodec; nbdPort: number | null; close(): Promise<void> }> {
   // Every input the engine hands the pool is a fresh buffer it never touches again: move, do not copy.
   const codec = new PoolCodec({ threads: config.codecThreads, transferInputs: true });
   const deps = { clock: systemClock, random: systemRandom, transport: tcpTransport, codec, logger };
-  const gw = config.role === 'production' ? await ProductionGateway.open(config, deps) : await DrGateway.open(config, deps);
+  // DR: the DR gateway and the VMs failed over to it (served as their source).
+  const site = config.role === 'dr' ? await DrSite.open(config, deps) : null;
+  const gw: Gateway = site === null ? await ProductionGateway.open(config, deps) : site.dr;
   let nbd: NbdServer | null = null;
   let nbdPort: number | null = null;
   if (config.nbd) {
     // Read at each negotiation: VMs added later (REST API) are exported too.
-    const exports = (): ReturnType<typeof productionExports> => (gw instanceof ProductionGateway ? productionExports(gw) : replicaExports(gw));
+    const exports = (): ReturnType<typeof productionExports> => (gw instanceof ProductionGateway ? productionExports(gw) : site!.exports());
     nbd = new NbdServer({ exports, logger: logger.child({ front: 'nbd' }) });
     nbdPort = await nbd.listen(config.nbd.host, config.nbd.port);
     logger.info({ host: config.nbd.host, port: nbdPort, exports: exports().map((e) => e.name) }, 'nbd listening');
   }
   return {
     gw,
+    site,
     codec,
     nbdPort,
     async close() {
       await nbd?.close();
-      await gw.close();
+      await (site ?? gw).close();
       await codec.close();
     },
   };
@@ -119,7 +127,7 @@ export async function openGateway(config: GatewayConfig, logger: Logger):
 export async function startCommand(configPath: string): Promise<void> {
   const config = await loadConfig(configPath);
   const logger = createLogger(`vrg-${config.role}`);
-  const { gw, codec, nbdPort, close: closeGateway } = await openGateway(config, logger);
+  const { gw, site, codec, nbdPort, close: closeGateway } = await openGateway(config, logger);
   // The management REST API (config "api"): replays its stored configuration (peer, VMs) into the engine.
   const api = config.api ? await startApi({ gw, api: config.api, logger, nbdPort }) : null;
   const close = async (): Promise<void> => {
@@ -164,10 +172,13 @@ export async function startCommand(configPath: string): Promise<void> {
         rssPeakBytes: peakRssBytes(), cpuUserUs: cpu.user, cpuSystemUs: cpu.system,
         gcMs: gc.ms, gcCount: gc.count, eluActiveMs: elu.active, eluIdleMs: elu.idle, codec: codec.stats(),
       };
-      send({ type: 'status', status: gw.status(), load: progress, process: figures });
+      send({ type: 'status', status: site?.status() ?? gw.status(), load: progress, process: figures });
       if (req.resetLatency) gw.resetLatency();
       progress.latenciesUs = [];
       progress.ackedIndices = [];
+    } else if (req.type === 'failover') {
+      if (site === null) throw vrgError(ErrorCode.VM_ROLE_CONFLICT, 'only a DR gateway takes a failover');
+      send({ type: 'failedOver', result: await site.failover(req.vmUuid, req.kind) });
     } else if (req.type === 'diagnostics') {
       send({ type: 'diagnostics', diagnostics: gw.diagnostics() });
     } else if (req.type === 'load' && gw instanceof ProductionGateway) {

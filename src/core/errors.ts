@@ -34,6 +34,11 @@ export const ErrorCode = {
   VM_NOT_FOUND: 'VRG_VM_NOT_FOUND',
   APPLY_GAP: 'VRG_APPLY_GAP',
   ILLEGAL_TRANSITION: 'VRG_ILLEGAL_TRANSITION',
+  // Roles and failover (src/replication/vm-role.ts, target/promotion)
+  VM_ROLE_CONFLICT: 'VRG_VM_ROLE_CONFLICT',
+  GENERATION_MISMATCH: 'VRG_GENERATION_MISMATCH',
+  FAILOVER_IN_PROGRESS: 'VRG_FAILOVER_IN_PROGRESS',
+  FAILOVER_REFUSED: 'VRG_FAILOVER_REFUSED',
   // NBD front end
   NBD_PROTOCOL: 'VRG_NBD_PROTOCOL',
   // Element pairing keys (src/api/jsonrpc/pairing-keys.ts)

@@ -171,6 +171,7 @@ function plainBatch(b: WriteBatch): WriteBatch {
       storedLength: r.storedLength,
     })),
     producedAtMs: b.producedAtMs,
+    generation: b.generation ?? 0,
   };
 }
 

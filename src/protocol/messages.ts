@@ -27,13 +27,16 @@ const lookup = (name: string): protobuf.Type => root.lookupType(`vrg.link.${name
 
 export interface Hello { protocolVersion: number; gatewayId: string; nonce: Buffer; role: string }
 export interface Auth { transcriptHash: Buffer }
-export interface ResumeVm { vmUuid: string; appliedSeq: number }
+/** generation and role: absent (0, '') from a peer older than roles, read as 1 and 'target'. */
+export interface ResumeVm { vmUuid: string; appliedSeq: number; generation?: number; role?: string }
 export interface Resume { vms: ResumeVm[] }
 export interface WriteRecord {
   volumeIndex: number; offset: number; length: number; kind: number; codec: number; storedLength: number;
 }
 export interface WriteBatch {
   vmUuid: string; firstSeq: number; volumeUuids: string[]; records: WriteRecord[]; producedAtMs: number;
+  /** The source's generation of the VM (0 or absent: 1). */
+  generation?: number;
 }
 export interface Ack { vmUuid: string; durableSeq: number }
 export interface Heartbeat { id: number; sentAtUs: number }

@@ -9,14 +9,19 @@ import { StallError, stallTimeoutMs } from './wait.js';
 // A production / DR pair as real `vrg start` processes (the crash tests SIGKILL them). The DR side
 // listens on an ephemeral port; production's config file is written once that port is known.
 
+type Ready = IpcMessage & { type: 'ready' };
+
 export function processPair(dir: string, json: ReturnType<typeof pairConfigJson>) {
   const files = { prod: join(dir, 'production.json'), dr: join(dir, 'dr.json') };
+  /** Each side's last 'ready' message (its NBD port, its link port). */
+  const ready: { prod: Ready | null; dr: Ready | null } = { prod: null, dr: null };
   const startDr = async (): Promise<GatewayChild> => {
     await writeFile(files.dr, JSON.stringify(json.dr));
     const dr = spawnGateway('dr', files.dr, join(dir, 'dr.log'));
-    const ready = await dr.request<IpcMessage & { type: 'ready' }>(null, 'ready');
+    const r = await dr.request<Ready>(null, 'ready');
+    ready.dr = r;
     if (json.dr.link.port === 0) {
-      json.dr.link.port = ready.linkPort!;
+      json.dr.link.port = r.linkPort!;
       await writeFile(files.dr, JSON.stringify(json.dr));
     }
     json.prod.link.port = json.dr.link.port;
@@ -25,10 +30,10 @@ export function processPair(dir: string, json: ReturnType<typeof pairConfigJson>
   };
   const startProd = async (): Promise<GatewayChild> => {
     const prod = spawnGateway('production', files.prod, join(dir, 'production.log'));
-    await prod.request(null, 'ready');
+    ready.prod = await prod.request<Ready>(null, 'ready');
     return prod;
   };
-  return { startDr, startProd };
+  return { startDr, startProd, ready };
 }
 
 /** Acknowledged writes of the load not on `path` (a later acknowledged write to the same offset wins). */

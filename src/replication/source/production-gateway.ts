@@ -19,6 +19,8 @@ import type { GatewayDeps } from '../gateway-deps.js';
 export type { GatewayDeps } from '../gateway-deps.js';
 import { ProtectedVm, type ProtectedVmDiagnostics, type ProtectedVmHooks } from './protected-vm.js';
 import { openRunMarker, type RunMarker } from './run-marker.js';
+import { loadVmRole, wireGeneration } from '../vm-role.js';
+import type { ResumeVm } from '../../protocol/messages.js';
 
 
 export interface ProductionVmStatus {
@@ -131,11 +133,19 @@ export class ProductionGateway extends EventEmitter {
   // ---- management (control.ts) ----
 
   /** Starts protecting a VM: a new one is fully synced (holes skipped), then checked, then queued. */
-  async addVm(p: VmProtection): Promise<void> {
+  async addVm(p: VmProtection, generation?: number): Promise<void> {
     if (this.closed) throw vrgError(ErrorCode.CLOSED, 'gateway is closed');
-    await this.openVm(p);
+    await this.openVm(p, generation);
     // The DR side tells its resume point per VM at the handshake: a fresh one covers the new VM.
     this.link?.connection?.close();
+  }
+
+  /**
+   * A VM promoted here (dr-site.ts) with no peer to ship to: it enters CBT, so every write from now on is
+   * tracked in its bitmap (what a failback ships) rather than journaled for a peer that may never come.
+   */
+  trackInBitmap(vmUuid: string, reason: string): void {
+    this.vm(vmUuid).feed({ type: 'resyncNeeded', reason });
   }
 
   async removeVm(vmUuid: string): Promise<void> {
@@ -325,7 +335,7 @@ export class ProductionGateway extends EventEmitter {
     await this.runMarker?.markClean().catch((err) => this.deps.logger.warn({ err }, 'could not mark the run clean'));
   }
 
-  private async openVm(p: VmProtection): Promise<ProtectedVm> {
+  private async openVm(p: VmProtection, generation?: number): Promise<ProtectedVm> {
     if (this.vms.has(p.vmUuid)) throw vrgError(ErrorCode.CONFIG_INVALID, `VM ${p.vmUuid} is already protected`, { vmUuid: p.vmUuid });
     const seen = new Set<string>();
     for (const v of p.volumes) {
@@ -335,6 +345,7 @@ export class ProductionGateway extends EventEmitter {
     const perVmCapacity = Math.floor(this.config.journalCapacityBytes / Math.max(1, this.config.vms.length, this.vms.size + 1));
     const open = this.deps.openVolume ?? openVolume;
     const vm = await ProtectedVm.open(p, this.config.dataDir, (v) => open(v.url, { sizeBytes: v.sizeBytes, create: true }), perVmCapacity, this.vmHooks(p.vmUuid));
+    vm.shipper.generation = generation ?? (await loadVmRole(this.config.dataDir, p.vmUuid, 'source')).generation;
     this.vms.set(p.vmUuid, vm);
     p.volumes.forEach((v, index) => this.byVolume.set(v.volUuid, { vm, index }));
     // Before any write takes a seq: DR may hold seqs the crash took from the journal.
@@ -345,7 +356,7 @@ export class ProductionGateway extends EventEmitter {
       vm.feed({ type: 'recovered' });
     }
     const at = this.conn?.resume?.vms.find((r) => r.vmUuid === p.vmUuid);
-    if (this.conn && at) this.attachVm(vm, this.conn, at.appliedSeq);
+    if (this.conn && at) this.attachVm(vm, this.conn, at);
     return vm;
   }
 
@@ -505,11 +516,26 @@ export class ProductionGateway extends EventEmitter {
         this.deps.logger.error({ vmUuid: vm.vmUuid }, vm.shipper.fault);
         continue;
       }
-      this.attachVm(vm, conn, at.appliedSeq);
+      this.attachVm(vm, conn, at);
     }
   }
 
-  private attachVm(vm: ProtectedVm, conn: LinkConnection, appliedSeq: number): void {
+  private attachVm(vm: ProtectedVm, conn: LinkConnection, at: ResumeVm): void {
+    const appliedSeq = at.appliedSeq;
+    const peerGeneration = wireGeneration(at.generation);
+    const own = vm.shipper.generation;
+    if (at.role === 'source' || peerGeneration > own) {
+      // Failed over: the peer is the newer side. Shipping would overwrite the promoted image.
+      vm.shipper.fault = `VM ${vm.vmUuid} was promoted on ${conn.peer.gatewayId} (generation ${peerGeneration}, this side ${own}): ` +
+        'this side is stale and no longer ships it';
+      this.deps.logger.error({ vmUuid: vm.vmUuid, peerGeneration, generation: own }, vm.shipper.fault);
+      return;
+    }
+    if (peerGeneration !== own) {
+      vm.shipper.fault = `VM ${vm.vmUuid}: generation ${own} here, ${peerGeneration} on ${conn.peer.gatewayId}`;
+      this.deps.logger.error({ vmUuid: vm.vmUuid, peerGeneration, generation: own }, vm.shipper.fault);
+      return;
+    }
     vm.shipper.attach(conn, appliedSeq);
     if (vm.shipper.fault === null) vm.attached(appliedSeq);
     this.sendVmState(vm);

@@ -77,6 +77,8 @@ export class Shipper {
   skippedToSeq: number | null = null;
   /** Highest seq sent on any connection of this process. */
   private sentMaxSeq = 0;
+  /** The VM's generation on this side (vm-role.ts), carried in every batch. */
+  generation = 1;
 
   constructor(
     private readonly vmUuid: string,
@@ -251,6 +253,7 @@ export class Shipper {
         storedLength: r.payload.byteLength,
       })),
       producedAtMs: last.timestampMs,
+      generation: this.generation,
     };
     const seq = conn.allocSendSeq();
     this.shippedSeq = last.seq;

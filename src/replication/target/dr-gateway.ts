@@ -1,5 +1,6 @@
 import { EventEmitter } from 'node:events';
 import { rm } from 'node:fs/promises';
+import { join } from 'node:path';
 import { BufferRing, type BufferRingStats } from '../../core/buffer-ring.js';
 import { ErrorCode, vrgError } from '../../core/errors.js';
 import type { LatencySummary } from '../../core/latency-histogram.js';
@@ -17,6 +18,7 @@ import type { GatewayConfig, VmConfig } from '../config.js';
 import type { AlarmEvent, VmReplicationStatus } from '../control.js';
 import { stateNumber, type Mode, type StateName } from '../protection-state.js';
 import { DrVm } from './dr-vm.js';
+import { loadVmRole, saveVmRole, type VmRoleState } from '../vm-role.js';
 import type { GatewayDeps } from '../gateway-deps.js';
 
 // The DR gateway: authenticates and opens write batches in the codec pool and hands each VM's records, in
@@ -85,6 +87,8 @@ export class DrGateway extends EventEmitter {
   private readonly acksDue = new Set<DrVm>();
 
   private readonly vms = new Map<string, DrVm>();
+  /** VMs this gateway promoted (now their source, served by the site: dr-site.ts), by vmUuid. */
+  private readonly promoted = new Map<string, { vmc: VmConfig; role: VmRoleState }>();
   private readonly server: LinkServer;
   private port = 0;
 
@@ -92,7 +96,16 @@ export class DrGateway extends EventEmitter {
     super();
     const resume = (): Resume => ({
       // The log's durable position: production trims its journal to what we acknowledge.
-      vms: [...this.vms.values()].map((vm) => ({ vmUuid: vm.config.vmUuid, appliedSeq: vm.durableSeq })),
+      // generation and role: production learns of a promotion here and stops shipping the VM.
+      vms: [
+        ...[...this.vms.values()].map((vm) => ({
+          vmUuid: vm.config.vmUuid, appliedSeq: vm.durableSeq, generation: vm.generation + (vm.promoting ? 1 : 0),
+          role: vm.promoting ? 'source' : 'target',
+        })),
+        ...[...this.promoted.values()].map(({ role }) => ({
+          vmUuid: role.vmUuid, appliedSeq: role.fromSeq ?? 0, generation: role.generation, role: 'source',
+        })),
+      ],
     });
     this.server = new LinkServer({
       transport: deps.transport, gatewayId: config.gatewayId, role: 'dr', secret: config.link.secret,
@@ -104,7 +117,18 @@ export class DrGateway extends EventEmitter {
   /** Opens every VM (each applies what its log holds past its checkpoint), then listens for production. */
   static async open(config: GatewayConfig, deps: GatewayDeps): Promise<DrGateway> {
     const gw = new DrGateway(config, deps);
-    for (const vmc of config.vms) gw.vms.set(vmc.vmUuid, await gw.openVm(vmc, config.vms.length));
+    for (const vmc of config.vms) {
+      const role = await loadVmRole(config.dataDir, vmc.vmUuid, 'target');
+      if (role.role === 'source') {
+        gw.promoted.set(vmc.vmUuid, { vmc, role });
+        // A crash right after the promotion's commit point left the old log behind.
+        await rm(join(config.dataDir, 'dr', vmc.vmUuid), { recursive: true, force: true });
+        continue;
+      }
+      const vm = await gw.openVm(vmc, config.vms.length);
+      vm.generation = role.generation;
+      gw.vms.set(vmc.vmUuid, vm);
+    }
     gw.port = await gw.server.listen(config.link.host, config.link.port);
     for (const vm of gw.vms.values()) deps.logger.info({ vmUuid: vm.config.vmUuid, durableSeq: vm.durableSeq }, 'dr vm opened');
     return gw;
@@ -185,6 +209,60 @@ export class DrGateway extends EventEmitter {
   /** Resolves once every VM's targets hold what it acknowledged when asked (within timeoutMs; at once while a target fails). */
   async caughtUp(timeoutMs: number = limits.replicaCatchUpMs): Promise<void> {
     await Promise.all([...this.vms.values()].map((vm) => vm.whenApplied(vm.durableSeq, timeoutMs)));
+  }
+
+  /** VMs this gateway promoted: their config (the target volumes, now the source) and role. */
+  promotedVms(): Array<{ vmc: VmConfig; role: VmRoleState }> {
+    return [...this.promoted.values()];
+  }
+
+  /** The role and generation of a VM on this side (a target, or one promoted here), or null. */
+  vmRole(vmUuid: string): { role: 'source' | 'target'; generation: number; promoting: boolean } | null {
+    const vm = this.vms.get(vmUuid);
+    if (vm) return { role: 'target', generation: vm.generation, promoting: vm.promoting };
+    const p = this.promoted.get(vmUuid);
+    return p ? { role: 'source', generation: p.role.generation, promoting: false } : null;
+  }
+
+  /**
+   * Unplanned failover, the target's part: the VM takes no more batches (the link is dropped so production
+   * learns it at its next handshake), everything durable in its log is applied and checkpointed, so the image is
+   * the last committed crash-consistent one (a staged pass not committed is dropped whole: the targets never had
+   * any of it), then the role file is written with the next generation: the commit point. The DR log goes.
+   * The caller (dr-site.ts) then serves the volumes as the VM's source.
+   */
+  async promote(vmUuid: string, reason: string): Promise<{ vmc: VmConfig; role: VmRoleState }> {
+    const vm = this.vms.get(vmUuid);
+    if (!vm) {
+      const p = this.promoted.get(vmUuid);
+      if (p) throw vrgError(ErrorCode.VM_ROLE_CONFLICT, `VM ${vmUuid} is already a source on this gateway (generation ${p.role.generation})`, { vmUuid });
+      throw vrgError(ErrorCode.VM_NOT_FOUND, `no protected VM ${vmUuid}`, { vmUuid });
+    }
+    if (vm.promoting) throw vrgError(ErrorCode.FAILOVER_IN_PROGRESS, `VM ${vmUuid} is being promoted already`, { vmUuid });
+    vm.promoting = true;
+    this.conn?.close(vrgError(ErrorCode.VM_ROLE_CONFLICT, `VM ${vmUuid} is being promoted on the DR gateway`));
+    try {
+      await this.idle();
+      await vm.settle(limits.drCloseSettleMs);
+      if (vm.checkpointSeq < vm.durableSeq) {
+        throw vrgError(ErrorCode.FAILOVER_REFUSED, `VM ${vmUuid}: the targets hold seq ${vm.checkpointSeq} of ${vm.durableSeq} ` +
+          `acknowledged${vm.targetError === null ? '' : ` (${vm.targetError})`}; promote once they are writable`, { vmUuid });
+      }
+    } catch (err) {
+      vm.promoting = false;
+      this.conn?.close(); // production re-attaches the VM at its next handshake
+      throw err;
+    }
+    this.vms.delete(vmUuid);
+    await vm.close(limits.drCloseSettleMs);
+    const role: VmRoleState = {
+      vmUuid, role: 'source', generation: vm.generation + 1, changedAtMs: this.deps.clock.nowMs(), reason, fromSeq: vm.checkpointSeq,
+    };
+    await saveVmRole(this.config.dataDir, role);
+    await rm(vm.dir, { recursive: true, force: true });
+    this.promoted.set(vmUuid, { vmc: vm.config, role });
+    this.deps.logger.warn({ vmUuid, generation: role.generation, fromSeq: role.fromSeq, reason }, 'VM promoted: this gateway is now its source');
+    return { vmc: vm.config, role };
   }
 
   /** The replica volumes, for exporting them read-only. */

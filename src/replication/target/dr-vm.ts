@@ -14,6 +14,7 @@ import { applyInOrder, type VolumeOp } from '../../volume/ordered-writes.js';
 import type { Volume } from '../../volume/volume.js';
 import { ApplyState } from '../apply-state.js';
 import type { VmConfig } from '../config.js';
+import { wireGeneration } from '../vm-role.js';
 import { StageStore, type StagedOp } from './stage-store.js';
 
 // One protected VM on the DR side: its target volumes, a log of what production sent, and the applier that
@@ -64,6 +65,10 @@ export class DrVm {
   duplicatesSkipped = 0;
   lastProducedAtMs = 0;
   readonly gate = new RwLock();
+  /** The VM's generation (vm-role.ts): a batch of another generation is refused. */
+  generation = 1;
+  /** Set while the VM is being promoted: batches are refused, the applier settles. */
+  promoting = false;
   /** From a batch's frame arriving to its records durable in the log (DR's share of a Sync write's latency). */
   readonly durableLatency = new LatencyHistogram();
   private working: Promise<void> | null = null;
@@ -151,6 +156,11 @@ export class DrVm {
   }
 
   private planLog(batch: WriteBatch, data: Buffer): LogPlan {
+    if (this.promoting) throw vrgError(ErrorCode.VM_ROLE_CONFLICT, `VM ${batch.vmUuid} is being promoted on this gateway: no more batches`);
+    if (wireGeneration(batch.generation) !== this.generation) {
+      throw vrgError(ErrorCode.GENERATION_MISMATCH,
+        `VM ${batch.vmUuid}: batch of generation ${wireGeneration(batch.generation)}, this side is at ${this.generation}`);
+    }
     const indexOf = batch.volumeUuids.map((u) => {
       const i = this.config.volumes.findIndex((v) => v.volUuid === u);
       if (i < 0) throw vrgError(ErrorCode.VOLUME_NOT_FOUND, `VM ${batch.vmUuid} has no target volume ${u}`);
