@@ -342,3 +342,45 @@ t.test('write-back gateway: a VM the API store re-adds after a host crash (new b
   t.equal(st.transitions['queue->check'], 1, 'the re-added VM went to a consistency check');
   t.equal(st.check?.regionsDiffering, 0, 'and found DR equal to the source');
 });
+
+t.test('POST /vmfailover promotes a VM on the DR gateway; vmdrstatus reports role and generation', async (t) => {
+  const dir = await tmp(t);
+  const pair = await startApiPair(t, { dir, secret: newSecret() });
+  const [pc, dc] = [new RestClient(pair.prod.api.url), new RestClient(pair.dr.api.url)];
+  await pc.login();
+  await dc.login();
+  t.equal((await dc.call('POST', '/vmstrategy', drStrategy((i) => join(dir, `target-${i}.img`)))).status, 200);
+  t.equal((await pc.call('POST', '/vrgmap', { dstIp: '127.0.0.1', dstPort: (pair.dr.gw as DrGateway).linkPort })).status, 200);
+  const vols = [0, 1].map((i) => ({ volUuid: `vol-${i}`, seqNum: i + 1, sizeBytes: 4 * MiB }));
+  t.equal((await pc.call('POST', '/vmstrategy', prodBody(vols))).status, 200);
+  const p = pair.prod.gw as ProductionGateway;
+  await until(async () => (await pc.call('GET', '/vrgmap')).body.status === 1, 15_000, 'paired');
+  await p.write('vol-0', 0, Buffer.alloc(8192, 0x33));
+  await drained(p, pair.dr.gw as DrGateway);
+  t.same((await dc.call('GET', `/vmdrstatus/${VM}`)).body, { status: 1, role: 'target', generation: 1 });
+  t.same((await pc.call('GET', `/vmdrstatus/${VM}`)).body, { status: 1, role: 'source', generation: 1 });
+
+  // Bad input: a clear number each, nothing changed.
+  isErr(t, await pc.call('POST', '/vmfailover', { vmUuid: VM, type: 'unplanned' }), '10440410', 400, 'a failover on the source gateway');
+  isErr(t, await dc.call('POST', '/vmfailover', { vmUuid: 'nope', type: 'unplanned' }), '10440401');
+  isErr(t, await dc.call('POST', '/vmfailover', { vmUuid: VM, type: 'sideways' }), '10440101');
+  isErr(t, await dc.call('POST', '/vmfailover', { vmUuid: '00000000-0000-4000-8000-000000000000', type: 'unplanned' }), '10440400');
+  t.same((await dc.call('GET', `/vmdrstatus/${VM}`)).body, { status: 1, role: 'target', generation: 1 }, 'still the target');
+
+  const r = await dc.call('POST', '/vmfailover', { vmUuid: VM, type: 'unplanned' });
+  t.equal(r.status, 200);
+  t.match(r.body, { vmUuid: VM, kind: 'unplanned', generation: 2, exports: ['vol-0', 'vol-1'] });
+  t.same((await dc.call('GET', `/vmdrstatus/${VM}`)).body, { status: 2, role: 'source', generation: 2 }, 'a source in CBT');
+  isErr(t, await dc.call('POST', '/vmfailover', { vmUuid: VM, type: 'unplanned' }), '10440410', 400, 'a second promotion');
+  const promoted = pair.dr.site!.promotedGateway!;
+  t.ok((await readFile(join(dir, 'target-0.img'))).subarray(0, 8192).equals(Buffer.alloc(8192, 0x33)), 'the promoted disk holds the replicated write');
+  await promoted.write('vol-0', 65536, Buffer.alloc(4096, 0x44));
+
+  // The stored VM is re-added at start: it comes back as the promoted source, not as a target.
+  await pair.restart('dr', { linkPort: (pair.dr.gw as DrGateway).linkPort });
+  const dc2 = new RestClient(pair.dr.api.url);
+  await dc2.login();
+  t.same((await dc2.call('GET', `/vmdrstatus/${VM}`)).body, { status: 2, role: 'source', generation: 2 }, 'the promotion survived the restart');
+  t.same((pair.dr.gw as DrGateway).replicaVolumes(), [], 'no replica of it is opened');
+  await until(async () => (p.status().vms[0]?.fault ?? '').includes('was promoted'), 15_000, 'the old source to see the promotion');
+});

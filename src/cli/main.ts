@@ -30,6 +30,8 @@ commands:
   start    run one gateway: vrg start --config FILE
   api      call the management REST API: vrg api --url http://127.0.0.1:8080 --user admin --password P
              [--insecure] [--lang zh_CN|en_US] METHOD PATH [JSON-BODY]   e.g. GET /vrgstatus
+  failover fail a VM over to a DR gateway, through its REST API: vrg failover --url URL --password P [--user admin]
+             --vm UUID [--type unplanned]   unplanned: the source site is gone; the DR copy becomes the VM's disk
   help     this text
 `;
 
@@ -127,6 +129,18 @@ async function main(argv: string[]): Promise<number> {
       }
       return runApiCall({ url: values.url, user: values.user ?? 'admin', password: values.password, method, path, body,
         insecure: values.insecure ?? false, ...(values.lang ? { lang: values.lang } : {}) });
+    }
+    case 'failover': {
+      const { values } = parseArgs({
+        args: rest, strict: true,
+        options: { url: { type: 'string' }, user: { type: 'string' }, password: { type: 'string' }, insecure: { type: 'boolean' },
+          vm: { type: 'string' }, type: { type: 'string' } },
+      });
+      if (!values.url || values.password === undefined || !values.vm) throw new UsageError('failover needs --url URL --password P --vm UUID [--type unplanned]');
+      const type = values.type ?? 'unplanned';
+      if (type !== 'unplanned') throw new UsageError(`--type must be "unplanned", not "${type}"`);
+      return runApiCall({ url: values.url, user: values.user ?? 'admin', password: values.password, method: 'POST', path: 'vmfailover',
+        body: JSON.stringify({ vmUuid: values.vm, type }), insecure: values.insecure ?? false });
     }
     case undefined:
     case 'help':

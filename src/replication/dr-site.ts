@@ -87,6 +87,21 @@ export class DrSite {
     this.source.trackInBitmap(vmc.vmUuid, justPromoted ? 'promoted' : 'promoted-at-start');
   }
 
+  /** Binds a VM (management API): a target, or one promoted here before, served as its source. */
+  async addVm(vmc: VmConfig): Promise<void> {
+    await this.dr.addVm(vmc);
+    const p = this.dr.promotedVms().find((x) => x.vmc.vmUuid === vmc.vmUuid);
+    if (p) await this.serveAsSource(p.vmc, p.role, false);
+  }
+
+  /** A VM's role and generation here, with its protection status (as a target, or as the promoted source). */
+  vmRole(vmUuid: string): { role: 'source' | 'target'; generation: number; promoting: boolean; status: number } | null {
+    const r = this.dr.vmRole(vmUuid);
+    if (r === null) return null;
+    const st = r.role === 'target' ? this.dr.vmStatus(vmUuid) : this.source?.vmStatus(vmUuid) ?? null;
+    return { ...r, status: st?.status ?? 1 };
+  }
+
   /** NBD: read-only replicas of the target VMs, writable disks of the promoted ones. */
   exports(): NbdExport[] {
     return [...replicaExports(this.dr), ...(this.source ? productionExports(this.source) : [])];

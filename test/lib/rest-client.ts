@@ -13,6 +13,7 @@ import { DrGateway } from '../../src/replication/target/dr-gateway.js';
 import { ProductionGateway } from '../../src/replication/source/production-gateway.js';
 import { passwordKey } from '../../src/api/auth/account-store.js';
 import { startApi, type RunningApi } from '../../src/api/rest/api-runtime.js';
+import { DrSite } from '../../src/replication/dr-site.js';
 
 // In-process gateways with no VMs and the REST API on 127.0.0.1 port 0, and a small HTTP client for it.
 
@@ -21,6 +22,8 @@ export const FAST_SCRYPT = { N: 1 << 10, r: 8, p: 1 };
 
 export interface ApiGateway {
   gw: ProductionGateway | DrGateway;
+  /** DR: the site around gw (promoted VMs); null on production. */
+  site: DrSite | null;
   api: RunningApi;
   config: GatewayConfig;
   /** Closes the API and the gateway (not the codec). */
@@ -51,15 +54,16 @@ export async function startApiGateway(role: 'production' | 'dr', o: ApiGatewayOp
     api: { host: '127.0.0.1', port: 0, adminPassword: ADMIN_PW, ...(o.httpsPort === undefined ? {} : { httpsPort: o.httpsPort }) },
   });
   const deps = { clock: systemClock, random: systemRandom, transport: tcpTransport, codec, logger: silentLogger };
-  const gw = role === 'production' ? await ProductionGateway.open(config, deps) : await DrGateway.open(config, deps);
-  const api = await startApi({ gw, api: config.api!, logger: silentLogger, nbdPort: null, scrypt: FAST_SCRYPT, ...(o.clock ? { clock: o.clock } : {}) });
+  const site = role === 'dr' ? await DrSite.open(config, deps) : null;
+  const gw = site?.dr ?? await ProductionGateway.open(config, deps);
+  const api = await startApi({ gw, site, api: config.api!, logger: silentLogger, nbdPort: null, scrypt: FAST_SCRYPT, ...(o.clock ? { clock: o.clock } : {}) });
   let closing: Promise<void> | null = null;
   return {
-    gw, api, config,
+    gw, site, api, config,
     close() {
       closing ??= (async () => {
         await api.close();
-        await gw.close();
+        await (site ?? gw).close();
       })();
       return closing;
     },

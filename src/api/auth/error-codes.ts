@@ -32,6 +32,10 @@ export const ApiErrorNumber = {
   NO_SUCH_VM: '10440400',
   BAD_VM_UUID: '10440401',
   NO_TRAP_SERVER: '10440402',
+  // Failover (issue 14; the document has none: numbers after its VM codes)
+  ROLE_CONFLICT: '10440410',
+  FAILOVER_IN_PROGRESS: '10440411',
+  FAILOVER_REFUSED: '10440412',
   // HTTP-level refusals the document has no number for: the number is the HTTP status (REST layer).
   HTTP_NOT_FOUND: '404',
   HTTP_METHOD_NOT_ALLOWED: '405',
@@ -58,6 +62,9 @@ export const API_ERRORS: Readonly<Record<string, ApiErrorEntry>> = {
   '10440400': { httpStatus: 400, en_US: 'The virtual machine does not exist.', zh_CN: '虚拟机不存在。' },
   '10440401': { httpStatus: 400, en_US: 'Invalid virtual machine UUID.', zh_CN: '虚拟机 UUID 不合法。' },
   '10440402': { httpStatus: 400, en_US: 'No alarm server is set.', zh_CN: '告警管理端信息不存在。' },
+  '10440410': { httpStatus: 400, en_US: 'The operation does not fit the virtual machine\'s role on this gateway.', zh_CN: '该操作与虚拟机在本网关上的角色不符。' },
+  '10440411': { httpStatus: 400, en_US: 'A failover of the virtual machine is already running.', zh_CN: '虚拟机的故障切换正在进行。' },
+  '10440412': { httpStatus: 400, en_US: 'The failover was refused: the target volumes cannot hold a consistent image now.', zh_CN: '故障切换被拒绝:目标卷当前无法保持一致的镜像。' },
   '404': { httpStatus: 404, en_US: 'No such resource.', zh_CN: '资源不存在。' },
   '405': { httpStatus: 405, en_US: 'This resource does not support the method.', zh_CN: '此资源不支持该方法。' },
   '413': { httpStatus: 413, en_US: 'The request body is too large.', zh_CN: '请求正文过大。' },
@@ -74,6 +81,10 @@ export const AUTH_ERROR_NUMBERS: Readonly<Partial<Record<ErrorCode, string>>> = 
   [ErrorCode.AUTH_LOGOUT_FAILED]: ApiErrorNumber.LOGOUT_FAILED,
   [ErrorCode.AUTH_LOCKED_NOW]: ApiErrorNumber.LOCKED_NOW,
   [ErrorCode.AUTH_ACCOUNT_LOCKED]: ApiErrorNumber.ACCOUNT_LOCKED,
+  [ErrorCode.VM_NOT_FOUND]: ApiErrorNumber.NO_SUCH_VM,
+  [ErrorCode.VM_ROLE_CONFLICT]: ApiErrorNumber.ROLE_CONFLICT,
+  [ErrorCode.FAILOVER_IN_PROGRESS]: ApiErrorNumber.FAILOVER_IN_PROGRESS,
+  [ErrorCode.FAILOVER_REFUSED]: ApiErrorNumber.FAILOVER_REFUSED,
 };
 
 /**

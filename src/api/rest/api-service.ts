@@ -1,6 +1,7 @@
 import type { Logger } from '../../core/log.js';
 import { DrGateway } from '../../replication/target/dr-gateway.js';
 import { ProductionGateway } from '../../replication/source/production-gateway.js';
+import type { DrSite, FailoverKind, FailoverResult } from '../../replication/dr-site.js';
 import { ApiErrorNumber } from '../auth/error-codes.js';
 import type { AlarmNotifier } from '../alarms/alarm-notifier.js';
 import type { ApiStore, StoredVm } from '../store/api-store.js';
@@ -30,7 +31,30 @@ export class ApiService {
     readonly store: ApiStore,
     readonly alarms: AlarmNotifier,
     private readonly logger: Logger,
+    /** DR: the site that can promote the gateway's VMs (null on production). */
+    readonly site: DrSite | null = null,
   ) {}
+
+  /** The VM's role and generation on this gateway with its DR status (1 queue, 2 CBT, 3 check), or null. */
+  vmRole(vmUuid: string): { role: 'source' | 'target'; generation: number; status: number } | null {
+    if (this.site) {
+      const r = this.site.vmRole(vmUuid);
+      return r === null ? null : { role: r.role, generation: r.generation, status: r.status };
+    }
+    const gw = this.gw as ProductionGateway;
+    const r = gw.vmRole(vmUuid);
+    return r === null ? null : { role: r.role, generation: r.generation, status: gw.vmStatus(vmUuid)?.status ?? 1 };
+  }
+
+  /** POST /vmfailover: DR only; the role and generation change, or a clear error and nothing changed. */
+  async failover(vmUuid: string, type: FailoverKind): Promise<FailoverResult> {
+    if (this.site === null) {
+      const known = this.gw.vmConfigs().some((v) => v.vmUuid === vmUuid);
+      if (!known) throw restError(ApiErrorNumber.NO_SUCH_VM, `no VM ${vmUuid}`);
+      throw restError(ApiErrorNumber.ROLE_CONFLICT, 'this gateway is the VM\'s source: a failover runs on its DR gateway');
+    }
+    return this.site.failover(vmUuid, type);
+  }
 
   get role(): 'production' | 'dr' {
     return this.gw instanceof ProductionGateway ? 'production' : 'dr';
@@ -43,7 +67,7 @@ export class ApiService {
     for (const vm of s.vms) {
       if (known.has(vm.vmUuid)) continue; // also in the config file: already open
       try {
-        await this.gw.addVm(protectionOf(vm));
+        await this.engineAddVm(vm);
       } catch (err) {
         this.replayFailures.set(vm.vmUuid, (err as Error).message);
         this.logger.error({ vmUuid: vm.vmUuid, err: (err as Error).message }, 'stored VM could not be opened');
@@ -100,11 +124,15 @@ export class ApiService {
     return { status, availableCapacity: Math.floor(Math.max(0, total - used) / kiB), totalCapacity: Math.floor(total / kiB) };
   }
 
+  private engineAddVm(vm: StoredVm): Promise<void> {
+    return this.site ? this.site.addVm(protectionOf(vm)) : this.gw.addVm(protectionOf(vm));
+  }
+
   /** POST /vmstrategy: the body shape of this gateway's role. */
   async addVm(body: Record<string, unknown>): Promise<void> {
     const vm = this.role === 'production' ? productionVm(body, this.gw.config.dataDir) : drVm(body);
     this.checkNew(vm);
-    await this.gw.addVm(protectionOf(vm));
+    await this.engineAddVm(vm);
     try {
       await this.store.update((s) => {
         s.vms.push(vm);

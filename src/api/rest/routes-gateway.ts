@@ -4,7 +4,7 @@ import { ApiErrorNumber } from '../auth/error-codes.js';
 import { field } from './vm-strategy.js';
 import { ipv4Number, isIpv4, isNetmask, isPort, restError, UUID_RE } from './rest-errors.js';
 import type { NetAddress, NetAddresses, RestContext } from './rest-server.js';
-import { deleteVmBody, modMngNetBody, trapInfoBody, trapInfoReply, vmUuidParams, vrgMapBody, vrgMapReply } from './schemas.js';
+import { deleteVmBody, modMngNetBody, vmFailoverBody, trapInfoBody, trapInfoReply, vmUuidParams, vrgMapBody, vrgMapReply } from './schemas.js';
 
 // 004 §3.2-§3.7 and §3.9: alarm server, gateway status, networks, a VM's DR status, pairing, management network.
 
@@ -78,9 +78,19 @@ export function registerGatewayRoutes(api: FastifyInstance, ctx: RestContext): v
   }, async (req) => {
     const { vmUuid } = req.params as { vmUuid: string };
     if (!UUID_RE.test(vmUuid)) throw restError(ApiErrorNumber.BAD_VM_UUID, 'not a UUID');
-    const st = service.gw.vmStatus(vmUuid);
+    const st = service.vmRole(vmUuid);
     if (st === null) throw restError(ApiErrorNumber.NO_SUCH_VM, `no VM ${vmUuid}`);
-    return { status: st.status };
+    // role and generation (issue 14): which side of the VM this gateway is, and its epoch.
+    return { status: st.status, role: st.role, generation: st.generation };
+  });
+
+  api.post('/vmfailover', {
+    schema: { summary: 'Fail a VM over to this (DR) gateway: type "unplanned" promotes it at its last consistent image', body: vmFailoverBody },
+  }, async (req) => {
+    const b = (req.body ?? {}) as { vmUuid?: string; type?: string };
+    if (typeof b.vmUuid !== 'string' || !UUID_RE.test(b.vmUuid)) throw restError(ApiErrorNumber.BAD_VM_UUID, 'vmUuid must be a UUID');
+    if (b.type !== 'unplanned') throw restError(ApiErrorNumber.INVALID_PARAMETER, 'type must be "unplanned"');
+    return service.failover(b.vmUuid, b.type);
   });
 
   api.post('/vrgmap', { schema: { summary: 'Pair with the peer VRG (then poll GET)', body: vrgMapBody } }, async (req, reply) => {

@@ -70,6 +70,13 @@ export const deleteVmBody = {
   properties: { delFlag: { type: 'integer', enum: [1, 2] }, del_flag: { type: 'integer', enum: [1, 2] } },
 } as const;
 
+/** POST /vmfailover (issue 14): the VM and the kind of failover. */
+export const vmFailoverBody = {
+  type: 'object',
+  properties: { vmUuid: { type: 'string', maxLength: 128 }, type: { type: 'string', maxLength: 32 } },
+  required: ['vmUuid', 'type'],
+} as const;
+
 export const modMngNetBody = {
   type: 'object',
   properties: { newIp: { type: 'string', maxLength: 64 }, newMask: { type: 'string', maxLength: 64 }, newGateway: { type: 'string', maxLength: 64 } },

@@ -195,6 +195,13 @@ export class ProductionGateway extends EventEmitter {
     return this.vms.get(vmUuid)?.status() ?? null;
   }
 
+  /** The VM's role here (always source) and generation; `stale` once the peer reported a newer one. */
+  vmRole(vmUuid: string): { role: 'source'; generation: number; stale: boolean } | null {
+    const vm = this.vms.get(vmUuid);
+    if (!vm) return null;
+    return { role: 'source', generation: vm.shipper.generation, stale: vm.shipper.fault?.includes(' was promoted on ') === true };
+  }
+
   vmConfigs(): VmProtection[] {
     return [...this.vms.values()].map((vm) => ({ ...vm.config, mode: vm.state.mode, pausedManual: vm.state.pausedManual }));
   }

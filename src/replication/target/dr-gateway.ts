@@ -142,12 +142,22 @@ export class DrGateway extends EventEmitter {
 
   /** Binds a VM's target volumes; production's next handshake learns where its stream resumes. */
   async addVm(vmc: VmConfig): Promise<void> {
-    if (this.vms.has(vmc.vmUuid)) throw vrgError(ErrorCode.CONFIG_INVALID, `VM ${vmc.vmUuid} is already protected`, { vmUuid: vmc.vmUuid });
+    if (this.vms.has(vmc.vmUuid) || this.promoted.has(vmc.vmUuid)) {
+      throw vrgError(ErrorCode.CONFIG_INVALID, `VM ${vmc.vmUuid} is already protected`, { vmUuid: vmc.vmUuid });
+    }
+    const role = await loadVmRole(this.config.dataDir, vmc.vmUuid, 'target');
+    if (role.role === 'source') {
+      // Promoted here before (the management API re-adds its VMs at start): the site serves it (dr-site.ts).
+      this.promoted.set(vmc.vmUuid, { vmc, role });
+      return;
+    }
     const used = new Set([...this.vms.values()].flatMap((vm) => [...vm.volumes.keys()]));
     for (const v of vmc.volumes) {
       if (used.has(v.volUuid)) throw vrgError(ErrorCode.CONFIG_INVALID, `volUuid ${v.volUuid} is used twice`, { volUuid: v.volUuid });
     }
-    this.vms.set(vmc.vmUuid, await this.openVm(vmc, this.vms.size + 1));
+    const vm = await this.openVm(vmc, this.vms.size + 1);
+    vm.generation = role.generation;
+    this.vms.set(vmc.vmUuid, vm);
     this.conn?.close();
   }
 
