@@ -6,12 +6,12 @@ import { compareVolumes } from '../src/cli/demo.js';
 import type { IpcMessage, LoadProgress } from '../src/cli/gateway-process.js';
 import type { LoadOptions } from '../src/cli/load-generator.js';
 import type { DrStatus } from '../src/replication/target/dr-gateway.js';
-import type { Volume } from '../src/volume/volume.js';
 import { pairConfigJson, startPair } from './lib/pair.js';
 import { ackedWritesMissing, drainChild, processPair, watchChild } from './lib/process-pair.js';
 import { freePort, probe } from './lib/ports.js';
 import { needs } from './lib/tools.js';
 import { drained } from './lib/wait.js';
+import { slowWrites } from './lib/slow-volume.js';
 
 // The DR side's log (issue 13): a batch is acknowledged once durable in the DR log, and applied to the targets
 // in the background. A DR process killed while its log is ahead of its targets replays the log at open.
@@ -86,19 +86,6 @@ t.test('Sync: DR SIGKILLed between its log append and the apply replays the log 
   t.equal(await compareVolumes([[json.prod.vms[0]!.volumes[0]!.path, targetFile]]), null, 'DR volume equals the production volume');
 });
 
-/** A DR target whose writes each take 5-25 ms and finish out of order (the applier runs behind the log). */
-function slowWrites(v: Volume): Volume {
-  const later = (): Promise<void> => new Promise((r) => setTimeout(r, 5 + Math.floor(Math.random() * 20)));
-  return {
-    url: v.url, sizeBytes: v.sizeBytes,
-    read: (o, l) => v.read(o, l),
-    write: async (o, d) => { await later(); await v.write(o, d); },
-    writeZeroes: async (o, l, opts) => { await later(); await v.writeZeroes(o, l, opts); },
-    trim: (o, l) => v.trim(o, l),
-    flush: () => v.flush(),
-    close: () => v.close(),
-  };
-}
 
 t.test('replica reads see a prefix of the write history, and no less than what was acknowledged when asked', async (t) => {
   const dir = t.testdir();

@@ -7,10 +7,10 @@ import type { IpcMessage } from '../src/cli/gateway-process.js';
 import { seededRandom } from '../src/core/random.js';
 import type { FailoverResult } from '../src/replication/dr-site.js';
 import { NbdVolume } from '../src/volume/nbd-volume.js';
-import type { Volume } from '../src/volume/volume.js';
 import { pairConfigJson, startPair, vmUuid } from './lib/pair.js';
 import { processPair } from './lib/process-pair.js';
 import { blockBytes, prefixConflict, prefixOf, stampedBlock, stampOf } from './lib/stamps.js';
+import { slowWrites } from './lib/slow-volume.js';
 
 // Unplanned failover with real gateway processes: the source is SIGKILLed mid-load (stamped writes through
 // its NBD intake), the DR gateway promotes the VM, and the promoted image must be production's image after
@@ -177,19 +177,6 @@ t.test('unplanned failover (sync): the promoted image holds every acknowledged w
   await runFailover(t, 'sync', 1402);
 });
 
-/** A DR target whose writes each take 5-25 ms (the applier runs behind the log). */
-function slowWrites(v: Volume): Volume {
-  const later = (): Promise<void> => new Promise((r) => setTimeout(r, 5 + Math.floor(Math.random() * 20)));
-  return {
-    url: v.url, sizeBytes: v.sizeBytes,
-    read: (o, l) => v.read(o, l),
-    write: async (o, d) => { await later(); await v.write(o, d); },
-    writeZeroes: async (o, l, opts) => { await later(); await v.writeZeroes(o, l, opts); },
-    trim: (o, l) => v.trim(o, l),
-    flush: () => v.flush(),
-    close: () => v.close(),
-  };
-}
 
 t.test('a promotion applies everything the DR log acknowledged before the image is served', async (t) => {
   const dir = t.testdir();
