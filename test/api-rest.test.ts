@@ -384,3 +384,52 @@ t.test('POST /vmfailover promotes a VM on the DR gateway; vmdrstatus reports rol
   t.same((pair.dr.gw as DrGateway).replicaVolumes(), [], 'no replica of it is opened');
   await until(async () => (p.status().vms[0]?.fault ?? '').includes('was promoted'), 15_000, 'the old source to see the promotion');
 });
+
+t.test('POST /vmfailover type "test" exports a clone while the VM stays a target; DELETE /vmfailover/<vm> ends it', async (t) => {
+  const dir = await tmp(t);
+  const pair = await startApiPair(t, { dir, secret: newSecret() });
+  const [pc, dc] = [new RestClient(pair.prod.api.url), new RestClient(pair.dr.api.url)];
+  await pc.login();
+  await dc.login();
+  t.equal((await dc.call('POST', '/vmstrategy', drStrategy((i) => join(dir, `target-${i}.img`)))).status, 200);
+  t.equal((await pc.call('POST', '/vrgmap', { dstIp: '127.0.0.1', dstPort: (pair.dr.gw as DrGateway).linkPort })).status, 200);
+  const vols = [0, 1].map((i) => ({ volUuid: `vol-${i}`, seqNum: i + 1, sizeBytes: 4 * MiB }));
+  t.equal((await pc.call('POST', '/vmstrategy', prodBody(vols))).status, 200);
+  const p = pair.prod.gw as ProductionGateway;
+  await until(async () => (await pc.call('GET', '/vrgmap')).body.status === 1, 15_000, 'paired');
+  await p.write('vol-0', 0, Buffer.alloc(8192, 0x33));
+  await drained(p, pair.dr.gw as DrGateway);
+  const site = pair.dr.site!;
+  const exportNames = () => site.exports().map((e) => e.name).sort();
+
+  isErr(t, await dc.call('DELETE', `/vmfailover/${VM}`), '10440414', 400, 'an end with no test failover running');
+  isErr(t, await dc.call('DELETE', '/vmfailover/nope'), '10440401');
+  isErr(t, await dc.call('DELETE', '/vmfailover/00000000-0000-4000-8000-000000000000'), '10440400');
+  isErr(t, await pc.call('POST', '/vmfailover', { vmUuid: VM, type: 'test' }), '10440410', 400, 'a test failover on the source gateway');
+  t.same(exportNames(), ['vol-0', 'vol-1'], 'nothing changed');
+
+  const r = await dc.call('POST', '/vmfailover', { vmUuid: VM, type: 'test' });
+  t.equal(r.status, 200);
+  t.same(r.body, { vmUuid: VM, kind: 'test', exports: ['vol-0-test', 'vol-1-test'] });
+  t.same(exportNames(), ['vol-0', 'vol-0-test', 'vol-1', 'vol-1-test'], 'the clones are exported beside the replicas');
+  const clone = site.exports().find((e) => e.name === 'vol-0-test')!;
+  t.equal(clone.readOnly, false);
+  await clone.write(4096, Buffer.alloc(4096, 0x55), true);
+  t.ok((await clone.read(0, 8192)).equals(Buffer.concat([Buffer.alloc(4096, 0x33), Buffer.alloc(4096, 0x55)])), 'the clone: the replica plus its write');
+  isErr(t, await dc.call('POST', '/vmfailover', { vmUuid: VM, type: 'test' }), '10440413', 400, 'a second test failover');
+  isErr(t, await dc.call('POST', '/vmfailover', { vmUuid: VM, type: 'unplanned' }), '10440413', 400, 'no promotion while the test runs');
+  t.same((await dc.call('GET', `/vmdrstatus/${VM}`)).body, { status: 1, role: 'target', generation: 1 }, 'still the target');
+  await p.write('vol-0', 4096, Buffer.alloc(4096, 0x66));
+  await drained(p, pair.dr.gw as DrGateway);
+  t.ok((await readFile(join(dir, 'target-0.img'))).subarray(4096, 8192).equals(Buffer.alloc(4096, 0x66)), 'replication goes on');
+  t.ok((await clone.read(4096, 4096)).equals(Buffer.alloc(4096, 0x55)), 'the clone keeps its own write');
+
+  t.equal((await dc.call('DELETE', `/vmfailover/${VM}`)).status, 200);
+  t.same(exportNames(), ['vol-0', 'vol-1'], 'the clone exports are gone');
+  isErr(t, await dc.call('DELETE', `/vmfailover/${VM}`), '10440414', 400, 'a second end');
+  dc.lang = 'zh_CN';
+  t.equal((await dc.call('DELETE', `/vmfailover/${VM}`)).body.errorDes, '虚拟机没有正在运行的测试故障切换。');
+  dc.lang = 'en_US';
+  const u = await dc.call('POST', '/vmfailover', { vmUuid: VM, type: 'unplanned' });
+  t.match(u.body, { vmUuid: VM, kind: 'unplanned', generation: 2 }, 'an unplanned failover once the test ended');
+});

@@ -7,16 +7,17 @@ import { ErrorCode, isVrgError } from '../src/core/errors.js';
 import { seededRandom, systemRandom } from '../src/core/random.js';
 import { clientHandshake, serverHandshake, type LinkConnection, type LinkOptions } from '../src/link/connection.js';
 import { LinkClient } from '../src/link/link-client.js';
+import { PROTOCOL_VERSION } from '../src/link/handshake.js';
 import { LinkServer } from '../src/link/link-server.js';
 import { tcpTransport } from '../src/link/transport.js';
 import { encodeFrame, FrameDecoder, FrameType, openFrame, type RawFrame } from '../src/protocol/frame.js';
 import {
-  decodeLinkError, decodeWriteBatch, encodeAck, encodeHello, encodeWriteBatch, type Resume,
+  decodeLinkError, decodeWriteBatch, encodeAck, encodeHello, encodeResume, encodeWriteBatch, type Resume,
 } from '../src/protocol/messages.js';
 
 const secret = randomBytes(32);
 // generation and role travel with each VM (issue 14): vm-2 was promoted on DR.
-const resume: Resume = { vms: [{ vmUuid: 'vm-1', appliedSeq: 41, generation: 1, role: 'target' }, { vmUuid: 'vm-2', appliedSeq: 0, generation: 2, role: 'source' }] };
+const resume: Resume = { vms: [{ vmUuid: 'vm-1', appliedSeq: 41, generation: 1, role: 'target', splitBrain: false }, { vmUuid: 'vm-2', appliedSeq: 0, generation: 2, role: 'source', splitBrain: false }] };
 const QUIET = { heartbeatIntervalMs: 1_000_000, heartbeatTimeoutMs: 1_000_000 };
 
 function opts(role: 'production' | 'dr', extra: Partial<LinkOptions> = {}): LinkOptions {
@@ -172,7 +173,7 @@ t.test('protocol version mismatch and handshake timeout', async (t) => {
   raw.on('data', (c: Buffer) => frames.push(...dec.push(c)));
   raw.write(encodeFrame({
     type: FrameType.HELLO, seq: 0,
-    header: encodeHello({ protocolVersion: 2, gatewayId: 'future', nonce: randomBytes(32), role: 'production' }),
+    header: encodeHello({ protocolVersion: PROTOCOL_VERSION + 1, gatewayId: 'future', nonce: randomBytes(32), role: 'production' }),
   }));
   await waitFor('server result', () => results.length === 1);
   t.equal(codeOf(await results[0]), ErrorCode.PROTOCOL_VERSION);
@@ -384,3 +385,20 @@ t.test('LinkClient reconnects after a dropped socket and a server restart', asyn
   t.equal(events[5], 'disconnected:null');
 });
 
+
+t.test('protocol 2: frames go both ways; a write batch to a side that targets no VM closes the link', async (t) => {
+  const { client, server } = await connectPair(t);
+  const [atClient, atServer] = [collect(client), collect(server)];
+  // Roles are per VM: the DR side may acknowledge (it is the source of a VM), production may be asked for digests.
+  client.sendControl(FrameType.ACK, encodeAck({ vmUuid: 'vm-9', durableSeq: 3 }));
+  server.sendControl(FrameType.RESUME, encodeResume(resume));
+  await waitFor('both control frames', () => atServer.control.length === 1 && atClient.control.length === 1);
+  t.same(atServer.control[0], [FrameType.ACK, { vmUuid: 'vm-9', durableSeq: 3 }]);
+  t.equal(atClient.control[0]![0], FrameType.RESUME);
+  const bare = await connectPair(t);
+  const serverClosed = closed(bare.server);
+  const seq = bare.client.allocSendSeq();
+  const header = encodeWriteBatch({ vmUuid: 'vm-1', firstSeq: 1, volumeUuids: [], records: [], producedAtMs: 0 });
+  bare.client.sendSealed(seq, Buffer.from(encodeFrame({ type: FrameType.WRITE_BATCH, seq, header }, { keys: bare.client.sendKeys, encrypt: false })));
+  t.equal(codeOf(await serverClosed), ErrorCode.FRAME_UNEXPECTED, 'nobody takes write batches there');
+});

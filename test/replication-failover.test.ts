@@ -153,12 +153,13 @@ async function runFailover(t: Test, mode: 'async' | 'sync', seed: number): Promi
   await reopened.write(6 * blockBytes, stampedBlock(load.history.length + 2, 6));
   await reopened.flush();
 
-  // The old source comes back: it sees the newer generation and does not ship the VM.
+  // The old source comes back: it sees the newer generation and becomes the VM's target (failback), so
+  // nothing it holds overwrites the promoted disk.
   const prod2 = await pair.startProd();
   children.push(prod2);
-  await until('the old source to see the promotion', 30_000, async () => {
-    const s = (await status(prod2)).status as { vms: Array<{ fault: string | null }> };
-    return s.vms[0]?.fault?.includes('was promoted') === true;
+  await until('the old source to become the target', 30_000, async () => {
+    const s = (await status(prod2)).status as { vms: unknown[]; targets: { vms: Array<{ vmUuid: string }> } | null };
+    return s.vms.length === 0 && s.targets?.vms[0]?.vmUuid === vmUuid;
   });
   await new Promise((r) => setTimeout(r, 500));
   const now = await readAll(reopened);

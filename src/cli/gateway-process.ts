@@ -9,10 +9,11 @@ import { PoolCodec, type CodecStats } from '../pipeline/codec.js';
 import { loadConfig, type GatewayConfig } from '../replication/config.js';
 import { NbdServer } from '../nbd/nbd-server.js';
 import { DrGateway } from '../replication/target/dr-gateway.js';
-import { productionExports } from '../replication/nbd-exports.js';
 import type { TransitionEvent } from '../replication/control.js';
 import { ProductionGateway } from '../replication/source/production-gateway.js';
 import { DrSite, type FailoverKind, type FailoverResult } from '../replication/dr-site.js';
+import { ProductionSite } from '../replication/production-site.js';
+import type { NbdExport } from '../nbd/nbd-server.js';
 import { runLoad, type LoadOptions } from './load-generator.js';
 import { startApi } from '../api/rest/api-runtime.js';
 
@@ -95,18 +96,20 @@ function watchGc(): { ms: number; count: number } {
 }
 
 export async function openGateway(config: GatewayConfig, logger: Logger):
-    Promise<{ gw: Gateway; site: DrSite | null; codec: PoolCodec; nbdPort: number | null; close(): Promise<void> }> {
+    Promise<{ gw: Gateway; site: DrSite | null; prodSite: ProductionSite | null; codec: PoolCodec; nbdPort: number | null; close(): Promise<void> }> {
   // Every input the engine hands the pool is a fresh buffer it never touches again: move, do not copy.
   const codec = new PoolCodec({ threads: config.codecThreads, transferInputs: true });
   const deps = { clock: systemClock, random: systemRandom, transport: tcpTransport, codec, logger };
   // DR: the DR gateway and the VMs failed over to it (served as their source).
+  // Production: its source VMs and the ones it became the target of (failback).
   const site = config.role === 'dr' ? await DrSite.open(config, deps) : null;
-  const gw: Gateway = site === null ? await ProductionGateway.open(config, deps) : site.dr;
+  const prodSite = config.role === 'production' ? await ProductionSite.open(config, deps) : null;
+  const gw: Gateway = site?.dr ?? prodSite!.source;
   let nbd: NbdServer | null = null;
   let nbdPort: number | null = null;
   if (config.nbd) {
     // Read at each negotiation: VMs added later (REST API) are exported too.
-    const exports = (): ReturnType<typeof productionExports> => (gw instanceof ProductionGateway ? productionExports(gw) : site!.exports());
+    const exports = (): NbdExport[] => (site ?? prodSite!).exports();
     nbd = new NbdServer({ exports, logger: logger.child({ front: 'nbd' }) });
     nbdPort = await nbd.listen(config.nbd.host, config.nbd.port);
     logger.info({ host: config.nbd.host, port: nbdPort, exports: exports().map((e) => e.name) }, 'nbd listening');
@@ -114,11 +117,12 @@ export async function openGateway(config: GatewayConfig, logger: Logger):
   return {
     gw,
     site,
+    prodSite,
     codec,
     nbdPort,
     async close() {
       await nbd?.close();
-      await (site ?? gw).close();
+      await (site ?? prodSite!).close();
       await codec.close();
     },
   };
@@ -127,7 +131,7 @@ export async function openGateway(config: GatewayConfig, logger: Logger):
 export async function startCommand(configPath: string): Promise<void> {
   const config = await loadConfig(configPath);
   const logger = createLogger(`vrg-${config.role}`);
-  const { gw, site, codec, nbdPort, close: closeGateway } = await openGateway(config, logger);
+  const { gw, site, prodSite, codec, nbdPort, close: closeGateway } = await openGateway(config, logger);
   // The management REST API (config "api"): replays its stored configuration (peer, VMs) into the engine.
   const api = config.api ? await startApi({ gw, site, api: config.api, logger, nbdPort }) : null;
   const close = async (): Promise<void> => {
@@ -172,32 +176,36 @@ export async function startCommand(configPath: string): Promise<void> {
         rssPeakBytes: peakRssBytes(), cpuUserUs: cpu.user, cpuSystemUs: cpu.system,
         gcMs: gc.ms, gcCount: gc.count, eluActiveMs: elu.active, eluIdleMs: elu.idle, codec: codec.stats(),
       };
-      send({ type: 'status', status: site?.status() ?? gw.status(), load: progress, process: figures });
+      send({ type: 'status', status: (site ?? prodSite!).status(), load: progress, process: figures });
       if (req.resetLatency) gw.resetLatency();
       progress.latenciesUs = [];
       progress.ackedIndices = [];
     } else if (req.type === 'failover') {
-      if (site === null) throw vrgError(ErrorCode.VM_ROLE_CONFLICT, 'only a DR gateway takes a failover');
-      send({ type: 'failedOver', result: await site.failover(req.vmUuid, req.kind) });
+      if (site !== null) send({ type: 'failedOver', result: await site.failover(req.vmUuid, req.kind) });
+      else if (req.kind === 'planned' || req.kind === 'unplanned') send({ type: 'failedOver', result: await prodSite!.failover(req.vmUuid, req.kind) as FailoverResult });
+      else throw vrgError(ErrorCode.INVALID_ARGUMENT, `a production gateway takes no ${req.kind} failover`);
     } else if (req.type === 'diagnostics') {
       send({ type: 'diagnostics', diagnostics: gw.diagnostics() });
-    } else if (req.type === 'load' && gw instanceof ProductionGateway) {
+    } else if (req.type === 'load') {
+      // The VMs this process is the source of: production's, or the ones failed over to this DR gateway.
+      const source = prodSite?.source ?? site?.promotedGateway ?? null;
+      if (source === null) throw vrgError(ErrorCode.VM_ROLE_CONFLICT, 'this gateway is the source of no VM');
       await runLoad(req.load, (w) => {
         progress.startedAtMs ??= Date.now();
-        return gw.write(w.volUuid, w.offset, w.data);
+        return source.write(w.volUuid, w.offset, w.data);
       }, (w, ns) => {
         progress.bytes += w.data.byteLength;
         progress.writes++;
         if (progress.latenciesUs.length < samplesMax) progress.latenciesUs.push(Number(ns / 1000n));
         if (progress.ackedIndices.length < samplesMax) progress.ackedIndices.push(w.index);
       });
-      await gw.flush();
+      await source.flush();
       send({ type: 'loadDone', load: progress });
     } else if (req.type === 'snapshot' && gw instanceof ProductionGateway) {
       for (const vm of gw.vmConfigs()) if (vm.mode === 'snapshots') gw.takeSnapshot(vm.vmUuid);
       send({ type: 'snapshotTaken' });
-    } else if (req.type === 'drain' && gw instanceof ProductionGateway) {
-      await gw.drain();
+    } else if (req.type === 'drain') {
+      await (prodSite?.source ?? site?.promotedGateway)?.drain();
       send({ type: 'drained' });
     }
   };

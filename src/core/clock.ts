@@ -1,3 +1,4 @@
+import { ErrorCode, vrgError } from './errors.js';
 // The engine never reads time directly: a simulator can substitute virtual time.
 
 export interface TimerHandle {
@@ -25,6 +26,20 @@ export const systemClock: Clock = {
 
 export function sleep(clock: Clock, ms: number): Promise<void> {
   return new Promise((resolve) => clock.setTimer(ms, resolve));
+}
+
+/** `work`, or a VRG_TIMEOUT error saying `what` once `ms` passed first (the work itself is not stopped). */
+export function withTimeout<T>(clock: Clock, ms: number, work: Promise<T>, what: string): Promise<T> {
+  return new Promise<T>((resolve, reject) => {
+    const timer = clock.setTimer(ms, () => reject(vrgError(ErrorCode.TIMEOUT, what, { timeoutMs: ms })));
+    work.then((v) => {
+      timer.cancel();
+      resolve(v);
+    }, (err: unknown) => {
+      timer.cancel();
+      reject(err);
+    });
+  });
 }
 
 export function elapsedMs(clock: Clock, sinceNs: bigint): number {

@@ -39,6 +39,10 @@ export const ErrorCode = {
   GENERATION_MISMATCH: 'VRG_GENERATION_MISMATCH',
   FAILOVER_IN_PROGRESS: 'VRG_FAILOVER_IN_PROGRESS',
   FAILOVER_REFUSED: 'VRG_FAILOVER_REFUSED',
+  // Test failover (src/replication/target/test-clone.ts)
+  TEST_FAILOVER_ACTIVE: 'VRG_TEST_FAILOVER_ACTIVE',
+  TEST_FAILOVER_NOT_ACTIVE: 'VRG_TEST_FAILOVER_NOT_ACTIVE',
+  TEST_CLONE_FULL: 'VRG_TEST_CLONE_FULL',
   // NBD front end
   NBD_PROTOCOL: 'VRG_NBD_PROTOCOL',
   // Element pairing keys (src/api/jsonrpc/pairing-keys.ts)

@@ -73,6 +73,20 @@ export const limits = {
   replicaCatchUpMs: 10_000,
   /** DR: a clean stop applies and checkpoints each VM's log for at most this long (the rest replays at open). */
   drCloseSettleMs: 60_000,
+  /** Planned failover: the source drains the VM's acknowledged writes to its target within this. */
+  plannedFailoverDrainMs: 60_000,
+  /** Planned failover: a source whose VM the target did not promote within this takes its writes again. */
+  plannedFailoverPromoteMs: 30_000,
+  /**
+   * DR test failover (target/test-clone.ts): the clone owns blocks of this size, the unit of its copy-before-write
+   * and read-modify-write (smaller: less copied per first overwrite; larger: a smaller in-memory map).
+   */
+  testCloneGranuleBytes: 64 * KiB,
+  /**
+   * DR test failover: bytes one clone may hold (what its client wrote plus the base blocks the applier overwrote
+   * since it began). Beyond it a client write fails (ENOSPC); an overwrite the clone has no room for ends the clone.
+   */
+  testCloneBytesMax: 64 * GiB,
   /** Async mode: the link down longer than this moves a VM from the journal to CBT. */
   linkDownCbtAfterMs: 300_000,
   /** Sync mode: the link down longer than this degrades a VM to Async with CBT. */

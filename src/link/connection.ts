@@ -9,7 +9,7 @@ import { silentLogger, type Logger } from '../core/log.js';
 import type { Random } from '../core/random.js';
 import { encodeFrame, FrameFlags, FrameType, openFrame, type DirectionKeys, type FrameDecoder, type RawFrame } from '../protocol/frame.js';
 import {
-  decodeAck, decodeCheckDigests, decodeCheckRequest, decodeVmState, decodeHeartbeat, decodeLinkError, decodeResume, encodeHeartbeat, encodeLinkError, type Resume,
+  decodeAck, decodeCheckDigests, decodeCheckRequest, decodeFailoverReady, decodeFailoverRequest, decodeVmState, decodeHeartbeat, decodeLinkError, decodeResume, encodeHeartbeat, encodeLinkError, type Resume,
 } from '../protocol/messages.js';
 
 // One authenticated link connection (after the handshake in handshake.ts). Every frame after the
@@ -64,16 +64,12 @@ const CONTROL_DECODERS: Record<number, (b: Uint8Array) => unknown> = {
   [FrameType.VM_STATE]: decodeVmState,
   [FrameType.CHECK_REQUEST]: decodeCheckRequest,
   [FrameType.CHECK_DIGESTS]: decodeCheckDigests,
+  [FrameType.FAILOVER_REQUEST]: decodeFailoverRequest,
+  [FrameType.FAILOVER_READY]: decodeFailoverReady,
 };
 
-/** Control frames only one side may receive. */
-const RECEIVED_BY: Record<number, 'production' | 'dr'> = {
-  [FrameType.ACK]: 'production',
-  [FrameType.RESUME]: 'production',
-  [FrameType.CHECK_DIGESTS]: 'production',
-  [FrameType.VM_STATE]: 'dr',
-  [FrameType.CHECK_REQUEST]: 'dr',
-};
+// Protocol 2: roles are per VM, so every frame type may travel either way (a gateway can be the source of
+// some VMs and the target of others on one connection); each receiver checks the VM's role on its side.
 
 export class LinkConnection extends EventEmitter {
   readonly peer: { gatewayId: string; role: string };
@@ -270,7 +266,7 @@ export class LinkConnection extends EventEmitter {
   }
 
   private handleFrame(f: RawFrame): void {
-    if (f.type === FrameType.WRITE_BATCH && this.role === 'dr') {
+    if (f.type === FrameType.WRITE_BATCH) {
       this.acceptWriteBatch(f);
       return;
     }
@@ -291,9 +287,7 @@ export class LinkConnection extends EventEmitter {
     }
     this.recvSeq++;
     const decode = CONTROL_DECODERS[f.type];
-    const receiver = RECEIVED_BY[f.type];
-    const allowed = receiver === undefined || receiver === this.role;
-    if (decode === undefined || !allowed) {
+    if (decode === undefined) {
       this.close(vrgError(ErrorCode.FRAME_UNEXPECTED, `unexpected frame type ${f.type} on the ${this.role} side`, { type: f.type }));
       return;
     }
@@ -317,6 +311,11 @@ export class LinkConnection extends EventEmitter {
     if (f.seq !== this.recvSeq) {
       this.freeFrame(f);
       this.close(vrgError(ErrorCode.FRAME_SEQUENCE, `frame seq ${f.seq}, expected ${this.recvSeq}`, { seq: f.seq, expectedSeq: this.recvSeq }));
+      return;
+    }
+    if (this.listenerCount('writeBatch') === 0) {
+      this.freeFrame(f);
+      this.close(vrgError(ErrorCode.FRAME_UNEXPECTED, `write batch seq ${f.seq} on a ${this.role} connection that targets no VM`));
       return;
     }
     const seq = this.recvSeq++;

@@ -21,7 +21,8 @@ import { LinkConnection, type ConnectionInit, type LinkOptions } from './connect
 // A side that rejects the peer sends an unsealed LINK_ERROR (seq 0) and closes. Unsealed HELLO frames are not
 // counted in the sealed sequences. The whole exchange is bounded by handshakeTimeoutMs.
 
-export const PROTOCOL_VERSION = 1;
+/** 2: frames of every type may go either way (roles are per VM, issue 14). */
+export const PROTOCOL_VERSION = 2;
 const NONCE_BYTES = 32;
 const GATEWAY_ID_MAX = 256;
 const ABORT_GRACE_MS = 1_000;

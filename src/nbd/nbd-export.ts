@@ -39,6 +39,9 @@ export function nbdErrnoFor(err: unknown): number {
   if (isVrgError(err, ErrorCode.VOLUME_OUT_OF_RANGE)) return NbdErrno.EINVAL;
   if (isVrgError(err, ErrorCode.JOURNAL_FULL)) return NbdErrno.ENOSPC;
   if (isVrgError(err, ErrorCode.CLOSED)) return NbdErrno.ESHUTDOWN;
+  // A VM being moved (planned failover) or no longer served here as its source.
+  if (isVrgError(err, ErrorCode.VM_ROLE_CONFLICT)) return NbdErrno.EPERM;
+  if (isVrgError(err, ErrorCode.VOLUME_NOT_FOUND)) return NbdErrno.ESHUTDOWN;
   const codes = [
     (err as { code?: unknown } | null)?.code,
     (err as { details?: { code?: unknown } } | null)?.details?.code,

@@ -28,7 +28,7 @@ const lookup = (name: string): protobuf.Type => root.lookupType(`vrg.link.${name
 export interface Hello { protocolVersion: number; gatewayId: string; nonce: Buffer; role: string }
 export interface Auth { transcriptHash: Buffer }
 /** generation and role: absent (0, '') from a peer older than roles, read as 1 and 'target'. */
-export interface ResumeVm { vmUuid: string; appliedSeq: number; generation?: number; role?: string }
+export interface ResumeVm { vmUuid: string; appliedSeq: number; generation?: number; role?: string; splitBrain?: boolean }
 export interface Resume { vms: ResumeVm[] }
 export interface WriteRecord {
   volumeIndex: number; offset: number; length: number; kind: number; codec: number; storedLength: number;
@@ -44,6 +44,8 @@ export interface LinkError { code: string; message: string }
 export interface VmState { vmUuid: string; state: string; mode: string; pausedManual: boolean; syncDegraded: boolean; atMs: number }
 export interface CheckRequest { vmUuid: string; checkId: number; volumeIndex: number; volUuid: string; start: number; end: number; regionBytes: number }
 export interface CheckDigests { vmUuid: string; checkId: number; digests: Buffer; error: string }
+export interface FailoverRequest { vmUuid: string; requestId: number }
+export interface FailoverReady { vmUuid: string; requestId: number; lastSeq: number; error: string }
 
 const UINT32_MAX = 0xffff_ffff;
 
@@ -108,6 +110,8 @@ const linkError = makeCodec<LinkError>('LinkError');
 const vmState = makeCodec<VmState>('VmState');
 const checkRequest = makeCodec<CheckRequest>('CheckRequest');
 const checkDigests = makeCodec<CheckDigests>('CheckDigests');
+const failoverRequest = makeCodec<FailoverRequest>('FailoverRequest');
+const failoverReady = makeCodec<FailoverReady>('FailoverReady');
 
 export const encodeHello = (m: Hello): Uint8Array => hello.encode(m);
 export const decodeHello = (b: Uint8Array): Hello => hello.decode(b);
@@ -131,3 +135,7 @@ export const encodeCheckRequest = (m: CheckRequest): Uint8Array => checkRequest.
 export const decodeCheckRequest = (b: Uint8Array): CheckRequest => checkRequest.decode(b);
 export const encodeCheckDigests = (m: CheckDigests): Uint8Array => checkDigests.encode(m);
 export const decodeCheckDigests = (b: Uint8Array): CheckDigests => checkDigests.decode(b);
+export const encodeFailoverRequest = (m: FailoverRequest): Uint8Array => failoverRequest.encode(m);
+export const decodeFailoverRequest = (b: Uint8Array): FailoverRequest => failoverRequest.decode(b);
+export const encodeFailoverReady = (m: FailoverReady): Uint8Array => failoverReady.encode(m);
+export const decodeFailoverReady = (b: Uint8Array): FailoverReady => failoverReady.decode(b);

@@ -20,7 +20,7 @@ export interface PeerConfig {
   secret?: Buffer;
 }
 
-export type AlarmKind = 'linkDown' | 'journalOverflow' | 'targetError' | 'checkDiffers' | 'syncDegraded';
+export type AlarmKind = 'linkDown' | 'journalOverflow' | 'targetError' | 'checkDiffers' | 'syncDegraded' | 'splitBrain';
 
 export interface AlarmEvent {
   kind: AlarmKind;

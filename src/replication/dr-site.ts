@@ -1,10 +1,15 @@
 import { mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { ErrorCode, vrgError } from '../core/errors.js';
+import type { LinkConnection } from '../link/connection.js';
 import type { NbdExport } from '../nbd/nbd-server.js';
+import type { Resume } from '../protocol/messages.js';
+import { limits } from '../core/limits.js';
+import { requestMove } from './planned-failover.js';
+import type { DemoteRequest } from './production-site.js';
 import type { GatewayConfig, VmConfig } from './config.js';
 import type { GatewayDeps } from './gateway-deps.js';
-import { productionExports, replicaExports } from './nbd-exports.js';
+import { productionExports, replicaExports, testCloneExports } from './nbd-exports.js';
 import { ProductionGateway, type ProductionStatus } from './source/production-gateway.js';
 import { DrGateway, type DrStatus } from './target/dr-gateway.js';
 import type { VmRoleState } from './vm-role.js';
@@ -16,7 +21,8 @@ import type { VmRoleState } from './vm-role.js';
 //
 // The promoted VMs' source state lives under <dataDir>/source (journal, CBT bitmaps), apart from the DR state.
 
-export type FailoverKind = 'unplanned';
+/** unplanned: the source site is gone. planned: a move with the source's help, nothing resynced. */
+export type FailoverKind = 'unplanned' | 'planned';
 
 export interface FailoverResult {
   vmUuid: string;
@@ -28,6 +34,13 @@ export interface FailoverResult {
   exports: string[];
 }
 
+/** A test failover started (DrGateway.startTestFailover): the clone's writable NBD exports, `<volUuid>-test`. */
+export interface TestFailoverResult {
+  vmUuid: string;
+  kind: 'test';
+  exports: string[];
+}
+
 export interface DrSiteStatus extends DrStatus {
   /** The VMs promoted here, as their source (null: none). */
   promoted: ProductionStatus | null;
@@ -36,8 +49,12 @@ export interface DrSiteStatus extends DrStatus {
 export class DrSite {
   private source: ProductionGateway | null = null;
   private readonly failing = new Set<string>();
+  private readonly demoting = new Map<string, Promise<void>>();
 
-  private constructor(readonly config: GatewayConfig, readonly dr: DrGateway, private readonly deps: GatewayDeps) {}
+  private constructor(readonly config: GatewayConfig, readonly dr: DrGateway, private readonly deps: GatewayDeps) {
+    // The peer's reverse Resume (production-site.ts): the VMs it is now the target of, for the promoted VMs here.
+    dr.on('peerResume', (conn: LinkConnection, resume: Resume) => this.source?.useConnection(conn, resume));
+  }
 
   static async open(config: GatewayConfig, deps: GatewayDeps): Promise<DrSite> {
     const site = new DrSite(config, await DrGateway.open(config, deps), deps);
@@ -56,16 +73,62 @@ export class DrSite {
    * (already a source here), FAILOVER_IN_PROGRESS, FAILOVER_REFUSED (the targets cannot take the image).
    */
   async failover(vmUuid: string, kind: FailoverKind): Promise<FailoverResult> {
-    if (kind !== 'unplanned') throw vrgError(ErrorCode.INVALID_ARGUMENT, `failover type ${String(kind)} is not supported`);
+    if (kind !== 'unplanned' && kind !== 'planned') throw vrgError(ErrorCode.INVALID_ARGUMENT, `failover type ${String(kind)} is not supported`);
     if (this.failing.has(vmUuid)) throw vrgError(ErrorCode.FAILOVER_IN_PROGRESS, `a failover of VM ${vmUuid} is running`, { vmUuid });
     this.failing.add(vmUuid);
     try {
+      if (kind === 'planned') await this.moveHere(vmUuid);
       const { vmc, role } = await this.dr.promote(vmUuid, `${kind} failover`);
-      await this.serveAsSource(vmc, role, true);
+      await this.serveAsSource(vmc, role, kind === 'unplanned');
       return { vmUuid, kind, generation: role.generation, fromSeq: role.fromSeq ?? 0, exports: vmc.volumes.map((v) => v.volUuid) };
     } finally {
       this.failing.delete(vmUuid);
     }
+  }
+
+  /**
+   * Planned failover: the source stops the VM's writes and drains them here (planned-failover.ts); the promotion
+   * that follows then holds every write the VM took, and the old source, seeing the newer generation, becomes the
+   * target with nothing to resync. Refused (nothing changed) when the source is not connected: use unplanned.
+   */
+  private async moveHere(vmUuid: string): Promise<void> {
+    const r = this.dr.vmRole(vmUuid);
+    if (r === null) throw vrgError(ErrorCode.VM_NOT_FOUND, `no protected VM ${vmUuid}`, { vmUuid });
+    if (r.role !== 'target') throw vrgError(ErrorCode.VM_ROLE_CONFLICT, `VM ${vmUuid} is already a source on this gateway`, { vmUuid });
+    const conn = this.dr.peerConnection();
+    if (conn === null) throw vrgError(ErrorCode.FAILOVER_REFUSED, `the source of VM ${vmUuid} is not connected: a planned failover needs it`, { vmUuid });
+    const lastSeq = await requestMove(conn, vmUuid, this.deps.clock, limits.plannedFailoverDrainMs + limits.plannedFailoverPromoteMs / 2);
+    const held = this.dr.status().vms.find((v) => v.vmUuid === vmUuid)?.durableSeq ?? 0;
+    if (held < lastSeq) throw vrgError(ErrorCode.FAILOVER_REFUSED, `VM ${vmUuid}: the source drained to seq ${lastSeq}, this side holds ${held}`, { vmUuid });
+  }
+
+  /**
+   * Split brain, resolved on this (promoted) side: its writes since the promotion lose. The VM is the target
+   * again, at a generation above both sides', continuing after the peer's last reported seq; the peer adopts the
+   * generation and a consistency check overwrites here whatever differs (the union of both sides' changes).
+   */
+  async discardDivergence(vmUuid: string): Promise<void> {
+    const gw = this.source;
+    const r = gw?.vmRole(vmUuid) ?? null;
+    if (gw === null || r === null) throw vrgError(ErrorCode.VM_NOT_FOUND, `VM ${vmUuid} is not a source on this gateway`, { vmUuid });
+    if (!r.splitBrain) throw vrgError(ErrorCode.VM_ROLE_CONFLICT, `VM ${vmUuid} is not in split brain here`, { vmUuid });
+    const startAt = gw.peerSourceSeq(vmUuid) ?? 0;
+    await gw.removeVm(vmUuid);
+    await this.dr.demote(vmUuid, r.generation + 1, 'split brain: this side gave up its writes', startAt);
+  }
+
+  /** The VM was promoted on the peer at a newer generation (moved home, or failed back): this side is its target again. */
+  private demote(req: DemoteRequest): Promise<void> {
+    const running = this.demoting.get(req.vmUuid);
+    if (running) return running;
+    const p = (async () => {
+      await this.source!.removeVm(req.vmUuid);
+      await this.dr.demote(req.vmUuid, req.generation, `promoted on ${req.conn.peer.gatewayId}`);
+    })()
+      .catch((err: Error) => this.deps.logger.error({ err, vmUuid: req.vmUuid }, 'could not make this gateway the VM\'s target again'))
+      .finally(() => this.demoting.delete(req.vmUuid));
+    this.demoting.set(req.vmUuid, p);
+    return p;
   }
 
   /**
@@ -82,9 +145,11 @@ export class DrSite {
         link: { ...this.config.link, port: 0 },
       };
       this.source = await ProductionGateway.open(cfg, this.deps);
+      this.source.on('demote', (req: DemoteRequest) => void this.demote(req));
     }
     await this.source.addVm({ ...vmc, mode: 'async' }, role.generation);
-    this.source.trackInBitmap(vmc.vmUuid, justPromoted ? 'promoted' : 'promoted-at-start');
+    // A planned failover left the images equal: nothing to track for a resync.
+    if (!role.reason.startsWith('planned')) this.source.trackInBitmap(vmc.vmUuid, justPromoted ? 'promoted' : 'promoted-at-start');
   }
 
   /** Binds a VM (management API): a target, or one promoted here before, served as its source. */
@@ -95,16 +160,31 @@ export class DrSite {
   }
 
   /** A VM's role and generation here, with its protection status (as a target, or as the promoted source). */
-  vmRole(vmUuid: string): { role: 'source' | 'target'; generation: number; promoting: boolean; status: number } | null {
+  vmRole(vmUuid: string): { role: 'source' | 'target'; generation: number; promoting: boolean; splitBrain: boolean; status: number } | null {
     const r = this.dr.vmRole(vmUuid);
     if (r === null) return null;
     const st = r.role === 'target' ? this.dr.vmStatus(vmUuid) : this.source?.vmStatus(vmUuid) ?? null;
-    return { ...r, status: st?.status ?? 1 };
+    const splitBrain = r.role === 'source' && this.source?.vmRole(vmUuid)?.splitBrain === true;
+    return { ...r, splitBrain, status: st?.status ?? 1 };
   }
 
-  /** NBD: read-only replicas of the target VMs, writable disks of the promoted ones. */
+  /**
+   * Test failover: a writable clone of the VM's current consistent image, exported as `<volUuid>-test`, while it
+   * stays a target (replication goes on). Errors as DrGateway.startTestFailover's, nothing changed.
+   */
+  async testFailover(vmUuid: string): Promise<TestFailoverResult> {
+    const { exports } = await this.dr.startTestFailover(vmUuid);
+    return { vmUuid, kind: 'test', exports };
+  }
+
+  /** Ends a test failover: the clone and its exports are discarded (TEST_FAILOVER_NOT_ACTIVE when none runs). */
+  async endTestFailover(vmUuid: string): Promise<void> {
+    await this.dr.endTestFailover(vmUuid);
+  }
+
+  /** NBD: read-only replicas of the target VMs, their test failovers' clones, writable disks of the promoted ones. */
   exports(): NbdExport[] {
-    return [...replicaExports(this.dr), ...(this.source ? productionExports(this.source) : [])];
+    return [...replicaExports(this.dr), ...testCloneExports(this.dr), ...(this.source ? productionExports(this.source) : [])];
   }
 
   status(): DrSiteStatus {

@@ -26,6 +26,12 @@ export interface VmRoleState {
   reason: string;
   /** Promotion: the last seq of the old source's history the promoted image holds. */
   fromSeq?: number;
+  /**
+   * A source took writes while disconnected from its peer (since this time, durably noted before the first
+   * such write was acknowledged); cleared once the peer attaches the VM at the same generation. A peer found
+   * promoted meanwhile means both sides took writes as source: split brain.
+   */
+  divergedAtMs?: number;
 }
 
 const FORMAT_VERSION = 1;
@@ -51,6 +57,7 @@ export async function loadVmRole(dataDir: string, vmUuid: string, initial: VmRol
   return {
     vmUuid, role: doc.role!, generation: doc.generation!, changedAtMs: doc.changedAtMs ?? 0, reason: doc.reason ?? '',
     ...(doc.fromSeq === undefined ? {} : { fromSeq: doc.fromSeq }),
+    ...(doc.divergedAtMs === undefined ? {} : { divergedAtMs: doc.divergedAtMs }),
   };
 }
 

@@ -36,6 +36,8 @@ export const ApiErrorNumber = {
   ROLE_CONFLICT: '10440410',
   FAILOVER_IN_PROGRESS: '10440411',
   FAILOVER_REFUSED: '10440412',
+  TEST_FAILOVER_ACTIVE: '10440413',
+  TEST_FAILOVER_NOT_ACTIVE: '10440414',
   // HTTP-level refusals the document has no number for: the number is the HTTP status (REST layer).
   HTTP_NOT_FOUND: '404',
   HTTP_METHOD_NOT_ALLOWED: '405',
@@ -65,6 +67,8 @@ export const API_ERRORS: Readonly<Record<string, ApiErrorEntry>> = {
   '10440410': { httpStatus: 400, en_US: 'The operation does not fit the virtual machine\'s role on this gateway.', zh_CN: '该操作与虚拟机在本网关上的角色不符。' },
   '10440411': { httpStatus: 400, en_US: 'A failover of the virtual machine is already running.', zh_CN: '虚拟机的故障切换正在进行。' },
   '10440412': { httpStatus: 400, en_US: 'The failover was refused: the target volumes cannot hold a consistent image now.', zh_CN: '故障切换被拒绝:目标卷当前无法保持一致的镜像。' },
+  '10440413': { httpStatus: 400, en_US: 'A test failover of the virtual machine is running. End it first.', zh_CN: '虚拟机的测试故障切换正在运行,请先结束它。' },
+  '10440414': { httpStatus: 400, en_US: 'No test failover of the virtual machine is running.', zh_CN: '虚拟机没有正在运行的测试故障切换。' },
   '404': { httpStatus: 404, en_US: 'No such resource.', zh_CN: '资源不存在。' },
   '405': { httpStatus: 405, en_US: 'This resource does not support the method.', zh_CN: '此资源不支持该方法。' },
   '413': { httpStatus: 413, en_US: 'The request body is too large.', zh_CN: '请求正文过大。' },
@@ -85,6 +89,8 @@ export const AUTH_ERROR_NUMBERS: Readonly<Partial<Record<ErrorCode, string>>> = 
   [ErrorCode.VM_ROLE_CONFLICT]: ApiErrorNumber.ROLE_CONFLICT,
   [ErrorCode.FAILOVER_IN_PROGRESS]: ApiErrorNumber.FAILOVER_IN_PROGRESS,
   [ErrorCode.FAILOVER_REFUSED]: ApiErrorNumber.FAILOVER_REFUSED,
+  [ErrorCode.TEST_FAILOVER_ACTIVE]: ApiErrorNumber.TEST_FAILOVER_ACTIVE,
+  [ErrorCode.TEST_FAILOVER_NOT_ACTIVE]: ApiErrorNumber.TEST_FAILOVER_NOT_ACTIVE,
 };
 
 /**

@@ -1,7 +1,7 @@
 import type { Logger } from '../../core/log.js';
 import { DrGateway } from '../../replication/target/dr-gateway.js';
 import { ProductionGateway } from '../../replication/source/production-gateway.js';
-import type { DrSite, FailoverKind, FailoverResult } from '../../replication/dr-site.js';
+import type { DrSite, FailoverKind, FailoverResult, TestFailoverResult } from '../../replication/dr-site.js';
 import { ApiErrorNumber } from '../auth/error-codes.js';
 import type { AlarmNotifier } from '../alarms/alarm-notifier.js';
 import type { ApiStore, StoredVm } from '../store/api-store.js';
@@ -48,12 +48,25 @@ export class ApiService {
 
   /** POST /vmfailover: DR only; the role and generation change, or a clear error and nothing changed. */
   async failover(vmUuid: string, type: FailoverKind): Promise<FailoverResult> {
-    if (this.site === null) {
-      const known = this.gw.vmConfigs().some((v) => v.vmUuid === vmUuid);
-      if (!known) throw restError(ApiErrorNumber.NO_SUCH_VM, `no VM ${vmUuid}`);
-      throw restError(ApiErrorNumber.ROLE_CONFLICT, 'this gateway is the VM\'s source: a failover runs on its DR gateway');
-    }
-    return this.site.failover(vmUuid, type);
+    return this.drSite(vmUuid).failover(vmUuid, type);
+  }
+
+  /** POST /vmfailover type "test": DR only; a clone of the VM's image is exported writable, replication goes on. */
+  async testFailover(vmUuid: string): Promise<TestFailoverResult> {
+    return this.drSite(vmUuid).testFailover(vmUuid);
+  }
+
+  /** DELETE /vmfailover/<vm>: ends the VM's test failover (its clone and exports are discarded). */
+  async endTestFailover(vmUuid: string): Promise<void> {
+    await this.drSite(vmUuid).endTestFailover(vmUuid);
+  }
+
+  /** The DR site, for a failover request; on production a clear number (the VM unknown, or this is its source). */
+  private drSite(vmUuid: string): DrSite {
+    if (this.site !== null) return this.site;
+    const known = this.gw.vmConfigs().some((v) => v.vmUuid === vmUuid);
+    if (!known) throw restError(ApiErrorNumber.NO_SUCH_VM, `no VM ${vmUuid}`);
+    throw restError(ApiErrorNumber.ROLE_CONFLICT, 'this gateway is the VM\'s source: a failover runs on its DR gateway');
   }
 
   get role(): 'production' | 'dr' {

@@ -85,12 +85,25 @@ export function registerGatewayRoutes(api: FastifyInstance, ctx: RestContext): v
   });
 
   api.post('/vmfailover', {
-    schema: { summary: 'Fail a VM over to this (DR) gateway: type "unplanned" promotes it at its last consistent image', body: vmFailoverBody },
+    schema: {
+      summary: 'Fail a VM over to this (DR) gateway: type "unplanned" promotes it at its last consistent image; ' +
+        'type "test" exports a writable clone of that image as <volUuid>-test while replication goes on', body: vmFailoverBody,
+    },
   }, async (req) => {
     const b = (req.body ?? {}) as { vmUuid?: string; type?: string };
     if (typeof b.vmUuid !== 'string' || !UUID_RE.test(b.vmUuid)) throw restError(ApiErrorNumber.BAD_VM_UUID, 'vmUuid must be a UUID');
-    if (b.type !== 'unplanned') throw restError(ApiErrorNumber.INVALID_PARAMETER, 'type must be "unplanned"');
+    if (b.type === 'test') return service.testFailover(b.vmUuid);
+    if (b.type !== 'unplanned') throw restError(ApiErrorNumber.INVALID_PARAMETER, 'type must be "unplanned" or "test"');
     return service.failover(b.vmUuid, b.type);
+  });
+
+  api.delete('/vmfailover/:vmUuid', {
+    schema: { summary: 'End a VM\'s test failover: its clone and the <volUuid>-test exports are discarded', params: vmUuidParams },
+  }, async (req, reply) => {
+    const { vmUuid } = req.params as { vmUuid: string };
+    if (!UUID_RE.test(vmUuid)) throw restError(ApiErrorNumber.BAD_VM_UUID, 'not a UUID');
+    await service.endTestFailover(vmUuid);
+    return reply.send();
   });
 
   api.post('/vrgmap', { schema: { summary: 'Pair with the peer VRG (then poll GET)', body: vrgMapBody } }, async (req, reply) => {

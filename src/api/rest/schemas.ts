@@ -73,6 +73,7 @@ export const deleteVmBody = {
 /** POST /vmfailover (issue 14): the VM and the kind of failover. */
 export const vmFailoverBody = {
   type: 'object',
+  description: 'type: "unplanned" (promote the VM here) or "test" (a writable clone; end it with DELETE /vmfailover/<vmUuid>)',
   properties: { vmUuid: { type: 'string', maxLength: 128 }, type: { type: 'string', maxLength: 32 } },
   required: ['vmUuid', 'type'],
 } as const;

@@ -1,7 +1,7 @@
 import { EventEmitter } from 'node:events';
 import { BufferRing, type BufferRingStats } from '../../core/buffer-ring.js';
 import { mkdir } from 'node:fs/promises';
-import type { TimerHandle } from '../../core/clock.js';
+import { withTimeout, type TimerHandle } from '../../core/clock.js';
 import type { LatencySummary } from '../../core/latency-histogram.js';
 import { limits } from '../../core/limits.js';
 import { ErrorCode, vrgError } from '../../core/errors.js';
@@ -19,8 +19,8 @@ import type { GatewayDeps } from '../gateway-deps.js';
 export type { GatewayDeps } from '../gateway-deps.js';
 import { ProtectedVm, type ProtectedVmDiagnostics, type ProtectedVmHooks } from './protected-vm.js';
 import { openRunMarker, type RunMarker } from './run-marker.js';
-import { loadVmRole, wireGeneration } from '../vm-role.js';
-import type { ResumeVm } from '../../protocol/messages.js';
+import { loadVmRole, saveVmRole, wireGeneration, type VmRoleState } from '../vm-role.js';
+import { encodeFailoverReady, type FailoverRequest, type ResumeVm } from '../../protocol/messages.js';
 
 
 export interface ProductionVmStatus {
@@ -92,6 +92,17 @@ export class ProductionGateway extends EventEmitter {
   private everConnected = false;
   private lastLinkError: string | null = null;
   private readonly vms = new Map<string, ProtectedVm>();
+  /** Each VM's role state here (vm-role.ts): its generation, and whether it took writes while disconnected. */
+  private readonly roles = new Map<string, VmRoleState>();
+  /** VMs that took writes while disconnected (vmUuid → since), and the one write noting it durably. */
+  private readonly diverged = new Map<string, number>();
+  private readonly divergeNoting = new Map<string, Promise<void>>();
+  /** VMs found in split brain (both sides took writes as source), until an operator resolves it. */
+  private readonly splitBrain = new Set<string>();
+  private readonly peerSourceSeqs = new Map<string, number>();
+  private readonly roleWrites = new Map<string, Promise<void>>();
+  /** VMs being moved (planned failover): their writes are refused (NBD EPERM) until demoted or timed out. */
+  private readonly frozen = new Map<string, TimerHandle>();
   /** Batches and sealed frames of every VM (shared with the codec workers). */
   private readonly linkRing = new BufferRing({ capacityBytes: limits.linkRingBytesProduction, shared: true });
   private readonly byVolume = new Map<string, { vm: ProtectedVm; index: number }>();
@@ -150,6 +161,9 @@ export class ProductionGateway extends EventEmitter {
 
   async removeVm(vmUuid: string): Promise<void> {
     const vm = this.vm(vmUuid);
+    this.frozen.get(vmUuid)?.cancel();
+    this.frozen.delete(vmUuid);
+    if (this.splitBrain.delete(vmUuid)) this.alarm('splitBrain', false, vmUuid, 'the VM is no longer a source here');
     this.vms.delete(vmUuid);
     for (const v of vm.config.volumes) this.byVolume.delete(v.volUuid);
     await vm.close(true);
@@ -196,10 +210,11 @@ export class ProductionGateway extends EventEmitter {
   }
 
   /** The VM's role here (always source) and generation; `stale` once the peer reported a newer one. */
-  vmRole(vmUuid: string): { role: 'source'; generation: number; stale: boolean } | null {
+  vmRole(vmUuid: string): { role: 'source'; generation: number; stale: boolean; splitBrain: boolean } | null {
     const vm = this.vms.get(vmUuid);
     if (!vm) return null;
-    return { role: 'source', generation: vm.shipper.generation, stale: vm.shipper.fault?.includes(' was promoted on ') === true };
+    return { role: 'source', generation: vm.shipper.generation, stale: vm.shipper.fault?.includes(' was promoted on ') === true,
+      splitBrain: this.splitBrain.has(vmUuid) };
   }
 
   vmConfigs(): VmProtection[] {
@@ -235,17 +250,126 @@ export class ProductionGateway extends EventEmitter {
 
   async write(volUuid: string, offset: number, data: Uint8Array): Promise<void> {
     const { vm, index } = this.volume(volUuid);
+    if (this.frozen.has(vm.vmUuid)) throw this.frozenError(vm.vmUuid);
+    if (!vm.shipper.connected && !this.diverged.has(vm.vmUuid)) await this.noteDiverged(vm);
     return vm.intake.submit({ volumeIndex: index, offset, kind: RecordKind.WRITE, length: data.byteLength, data });
   }
 
   async writeZeroes(volUuid: string, offset: number, length: number): Promise<void> {
     const { vm, index } = this.volume(volUuid);
+    if (this.frozen.has(vm.vmUuid)) throw this.frozenError(vm.vmUuid);
+    if (!vm.shipper.connected && !this.diverged.has(vm.vmUuid)) await this.noteDiverged(vm);
     return vm.intake.submit({ volumeIndex: index, offset, kind: RecordKind.ZERO, length, data: null });
   }
 
   async trim(volUuid: string, offset: number, length: number): Promise<void> {
     const { vm, index } = this.volume(volUuid);
+    if (this.frozen.has(vm.vmUuid)) throw this.frozenError(vm.vmUuid);
+    if (!vm.shipper.connected && !this.diverged.has(vm.vmUuid)) await this.noteDiverged(vm);
     return vm.intake.submit({ volumeIndex: index, offset, kind: RecordKind.TRIM, length, data: null });
+  }
+
+  private frozenError(vmUuid: string): Error {
+    return vrgError(ErrorCode.VM_ROLE_CONFLICT, `VM ${vmUuid} is moving to its DR gateway (planned failover): writes are refused`, { vmUuid });
+  }
+
+  /**
+   * Planned failover, the source's part: the VM takes no more writes, everything written is acknowledged by
+   * the target, then the target is told the last seq; it promotes the VM and this side, seeing the newer
+   * generation at the next handshake, becomes the target with nothing to resync (the images are equal).
+   */
+  private async onFailoverRequest(conn: LinkConnection, req: FailoverRequest): Promise<void> {
+    const reply = (lastSeq: number, error: string): void =>
+      conn.sendControl(FrameType.FAILOVER_READY, encodeFailoverReady({ vmUuid: req.vmUuid, requestId: req.requestId, lastSeq, error }));
+    const vm = this.vms.get(req.vmUuid);
+    if (!vm || !vm.shipper.connected || vm.state.name !== 'queue') {
+      return reply(0, `${ErrorCode.FAILOVER_REFUSED}: VM ${req.vmUuid} is ${vm ? `in ${vm.state.name}${vm.shipper.connected ? '' : ', not attached'}` : 'not a source here'}`);
+    }
+    const unfreeze = (): void => {
+      this.frozen.get(vm.vmUuid)?.cancel();
+      this.frozen.delete(vm.vmUuid);
+    };
+    this.frozen.set(vm.vmUuid, this.deps.clock.setTimer(limits.plannedFailoverDrainMs + limits.plannedFailoverPromoteMs, () => {
+      this.deps.logger.warn({ vmUuid: vm.vmUuid }, 'planned failover: the target did not promote the VM; taking its writes again');
+      unfreeze();
+    }));
+    try {
+      await withTimeout(this.deps.clock, limits.plannedFailoverDrainMs, (async () => {
+        await vm.intake.idle();
+        await vm.shipper.waitAcked(vm.journal.lastSeq);
+      })(), `the VM's writes were not all acknowledged within ${limits.plannedFailoverDrainMs} ms`);
+      this.deps.logger.info({ vmUuid: vm.vmUuid, lastSeq: vm.journal.lastSeq }, 'planned failover: writes stopped and acknowledged');
+      reply(vm.journal.lastSeq, '');
+    } catch (err) {
+      unfreeze();
+      reply(0, `${ErrorCode.FAILOVER_REFUSED}: ${(err as Error).message}`);
+    }
+  }
+
+  /** This side's VMs for a Resume frame (production-site.ts): each a source at its generation. */
+  resumeEntries(): ResumeVm[] {
+    // appliedSeq: this side's last seq (where a peer that gives up its own writes in a split brain resumes).
+    return [...this.vms.values()].map((vm) => ({
+      vmUuid: vm.vmUuid, appliedSeq: vm.journal.lastSeq, generation: vm.shipper.generation, role: 'source', splitBrain: this.splitBrain.has(vm.vmUuid),
+    }));
+  }
+
+  /** The first write while disconnected is noted durably before it is taken (split-brain detection). */
+  private noteDiverged(vm: ProtectedVm): Promise<void> {
+    let p = this.divergeNoting.get(vm.vmUuid);
+    if (!p) {
+      const at = this.deps.clock.nowMs();
+      p = this.saveRole(vm.vmUuid, { divergedAtMs: at })
+        .then(() => void this.diverged.set(vm.vmUuid, at))
+        .finally(() => this.divergeNoting.delete(vm.vmUuid));
+      this.divergeNoting.set(vm.vmUuid, p);
+    }
+    return p;
+  }
+
+  /** One role-file write at a time per VM (each replaces the file through the same temp file). */
+  private saveRole(vmUuid: string, change: Partial<VmRoleState>): Promise<void> {
+    const role = { ...this.roles.get(vmUuid)!, ...change };
+    if (change.divergedAtMs === undefined && 'divergedAtMs' in change) delete role.divergedAtMs;
+    this.roles.set(vmUuid, role);
+    const next = (this.roleWrites.get(vmUuid) ?? Promise.resolve()).catch(() => undefined).then(() => saveVmRole(this.config.dataDir, role));
+    this.roleWrites.set(vmUuid, next);
+    return next;
+  }
+
+  /**
+   * Split brain, resolved on the side whose writes lose: they are discarded (overwritten from the peer by the
+   * failback's resync and check); the link reconnects and this side becomes the VM's target.
+   */
+  async discardDivergence(vmUuid: string): Promise<void> {
+    this.vm(vmUuid);
+    if (!this.splitBrain.has(vmUuid)) throw vrgError(ErrorCode.VM_ROLE_CONFLICT, `VM ${vmUuid} is not in split brain here`, { vmUuid });
+    await this.saveRole(vmUuid, { divergedAtMs: undefined });
+    this.diverged.delete(vmUuid);
+    this.splitBrain.delete(vmUuid);
+    this.alarm('splitBrain', false, vmUuid, 'resolved: this side\'s writes since the split are discarded');
+    this.conn?.close();
+  }
+
+  private adoptGeneration(vm: ProtectedVm, generation: number, conn: LinkConnection, at: ResumeVm): void {
+    vm.shipper.generation = generation;
+    this.splitBrain.delete(vm.vmUuid);
+    this.diverged.delete(vm.vmUuid);
+    this.alarm('splitBrain', false, vm.vmUuid, `resolved: ${conn.peer.gatewayId} gave up its writes; this side survives`);
+    void this.saveRole(vm.vmUuid, { generation, divergedAtMs: undefined }).catch((err) => this.deps.logger.error({ err }, 'could not save the role'));
+    this.attachVm(vm, conn, { ...at, generation });
+    vm.feed({ type: 'checkRequested', reason: 'split-brain-survivor' });
+  }
+
+  /** The last seq a peer that is still a source of an older generation reported (split-brain resolution). */
+  peerSourceSeq(vmUuid: string): number | undefined {
+    return this.peerSourceSeqs.get(vmUuid);
+  }
+
+  private raiseSplitBrain(vmUuid: string, peer: string): void {
+    if (this.splitBrain.has(vmUuid)) return;
+    this.splitBrain.add(vmUuid);
+    this.alarm('splitBrain', true, vmUuid, `split brain with ${peer}: both sides took writes as source; pick the survivor`);
   }
 
   /**
@@ -352,7 +476,11 @@ export class ProductionGateway extends EventEmitter {
     const perVmCapacity = Math.floor(this.config.journalCapacityBytes / Math.max(1, this.config.vms.length, this.vms.size + 1));
     const open = this.deps.openVolume ?? openVolume;
     const vm = await ProtectedVm.open(p, this.config.dataDir, (v) => open(v.url, { sizeBytes: v.sizeBytes, create: true }), perVmCapacity, this.vmHooks(p.vmUuid));
-    vm.shipper.generation = generation ?? (await loadVmRole(this.config.dataDir, p.vmUuid, 'source')).generation;
+    const role = await loadVmRole(this.config.dataDir, p.vmUuid, 'source');
+    if (generation !== undefined) role.generation = generation;
+    vm.shipper.generation = role.generation;
+    this.roles.set(p.vmUuid, role);
+    if (role.divergedAtMs !== undefined) this.diverged.set(p.vmUuid, role.divergedAtMs);
     this.vms.set(p.vmUuid, vm);
     p.volumes.forEach((v, index) => this.byVolume.set(v.volUuid, { vm, index }));
     // Before any write takes a seq: DR may hold seqs the crash took from the journal.
@@ -500,6 +628,30 @@ export class ProductionGateway extends EventEmitter {
   }
 
   private onConnected(conn: LinkConnection): void {
+    this.setConnection(conn);
+    this.attachFromResume(conn, conn.resume ?? { vms: [] }, true);
+    // The site's target side (VMs this gateway is the target of) shares the connection (production-site.ts).
+    this.emit('connected', conn);
+  }
+
+  /**
+   * A connection this gateway did not dial: the peer's, shared with this site's target side (dr-site.ts), and
+   * the peer's Resume for the VMs it is the target of. Called again on the same connection when the peer's
+   * targets change (a VM demoted there): VMs not attached yet attach then.
+   */
+  useConnection(conn: LinkConnection, resume: Resume): void {
+    if (this.closed) return;
+    if (this.conn !== conn) {
+      this.onDisconnected(null);
+      this.setConnection(conn, false);
+      conn.once('close', (err: Error | null) => {
+        if (this.conn === conn) this.onDisconnected(err);
+      });
+    }
+    this.attachFromResume(conn, resume, false);
+  }
+
+  private setConnection(conn: LinkConnection, ownConnection = true): void {
     this.conn = conn;
     this.everConnected = true;
     this.lastLinkError = null;
@@ -509,16 +661,25 @@ export class ProductionGateway extends EventEmitter {
     }
     conn.on('control', (type: number, msg: unknown) => {
       if (type === FrameType.CHECK_DIGESTS) return this.onDigests(msg as CheckDigests);
+      if (type === FrameType.FAILOVER_REQUEST) return void this.onFailoverRequest(conn, msg as FailoverRequest);
+      // A Resume after the handshake: the peer's VMs changed role (dr-site.ts, production-site.ts). On a shared
+      // connection the site forwards it (useConnection).
+      if (type === FrameType.RESUME && ownConnection) return this.attachFromResume(conn, msg as Resume, false);
       if (type !== FrameType.ACK) return;
       const ack = msg as Ack;
       const vm = this.vms.get(ack.vmUuid);
       if (!vm) return; // a VM removed meanwhile
       vm.shipper.onAck(ack.durableSeq);
     });
-    const resume: Resume = conn.resume ?? { vms: [] };
+  }
+
+  /** Attaches each VM not attached yet at the peer's position; `missingIsFault`: a VM the peer lacks is a fault. */
+  private attachFromResume(conn: LinkConnection, resume: Resume, missingIsFault: boolean): void {
     for (const vm of this.vms.values()) {
+      if (vm.shipper.connected) continue;
       const at = resume.vms.find((r) => r.vmUuid === vm.vmUuid);
       if (!at) {
+        if (!missingIsFault) continue;
         vm.shipper.fault = `DR gateway ${conn.peer.gatewayId} does not protect VM ${vm.vmUuid}`;
         this.deps.logger.error({ vmUuid: vm.vmUuid }, vm.shipper.fault);
         continue;
@@ -531,11 +692,32 @@ export class ProductionGateway extends EventEmitter {
     const appliedSeq = at.appliedSeq;
     const peerGeneration = wireGeneration(at.generation);
     const own = vm.shipper.generation;
+    // The peer still a source of an older generation: it becomes the target once it sees this side's Resume,
+    // unless it took writes meanwhile too (split brain: it says so, and both sides wait for an operator).
+    if (at.role === 'source' && peerGeneration < own) {
+      this.peerSourceSeqs.set(vm.vmUuid, at.appliedSeq);
+      if (at.splitBrain === true) {
+        vm.shipper.fault = `split brain with ${conn.peer.gatewayId}: it took writes for VM ${vm.vmUuid} as source too; pick the survivor`;
+        this.raiseSplitBrain(vm.vmUuid, conn.peer.gatewayId);
+      }
+      return;
+    }
+    // The peer gave up its writes in a split brain (DrSite.discardDivergence): it is the target at a newer
+    // generation; this side, the survivor, takes that generation and a check overwrites what differs there.
+    if (at.role !== 'source' && peerGeneration > own && this.splitBrain.has(vm.vmUuid)) {
+      this.adoptGeneration(vm, peerGeneration, conn, at);
+      return;
+    }
     if (at.role === 'source' || peerGeneration > own) {
       // Failed over: the peer is the newer side. Shipping would overwrite the promoted image.
       vm.shipper.fault = `VM ${vm.vmUuid} was promoted on ${conn.peer.gatewayId} (generation ${peerGeneration}, this side ${own}): ` +
         'this side is stale and no longer ships it';
-      this.deps.logger.error({ vmUuid: vm.vmUuid, peerGeneration, generation: own }, vm.shipper.fault);
+      const diverged = this.diverged.has(vm.vmUuid);
+      if (diverged) vm.shipper.fault += '; split brain: this side took writes while disconnected, so it is not made the target until an operator picks the survivor';
+      this.deps.logger.error({ vmUuid: vm.vmUuid, peerGeneration, generation: own, splitBrain: diverged }, vm.shipper.fault);
+      if (diverged) this.raiseSplitBrain(vm.vmUuid, conn.peer.gatewayId);
+      // Failback: the site makes this side the VM's target (no listener: the fault stays).
+      else this.emit('demote', { vmUuid: vm.vmUuid, generation: peerGeneration, conn });
       return;
     }
     if (peerGeneration !== own) {
@@ -545,6 +727,14 @@ export class ProductionGateway extends EventEmitter {
     }
     vm.shipper.attach(conn, appliedSeq);
     if (vm.shipper.fault === null) vm.attached(appliedSeq);
+    if (vm.shipper.fault === null && this.splitBrain.delete(vm.vmUuid)) {
+      this.alarm('splitBrain', false, vm.vmUuid, `resolved: ${conn.peer.gatewayId} is the target again`);
+    }
+    // Attached at the same generation: what was written while disconnected ships as usual.
+    if (vm.shipper.fault === null && this.diverged.has(vm.vmUuid)) {
+      this.diverged.delete(vm.vmUuid);
+      void this.saveRole(vm.vmUuid, { divergedAtMs: undefined }).catch((err) => this.deps.logger.error({ err }, 'could not clear divergedAtMs'));
+    }
     this.sendVmState(vm);
     if (vm.shipper.fault === null) {
       vm.feed({ type: 'linkUp' });

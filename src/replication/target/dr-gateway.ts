@@ -18,6 +18,7 @@ import type { GatewayConfig, VmConfig } from '../config.js';
 import type { AlarmEvent, VmReplicationStatus } from '../control.js';
 import { stateNumber, type Mode, type StateName } from '../protection-state.js';
 import { DrVm } from './dr-vm.js';
+import { TestClone, testExportName } from './test-clone.js';
 import { loadVmRole, saveVmRole, type VmRoleState } from '../vm-role.js';
 import type { GatewayDeps } from '../gateway-deps.js';
 
@@ -75,7 +76,14 @@ export interface DrDiagnostics {
   }>;
 }
 
-/** Events: 'alarm' (AlarmEvent: targetError raised/cleared). */
+export interface DrGatewayOptions {
+  /** false: no listener (a production site's target side, on the connection its production gateway dials). */
+  listen?: boolean;
+  /** Where the role files are (default config.dataDir). */
+  roleDataDir?: string;
+}
+
+/** Events: 'alarm' (AlarmEvent: targetError raised/cleared), 'peerResume' (conn, Resume: the peer's targets). */
 export class DrGateway extends EventEmitter {
   private conn: LinkConnection | null = null;
   private queue: Array<Promise<Opened>> = [];
@@ -89,12 +97,30 @@ export class DrGateway extends EventEmitter {
   private readonly vms = new Map<string, DrVm>();
   /** VMs this gateway promoted (now their source, served by the site: dr-site.ts), by vmUuid. */
   private readonly promoted = new Map<string, { vmc: VmConfig; role: VmRoleState }>();
+  /** Running test failovers by vmUuid (test-clone.ts); null while one starts or ends. Dropping a starting one cancels it. */
+  private readonly testClones = new Map<string, TestClone | null>();
   private readonly server: LinkServer;
   private port = 0;
 
-  private constructor(readonly config: GatewayConfig, private readonly deps: GatewayDeps) {
+  /** Where the VMs' role files are (vm-role.ts): the site's data directory. */
+  private readonly roleDir: string;
+  private readonly listening: boolean;
+
+  private constructor(readonly config: GatewayConfig, private readonly deps: GatewayDeps, opts: DrGatewayOptions) {
     super();
-    const resume = (): Resume => ({
+    this.roleDir = opts.roleDataDir ?? config.dataDir;
+    this.listening = opts.listen !== false;
+    const resume = (): Resume => this.resumeEntries();
+    this.server = new LinkServer({
+      transport: deps.transport, gatewayId: config.gatewayId, role: 'dr', secret: config.link.secret,
+      clock: deps.clock, random: deps.random, logger: deps.logger, resume,
+    });
+    this.server.on('connection', (conn: LinkConnection) => this.attach(conn));
+  }
+
+  /** Where each VM's stream resumes, with its generation and role here (the handshake's Resume, or a reverse one). */
+  resumeEntries(): Resume {
+    return {
       // The log's durable position: production trims its journal to what we acknowledge.
       // generation and role: production learns of a promotion here and stops shipping the VM.
       vms: [
@@ -106,19 +132,22 @@ export class DrGateway extends EventEmitter {
           vmUuid: role.vmUuid, appliedSeq: role.fromSeq ?? 0, generation: role.generation, role: 'source',
         })),
       ],
-    });
-    this.server = new LinkServer({
-      transport: deps.transport, gatewayId: config.gatewayId, role: 'dr', secret: config.link.secret,
-      clock: deps.clock, random: deps.random, logger: deps.logger, resume,
-    });
-    this.server.on('connection', (conn: LinkConnection) => this.attach(conn));
+    };
+  }
+
+  /**
+   * A connection this gateway did not accept: a production site's own link to its peer, carrying the VMs this
+   * site is the target of (failback). The receive side attaches as for an accepted one.
+   */
+  attachConnection(conn: LinkConnection): void {
+    if (this.conn !== conn) this.attach(conn);
   }
 
   /** Opens every VM (each applies what its log holds past its checkpoint), then listens for production. */
-  static async open(config: GatewayConfig, deps: GatewayDeps): Promise<DrGateway> {
-    const gw = new DrGateway(config, deps);
+  static async open(config: GatewayConfig, deps: GatewayDeps, opts: DrGatewayOptions = {}): Promise<DrGateway> {
+    const gw = new DrGateway(config, deps, opts);
     for (const vmc of config.vms) {
-      const role = await loadVmRole(config.dataDir, vmc.vmUuid, 'target');
+      const role = await loadVmRole(gw.roleDir, vmc.vmUuid, 'target');
       if (role.role === 'source') {
         gw.promoted.set(vmc.vmUuid, { vmc, role });
         // A crash right after the promotion's commit point left the old log behind.
@@ -129,7 +158,7 @@ export class DrGateway extends EventEmitter {
       vm.generation = role.generation;
       gw.vms.set(vmc.vmUuid, vm);
     }
-    gw.port = await gw.server.listen(config.link.host, config.link.port);
+    if (opts.listen !== false) gw.port = await gw.server.listen(config.link.host, config.link.port);
     for (const vm of gw.vms.values()) deps.logger.info({ vmUuid: vm.config.vmUuid, durableSeq: vm.durableSeq }, 'dr vm opened');
     return gw;
   }
@@ -141,24 +170,29 @@ export class DrGateway extends EventEmitter {
   // ---- management (control.ts) ----
 
   /** Binds a VM's target volumes; production's next handshake learns where its stream resumes. */
-  async addVm(vmc: VmConfig): Promise<void> {
+  async addVm(vmc: VmConfig, generation?: number, startAtSeq?: number): Promise<void> {
     if (this.vms.has(vmc.vmUuid) || this.promoted.has(vmc.vmUuid)) {
       throw vrgError(ErrorCode.CONFIG_INVALID, `VM ${vmc.vmUuid} is already protected`, { vmUuid: vmc.vmUuid });
     }
-    const role = await loadVmRole(this.config.dataDir, vmc.vmUuid, 'target');
+    const role = await loadVmRole(this.roleDir, vmc.vmUuid, 'target');
+    if (generation !== undefined) role.generation = generation;
     if (role.role === 'source') {
       // Promoted here before (the management API re-adds its VMs at start): the site serves it (dr-site.ts).
+      // A peer that connected before the VM was known here learns the promotion at its next handshake.
       this.promoted.set(vmc.vmUuid, { vmc, role });
+      if (this.listening) this.conn?.close();
       return;
     }
     const used = new Set([...this.vms.values()].flatMap((vm) => [...vm.volumes.keys()]));
     for (const v of vmc.volumes) {
       if (used.has(v.volUuid)) throw vrgError(ErrorCode.CONFIG_INVALID, `volUuid ${v.volUuid} is used twice`, { volUuid: v.volUuid });
     }
-    const vm = await this.openVm(vmc, this.vms.size + 1);
+    const vm = await this.openVm(vmc, this.vms.size + 1, startAtSeq);
     vm.generation = role.generation;
     this.vms.set(vmc.vmUuid, vm);
-    this.conn?.close();
+    // A peer dialing in learns the new VM's position at its next handshake; a shared connection (no listener:
+    // production-site.ts) gets a Resume frame from the site instead.
+    if (this.listening) this.conn?.close();
   }
 
   async removeVm(vmUuid: string): Promise<void> {
@@ -166,6 +200,7 @@ export class DrGateway extends EventEmitter {
     if (!vm) throw vrgError(ErrorCode.VM_NOT_FOUND, `no protected VM ${vmUuid}`, { vmUuid });
     this.vms.delete(vmUuid);
     this.conn?.close();
+    await this.dropTestClone(vm); // the VM's protection goes: so does a test failover of it
     await this.idle();
     await vm.close(0);
     await rm(vm.dir, { recursive: true, force: true });
@@ -221,6 +256,29 @@ export class DrGateway extends EventEmitter {
     await Promise.all([...this.vms.values()].map((vm) => vm.whenApplied(vm.durableSeq, timeoutMs)));
   }
 
+  /** The peer connection now (a planned failover asks the VM's source over it), or null. */
+  peerConnection(): LinkConnection | null {
+    return this.conn;
+  }
+
+  /**
+   * The VM promoted here is the target again (the peer promoted it at a newer generation: planned failover
+   * home, or a failback): forgotten as promoted, its role file written, then opened as a target.
+   */
+  async demote(vmUuid: string, generation: number, reason: string, startAtSeq?: number): Promise<void> {
+    const p = this.promoted.get(vmUuid);
+    if (!p) throw vrgError(ErrorCode.VM_NOT_FOUND, `VM ${vmUuid} was not promoted here`, { vmUuid });
+    await saveVmRole(this.roleDir, { vmUuid, role: 'target', generation, changedAtMs: this.deps.clock.nowMs(), reason });
+    this.promoted.delete(vmUuid);
+    await this.addVm(p.vmc, generation, startAtSeq);
+    this.deps.logger.warn({ vmUuid, generation, reason }, 'VM demoted: this gateway is its target again');
+  }
+
+  /** A VM promoted here is served by another gateway of this process from now on (production-site.ts). */
+  forgetPromoted(vmUuid: string): void {
+    this.promoted.delete(vmUuid);
+  }
+
   /** VMs this gateway promoted: their config (the target volumes, now the source) and role. */
   promotedVms(): Array<{ vmc: VmConfig; role: VmRoleState }> {
     return [...this.promoted.values()];
@@ -249,6 +307,10 @@ export class DrGateway extends EventEmitter {
       throw vrgError(ErrorCode.VM_NOT_FOUND, `no protected VM ${vmUuid}`, { vmUuid });
     }
     if (vm.promoting) throw vrgError(ErrorCode.FAILOVER_IN_PROGRESS, `VM ${vmUuid} is being promoted already`, { vmUuid });
+    // The test VM would lose its disks under it: the operator ends the test first (endTestFailover).
+    if (this.testClones.has(vmUuid)) {
+      throw vrgError(ErrorCode.TEST_FAILOVER_ACTIVE, `VM ${vmUuid} has a test failover running: end it before a failover`, { vmUuid });
+    }
     vm.promoting = true;
     this.conn?.close(vrgError(ErrorCode.VM_ROLE_CONFLICT, `VM ${vmUuid} is being promoted on the DR gateway`));
     try {
@@ -268,7 +330,7 @@ export class DrGateway extends EventEmitter {
     const role: VmRoleState = {
       vmUuid, role: 'source', generation: vm.generation + 1, changedAtMs: this.deps.clock.nowMs(), reason, fromSeq: vm.checkpointSeq,
     };
-    await saveVmRole(this.config.dataDir, role);
+    await saveVmRole(this.roleDir, role);
     await rm(vm.dir, { recursive: true, force: true });
     this.promoted.set(vmUuid, { vmc: vm.config, role });
     this.deps.logger.warn({ vmUuid, generation: role.generation, fromSeq: role.fromSeq, reason }, 'VM promoted: this gateway is now its source');
@@ -280,6 +342,108 @@ export class DrGateway extends EventEmitter {
     return [...this.vms.values()].flatMap((vm) => [...vm.volumes.entries()].map(([volUuid, v]) => ({
       vmUuid: vm.config.vmUuid, volUuid, sizeBytes: v.sizeBytes,
     })));
+  }
+
+  /**
+   * Test failover: a writable point-in-time clone of the VM's targets (test-clone.ts), exported as
+   * `<volUuid>-test`, while replication into the targets goes on untouched. Its base is the targets' image
+   * between two applied chunks, once they hold what was acknowledged when asked (within limits.replicaCatchUpMs),
+   * so it is an image production had. The clone lives until endTestFailover, removeVm or close; a restart discards
+   * it. Errors (nothing changed): VM_NOT_FOUND, VM_ROLE_CONFLICT (promoted here), FAILOVER_IN_PROGRESS (being
+   * promoted), TEST_FAILOVER_ACTIVE, FAILOVER_REFUSED (a target fails: its image may be no consistent one).
+   */
+  async startTestFailover(vmUuid: string, opts: { bytesMax?: number } = {}): Promise<{ exports: string[] }> {
+    const vm = this.targetVm(vmUuid);
+    if (vm.promoting) throw vrgError(ErrorCode.FAILOVER_IN_PROGRESS, `VM ${vmUuid} is being promoted`, { vmUuid });
+    if (this.testClones.has(vmUuid)) throw vrgError(ErrorCode.TEST_FAILOVER_ACTIVE, `a test failover of VM ${vmUuid} is running`, { vmUuid });
+    const names = vm.config.volumes.map((v) => testExportName(v.volUuid));
+    const taken = new Set([...this.replicaVolumes().map((r) => r.volUuid), ...this.promotedVms().flatMap((p) => p.vmc.volumes.map((v) => v.volUuid))]);
+    const clash = names.find((n) => taken.has(n));
+    if (clash !== undefined) throw vrgError(ErrorCode.CONFIG_INVALID, `a volume is named ${clash}: the test export cannot have that name`, { vmUuid });
+    this.testClones.set(vmUuid, null);
+    let clone: TestClone | null = null;
+    try {
+      await vm.whenApplied(vm.durableSeq, limits.replicaCatchUpMs);
+      if (vm.targetError !== null) {
+        throw vrgError(ErrorCode.FAILOVER_REFUSED, `VM ${vmUuid}: a target fails (${vm.targetError}); test once it is writable`, { vmUuid });
+      }
+      const c = clone = await TestClone.create({
+        vmDir: vm.dir, vmUuid, gate: vm.gate, logger: this.deps.logger.child({ vmUuid }),
+        volumes: vm.config.volumes.map((v) => ({ volUuid: v.volUuid, target: vm.volumes.get(v.volUuid)! })),
+        ...(opts.bytesMax === undefined ? {} : { bytesMax: opts.bytesMax }),
+      });
+      // Armed with the gate's write side held: between two chunks, so the base is a whole one.
+      await vm.gate.write(async () => {
+        if (this.vms.get(vmUuid) !== vm || this.testClones.get(vmUuid) !== null) {
+          throw vrgError(ErrorCode.VM_NOT_FOUND, `VM ${vmUuid} was removed while its test failover started`, { vmUuid });
+        }
+        vm.beforeTargetWrite = (i, offset, length) => c.beforeTargetWrite(i, offset, length);
+      });
+    } catch (err) {
+      if (this.testClones.get(vmUuid) === null) this.testClones.delete(vmUuid);
+      await clone?.discard();
+      throw err;
+    }
+    this.testClones.set(vmUuid, clone);
+    this.deps.logger.info({ vmUuid, appliedSeq: vm.appliedSeq, exports: names }, 'test failover started');
+    return { exports: names };
+  }
+
+  /**
+   * Ends a test failover: its exports go (clients still attached get errors), the clone files are removed.
+   * Errors (nothing changed): VM_NOT_FOUND, VM_ROLE_CONFLICT, TEST_FAILOVER_NOT_ACTIVE, FAILOVER_IN_PROGRESS
+   * (it is starting or ending).
+   */
+  async endTestFailover(vmUuid: string): Promise<void> {
+    const vm = this.targetVm(vmUuid);
+    const clone = this.testClones.get(vmUuid);
+    if (clone === undefined) throw vrgError(ErrorCode.TEST_FAILOVER_NOT_ACTIVE, `no test failover of VM ${vmUuid} is running`, { vmUuid });
+    if (clone === null) throw vrgError(ErrorCode.FAILOVER_IN_PROGRESS, `the test failover of VM ${vmUuid} is starting or ending`, { vmUuid });
+    await this.dropTestClone(vm);
+    this.deps.logger.info({ vmUuid }, 'test failover ended: clone discarded');
+  }
+
+  /** The running test failovers' volumes, for exporting them writable (nbd-exports.ts). */
+  testCloneVolumes(): Array<{ vmUuid: string; volUuid: string; volumeIndex: number; sizeBytes: number; clone: TestClone }> {
+    return [...this.testClones.entries()].flatMap(([vmUuid, clone]) => clone === null ? [] : clone.volumes().map((v, volumeIndex) => ({
+      vmUuid, volUuid: v.volUuid, volumeIndex, sizeBytes: v.sizeBytes, clone,
+    })));
+  }
+
+  /** A running test failover: its exports, what its clone holds, and why it is unusable (null: it is not). */
+  testFailoverStatus(vmUuid: string): { exports: string[]; ownedBytes: number; bytesMax: number; broken: string | null } | null {
+    const clone = this.testClones.get(vmUuid);
+    if (!clone) return null;
+    return {
+      exports: clone.volumes().map((v) => testExportName(v.volUuid)), ownedBytes: clone.ownedBytes, bytesMax: clone.bytesMax,
+      broken: clone.broken?.message ?? null,
+    };
+  }
+
+  /** A VM that is a target here, or the error saying what it is. */
+  private targetVm(vmUuid: string): DrVm {
+    const vm = this.vms.get(vmUuid);
+    if (vm) return vm;
+    if (this.promoted.has(vmUuid)) throw vrgError(ErrorCode.VM_ROLE_CONFLICT, `VM ${vmUuid} is a source on this gateway (promoted)`, { vmUuid });
+    throw vrgError(ErrorCode.VM_NOT_FOUND, `no protected VM ${vmUuid}`, { vmUuid });
+  }
+
+  /** Disarms and discards a VM's test clone, if any (a start under way is cancelled). */
+  private async dropTestClone(vm: DrVm): Promise<void> {
+    const vmUuid = vm.config.vmUuid;
+    if (!this.testClones.has(vmUuid)) return;
+    const clone = this.testClones.get(vmUuid) ?? null;
+    if (clone === null) {
+      this.testClones.delete(vmUuid);
+      return;
+    }
+    this.testClones.set(vmUuid, null);
+    vm.beforeTargetWrite = null;
+    try {
+      await clone.discard();
+    } finally {
+      this.testClones.delete(vmUuid);
+    }
   }
 
   status(): DrStatus {
@@ -320,6 +484,7 @@ export class DrGateway extends EventEmitter {
     this.conn?.close();
     this.conn = null;
     await this.idle();
+    for (const vm of this.vms.values()) await this.dropTestClone(vm);
     for (const vm of this.vms.values()) await vm.close(limits.drCloseSettleMs);
   }
 
@@ -345,6 +510,8 @@ export class DrGateway extends EventEmitter {
     });
     conn.on('control', (type: number, msg: unknown) => {
       if (type === FrameType.VM_STATE) this.onVmState(msg as VmState);
+      // A peer's reverse Resume: the VMs it is the target of, for this site's source side (dr-site.ts).
+      else if (type === FrameType.RESUME) this.emit('peerResume', conn, msg as Resume);
       else if (type === FrameType.CHECK_REQUEST) void this.onCheckRequest(conn, msg as CheckRequest);
     });
     conn.on('close', () => {
@@ -469,17 +636,20 @@ export class DrGateway extends EventEmitter {
   }
 
   /** A VM's log is its share of journalCapacityBytes. */
-  private async openVm(vmc: VmConfig, vmCount: number): Promise<DrVm> {
+  private async openVm(vmc: VmConfig, vmCount: number, startAtSeq?: number): Promise<DrVm> {
     const volumes = new Map<string, Volume>();
     for (const v of vmc.volumes) {
       volumes.set(v.volUuid, await (this.deps.openVolume ?? openVolume)(v.url, { sizeBytes: v.sizeBytes, create: true }));
     }
     const logBytes = Math.floor(this.config.journalCapacityBytes / Math.max(1, vmCount));
-    return DrVm.open(this.config.dataDir, vmc, volumes, logBytes, {
+    const vm = await DrVm.open(this.config.dataDir, vmc, volumes, logBytes, {
       clock: this.deps.clock, logger: this.deps.logger.child({ vmUuid: vmc.vmUuid }),
       onDurable: (vm) => this.ackSoon(vm),
       onLogFailed: (vm, err) => this.onLogFailed(vm, err),
       onTargetError: (vm, err) => this.onTargetError(vm, err),
-    });
+    }, startAtSeq);
+    // A test clone does not survive a restart (which granules it owned was in memory): a leftover one goes.
+    await TestClone.discardLeftover(vm.dir);
+    return vm;
   }
 }

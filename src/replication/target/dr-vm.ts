@@ -31,6 +31,8 @@ import { StageStore, type StagedOp } from './stage-store.js';
 // - The log is trimmed only to a checkpoint: targets fdatasync'ed, then the stage, then the position saved.
 // - Replica reads and check digests take the gate's read side; each applied chunk of records holds its write
 //   side, so no reader sees part of a chunk, and a staged pass is seen only whole (stage-store.ts).
+// - While a test failover runs, every target write is preceded, in the same gate hold, by its copy-before-write
+//   into the test clone (beforeTargetWrite, test-clone.ts), which keeps the clone's base frozen.
 // - Applying a record twice is harmless (absolute offsets, in order; the stage skips seqs it holds), which is
 //   what lets a failed target write rewind to the checkpoint and apply again from there.
 
@@ -69,6 +71,11 @@ export class DrVm {
   generation = 1;
   /** Set while the VM is being promoted: batches are refused, the applier settles. */
   promoting = false;
+  /**
+   * A running test failover's copy-before-write (test-clone.ts), or null: awaited before every write to the
+   * targets, with the gate's write side held (so it must not take the gate), from chunks and staged passes alike.
+   */
+  beforeTargetWrite: ((volumeIndex: number, offset: number, length: number) => Promise<void>) | null = null;
   /** From a batch's frame arriving to its records durable in the log (DR's share of a Sync write's latency). */
   readonly durableLatency = new LatencyHistogram();
   private working: Promise<void> | null = null;
@@ -94,10 +101,13 @@ export class DrVm {
   }
 
   /** Opens the targets, the checkpoint, the stage and the log, then applies what the log holds past the checkpoint. */
-  static async open(dataDir: string, vmc: VmConfig, volumes: Map<string, Volume>, logBytes: number, hooks: DrVmHooks): Promise<DrVm> {
+  /** `startAtSeq`: a new replica continues the source's history after this seq (split-brain resolution). */
+  static async open(dataDir: string, vmc: VmConfig, volumes: Map<string, Volume>, logBytes: number, hooks: DrVmHooks,
+    startAtSeq?: number): Promise<DrVm> {
     const dir = join(dataDir, 'dr', vmc.vmUuid);
     await mkdir(dir, { recursive: true });
     const state = await ApplyState.open(join(dir, 'applied.state'));
+    if (startAtSeq !== undefined && startAtSeq > 0 && state.appliedSeq === 0) await state.save(startAtSeq, hooks.clock.nowMs());
     const stage = await StageStore.open({ path: join(dir, 'stage.log'), durableSeq: state.appliedSeq, logger: hooks.logger });
     const log = await Journal.open({ dir: join(dir, 'log'), capacityBytes: logBytes, clock: hooks.clock, logger: hooks.logger });
     const vm = new DrVm(vmc, volumes, state, stage, log, dir, hooks);
@@ -262,21 +272,21 @@ export class DrVm {
 
   /** Direct ops go to the targets; between STAGE_BEGIN and STAGE_COMMIT they go to the stage, applied whole at the commit. */
   private async applyRecords(records: JournalRecord[]): Promise<void> {
-    let direct: VolumeOp[] = [];
+    let direct: StagedOp[] = [];
     for (const r of records) {
       if (r.kind === RecordKind.BARRIER) continue;
       const marker = r.kind === RecordKind.STAGE_BEGIN || r.kind === RecordKind.STAGE_COMMIT;
       if (!marker && !this.stage.active) {
-        direct.push(this.toVolumeOp(this.stagedOp(r)));
+        direct.push(this.stagedOp(r));
         continue;
       }
-      await applyInOrder(direct);
+      await this.applyOps(direct);
       direct = [];
       if (r.kind === RecordKind.STAGE_BEGIN) this.stage.begin(r.seq);
       else if (r.kind === RecordKind.STAGE_COMMIT) await this.commitStage(r.seq);
       else this.stage.append(r.seq, [this.stagedOp(r)]);
     }
-    await applyInOrder(direct);
+    await this.applyOps(direct);
   }
 
   private async commitStage(seq: number): Promise<void> {
@@ -289,8 +299,15 @@ export class DrVm {
 
   /** Applies a chunk of the stage and makes it durable on the targets. */
   private async applyStaged(ops: StagedOp[]): Promise<void> {
-    await applyInOrder(ops.map((op) => this.toVolumeOp(op)));
+    await this.applyOps(ops);
     await this.flushTargets();
+  }
+
+  /** Every target write goes here; a test clone first keeps what the ops overwrite (beforeTargetWrite). */
+  private async applyOps(ops: readonly StagedOp[]): Promise<void> {
+    const hook = this.beforeTargetWrite;
+    if (hook) for (const op of ops) await hook(op.volumeIndex, op.offset, op.length);
+    await applyInOrder(ops.map((op) => this.toVolumeOp(op)));
   }
 
   private flushTargets(): Promise<unknown> {

@@ -1,0 +1,107 @@
+import { readFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import t, { type Test } from 'tap';
+import { systemClock } from '../src/core/clock.js';
+import { silentLogger } from '../src/core/log.js';
+import { systemRandom } from '../src/core/random.js';
+import { tcpTransport } from '../src/link/transport.js';
+import { InlineCodec } from '../src/pipeline/codec.js';
+import type { AlarmEvent } from '../src/replication/control.js';
+import { DrSite } from '../src/replication/dr-site.js';
+import { ProductionSite } from '../src/replication/production-site.js';
+import { FaultProxy } from './lib/fault-proxy.js';
+import { pairConfigs, vmUuid } from './lib/pair.js';
+
+// Split brain: a partition during which the target is promoted while the source keeps taking writes. Both
+// sites (in this process, over real TCP through a fault proxy) detect it when the link heals, overwrite
+// nothing until an operator picks the survivor, and then end identical to the survivor.
+
+const MiB = 1024 * 1024;
+const volumeBytes = 8 * MiB;
+const block = 64 * 1024;
+
+async function until(what: string, ms: number, cond: () => boolean): Promise<void> {
+  const end = Date.now() + ms;
+  while (!cond()) {
+    if (Date.now() > end) throw new Error(`timed out after ${ms} ms waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 20));
+  }
+}
+
+async function blockOf(path: string, i: number): Promise<number> {
+  return (await readFile(path))[i * block]!;
+}
+
+async function splitBrain(t: Test, survivor: 'dr' | 'production'): Promise<void> {
+  const dir = t.testdir();
+  const configs = pairConfigs({ dir, volumes: 1, volumeSizeBytes: volumeBytes });
+  const codec = new InlineCodec();
+  const deps = { clock: systemClock, random: systemRandom, transport: tcpTransport, codec, logger: silentLogger };
+  const dr = await DrSite.open(configs.dr, deps);
+  const proxy = await FaultProxy.start(dr.dr.linkPort);
+  configs.prod.link.port = proxy.port;
+  const prod = await ProductionSite.open(configs.prod, deps);
+  t.teardown(async () => {
+    await prod.close();
+    await dr.close();
+    await proxy.close();
+  });
+  const alarms: string[] = [];
+  prod.source.on('alarm', (a: AlarmEvent) => alarms.push(`production ${a.kind}:${a.raised}`));
+  const [home, away] = [join(dir, 'source', 'disk0.img'), join(dir, 'target', 'disk0.img')];
+
+  await prod.source.drain();
+  await prod.source.write('vol-0', 0, Buffer.alloc(block, 0x11));
+  await prod.source.drain();
+
+  // The partition: the source keeps writing, the target is promoted and writes too.
+  proxy.block(true);
+  proxy.cut();
+  await until('the link to drop', 10_000, () => !prod.source.status().connected);
+  await prod.source.write('vol-0', 1 * block, Buffer.alloc(block, 0xaa));
+  await dr.failover(vmUuid, 'unplanned');
+  dr.promotedGateway!.on('alarm', (a: AlarmEvent) => alarms.push(`dr ${a.kind}:${a.raised}`));
+  await dr.promotedGateway!.write('vol-0', 2 * block, Buffer.alloc(block, 0xbb));
+  await dr.promotedGateway!.flush();
+  proxy.block(false);
+
+  await until('both sides to see the split brain', 20_000, () => prod.vmRole(vmUuid)?.splitBrain === true && dr.vmRole(vmUuid)?.splitBrain === true);
+  t.ok(alarms.includes('production splitBrain:true') && alarms.includes('dr splitBrain:true'), `an alarm on each side (${alarms.join(', ')})`);
+  t.match(prod.source.status().vms[0]!.fault, /split brain/, 'the source reports it');
+  await new Promise((r) => setTimeout(r, 1_000));
+  t.equal(await blockOf(home, 2), 0, 'nothing of the promoted side reached the old source');
+  t.equal(await blockOf(away, 1), 0, 'nothing of the old source reached the promoted side');
+  t.equal(await blockOf(home, 1), 0xaa);
+  t.equal(await blockOf(away, 2), 0xbb);
+
+  if (survivor === 'dr') {
+    await prod.source.discardDivergence(vmUuid);
+    await until('the old source to become the target', 20_000, () => prod.vmRole(vmUuid)?.role === 'target');
+    await until('the failback to end', 60_000, () => {
+      const s = dr.promotedGateway!.status().vms[0];
+      return s !== undefined && s.replication.state === 'queue' && s.backlogRecords === 0 && s.ackedSeq > 0;
+    });
+    await dr.dr.caughtUp();
+    await prod.target.caughtUp();
+  } else {
+    await dr.discardDivergence(vmUuid);
+    await until('the promoted side to be the target again', 20_000, () => dr.vmRole(vmUuid)?.role === 'target');
+    await until('the survivor to check and ship', 60_000, () => {
+      const s = prod.source.status().vms[0];
+      return s !== undefined && s.replication.state === 'queue' && s.backlogRecords === 0 && s.fault === null;
+    });
+    await prod.source.drain();
+    await dr.dr.caughtUp();
+  }
+  t.notOk(prod.vmRole(vmUuid)?.splitBrain ?? false, 'resolved on the production side');
+  t.notOk(dr.vmRole(vmUuid)?.splitBrain ?? false, 'resolved on the DR side');
+  t.ok(alarms.includes('production splitBrain:false'), 'the alarm cleared');
+  const [a, b] = [await readFile(home), await readFile(away)];
+  t.ok(a.equals(b), `both sides identical (survivor: ${survivor})`);
+  t.equal(a[1 * block], survivor === 'dr' ? 0 : 0xaa, 'the survivor\'s block 1');
+  t.equal(a[2 * block], survivor === 'dr' ? 0xbb : 0, 'the survivor\'s block 2');
+  t.equal(a[0], 0x11, 'what both had before the split');
+}
+
+t.test('split brain resolved with the promoted side as survivor', (t) => splitBrain(t, 'dr'));
+t.test('split brain resolved with the old source as survivor', (t) => splitBrain(t, 'production'));
