@@ -343,7 +343,8 @@ t.test('write-back gateway: a VM the API store re-adds after a host crash (new b
   t.equal(st.check?.regionsDiffering, 0, 'and found DR equal to the source');
 });
 
-t.test('POST /vmfailover promotes a VM on the DR gateway; vmdrstatus reports role and generation', async (t) => {
+/** Both API gateways, paired over HTTP, the VM protected, one write replicated. */
+async function protectedApiPair(t: Test) {
   const dir = await tmp(t);
   const pair = await startApiPair(t, { dir, secret: newSecret() });
   const [pc, dc] = [new RestClient(pair.prod.api.url), new RestClient(pair.dr.api.url)];
@@ -357,20 +358,25 @@ t.test('POST /vmfailover promotes a VM on the DR gateway; vmdrstatus reports rol
   await until(async () => (await pc.call('GET', '/vrgmap')).body.status === 1, 15_000, 'paired');
   await p.write('vol-0', 0, Buffer.alloc(8192, 0x33));
   await drained(p, pair.dr.gw as DrGateway);
-  t.same((await dc.call('GET', `/vmdrstatus/${VM}`)).body, { status: 1, role: 'target', generation: 1 });
-  t.same((await pc.call('GET', `/vmdrstatus/${VM}`)).body, { status: 1, role: 'source', generation: 1 });
+  return { dir, pair, pc, dc, p };
+}
+
+t.test('POST /vmfailover promotes a VM on the DR gateway; vmdrstatus reports role and generation', async (t) => {
+  const { dir, pair, pc, dc, p } = await protectedApiPair(t);
+  t.same((await dc.call('GET', `/vmdrstatus/${VM}`)).body, { status: 1, role: 'target', generation: 1, splitBrain: false });
+  t.same((await pc.call('GET', `/vmdrstatus/${VM}`)).body, { status: 1, role: 'source', generation: 1, splitBrain: false });
 
   // Bad input: a clear number each, nothing changed.
   isErr(t, await pc.call('POST', '/vmfailover', { vmUuid: VM, type: 'unplanned' }), '10440410', 400, 'a failover on the source gateway');
   isErr(t, await dc.call('POST', '/vmfailover', { vmUuid: 'nope', type: 'unplanned' }), '10440401');
   isErr(t, await dc.call('POST', '/vmfailover', { vmUuid: VM, type: 'sideways' }), '10440101');
   isErr(t, await dc.call('POST', '/vmfailover', { vmUuid: '00000000-0000-4000-8000-000000000000', type: 'unplanned' }), '10440400');
-  t.same((await dc.call('GET', `/vmdrstatus/${VM}`)).body, { status: 1, role: 'target', generation: 1 }, 'still the target');
+  t.same((await dc.call('GET', `/vmdrstatus/${VM}`)).body, { status: 1, role: 'target', generation: 1, splitBrain: false }, 'still the target');
 
   const r = await dc.call('POST', '/vmfailover', { vmUuid: VM, type: 'unplanned' });
   t.equal(r.status, 200);
   t.match(r.body, { vmUuid: VM, kind: 'unplanned', generation: 2, exports: ['vol-0', 'vol-1'] });
-  t.same((await dc.call('GET', `/vmdrstatus/${VM}`)).body, { status: 2, role: 'source', generation: 2 }, 'a source in CBT');
+  t.same((await dc.call('GET', `/vmdrstatus/${VM}`)).body, { status: 2, role: 'source', generation: 2, splitBrain: false }, 'a source in CBT');
   isErr(t, await dc.call('POST', '/vmfailover', { vmUuid: VM, type: 'unplanned' }), '10440410', 400, 'a second promotion');
   const promoted = pair.dr.site!.promotedGateway!;
   t.ok((await readFile(join(dir, 'target-0.img'))).subarray(0, 8192).equals(Buffer.alloc(8192, 0x33)), 'the promoted disk holds the replicated write');
@@ -380,25 +386,29 @@ t.test('POST /vmfailover promotes a VM on the DR gateway; vmdrstatus reports rol
   await pair.restart('dr', { linkPort: (pair.dr.gw as DrGateway).linkPort });
   const dc2 = new RestClient(pair.dr.api.url);
   await dc2.login();
-  t.same((await dc2.call('GET', `/vmdrstatus/${VM}`)).body, { status: 2, role: 'source', generation: 2 }, 'the promotion survived the restart');
+  t.same((await dc2.call('GET', `/vmdrstatus/${VM}`)).body, { status: 2, role: 'source', generation: 2, splitBrain: false }, 'the promotion survived the restart');
   t.same((pair.dr.gw as DrGateway).replicaVolumes(), [], 'no replica of it is opened');
-  await until(async () => (p.status().vms[0]?.fault ?? '').includes('was promoted'), 15_000, 'the old source to see the promotion');
+  // The old source sees the newer generation and becomes the target (failback); then the VM moves home.
+  await until(async () => (await pc.call('GET', `/vmdrstatus/${VM}`)).body.role === 'target', 15_000, 'the old source to become the target');
+  await until(async () => (await dc2.call('GET', `/vmdrstatus/${VM}`)).body.status === 1, 30_000, 'the failback resync and check');
+  isErr(t, await pc.call('POST', '/vmfailover', { vmUuid: VM, type: 'unplanned' }), '10440101', 400, 'home only with a planned failover');
+  isErr(t, await pc.call('POST', '/vmsplitbrain', { vmUuid: VM, survivor: 'this' }), '10440101');
+  isErr(t, await dc2.call('POST', '/vmsplitbrain', { vmUuid: VM, survivor: 'peer' }), '10440410', 400, 'no split brain to resolve');
+  const home = await pc.call('POST', '/vmfailover', { vmUuid: VM, type: 'planned' });
+  t.equal(home.status, 200, JSON.stringify(home.body));
+  t.match(home.body, { vmUuid: VM, kind: 'planned', generation: 3 });
+  t.same((await pc.call('GET', `/vmdrstatus/${VM}`)).body, { status: 1, role: 'source', generation: 3, splitBrain: false }, 'home again');
+  await until(async () => (await dc2.call('GET', `/vmdrstatus/${VM}`)).body.role === 'target', 15_000, 'DR to be the target again');
+  const home2 = pair.prod.gw as ProductionGateway;
+  await until(async () => home2.status().vms[0]?.replication.state === 'queue' && home2.status().vms[0]?.fault === null, 15_000, 'home to ship');
+  await home2.write('vol-0', 131072, Buffer.alloc(4096, 0x66));
+  await drained(home2, pair.dr.gw as DrGateway);
+  t.ok((await (pair.dr.gw as DrGateway).readReplica('vol-0', 65536, 4096)).equals(Buffer.alloc(4096, 0x44)), 'DR kept the write it took while promoted');
+  t.ok((await (pair.dr.gw as DrGateway).readReplica('vol-0', 131072, 4096)).equals(Buffer.alloc(4096, 0x66)), 'and replicates from home again');
 });
 
 t.test('POST /vmfailover type "test" exports a clone while the VM stays a target; DELETE /vmfailover/<vm> ends it', async (t) => {
-  const dir = await tmp(t);
-  const pair = await startApiPair(t, { dir, secret: newSecret() });
-  const [pc, dc] = [new RestClient(pair.prod.api.url), new RestClient(pair.dr.api.url)];
-  await pc.login();
-  await dc.login();
-  t.equal((await dc.call('POST', '/vmstrategy', drStrategy((i) => join(dir, `target-${i}.img`)))).status, 200);
-  t.equal((await pc.call('POST', '/vrgmap', { dstIp: '127.0.0.1', dstPort: (pair.dr.gw as DrGateway).linkPort })).status, 200);
-  const vols = [0, 1].map((i) => ({ volUuid: `vol-${i}`, seqNum: i + 1, sizeBytes: 4 * MiB }));
-  t.equal((await pc.call('POST', '/vmstrategy', prodBody(vols))).status, 200);
-  const p = pair.prod.gw as ProductionGateway;
-  await until(async () => (await pc.call('GET', '/vrgmap')).body.status === 1, 15_000, 'paired');
-  await p.write('vol-0', 0, Buffer.alloc(8192, 0x33));
-  await drained(p, pair.dr.gw as DrGateway);
+  const { dir, pair, pc, dc, p } = await protectedApiPair(t);
   const site = pair.dr.site!;
   const exportNames = () => site.exports().map((e) => e.name).sort();
 
@@ -418,7 +428,7 @@ t.test('POST /vmfailover type "test" exports a clone while the VM stays a target
   t.ok((await clone.read(0, 8192)).equals(Buffer.concat([Buffer.alloc(4096, 0x33), Buffer.alloc(4096, 0x55)])), 'the clone: the replica plus its write');
   isErr(t, await dc.call('POST', '/vmfailover', { vmUuid: VM, type: 'test' }), '10440413', 400, 'a second test failover');
   isErr(t, await dc.call('POST', '/vmfailover', { vmUuid: VM, type: 'unplanned' }), '10440413', 400, 'no promotion while the test runs');
-  t.same((await dc.call('GET', `/vmdrstatus/${VM}`)).body, { status: 1, role: 'target', generation: 1 }, 'still the target');
+  t.same((await dc.call('GET', `/vmdrstatus/${VM}`)).body, { status: 1, role: 'target', generation: 1, splitBrain: false }, 'still the target');
   await p.write('vol-0', 4096, Buffer.alloc(4096, 0x66));
   await drained(p, pair.dr.gw as DrGateway);
   t.ok((await readFile(join(dir, 'target-0.img'))).subarray(4096, 8192).equals(Buffer.alloc(4096, 0x66)), 'replication goes on');

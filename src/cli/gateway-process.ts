@@ -133,7 +133,7 @@ export async function startCommand(configPath: string): Promise<void> {
   const logger = createLogger(`vrg-${config.role}`);
   const { gw, site, prodSite, codec, nbdPort, close: closeGateway } = await openGateway(config, logger);
   // The management REST API (config "api"): replays its stored configuration (peer, VMs) into the engine.
-  const api = config.api ? await startApi({ gw, site, api: config.api, logger, nbdPort }) : null;
+  const api = config.api ? await startApi({ gw, site, prodSite, api: config.api, logger, nbdPort }) : null;
   const close = async (): Promise<void> => {
     await api?.close();
     await closeGateway();

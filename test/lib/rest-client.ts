@@ -14,6 +14,7 @@ import { ProductionGateway } from '../../src/replication/source/production-gatew
 import { passwordKey } from '../../src/api/auth/account-store.js';
 import { startApi, type RunningApi } from '../../src/api/rest/api-runtime.js';
 import { DrSite } from '../../src/replication/dr-site.js';
+import { ProductionSite } from '../../src/replication/production-site.js';
 
 // In-process gateways with no VMs and the REST API on 127.0.0.1 port 0, and a small HTTP client for it.
 
@@ -24,6 +25,8 @@ export interface ApiGateway {
   gw: ProductionGateway | DrGateway;
   /** DR: the site around gw (promoted VMs); null on production. */
   site: DrSite | null;
+  /** Production: the site around gw (VMs failed back to it); null on DR. */
+  prodSite: ProductionSite | null;
   api: RunningApi;
   config: GatewayConfig;
   /** Closes the API and the gateway (not the codec). */
@@ -55,15 +58,16 @@ export async function startApiGateway(role: 'production' | 'dr', o: ApiGatewayOp
   });
   const deps = { clock: systemClock, random: systemRandom, transport: tcpTransport, codec, logger: silentLogger };
   const site = role === 'dr' ? await DrSite.open(config, deps) : null;
-  const gw = site?.dr ?? await ProductionGateway.open(config, deps);
-  const api = await startApi({ gw, site, api: config.api!, logger: silentLogger, nbdPort: null, scrypt: FAST_SCRYPT, ...(o.clock ? { clock: o.clock } : {}) });
+  const prodSite = role === 'production' ? await ProductionSite.open(config, deps) : null;
+  const gw = site?.dr ?? prodSite!.source;
+  const api = await startApi({ gw, site, prodSite, api: config.api!, logger: silentLogger, nbdPort: null, scrypt: FAST_SCRYPT, ...(o.clock ? { clock: o.clock } : {}) });
   let closing: Promise<void> | null = null;
   return {
-    gw, site, api, config,
+    gw, site, prodSite, api, config,
     close() {
       closing ??= (async () => {
         await api.close();
-        await (site ?? gw).close();
+        await (site ?? prodSite!).close();
       })();
       return closing;
     },

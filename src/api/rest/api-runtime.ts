@@ -1,4 +1,5 @@
 import type { DrSite } from '../../replication/dr-site.js';
+import type { ProductionSite } from '../../replication/production-site.js';
 import type { AddressInfo } from 'node:net';
 import { join } from 'node:path';
 import type { FastifyInstance } from 'fastify';
@@ -28,6 +29,8 @@ export interface StartApiOptions {
   gw: Gateway;
   /** DR: the site that promotes its VMs (POST /vmfailover). */
   site?: DrSite | null;
+  /** Production: the site that also holds the VMs this gateway is the target of (failback, moving home). */
+  prodSite?: ProductionSite | null;
   api: ApiListenConfig;
   logger: Logger;
   /** The NBD listener's port, for GET /netinfos (null: none). */
@@ -70,7 +73,7 @@ export async function startApi(o: StartApiOptions): Promise<RunningApi> {
     ...(o.clock ? { clock: o.clock } : {}), ...(o.random ? { random: o.random } : {}) });
   const alarms = new AlarmNotifier({ gatewayId: o.gw.config.gatewayId, logger, target: () => store.state.trap });
   alarms.watch(o.gw);
-  const service = new ApiService(o.gw, store, alarms, logger, o.site ?? null);
+  const service = new ApiService(o.gw, store, alarms, logger, o.site ?? null, o.prodSite ?? null);
   await service.replay();
   let mvip = '';
   const jsonRpc = new JsonRpcFace({ gw: o.gw, service, store, accounts, logger, clock: o.clock ?? systemClock,

@@ -2,6 +2,7 @@ import type { Logger } from '../../core/log.js';
 import { DrGateway } from '../../replication/target/dr-gateway.js';
 import { ProductionGateway } from '../../replication/source/production-gateway.js';
 import type { DrSite, FailoverKind, FailoverResult, TestFailoverResult } from '../../replication/dr-site.js';
+import type { ProductionSite } from '../../replication/production-site.js';
 import { ApiErrorNumber } from '../auth/error-codes.js';
 import type { AlarmNotifier } from '../alarms/alarm-notifier.js';
 import type { ApiStore, StoredVm } from '../store/api-store.js';
@@ -33,22 +34,39 @@ export class ApiService {
     private readonly logger: Logger,
     /** DR: the site that can promote the gateway's VMs (null on production). */
     readonly site: DrSite | null = null,
+    /** Production: the site that also holds the VMs this gateway became the target of (failback). */
+    readonly prodSite: ProductionSite | null = null,
   ) {}
 
   /** The VM's role and generation on this gateway with its DR status (1 queue, 2 CBT, 3 check), or null. */
-  vmRole(vmUuid: string): { role: 'source' | 'target'; generation: number; status: number } | null {
-    if (this.site) {
-      const r = this.site.vmRole(vmUuid);
-      return r === null ? null : { role: r.role, generation: r.generation, status: r.status };
-    }
+  vmRole(vmUuid: string): { role: 'source' | 'target'; generation: number; splitBrain: boolean; status: number } | null {
+    const r = this.site?.vmRole(vmUuid) ?? this.prodSite?.vmRole(vmUuid);
+    if (r !== undefined) return r === null ? null : { role: r.role, generation: r.generation, splitBrain: r.splitBrain, status: r.status };
     const gw = this.gw as ProductionGateway;
-    const r = gw.vmRole(vmUuid);
-    return r === null ? null : { role: r.role, generation: r.generation, status: gw.vmStatus(vmUuid)?.status ?? 1 };
+    const s = gw.vmRole(vmUuid);
+    return s === null ? null : { role: s.role, generation: s.generation, splitBrain: s.splitBrain, status: gw.vmStatus(vmUuid)?.status ?? 1 };
   }
 
-  /** POST /vmfailover: DR only; the role and generation change, or a clear error and nothing changed. */
+  /**
+   * POST /vmfailover: on the VM's target gateway (DR: planned or unplanned; a production gateway that is the
+   * target after a failback: planned, to move the VM home). The role and generation change, or a clear error
+   * and nothing changed.
+   */
   async failover(vmUuid: string, type: FailoverKind): Promise<FailoverResult> {
+    if (this.prodSite !== null && this.prodSite.vmRole(vmUuid)?.role === 'target') {
+      if (type !== 'planned') throw restError(ApiErrorNumber.INVALID_PARAMETER, 'a production gateway takes a VM home with type "planned" only');
+      return await this.prodSite.failover(vmUuid, type) as FailoverResult;
+    }
     return this.drSite(vmUuid).failover(vmUuid, type);
+  }
+
+  /** POST /vmsplitbrain: this side's writes since the split lose; it becomes the target of the peer (the survivor). */
+  async discardDivergence(vmUuid: string): Promise<void> {
+    const r = this.vmRole(vmUuid);
+    if (r === null) throw restError(ApiErrorNumber.NO_SUCH_VM, `no VM ${vmUuid}`);
+    if (!r.splitBrain) throw restError(ApiErrorNumber.ROLE_CONFLICT, `VM ${vmUuid} is not in split brain on this gateway`);
+    if (this.site) await this.site.discardDivergence(vmUuid);
+    else await (this.prodSite?.source ?? (this.gw as ProductionGateway)).discardDivergence(vmUuid);
   }
 
   /** POST /vmfailover type "test": DR only; a clone of the VM's image is exported writable, replication goes on. */
@@ -138,7 +156,7 @@ export class ApiService {
   }
 
   private engineAddVm(vm: StoredVm): Promise<void> {
-    return this.site ? this.site.addVm(protectionOf(vm)) : this.gw.addVm(protectionOf(vm));
+    return (this.site ?? this.prodSite ?? this.gw).addVm(protectionOf(vm));
   }
 
   /** POST /vmstrategy: the body shape of this gateway's role. */

@@ -4,7 +4,7 @@ import { ApiErrorNumber } from '../auth/error-codes.js';
 import { field } from './vm-strategy.js';
 import { ipv4Number, isIpv4, isNetmask, isPort, restError, UUID_RE } from './rest-errors.js';
 import type { NetAddress, NetAddresses, RestContext } from './rest-server.js';
-import { deleteVmBody, modMngNetBody, vmFailoverBody, trapInfoBody, trapInfoReply, vmUuidParams, vrgMapBody, vrgMapReply } from './schemas.js';
+import { deleteVmBody, modMngNetBody, vmFailoverBody, vmSplitBrainBody, trapInfoBody, trapInfoReply, vmUuidParams, vrgMapBody, vrgMapReply } from './schemas.js';
 
 // 004 §3.2-§3.7 and §3.9: alarm server, gateway status, networks, a VM's DR status, pairing, management network.
 
@@ -81,20 +81,31 @@ export function registerGatewayRoutes(api: FastifyInstance, ctx: RestContext): v
     const st = service.vmRole(vmUuid);
     if (st === null) throw restError(ApiErrorNumber.NO_SUCH_VM, `no VM ${vmUuid}`);
     // role and generation (issue 14): which side of the VM this gateway is, and its epoch.
-    return { status: st.status, role: st.role, generation: st.generation };
+    return { status: st.status, role: st.role, generation: st.generation, splitBrain: st.splitBrain };
   });
 
   api.post('/vmfailover', {
     schema: {
-      summary: 'Fail a VM over to this (DR) gateway: type "unplanned" promotes it at its last consistent image; ' +
+      summary: 'Fail a VM over to this gateway, its target: "planned" moves it with its source\'s help (nothing resynced); ' +
+        '"unplanned" (DR) promotes it at its last consistent image; ' +
         'type "test" exports a writable clone of that image as <volUuid>-test while replication goes on', body: vmFailoverBody,
     },
   }, async (req) => {
     const b = (req.body ?? {}) as { vmUuid?: string; type?: string };
     if (typeof b.vmUuid !== 'string' || !UUID_RE.test(b.vmUuid)) throw restError(ApiErrorNumber.BAD_VM_UUID, 'vmUuid must be a UUID');
     if (b.type === 'test') return service.testFailover(b.vmUuid);
-    if (b.type !== 'unplanned') throw restError(ApiErrorNumber.INVALID_PARAMETER, 'type must be "unplanned" or "test"');
+    if (b.type !== 'unplanned' && b.type !== 'planned') throw restError(ApiErrorNumber.INVALID_PARAMETER, 'type must be "planned", "unplanned" or "test"');
     return service.failover(b.vmUuid, b.type);
+  });
+
+  api.post('/vmsplitbrain', {
+    schema: { summary: 'Resolve a VM\'s split brain on the losing side: its writes since the split are discarded; the peer survives', body: vmSplitBrainBody },
+  }, async (req, reply) => {
+    const b = (req.body ?? {}) as { vmUuid?: string; survivor?: string };
+    if (typeof b.vmUuid !== 'string' || !UUID_RE.test(b.vmUuid)) throw restError(ApiErrorNumber.BAD_VM_UUID, 'vmUuid must be a UUID');
+    if (b.survivor !== 'peer') throw restError(ApiErrorNumber.INVALID_PARAMETER, 'survivor must be "peer": run this on the side whose writes lose');
+    await service.discardDivergence(b.vmUuid);
+    return reply.send();
   });
 
   api.delete('/vmfailover/:vmUuid', {

@@ -78,6 +78,13 @@ export const vmFailoverBody = {
   required: ['vmUuid', 'type'],
 } as const;
 
+/** POST /vmsplitbrain: run on the side whose writes lose; the peer survives. */
+export const vmSplitBrainBody = {
+  type: 'object',
+  properties: { vmUuid: { type: 'string', maxLength: 128 }, survivor: { type: 'string', maxLength: 16 } },
+  required: ['vmUuid', 'survivor'],
+} as const;
+
 export const modMngNetBody = {
   type: 'object',
   properties: { newIp: { type: 'string', maxLength: 64 }, newMask: { type: 'string', maxLength: 64 }, newGateway: { type: 'string', maxLength: 64 } },
