@@ -52,9 +52,22 @@ for (const args of [['--mode', 'sync'], ['--mode', 'snapshots'], ['--write-back'
   });
 }
 
+for (const mode of ['planned', 'unplanned', 'test']) {
+  t.test(`vrg demo --failover ${mode} runs the cycle under load and verifies`, async (t) => {
+    const dir = t.testdir();
+    const { stdout } = await run('node', [main, 'demo', '--dir', dir, '--size', '16MiB', '--volume-size', '32MiB', '--failover', mode]);
+    const lines = stdout.trim().split('\n');
+    t.equal(lines.at(-1), `verified: ${2 * 32 * 1024 * 1024} bytes identical`);
+    t.ok(lines.some((l) => l.startsWith('failover: ')), 'a failover: line');
+    t.ok(lines.some((l) => l.startsWith('failback: ')), 'a failback: line');
+    if (mode !== 'test') t.match(lines.find((l) => l.startsWith('failover: planned home')) ?? '', /generation 3; 0 B resynced/, 'home again with nothing resynced');
+    if (mode === 'planned') t.match(lines.find((l) => l.startsWith('failback: ')) ?? '', /0 B resynced/);
+  });
+}
+
 t.test('bad options get a clear message and exit code 2', async (t) => {
   for (const args of [['--compress', '2'], ['--size', 'lots'], ['--bogus'], ['--load', 'maybe'], ['--source', '/nonexistent/file'],
-    ['--mode', 'fast'], ['--journal-capacity', '1KiB'], ['--link-rate', 'quick']]) {
+    ['--mode', 'fast'], ['--journal-capacity', '1KiB'], ['--link-rate', 'quick'], ['--failover', 'sideways'], ['--failover', 'test', '--load', 'none']]) {
     const r = await run('node', [main, 'demo', '--dir', t.testdir(), ...args]).then(() => null, (e) => e as { code: number; stderr: string });
     t.ok(r, `${args.join(' ')} fails`);
     t.equal(r?.code, 2, `${args.join(' ')}: exit code 2`);

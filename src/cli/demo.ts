@@ -15,6 +15,7 @@ import type { IpcMessage, LoadProgress, ProcessFigures } from './gateway-process
 
 type StatusReply = Extract<IpcMessage, { type: 'status' }>;
 import { ProgressDisplay } from './progress.js';
+import { runFailoverDemo, type FailoverDemo } from './demo-failover.js';
 
 // `vrg demo`: a production and a DR gateway as two processes on loopback, one protected VM with two
 // volumes, a built-in load, live progress, and at the end a byte-for-byte check of every DR volume.
@@ -43,6 +44,8 @@ export interface DemoOptions {
   api?: 'rest' | 'jsonrpc';
   /** Production's write-back intake (config intake.writeBack). */
   writeBack?: boolean;
+  /** After the load, run a failover cycle under load (demo-failover.ts). */
+  failover?: FailoverDemo;
 }
 
 export interface DemoResult {
@@ -114,10 +117,24 @@ export async function runDemo(o: DemoOptions, out: NodeJS.WriteStream = process.
     for (const v of vols) out.write(`intake: ${v.volUuid} nbd://127.0.0.1:${prodReady.nbdPort}/${v.volUuid}\n`);
     for (const v of vols) out.write(`replica: ${v.volUuid} nbd://127.0.0.1:${ready.nbdPort}/${v.volUuid}\n`);
     const result = await driveLoad(prod, o, vols, out);
+    let prodNow = prod;
+    if (o.failover) {
+      ({ prod: prodNow } = await runFailoverDemo(o.failover, {
+        prod, dr, prodRestUrl: prodReady.restUrl!, drRestUrl: ready.restUrl!, prodNbdPort: prodReady.nbdPort!, drNbdPort: ready.nbdPort!,
+        password: adminPassword, vmUuid, volumes: vols, out,
+        load: (totalBytes, seed) => ({ totalBytes, volumes: vols, writeBytes: o.writeBytes, queueDepth: o.queueDepth, seed: o.seed + seed }),
+        restartProduction: async () => {
+          const p = spawnGateway('production', join(dir, 'production.json'), join(dir, 'production.log'));
+          children.push(p);
+          const r = await p.request<Ready>(null, 'ready');
+          return { prod: p, restUrl: r.restUrl!, nbdPort: r.nbdPort! };
+        },
+      }));
+    }
     const drReply = await dr.request<StatusReply>({ type: 'status' }, 'status');
     result.dr = drReply.status as DrStatus;
     result.drProcess = drReply.process;
-    const [pc, dc] = [await prod.stop(), await dr.stop()];
+    const [pc, dc] = [await prodNow.stop(), await dr.stop()];
     if (pc !== 0 || dc !== 0) throw new Error(`gateways exited with codes ${pc} and ${dc}`);
     const mismatch = await compareVolumes(vols.map((v, i) => [v.path, drCfg.vms[0]!.volumes[i]!.path]));
     result.verified = mismatch === null;

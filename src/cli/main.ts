@@ -27,11 +27,17 @@ commands:
              --write-back         acknowledge writes once in the journal file (FLUSH/FUA make them durable)
              --snapshot-interval SECONDS   SnapshotsOnly: take a snapshot this often (default: one at the end)
              --api rest|jsonrpc   pair the gateways through the REST API (default) or the Element JSON-RPC API
+             --failover planned|unplanned|test   after the load, the failover cycle under load (failover:, failback:)
   start    run one gateway: vrg start --config FILE
   api      call the management REST API: vrg api --url http://127.0.0.1:8080 --user admin --password P
              [--insecure] [--lang zh_CN|en_US] METHOD PATH [JSON-BODY]   e.g. GET /vrgstatus
-  failover fail a VM over to a DR gateway, through its REST API: vrg failover --url URL --password P [--user admin]
-             --vm UUID [--type unplanned]   unplanned: the source site is gone; the DR copy becomes the VM's disk
+  failover fail a VM over to its target gateway, through that gateway's REST API:
+             vrg failover --url URL --password P [--user admin] --vm UUID [--type planned|unplanned|test] [--end]
+             planned: the source stops and drains the VM, roles swap, nothing resynced; unplanned: the source site
+             is gone, the DR copy becomes the VM's disk; test: a writable clone <volUuid>-test (--end discards it)
+  failback move a failed-over VM home (a planned failover run on the home gateway, now its target):
+             vrg failback --url URL --password P --vm UUID
+  splitbrain resolve a split brain on the side whose writes lose: vrg splitbrain --url URL --password P --vm UUID
   help     this text
 `;
 
@@ -70,7 +76,7 @@ function parseDemo(args: string[]): DemoOptions {
       seed: { type: 'string' }, 'write-size': { type: 'string' }, 'queue-depth': { type: 'string' },
       load: { type: 'string' }, 'admin-password': { type: 'string' }, mode: { type: 'string' },
       'journal-capacity': { type: 'string' }, 'link-rate': { type: 'string' }, 'snapshot-interval': { type: 'string' },
-      api: { type: 'string' }, 'write-back': { type: 'boolean' },
+      api: { type: 'string' }, 'write-back': { type: 'boolean' }, failover: { type: 'string' },
     },
   });
   const o: DemoOptions = {
@@ -93,6 +99,13 @@ function parseDemo(args: string[]): DemoOptions {
   };
   if (values.api !== undefined && values.api !== 'rest' && values.api !== 'jsonrpc') throw new UsageError(`--api must be "rest" or "jsonrpc", not "${values.api}"`);
   if (values.api === 'jsonrpc') o.api = 'jsonrpc';
+  if (values.failover !== undefined) {
+    if (values.failover !== 'planned' && values.failover !== 'unplanned' && values.failover !== 'test') {
+      throw new UsageError(`--failover must be planned, unplanned or test, not "${values.failover}"`);
+    }
+    if (o.load === 'none' || o.api === 'jsonrpc') throw new UsageError('--failover runs with the built-in load and the REST API');
+    o.failover = values.failover;
+  }
   if (o.journalCapacityBytes! < 2 * 1024 * 1024) throw new UsageError('--journal-capacity must be at least 2MiB');
   if (o.linkRateBytesPerSec !== 0 && o.linkRateBytesPerSec! < 64 * 1024) throw new UsageError('--link-rate must be at least 64KB/s');
   if (o.sizeBytes <= 0) throw new UsageError('--size must be more than 0 bytes');
@@ -130,17 +143,24 @@ async function main(argv: string[]): Promise<number> {
       return runApiCall({ url: values.url, user: values.user ?? 'admin', password: values.password, method, path, body,
         insecure: values.insecure ?? false, ...(values.lang ? { lang: values.lang } : {}) });
     }
-    case 'failover': {
+    case 'failover':
+    case 'failback':
+    case 'splitbrain': {
       const { values } = parseArgs({
         args: rest, strict: true,
         options: { url: { type: 'string' }, user: { type: 'string' }, password: { type: 'string' }, insecure: { type: 'boolean' },
-          vm: { type: 'string' }, type: { type: 'string' } },
+          vm: { type: 'string' }, type: { type: 'string' }, end: { type: 'boolean' } },
       });
-      if (!values.url || values.password === undefined || !values.vm) throw new UsageError('failover needs --url URL --password P --vm UUID [--type unplanned]');
-      const type = values.type ?? 'unplanned';
-      if (type !== 'unplanned') throw new UsageError(`--type must be "unplanned", not "${type}"`);
-      return runApiCall({ url: values.url, user: values.user ?? 'admin', password: values.password, method: 'POST', path: 'vmfailover',
-        body: JSON.stringify({ vmUuid: values.vm, type }), insecure: values.insecure ?? false });
+      if (!values.url || values.password === undefined || !values.vm) throw new UsageError(`${cmd} needs --url URL --password P --vm UUID`);
+      const call = { url: values.url, user: values.user ?? 'admin', password: values.password, insecure: values.insecure ?? false };
+      if (cmd === 'splitbrain') return runApiCall({ ...call, method: 'POST', path: 'vmsplitbrain', body: JSON.stringify({ vmUuid: values.vm, survivor: 'peer' }) });
+      const type = cmd === 'failback' ? 'planned' : values.type ?? 'planned';
+      if (!['planned', 'unplanned', 'test'].includes(type)) throw new UsageError(`--type must be planned, unplanned or test, not "${type}"`);
+      if (values.end) {
+        if (type !== 'test') throw new UsageError('--end ends a test failover: use it with --type test');
+        return runApiCall({ ...call, method: 'DELETE', path: `vmfailover/${encodeURIComponent(values.vm)}` });
+      }
+      return runApiCall({ ...call, method: 'POST', path: 'vmfailover', body: JSON.stringify({ vmUuid: values.vm, type }) });
     }
     case undefined:
     case 'help':
