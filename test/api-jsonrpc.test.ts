@@ -452,3 +452,41 @@ t.test('two pairs on one production gateway: volume pairing moves the one link o
   t.equal(await snapshot(d1), bd1, 'the first DR bound nothing');
   t.same(await p.rpc.ok('RemoveClusterPair', { clusterPairID: first.completerId }), {}, 'an idle pair can go');
 });
+
+t.test('ModifyVolume access: readWrite on the replication target fails the pair over (planned), and home again', async (t) => {
+  const [p, d] = [await gateway(t, 'production'), await gateway(t, 'dr')];
+  await pairClusters(d, p);
+  await until(() => prod(p).peerStatus()?.connected === true, 15_000, 'link up');
+  const src = await createVolume(p, 'src');
+  const dst = await createVolume(d, 'dst');
+  const vkey = (await p.rpc.ok('StartVolumePairing', { volumeID: src.volumeID })).volumePairingKey;
+  await d.rpc.ok('CompleteVolumePairing', { volumeID: dst.volumeID, volumePairingKey: vkey });
+  const data = Buffer.alloc(8192, 0x5c);
+  await until(async () => (await p.rpc.ok('ListActivePairedVolumes')).volumes[0]?.volumePairs[0].remoteReplication.state === 'Active', 30_000, 'Active');
+  await prod(p).write(src.volUuid, 0, data);
+  await drained(prod(p), dr(d));
+
+  // Bad input: each refused, nothing changed.
+  const before = await snapshot(d);
+  errName(t, await d.rpc.call('ModifyVolume', { volumeID: dst.volumeID, access: 'locked' }), 'xInvalidParameter', 'an unknown access');
+  errName(t, await d.rpc.call('ModifyVolume', { volumeID: dst.volumeID, access: 'readWrite', totalSize: 1 }), 'xInvalidParameter', 'other parameters');
+  errName(t, await d.rpc.call('ModifyVolume', { volumeID: 999, access: 'readWrite' }), 'xVolumeIDDoesNotExist');
+  errName(t, await p.rpc.call('ModifyVolume', { volumeID: src.volumeID, access: 'replicationTarget' }), 'xInvalidParameter', 'the source cannot be made the target');
+  t.equal(await snapshot(d), before, 'nothing changed');
+  t.equal((await d.rpc.ok('ModifyVolume', { volumeID: dst.volumeID, access: 'replicationTarget' })).volume.access, 'replicationTarget', 'already the target: a no-op');
+
+  const moved = await d.rpc.ok('ModifyVolume', { volumeID: dst.volumeID, access: 'readWrite' });
+  t.equal(moved.volume.access, 'readWrite', 'the DR volume is writable: the VM failed over');
+  const promoted = d.site!.promotedGateway!;
+  await until(async () => (await p.rpc.ok('ListActivePairedVolumes')).volumes[0]?.access === 'replicationTarget', 15_000, 'production lists its volume as the target');
+  await until(() => promoted.status().connected && promoted.status().vms[0]?.fault === null && promoted.status().vms[0]?.replication.state === 'queue', 15_000, 'the promoted VM ships to production');
+  await promoted.write(src.volUuid, 65536, Buffer.alloc(4096, 0x77));
+  await drained(promoted, p.prodSite!.target);
+  t.ok((await p.prodSite!.target.readReplica(src.volUuid, 65536, 4096)).equals(Buffer.alloc(4096, 0x77)), 'DR\'s write reached production');
+  t.equal((await d.rpc.ok('ListActivePairedVolumes')).volumes[0]?.volumePairs[0].remoteReplication.state, 'Active', 'the pair is Active from DR');
+
+  const home = await p.rpc.ok('ModifyVolume', { volumeID: src.volumeID, access: 'readWrite' });
+  t.equal(home.volume.access, 'readWrite', 'home again');
+  await until(async () => (await d.rpc.ok('ListActivePairedVolumes')).volumes[0]?.access === 'replicationTarget', 15_000, 'DR lists the target again');
+  t.equal(prod(p).status().vms.length, 1, 'production is the source');
+});

@@ -1,3 +1,4 @@
+import { modifyVolume } from './volume-access.js';
 import type { FastifyError, FastifyInstance } from 'fastify';
 import type { Clock } from '../../core/clock.js';
 import type { Logger } from '../../core/log.js';
@@ -37,6 +38,7 @@ const METHODS: Readonly<Record<string, Handler>> = {
   CompleteVolumePairing: (c, p) => completeVolumePairing(c, p),
   ListActivePairedVolumes: (c) => listActivePairedVolumes(c),
   ModifyVolumePair: (c, p) => modifyVolumePair(c, p),
+  ModifyVolume: (c, p) => modifyVolume(c, p),
   RemoveVolumePair: (c, p) => removeVolumePair(c, p),
   CreateVolume: (c, p) => createVolume(c, p),
 };

@@ -28,6 +28,9 @@ export const RpcErrorName = {
   REMOTE_UNREACHABLE: 'xRemoteClusterUnreachable',
   REMOTE_ERROR: 'xRemoteClusterError',
   INTERNAL: 'xInternalError',
+  // VRG's own (Element has no failover errors): a failover refused, or one already running.
+  FAILOVER_REFUSED: 'xFailoverRefused',
+  FAILOVER_IN_PROGRESS: 'xFailoverInProgress',
 } as const;
 export type RpcErrorName = (typeof RpcErrorName)[keyof typeof RpcErrorName];
 
@@ -57,6 +60,10 @@ export function toRpcError(err: unknown): RpcError {
       [ErrorCode.PAIRING_KEY_LIMIT]: RpcErrorName.PAIRING_KEY_LIMIT,
       [ErrorCode.INVALID_ARGUMENT]: RpcErrorName.INVALID_PARAMETER,
       [ErrorCode.CONFIG_INVALID]: RpcErrorName.INVALID_PARAMETER,
+      [ErrorCode.FAILOVER_REFUSED]: RpcErrorName.FAILOVER_REFUSED,
+      [ErrorCode.TIMEOUT]: RpcErrorName.FAILOVER_REFUSED,
+      [ErrorCode.FAILOVER_IN_PROGRESS]: RpcErrorName.FAILOVER_IN_PROGRESS,
+      [ErrorCode.VM_ROLE_CONFLICT]: RpcErrorName.INVALID_PARAMETER,
     };
     const name = byCode[err.code];
     if (name !== undefined) return new RpcError(name, err.message);

@@ -82,7 +82,9 @@ export function pairingOf(ctx: RpcContext, v: StoredRpcVolume): Pairing | null {
   if (vm === undefined) return null;
   const pausedManual = ctx.gw.vmStatus(vm.vmUuid)?.pausedManual ?? vm.pausedManual ?? false;
   return {
-    vmUuid: vm.vmUuid, role: record?.role ?? (ctx.gw instanceof ProductionGateway ? 'source' : 'target'), record: record ?? null,
+    // The live role first: a failover (issue 14) swaps it on both sides.
+    vmUuid: vm.vmUuid, role: ctx.service.vmRole(vm.vmUuid)?.role ?? record?.role ?? (ctx.gw instanceof ProductionGateway ? 'source' : 'target'),
+    record: record ?? null,
     vmName: vm.vmName, mode: vm.mode, pausedManual,
   };
 }

@@ -19,7 +19,8 @@ interface StateView {
 function productionState(gw: ProductionGateway, pairing: Pairing): StateView {
   const st = gw.vmStatus(pairing.vmUuid);
   const fault = gw.status().vms.find((v) => v.vmUuid === pairing.vmUuid)?.fault ?? null;
-  const link = gw.peerStatus();
+  // A VM failed over to a DR gateway ships on the peer's connection: that gateway dials no peer itself.
+  const link = gw.peerStatus() ?? (gw.status().connected ? { connected: true, lastError: null } : null);
   const none = { stateDetails: '', resumeDetails: '' };
   if (st === null) return { state: 'PausedMisconfigured', stateDetails: 'not open in the engine', resumeDetails: '' };
   if (st.pausedManual) return { state: 'PausedManual', ...none };
@@ -35,10 +36,20 @@ function productionState(gw: ProductionGateway, pairing: Pairing): StateView {
 
 function stateOf(ctx: RpcContext, pairing: Pairing): StateView {
   const gw = ctx.gw;
+  // Both sides took writes as source: nothing replicates until an operator picks the survivor.
+  if (ctx.service.vmRole(pairing.vmUuid)?.splitBrain === true) {
+    return { state: 'PausedMisconfigured', stateDetails: 'split brain: both sides took writes as source', resumeDetails: 'POST /vrgservice/vmsplitbrain on the side whose writes lose' };
+  }
   if (gw instanceof ProductionGateway) return productionState(gw, pairing);
-  const st = gw.vmStatus(pairing.vmUuid);
-  if (st?.pausedManual === true) return { state: 'PausedManual', stateDetails: '', resumeDetails: '' };
-  if (!gw.status().connected) return { state: 'PausedDisconnected', stateDetails: 'no link from the source gateway', resumeDetails: '' };
+  // This side's part of the VM: its source (production's own, or promoted at DR) or its target (DR's, or
+  // production's after a failback).
+  const source = pairing.role === 'source' ? ctx.service.site?.promotedGateway ?? (gw instanceof ProductionGateway ? gw : null) : null;
+  if (source !== null) return productionState(source, pairing);
+  const target = ctx.service.prodSite?.target ?? (gw instanceof ProductionGateway ? null : gw);
+  const st = target?.vmStatus(pairing.vmUuid) ?? null;
+  if (target === null || st === null) return { state: 'PausedMisconfigured', stateDetails: 'not open in the engine', resumeDetails: '' };
+  if (st.pausedManual) return { state: 'PausedManual', stateDetails: '', resumeDetails: '' };
+  if (target.linkPeer() === null) return { state: 'PausedDisconnected', stateDetails: 'no link from the source gateway', resumeDetails: '' };
   return { state: 'Active', stateDetails: '', resumeDetails: '' };
 }
 
