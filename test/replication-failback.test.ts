@@ -9,7 +9,7 @@ import type { FailoverResult } from '../src/replication/dr-site.js';
 import { NbdVolume } from '../src/volume/nbd-volume.js';
 import { compareVolumes } from '../src/cli/demo.js';
 import { pairConfigJson, vmUuid } from './lib/pair.js';
-import { processPair } from './lib/process-pair.js';
+import { startNbdProcessPair } from './lib/process-pair.js';
 
 // Failback with real gateway processes: after an unplanned failover the old source comes back, sees the newer
 // generation and becomes the VM's target; the promoted side ships only what differs (its bitmap since the
@@ -50,16 +50,7 @@ t.test('failback after an unplanned failover resyncs less than 5 % of the volume
   const dir = await mkdtemp(join(tmpdir(), 'vrg-failback-'));
   t.teardown(() => rm(dir, { recursive: true, force: true }));
   const json = pairConfigJson({ dir, volumes: 1, volumeSizeBytes: volumeBytes });
-  const nbd = { host: '127.0.0.1', port: 0 };
-  Object.assign(json.prod, { nbd });
-  Object.assign(json.dr, { nbd });
-  const pair = processPair(dir, json);
-  const children: GatewayChild[] = [];
-  t.teardown(() => Promise.all(children.map((c) => c.kill())));
-  const dr = await pair.startDr();
-  children.push(dr);
-  const prod = await pair.startProd();
-  children.push(prod);
+  const { pair, dr, prod, children } = await startNbdProcessPair(t, dir, json);
   await until('the initial sync', 120_000, async () => (await status<ProdSiteFigures>(prod)).vms[0]?.replication.state === 'queue');
 
   // Writes at home, replicated; then more while the source dies (some never reach DR).
@@ -112,16 +103,7 @@ t.test('planned failover and back under load loses nothing and resyncs nothing',
   t.teardown(() => rm(dir, { recursive: true, force: true }));
   const size = 64 * MiB;
   const json = pairConfigJson({ dir, volumes: 1, volumeSizeBytes: size });
-  const nbd = { host: '127.0.0.1', port: 0 };
-  Object.assign(json.prod, { nbd });
-  Object.assign(json.dr, { nbd });
-  const pair = processPair(dir, json);
-  const children: GatewayChild[] = [];
-  t.teardown(() => Promise.all(children.map((c) => c.kill())));
-  const dr = await pair.startDr();
-  children.push(dr);
-  const prod = await pair.startProd();
-  children.push(prod);
+  const { pair, dr, prod } = await startNbdProcessPair(t, dir, json);
   await until('the initial sync', 60_000, async () => (await status<ProdSiteFigures>(prod)).vms[0]?.replication.state === 'queue');
 
   // Writes go on at home until the move refuses them (EPERM); every acknowledged one must be at DR.

@@ -8,7 +8,7 @@ import { seededRandom } from '../src/core/random.js';
 import type { FailoverResult } from '../src/replication/dr-site.js';
 import { NbdVolume } from '../src/volume/nbd-volume.js';
 import { pairConfigJson, startPair, vmUuid } from './lib/pair.js';
-import { processPair } from './lib/process-pair.js';
+import { startNbdProcessPair } from './lib/process-pair.js';
 import { blockBytes, prefixConflict, prefixOf, stampedBlock, stampOf } from './lib/stamps.js';
 import { slowWrites } from './lib/slow-volume.js';
 
@@ -92,17 +92,8 @@ async function runFailover(t: Test, mode: 'async' | 'sync', seed: number): Promi
   const dir = await mkdtemp(join(tmpdir(), `vrg-failover-${mode}-`));
   t.teardown(() => rm(dir, { recursive: true, force: true }));
   const json = pairConfigJson({ dir, volumes: 1, volumeSizeBytes: volumeBytes });
-  const nbd = { host: '127.0.0.1', port: 0 };
-  Object.assign(json.prod, { nbd });
-  Object.assign(json.dr, { nbd });
   Object.assign(json.prod.vms[0]!, { mode });
-  const pair = processPair(dir, json);
-  const children: GatewayChild[] = [];
-  t.teardown(() => Promise.all(children.map((c) => c.kill())));
-  const dr = await pair.startDr();
-  children.push(dr);
-  const prod = await pair.startProd();
-  children.push(prod);
+  const { pair, dr, prod, children } = await startNbdProcessPair(t, dir, json);
 
   // The initial sync of the empty volume ends before the load: the load then runs in the VM's steady state.
   await until('the initial sync', 60_000, async () => (await status(prod)).status !== null &&

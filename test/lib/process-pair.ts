@@ -100,3 +100,21 @@ export async function watchChild<S extends StatusReply>(prod: GatewayChild, dr: 
     await new Promise((r) => setTimeout(r, 5));
   }
 }
+
+/**
+ * Both gateways as processes with NBD listeners on loopback (the intake, the replica exports), started DR
+ * first; `children` holds every process started (tests push restarts), all killed at teardown.
+ */
+export async function startNbdProcessPair(t: { teardown(fn: () => unknown): void }, dir: string, json: ReturnType<typeof pairConfigJson>) {
+  const nbd = { host: '127.0.0.1', port: 0 };
+  Object.assign(json.prod, { nbd });
+  Object.assign(json.dr, { nbd });
+  const pair = processPair(dir, json);
+  const children: GatewayChild[] = [];
+  t.teardown(() => Promise.all(children.map((c) => c.kill())));
+  const dr = await pair.startDr();
+  children.push(dr);
+  const prod = await pair.startProd();
+  children.push(prod);
+  return { pair, dr, prod, children };
+}
