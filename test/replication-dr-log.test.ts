@@ -12,6 +12,16 @@ import { freePort, probe } from './lib/ports.js';
 import { needs } from './lib/tools.js';
 import { drained } from './lib/wait.js';
 import { slowWrites } from './lib/slow-volume.js';
+import { systemClock } from '../src/core/clock.js';
+import { silentLogger } from '../src/core/log.js';
+import { systemRandom } from '../src/core/random.js';
+import { tcpTransport } from '../src/link/transport.js';
+import { NbdServer } from '../src/nbd/nbd-server.js';
+import { volumeExport } from '../src/nbd/volume-export.js';
+import { InlineCodec } from '../src/pipeline/codec.js';
+import { parseConfig } from '../src/replication/config.js';
+import { DrGateway } from '../src/replication/target/dr-gateway.js';
+import { openVolume } from '../src/volume/open-volume.js';
 
 // The DR side's log (issue 13): a batch is acknowledged once durable in the DR log, and applied to the targets
 // in the background. A DR process killed while its log is ahead of its targets replays the log at open.
@@ -146,4 +156,24 @@ t.test('status times each stage of a Sync write, and resetLatency starts the win
   t.ok(d.count > 0, `DR: frame received -> durable in its log ${JSON.stringify(d)}`);
   pair.prod.resetLatency();
   t.equal(pair.prod.status().vms[0]!.latency['group -> acknowledged']!.count, 0, 'reset empties the window');
+});
+
+t.test('a DR target write agent that starts listening after the DR gateway is waited for, not fatal', async (t) => {
+  const dir = t.testdir();
+  const port = await freePort();
+  const json = pairConfigJson({ dir, volumeSizeBytes: 4 * MiB, volumes: 1, drUrls: [`nbd://127.0.0.1:${port}/late`] });
+  const deps = { clock: systemClock, random: systemRandom, transport: tcpTransport, codec: new InlineCodec(), logger: silentLogger };
+  const agentFile = join(dir, 'agent.img');
+  const backing = await openVolume(agentFile, { sizeBytes: 4 * MiB, create: true });
+  const agent = new NbdServer({ exports: () => [volumeExport(backing, { name: 'late' })] });
+  t.teardown(async () => {
+    await agent.close();
+    await backing.close();
+  });
+  const opening = DrGateway.open(parseConfig(json.dr), deps);
+  await new Promise((r) => setTimeout(r, 600)); // a few refused connects
+  await agent.listen('127.0.0.1', port);
+  const dr = await opening;
+  t.teardown(() => dr.close());
+  t.same(dr.replicaVolumes().map((v) => v.volUuid), ['vol-0'], 'the target opened once the agent listened');
 });

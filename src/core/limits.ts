@@ -73,6 +73,9 @@ export const limits = {
   replicaCatchUpMs: 10_000,
   /** DR: a clean stop applies and checkpoints each VM's log for at most this long (the rest replays at open). */
   drCloseSettleMs: 60_000,
+  /** DR: a target write agent (nbd://) that refuses connections at start is retried this long (it may be restarting). */
+  targetOpenWaitMs: 30_000,
+  targetOpenRetryMs: 250,
   /** Planned failover: the source drains the VM's acknowledged writes to its target within this. */
   plannedFailoverDrainMs: 60_000,
   /** Planned failover: a source whose VM the target did not promote within this takes its writes again. */

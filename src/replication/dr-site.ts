@@ -146,6 +146,8 @@ export class DrSite {
       };
       this.source = await ProductionGateway.open(cfg, this.deps);
       this.source.on('demote', (req: DemoteRequest) => void this.demote(req));
+      // One alarm stream per gateway: the promoted VMs' alarms (split brain, CBT) go out with the DR gateway's.
+      this.source.on('alarm', (ev: unknown) => this.dr.emit('alarm', ev));
     }
     await this.source.addVm({ ...vmc, mode: 'async' }, role.generation);
     // A planned failover left the images equal: nothing to track for a resync.

@@ -45,6 +45,8 @@ export class ProductionSite {
     private readonly deps: GatewayDeps) {
     source.on('connected', (conn: LinkConnection) => this.onConnected(conn));
     source.on('demote', (req: DemoteRequest) => void this.demote(req));
+    // One alarm stream per gateway: the target VMs' alarms (targetError) go out with the production gateway's.
+    target.on('alarm', (ev: unknown) => source.emit('alarm', ev));
   }
 
   static async open(config: GatewayConfig, deps: GatewayDeps, options: ProductionGatewayOptions = {}): Promise<ProductionSite> {

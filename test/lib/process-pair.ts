@@ -11,7 +11,8 @@ import { StallError, stallTimeoutMs } from './wait.js';
 
 type Ready = IpcMessage & { type: 'ready' };
 
-export function processPair(dir: string, json: ReturnType<typeof pairConfigJson>) {
+/** route: what production dials for the DR link port (e.g. a fault proxy in front of it); default the port itself. */
+export function processPair(dir: string, json: ReturnType<typeof pairConfigJson>, opts: { route?: (drLinkPort: number) => Promise<number> } = {}) {
   const files = { prod: join(dir, 'production.json'), dr: join(dir, 'dr.json') };
   /** Each side's last 'ready' message (its NBD port, its link port). */
   const ready: { prod: Ready | null; dr: Ready | null } = { prod: null, dr: null };
@@ -24,7 +25,7 @@ export function processPair(dir: string, json: ReturnType<typeof pairConfigJson>
       json.dr.link.port = r.linkPort!;
       await writeFile(files.dr, JSON.stringify(json.dr));
     }
-    json.prod.link.port = json.dr.link.port;
+    json.prod.link.port = opts.route ? await opts.route(json.dr.link.port) : json.dr.link.port;
     await writeFile(files.prod, JSON.stringify(json.prod));
     return dr;
   };
@@ -105,11 +106,12 @@ export async function watchChild<S extends StatusReply>(prod: GatewayChild, dr: 
  * Both gateways as processes with NBD listeners on loopback (the intake, the replica exports), started DR
  * first; `children` holds every process started (tests push restarts), all killed at teardown.
  */
-export async function startNbdProcessPair(t: { teardown(fn: () => unknown): void }, dir: string, json: ReturnType<typeof pairConfigJson>) {
+export async function startNbdProcessPair(t: { teardown(fn: () => unknown): void }, dir: string, json: ReturnType<typeof pairConfigJson>,
+    opts: Parameters<typeof processPair>[2] = {}) {
   const nbd = { host: '127.0.0.1', port: 0 };
   Object.assign(json.prod, { nbd });
   Object.assign(json.dr, { nbd });
-  const pair = processPair(dir, json);
+  const pair = processPair(dir, json, opts);
   const children: GatewayChild[] = [];
   t.teardown(() => Promise.all(children.map((c) => c.kill())));
   const dr = await pair.startDr();

@@ -2,7 +2,8 @@ import { EventEmitter } from 'node:events';
 import { rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { BufferRing, type BufferRingStats } from '../../core/buffer-ring.js';
-import { ErrorCode, vrgError } from '../../core/errors.js';
+import { ErrorCode, isVrgError, vrgError } from '../../core/errors.js';
+import { sleep } from '../../core/clock.js';
 import type { LatencySummary } from '../../core/latency-histogram.js';
 import { limits } from '../../core/limits.js';
 import type { LinkConnection } from '../../link/connection.js';
@@ -636,11 +637,27 @@ export class DrGateway extends EventEmitter {
   }
 
   /** A VM's log is its share of journalCapacityBytes. */
+  /**
+   * A target volume. A write agent (nbd://) that is not reachable yet is retried for limits.targetOpenWaitMs: it
+   * may be starting or restarting with this gateway (a host reboot); anything else fails at once.
+   */
+  private async openTarget(url: string, sizeBytes: number): Promise<Volume> {
+    const deadline = this.deps.clock.nowMs() + limits.targetOpenWaitMs;
+    for (let attempt = 1; ; attempt++) {
+      try {
+        return await (this.deps.openVolume ?? openVolume)(url, { sizeBytes, create: true });
+      } catch (err) {
+        const unreachable = isVrgError(err, ErrorCode.CONNECTION_CLOSED) || isVrgError(err, ErrorCode.TIMEOUT);
+        if (!unreachable || this.deps.clock.nowMs() >= deadline) throw err;
+        if (attempt === 1) this.deps.logger.warn({ url, err: (err as Error).message }, 'target write agent not reachable yet; retrying');
+        await sleep(this.deps.clock, limits.targetOpenRetryMs);
+      }
+    }
+  }
+
   private async openVm(vmc: VmConfig, vmCount: number, startAtSeq?: number): Promise<DrVm> {
     const volumes = new Map<string, Volume>();
-    for (const v of vmc.volumes) {
-      volumes.set(v.volUuid, await (this.deps.openVolume ?? openVolume)(v.url, { sizeBytes: v.sizeBytes, create: true }));
-    }
+    for (const v of vmc.volumes) volumes.set(v.volUuid, await this.openTarget(v.url, v.sizeBytes));
     const logBytes = Math.floor(this.config.journalCapacityBytes / Math.max(1, vmCount));
     const vm = await DrVm.open(this.config.dataDir, vmc, volumes, logBytes, {
       clock: this.deps.clock, logger: this.deps.logger.child({ vmUuid: vmc.vmUuid }),
