@@ -39,6 +39,8 @@ export interface ProductionSiteStatus extends ProductionStatus {
 export class ProductionSite {
   private readonly demoting = new Map<string, Promise<void>>();
   private readonly moving = new Set<string>();
+  /** VMs being demoted, by the generation they take. */
+  private readonly demotingTo = new Map<string, number>();
   private conn: LinkConnection | null = null;
 
   private constructor(readonly config: GatewayConfig, readonly source: ProductionGateway, readonly target: DrGateway,
@@ -71,6 +73,9 @@ export class ProductionSite {
     const s = this.source.vmRole(vmUuid);
     if (s) return { role: 'source', generation: s.generation, splitBrain: s.splitBrain, status: this.source.vmStatus(vmUuid)?.status ?? 1 };
     const t = this.target.vmRole(vmUuid);
+    // Between leaving the source side and opening as a target the VM is the target already (its role file says so).
+    const moving = this.demotingTo.get(vmUuid);
+    if (!t && moving !== undefined) return { role: 'target', generation: moving, splitBrain: false, status: 1 };
     return t ? { role: 'target', generation: t.generation, splitBrain: false, status: this.target.vmStatus(vmUuid)?.status ?? 1 } : null;
   }
 
@@ -121,9 +126,13 @@ export class ProductionSite {
   private demote(req: DemoteRequest): Promise<void> {
     const running = this.demoting.get(req.vmUuid);
     if (running) return running;
+    this.demotingTo.set(req.vmUuid, req.generation);
     const p = this.demoteNow(req)
       .catch((err: Error) => this.deps.logger.error({ err, vmUuid: req.vmUuid }, 'could not make this gateway the VM\'s target'))
-      .finally(() => this.demoting.delete(req.vmUuid));
+      .finally(() => {
+        this.demoting.delete(req.vmUuid);
+        this.demotingTo.delete(req.vmUuid);
+      });
     this.demoting.set(req.vmUuid, p);
     return p;
   }
