@@ -174,7 +174,7 @@ async function untilAsync(what: string, ms: number, cond: () => Promise<boolean>
   }
 }
 
-t.test('bad input: a second failover while one runs, a planned failover or a move home with the peer unreachable', async (t) => {
+t.test('bad input: a second failover while one runs, a planned failover with the source unreachable', async (t) => {
   const dir = t.testdir();
   const configs = pairConfigs({ dir, volumes: 1, volumeSizeBytes: volumeBytes });
   const deps = { clock: systemClock, random: systemRandom, transport: tcpTransport, codec: new InlineCodec(), logger: silentLogger };
@@ -202,12 +202,4 @@ t.test('bad input: a second failover while one runs, a planned failover or a mov
   t.equal(dr.vmRole(vmUuid)?.generation, 2, 'promoted once');
   t.equal(await code(dr.failover(vmUuid, 'planned')), 'VRG_VM_ROLE_CONFLICT', 'a promoted VM is no longer a target');
 
-  // Failback: production becomes the target once the link is back (it took no writes meanwhile).
-  proxy.block(false);
-  await until('production to become the target', 20_000, () => prod.vmRole(vmUuid)?.role === 'target');
-  proxy.block(true);
-  proxy.cut();
-  await until('the link to drop again', 10_000, () => prod.target.linkPeer() === null);
-  t.equal(await code(prod.failover(vmUuid, 'planned')), 'VRG_FAILOVER_REFUSED', 'no move home while the peer is unreachable');
-  t.equal(prod.vmRole(vmUuid)?.role, 'target', 'still the target');
 });
