@@ -38,11 +38,11 @@ async function blockOf(path: string, i: number): Promise<number> {
   return (await readFile(path))[i * block]!;
 }
 
-async function splitBrain(t: Test, survivor: 'dr' | 'production'): Promise<void> {
+/** Both sites in this process over real TCP, production's link through a fault proxy; closed at teardown. */
+async function startSites(t: Test): Promise<{ dir: string; dr: DrSite; proxy: FaultProxy; prod: ProductionSite }> {
   const dir = t.testdir();
   const configs = pairConfigs({ dir, volumes: 1, volumeSizeBytes: volumeBytes });
-  const codec = new InlineCodec();
-  const deps = { clock: systemClock, random: systemRandom, transport: tcpTransport, codec, logger: silentLogger };
+  const deps = { clock: systemClock, random: systemRandom, transport: tcpTransport, codec: new InlineCodec(), logger: silentLogger };
   const dr = await DrSite.open(configs.dr, deps);
   const proxy = await FaultProxy.start(dr.dr.linkPort);
   configs.prod.link.port = proxy.port;
@@ -52,6 +52,11 @@ async function splitBrain(t: Test, survivor: 'dr' | 'production'): Promise<void>
     await dr.close();
     await proxy.close();
   });
+  return { dir, dr, proxy, prod };
+}
+
+async function splitBrain(t: Test, survivor: 'dr' | 'production'): Promise<void> {
+  const { dir, dr, proxy, prod } = await startSites(t);
   const alarms: string[] = [];
   prod.source.on('alarm', (a: AlarmEvent) => alarms.push(`production ${a.kind}:${a.raised}`));
   const [home, away] = [join(dir, 'source', 'disk0.img'), join(dir, 'target', 'disk0.img')];
@@ -175,18 +180,7 @@ async function untilAsync(what: string, ms: number, cond: () => Promise<boolean>
 }
 
 t.test('bad input: a second failover while one runs, a planned failover with the source unreachable', async (t) => {
-  const dir = t.testdir();
-  const configs = pairConfigs({ dir, volumes: 1, volumeSizeBytes: volumeBytes });
-  const deps = { clock: systemClock, random: systemRandom, transport: tcpTransport, codec: new InlineCodec(), logger: silentLogger };
-  const dr = await DrSite.open(configs.dr, deps);
-  const proxy = await FaultProxy.start(dr.dr.linkPort);
-  configs.prod.link.port = proxy.port;
-  const prod = await ProductionSite.open(configs.prod, deps);
-  t.teardown(async () => {
-    await prod.close();
-    await dr.close();
-    await proxy.close();
-  });
+  const { dr, proxy, prod } = await startSites(t);
   await prod.source.drain();
   const code = (p: Promise<unknown>): Promise<string> => p.then(() => 'ok', (e: { code?: string }) => e.code ?? 'no code');
 

@@ -168,13 +168,19 @@ t.test('a test clone takes writes and keeps its start image while production wri
   t.ok((await target(dir, 0)).equals(await source(dir, 0)), 'replication goes on after the end');
 });
 
-t.test('bad input changes nothing; a restart discards the clone; promotion and test failover exclude each other', async (t) => {
+/** A one-volume pair, its volume stamped once and replicated. */
+async function stampedPair(t: Test): Promise<{ dir: string; pair: Pair }> {
   const dir = t.testdir();
   const pair = await startPair({ dir, volumes: 1, volumeSizeBytes: volumeBytes });
   t.teardown(() => pair.close());
   await pair.drain();
   await stampVolume(pair, 'vol-0', 1);
   await pair.drain();
+  return { dir, pair };
+}
+
+t.test('bad input changes nothing; a restart discards the clone; promotion and test failover exclude each other', async (t) => {
+  const { dir, pair } = await stampedPair(t);
 
   t.equal(await outcome(pair.dr.endTestFailover(vmUuid)), 'VRG_TEST_FAILOVER_NOT_ACTIVE', 'an end with none running');
   t.equal(await outcome(pair.dr.startTestFailover(unknownVm)), 'VRG_VM_NOT_FOUND', 'a start for an unknown VM');
@@ -217,12 +223,7 @@ t.test('bad input changes nothing; a restart discards the clone; promotion and t
 });
 
 t.test('the clone is bounded: a write it has no room for fails whole; an overwrite it cannot keep ends it, not replication', async (t) => {
-  const dir = t.testdir();
-  const pair = await startPair({ dir, volumes: 1, volumeSizeBytes: volumeBytes });
-  t.teardown(() => pair.close());
-  await pair.drain();
-  await stampVolume(pair, 'vol-0', 1);
-  await pair.drain();
+  const { dir, pair } = await stampedPair(t);
   const base = await source(dir, 0);
 
   await pair.dr.startTestFailover(vmUuid, { bytesMax: 256 * KiB });

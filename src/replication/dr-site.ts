@@ -6,11 +6,11 @@ import type { NbdExport } from '../nbd/nbd-server.js';
 import type { Resume } from '../protocol/messages.js';
 import { limits } from '../core/limits.js';
 import { requestMove } from './planned-failover.js';
-import type { DemoteRequest } from './production-site.js';
+
 import type { GatewayConfig, VmConfig } from './config.js';
 import type { GatewayDeps } from './gateway-deps.js';
 import { productionExports, replicaExports, testCloneExports } from './nbd-exports.js';
-import { ProductionGateway, type ProductionStatus } from './source/production-gateway.js';
+import { ProductionGateway, type DemoteRequest, type ProductionStatus } from './source/production-gateway.js';
 import { DrGateway, type DrStatus } from './target/dr-gateway.js';
 import type { VmRoleState } from './vm-role.js';
 

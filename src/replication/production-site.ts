@@ -11,7 +11,7 @@ import type { GatewayConfig, VmConfig } from './config.js';
 import type { VmProtection } from './control.js';
 import type { GatewayDeps } from './gateway-deps.js';
 import { productionExports, replicaExports } from './nbd-exports.js';
-import { ProductionGateway, type ProductionGatewayOptions, type ProductionStatus } from './source/production-gateway.js';
+import { ProductionGateway, type DemoteRequest, type ProductionGatewayOptions, type ProductionStatus } from './source/production-gateway.js';
 import { DrGateway, type DrStatus } from './target/dr-gateway.js';
 import { loadVmRole, saveVmRole } from './vm-role.js';
 
@@ -25,11 +25,7 @@ import { loadVmRole, saveVmRole } from './vm-role.js';
 //
 // Target state lives under <dataDir>/target; the role files under <dataDir>/roles.
 
-export interface DemoteRequest {
-  vmUuid: string;
-  generation: number;
-  conn: LinkConnection;
-}
+export type { DemoteRequest } from './source/production-gateway.js';
 
 export interface ProductionSiteStatus extends ProductionStatus {
   /** The VMs this gateway is the target of (after a failback), or null when none. */

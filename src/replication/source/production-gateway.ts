@@ -45,6 +45,13 @@ export interface ProductionVmStatus {
   latency: Record<string, LatencySummary>;
 }
 
+/** Event 'demote': the peer holds the VM at a newer generation; the site makes this side its target. */
+export interface DemoteRequest {
+  vmUuid: string;
+  generation: number;
+  conn: LinkConnection;
+}
+
 export interface ProductionStatus {
   role: 'production';
   connected: boolean;
@@ -209,12 +216,11 @@ export class ProductionGateway extends EventEmitter {
     return this.vms.get(vmUuid)?.status() ?? null;
   }
 
-  /** The VM's role here (always source) and generation; `stale` once the peer reported a newer one. */
-  vmRole(vmUuid: string): { role: 'source'; generation: number; stale: boolean; splitBrain: boolean } | null {
+  /** The VM's role here (always source), its generation, and whether it is in split brain. */
+  vmRole(vmUuid: string): { role: 'source'; generation: number; splitBrain: boolean } | null {
     const vm = this.vms.get(vmUuid);
     if (!vm) return null;
-    return { role: 'source', generation: vm.shipper.generation, stale: vm.shipper.fault?.includes(' was promoted on ') === true,
-      splitBrain: this.splitBrain.has(vmUuid) };
+    return { role: 'source', generation: vm.shipper.generation, splitBrain: this.splitBrain.has(vmUuid) };
   }
 
   vmConfigs(): VmProtection[] {
