@@ -478,8 +478,8 @@ t.test('ModifyVolume access: readWrite on the replication target fails the pair 
   const moved = await d.rpc.ok('ModifyVolume', { volumeID: dst.volumeID, access: 'readWrite' });
   t.equal(moved.volume.access, 'readWrite', 'the DR volume is writable: the VM failed over');
   const promoted = d.site!.promotedGateway!;
-  await until(async () => (await p.rpc.ok('ListActivePairedVolumes')).volumes[0]?.access === 'replicationTarget', 15_000, 'production lists its volume as the target');
-  await until(() => promoted.status().connected && promoted.status().vms[0]?.fault === null && promoted.status().vms[0]?.replication.state === 'queue', 15_000, 'the promoted VM ships to production');
+  await until(async () => (await p.rpc.ok('ListActivePairedVolumes')).volumes[0]?.access === 'replicationTarget', 60_000, 'production lists its volume as the target');
+  await until(() => promoted.status().connected && promoted.status().vms[0]?.fault === null && promoted.status().vms[0]?.replication.state === 'queue', 60_000, 'the promoted VM ships to production');
   await promoted.write(src.volUuid, 65536, Buffer.alloc(4096, 0x77));
   await drained(promoted, p.prodSite!.target);
   t.ok((await p.prodSite!.target.readReplica(src.volUuid, 65536, 4096)).equals(Buffer.alloc(4096, 0x77)), 'DR\'s write reached production');
@@ -487,6 +487,6 @@ t.test('ModifyVolume access: readWrite on the replication target fails the pair 
 
   const home = await p.rpc.ok('ModifyVolume', { volumeID: src.volumeID, access: 'readWrite' });
   t.equal(home.volume.access, 'readWrite', 'home again');
-  await until(async () => (await d.rpc.ok('ListActivePairedVolumes')).volumes[0]?.access === 'replicationTarget', 15_000, 'DR lists the target again');
+  await until(async () => (await d.rpc.ok('ListActivePairedVolumes')).volumes[0]?.access === 'replicationTarget', 60_000, 'DR lists the target again');
   t.equal(prod(p).status().vms.length, 1, 'production is the source');
 });
