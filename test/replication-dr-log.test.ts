@@ -30,11 +30,11 @@ const MiB = 1024 * 1024;
 type Status = IpcMessage & { type: 'status'; status: unknown; load: LoadProgress };
 
 /** nbdkit serving `file` on two threads with every write delayed (a slow DR target: the log runs ahead of it). */
-async function slowTarget(t: Test, file: string, sizeBytes: number, delayWriteMs: number): Promise<string> {
+async function slowTarget(t: Test, file: string, sizeBytes: number, delayWriteMs: number, port?: number): Promise<string> {
   const fh = await open(file, 'w');
   await fh.truncate(sizeBytes);
   await fh.close();
-  const port = await freePort();
+  port ??= await freePort();
   const child = spawn('nbdkit', ['-f', '--exit-with-parent', '-t', '2', '-p', String(port), '-i', '127.0.0.1', '--filter=delay',
     '--filter=blocksize-policy', 'file', `file=${file}`, `delay-write=${delayWriteMs}ms`, 'blocksize-maximum=65536',
     'blocksize-preferred=4096', 'blocksize-minimum=1'], { stdio: 'ignore' });
@@ -96,6 +96,23 @@ t.test('Sync: DR SIGKILLed between its log append and the apply replays the log 
   t.equal(await compareVolumes([[json.prod.vms[0]!.volumes[0]!.path, targetFile]]), null, 'DR volume equals the production volume');
 });
 
+t.test('a DR process whose target write agent is not up yet waits for it at open (it does not end mid-open)', needs('nbdkit'), async (t) => {
+  const dir = t.testdir();
+  const volumeBytes = 8 * MiB;
+  await mkdir(join(dir, 'target'), { recursive: true });
+  const agentPort = await freePort();
+  const url = `nbd://127.0.0.1:${agentPort}/`;
+  const json = pairConfigJson({ dir, volumeSizeBytes: volumeBytes, volumes: 1, drUrls: [url] });
+  const { startDr } = processPair(dir, json);
+  const starting = startDr();
+  // Several retries (every 250 ms) with nothing listening: only the retry timers are pending in the process.
+  await new Promise((r) => setTimeout(r, 1500));
+  await slowTarget(t, join(dir, 'target', 'late.img'), volumeBytes, 0, agentPort);
+  const dr = await starting;
+  t.equal(await dr.stop(), 0, 'the DR came up once the agent did, and stops cleanly');
+  const lines = (await readFile(join(dir, 'dr.log'), 'utf8')).split('\n').filter((l) => l.startsWith('{')).map((l) => JSON.parse(l) as Record<string, unknown>);
+  t.ok(lines.some((l) => l.msg === 'target write agent not reachable yet; retrying'), 'it said it was retrying');
+});
 
 t.test('replica reads see a prefix of the write history, and no less than what was acknowledged when asked', async (t) => {
   const dir = t.testdir();

@@ -131,6 +131,10 @@ export async function openGateway(config: GatewayConfig, logger: Logger):
 export async function startCommand(configPath: string): Promise<void> {
   const config = await loadConfig(configPath);
   const logger = createLogger(`vrg-${config.role}`);
+  // The engine's timers never hold the event loop, and while a gateway opens nothing else may (a DR retrying a
+  // target write agent that is restarting): without this the process would end, exit code 0, mid-open.
+  // An open that throws ends the process anyway.
+  const openingKeepAlive = setInterval(() => {}, 60_000);
   const { gw, site, prodSite, codec, nbdPort, close: closeGateway } = await openGateway(config, logger);
   // The management REST API (config "api"): replays its stored configuration (peer, VMs) into the engine.
   const api = config.api ? await startApi({ gw, site, prodSite, api: config.api, logger, nbdPort }) : null;
@@ -153,6 +157,7 @@ export async function startCommand(configPath: string): Promise<void> {
   process.on('SIGTERM', () => void stop());
   process.on('SIGINT', () => void stop());
   process.on('disconnect', () => void stop());
+  clearInterval(openingKeepAlive); // from here the IPC channel's listeners (or the servers) hold the process
   send({
     type: 'ready', role: config.role,
     ...(gw instanceof DrGateway ? { linkPort: gw.linkPort } : {}),

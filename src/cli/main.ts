@@ -5,6 +5,7 @@ import { parseSize } from '../core/size.js';
 import { runDemo, type DemoOptions } from './demo.js';
 import { startCommand } from './gateway-process.js';
 import { runApiCall } from './api-command.js';
+import { runFaultProxy } from '../chaos/fault-proxy/fault-proxy-server.js';
 
 const usage = `usage: vrg <command> [options]
 
@@ -38,6 +39,9 @@ commands:
   failback move a failed-over VM home (a planned failover run on the home gateway, now its target):
              vrg failback --url URL --password P --vm UUID
   splitbrain resolve a split brain on the side whose writes lose: vrg splitbrain --url URL --password P --vm UUID
+  fault-proxy  a TCP fault proxy driven over Toxiproxy's HTTP API (its clients work unchanged):
+             vrg fault-proxy [--host 127.0.0.1] [--port 8474] [--seed N] [--config PROXIES.json]
+             toxics: latency bandwidth slow_close timeout reset_peer slicer limit_data down, and VRG's corrupt
   help     this text
 `;
 
@@ -161,6 +165,20 @@ async function main(argv: string[]): Promise<number> {
         return runApiCall({ ...call, method: 'DELETE', path: `vmfailover/${encodeURIComponent(values.vm)}` });
       }
       return runApiCall({ ...call, method: 'POST', path: 'vmfailover', body: JSON.stringify({ vmUuid: values.vm, type }) });
+    }
+    case 'fault-proxy': {
+      const { values } = parseArgs({
+        args: rest, strict: true,
+        options: { host: { type: 'string' }, port: { type: 'string' }, seed: { type: 'string' }, config: { type: 'string' } },
+      });
+      const port = values.port === undefined ? 8474 : Number(values.port);
+      if (!Number.isInteger(port) || port < 0 || port > 65_535) throw new UsageError(`--port must be 0-65535, not "${values.port}"`);
+      await runFaultProxy({
+        host: values.host ?? '127.0.0.1', port,
+        ...(values.seed === undefined ? {} : { seed: positiveInt(values.seed, 'seed', 1) }),
+        ...(values.config === undefined ? {} : { configPath: values.config }),
+      });
+      return -1; // serves until a signal
     }
     case undefined:
     case 'help':
