@@ -9,7 +9,7 @@ import type { FailoverResult } from '../src/replication/dr-site.js';
 import { NbdVolume } from '../src/volume/nbd-volume.js';
 import { pairConfigJson, startPair, vmUuid } from './lib/pair.js';
 import { startNbdProcessPair } from './lib/process-pair.js';
-import { blockBytes, prefixConflict, prefixOf, stampedBlock, stampOf } from './lib/stamps.js';
+import { blockBytes, prefixConflict, prefixOf, stampedBlock, stampOf } from '../src/chaos/stamps.js';
 import { slowWrites } from './lib/slow-volume.js';
 
 // Unplanned failover with real gateway processes: the source is SIGKILLed mid-load (stamped writes through

@@ -9,7 +9,7 @@ import { tcpTransport } from '../src/link/transport.js';
 import type { TransitionEvent } from '../src/replication/control.js';
 import type { Volume } from '../src/volume/volume.js';
 import { startPair, vmUuid, type Pair } from './lib/pair.js';
-import { blockBytes, prefixConflict, prefixOf, stampedBlock } from './lib/stamps.js';
+import { blockBytes, prefixConflict, prefixOf, stampedBlock } from '../src/chaos/stamps.js';
 import { stallTimeoutMs, until } from './lib/wait.js';
 
 // Issue 4 on real files and real TCP (through a fault proxy): the protection state machine driven by
@@ -221,6 +221,24 @@ t.test('Sync mode: every acknowledged write is already on the DR volume; a long 
   t.match(pair.prod.vmStatus(vmUuid), { state: 'queue', syncDegraded: false, mode: 'sync' }, 'back to Sync after a clean check');
   t.ok(alarms.includes('syncDegraded:false'));
   await sameFiles(t, dir, 1, 'after the degraded period');
+});
+
+t.test('Sync set in the configuration: acks wait for DR from the first write, and again after a restart', async (t) => {
+  const dir = t.testdir();
+  // No mode change at run time: the ack policy must come from the state the VM starts in (a chaos run found
+  // a Sync VM from its config acknowledging like Async).
+  for (const run of ['first start', 'after a restart']) {
+    const pair = await startPair({ dir, volumes: 1, volumeSizeBytes: volumeBytes, mode: 'sync' });
+    await pair.drain();
+    t.equal(pair.prod.vmStatus(vmUuid)?.mode, 'sync', `${run}: the VM runs Sync`);
+    let missing = 0;
+    for (let i = 0; i < 40; i++) {
+      await pair.prod.write('vol-0', (i % 200) * 64 * 1024, randomBytes(64 * 1024));
+      if (pair.prod.status().vms[0]!.ackedSeq < pair.prod.status().vms[0]!.lastSeq) missing++;
+    }
+    t.equal(missing, 0, `${run}: DR had acknowledged each of 40 writes when its ack came`);
+    await pair.close();
+  }
 });
 
 t.test('SnapshotsOnly: DR keeps the last complete snapshot, also when the link drops mid-snapshot', async (t) => {

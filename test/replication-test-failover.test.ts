@@ -7,7 +7,7 @@ import type { DrGateway } from '../src/replication/target/dr-gateway.js';
 import { NbdVolume } from '../src/volume/nbd-volume.js';
 import type { Volume } from '../src/volume/volume.js';
 import { startPair, vmUuid, type Pair } from './lib/pair.js';
-import { blockBytes, stampedBlock, stampOf } from './lib/stamps.js';
+import { blockBytes, stampedBlock, stampOf } from '../src/chaos/stamps.js';
 
 // Test failover (issue 14): a writable copy-on-write clone of the DR image, exported over NBD as <volUuid>-test,
 // while production keeps writing and the real replica keeps receiving. Stamped blocks (stamps.ts) tell which

@@ -6,6 +6,8 @@ import { runDemo, type DemoOptions } from './demo.js';
 import { startCommand } from './gateway-process.js';
 import { runApiCall } from './api-command.js';
 import { runFaultProxy } from '../chaos/fault-proxy/fault-proxy-server.js';
+import { describeFault, faultKinds, parseFaultList, planSchedule } from '../chaos/schedule.js';
+import { replayCommand, runChaos } from './chaos.js';
 
 const usage = `usage: vrg <command> [options]
 
@@ -39,6 +41,14 @@ commands:
   failback move a failed-over VM home (a planned failover run on the home gateway, now its target):
              vrg failback --url URL --password P --vm UUID
   splitbrain resolve a split brain on the side whose writes lose: vrg splitbrain --url URL --password P --vm UUID
+  chaos    a gateway pair under a stamped write load and a seeded schedule of faults, with checkers
+             (nothing acknowledged lost, DR always a prefix image, Sync: every ack on DR, DR = production at the end)
+             --seed N             the schedule's seed (default: random, printed); the same N replays it
+             --duration SECONDS   length of the faulted load (default 30)
+             --faults LIST        comma-separated kinds (default: all): ${faultKinds.join(' ')}
+             --mode async|sync    replication mode (default async)
+             --dir DIR            working directory (default ./vrg-chaos); report in DIR/chaos-report.json
+             --plan               print the schedule and exit
   fault-proxy  a TCP fault proxy driven over Toxiproxy's HTTP API (its clients work unchanged):
              vrg fault-proxy [--host 127.0.0.1] [--port 8474] [--seed N] [--config PROXIES.json]
              toxics: latency bandwidth slow_close timeout reset_peer slicer limit_data down, and VRG's corrupt
@@ -165,6 +175,26 @@ async function main(argv: string[]): Promise<number> {
         return runApiCall({ ...call, method: 'DELETE', path: `vmfailover/${encodeURIComponent(values.vm)}` });
       }
       return runApiCall({ ...call, method: 'POST', path: 'vmfailover', body: JSON.stringify({ vmUuid: values.vm, type }) });
+    }
+    case 'chaos': {
+      const { values } = parseArgs({
+        args: rest, strict: true,
+        options: { seed: { type: 'string' }, duration: { type: 'string' }, faults: { type: 'string' }, mode: { type: 'string' },
+          dir: { type: 'string' }, plan: { type: 'boolean' } },
+      });
+      const seed = values.seed === undefined ? 1 + Math.floor(Math.random() * 1e9) : positiveInt(values.seed, 'seed', 1);
+      const seconds = /^(\d+)s?$/.exec(values.duration ?? '30');
+      if (!seconds || Number(seconds[1]) < 5 || Number(seconds[1]) > 86_400) throw new UsageError(`--duration must be 5-86400 seconds, not "${values.duration}"`);
+      const mode = values.mode ?? 'async';
+      if (mode !== 'async' && mode !== 'sync') throw new UsageError(`--mode must be async or sync, not "${mode}"`);
+      const o = { seed, durationMs: Number(seconds[1]) * 1000, mode, dir: values.dir ?? 'vrg-chaos',
+        faults: values.faults === undefined || values.faults === 'all' ? [...faultKinds] : parseFaultList(values.faults) } as const;
+      if (values.plan) {
+        process.stdout.write(`${replayCommand(o)}\n`);
+        for (const f of planSchedule(o)) process.stdout.write(`+${(f.atMs / 1000).toFixed(1)}s #${f.n} ${describeFault(f)}\n`);
+        return 0;
+      }
+      return (await runChaos(o)).passed ? 0 : 1;
     }
     case 'fault-proxy': {
       const { values } = parseArgs({

@@ -168,7 +168,8 @@ function canShipLive(s: State): boolean {
   return s.linkUp && !s.pausedManual && s.mode !== 'snapshots';
 }
 
-function waitsForDr(s: State): boolean {
+/** Whether a write's ack waits for DR in state `s` (the intake's ack policy; setAckPolicy reports its changes). */
+export function waitsForDr(s: State): boolean {
   return s.mode === 'sync' && !s.syncDegraded && !s.pausedManual;
 }
 

@@ -35,6 +35,8 @@ export interface PairOptions {
   wrapProdVolume?: (v: Volume) => Volume;
   /** The network both gateways use (default: TCP on loopback). */
   transport?: Transport;
+  /** The VM's replication mode in its configuration (default: none given, i.e. async). */
+  mode?: 'async' | 'sync' | 'snapshots';
   /** Production gateway options (link-down limits, CBT granularity, snapshot interval). */
   prodOptions?: ProductionGatewayOptions;
 }
@@ -52,7 +54,7 @@ export function pairConfigJson(o: PairOptions, secret = randomBytes(32).toString
     role, gatewayId: `test-${role}`, dataDir: join(o.dir, role),
     link: { host: '127.0.0.1', port: 0, secret, compression: o.compression ?? 'auto', rateBytesPerSec: role === 'production' ? o.linkRateBytesPerSec ?? 0 : 0 },
     journalCapacityBytes: o.journalCapacityBytes ?? 256 * 1024 * 1024,
-    vms: [{ vmUuid, vmName: 'vm', compressOption: o.compress ?? 1, encryptOption: o.encrypt ?? 1, volumes: vols(side) }],
+    vms: [{ vmUuid, vmName: 'vm', compressOption: o.compress ?? 1, encryptOption: o.encrypt ?? 1, volumes: vols(side), ...(o.mode ? { mode: o.mode } : {}) }],
   });
   return { prod: base('production', 'source'), dr: base('dr', 'target') };
 }

@@ -333,6 +333,21 @@ export class ProductionGateway extends EventEmitter {
     return p;
   }
 
+  /**
+   * Forgets that the VM took writes while disconnected (the peer is attached again at the same generation). A
+   * noting still being written is cleared once written: otherwise it would land after this clear, and the
+   * next failover would be taken for a split brain.
+   */
+  private clearDiverged(vmUuid: string): void {
+    const noting = this.divergeNoting.get(vmUuid);
+    if (!this.diverged.has(vmUuid) && noting === undefined) return;
+    this.diverged.delete(vmUuid);
+    void (noting ?? Promise.resolve()).catch(() => undefined).then(() => {
+      this.diverged.delete(vmUuid);
+      return this.saveRole(vmUuid, { divergedAtMs: undefined });
+    }).catch((err) => this.deps.logger.error({ err }, 'could not clear divergedAtMs'));
+  }
+
   /** One role-file write at a time per VM (each replaces the file through the same temp file). */
   private saveRole(vmUuid: string, change: Partial<VmRoleState>): Promise<void> {
     const role = { ...this.roles.get(vmUuid)!, ...change };
@@ -737,10 +752,7 @@ export class ProductionGateway extends EventEmitter {
       this.alarm('splitBrain', false, vm.vmUuid, `resolved: ${conn.peer.gatewayId} is the target again`);
     }
     // Attached at the same generation: what was written while disconnected ships as usual.
-    if (vm.shipper.fault === null && this.diverged.has(vm.vmUuid)) {
-      this.diverged.delete(vm.vmUuid);
-      void this.saveRole(vm.vmUuid, { divergedAtMs: undefined }).catch((err) => this.deps.logger.error({ err }, 'could not clear divergedAtMs'));
-    }
+    if (vm.shipper.fault === null) this.clearDiverged(vm.vmUuid);
     this.sendVmState(vm);
     if (vm.shipper.fault === null) {
       vm.feed({ type: 'linkUp' });

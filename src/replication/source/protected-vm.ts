@@ -20,7 +20,7 @@ import type { VmConfig } from '../config.js';
 import type { TransitionEvent, VmProtection, VmReplicationStatus } from '../control.js';
 import { Intake, resyncReadBytesMax, toVolumeOp, type IntakeDiagnostics } from './intake.js';
 import {
-  initialState, stateNumber, transition, type Effect, type Event, type Mode, type Region, type State,
+  initialState, stateNumber, transition, waitsForDr, type Effect, type Event, type Mode, type Region, type State,
 } from '../protection-state.js';
 import { Shipper, type ShipperDiagnostics } from './shipper.js';
 import type { CompressionSetting } from '../compression-policy.js';
@@ -140,6 +140,9 @@ export class ProtectedVm {
     const logger = hooks.logger;
     this.state = initialState({ linkDownCbtAfterMs: hooks.linkDownCbtAfterMs, syncDegradeAfterMs: hooks.syncDegradeAfterMs },
       config.mode ?? 'async', hooks.clock.nowMs());
+    // The ack policy of the state it starts in: setAckPolicy only reports changes (a VM configured Sync waits
+    // for DR from its first write, not only after a mode change at run time).
+    this.waitForDr = waitsForDr(this.state);
     this.shipper = new Shipper(config.vmUuid, config.volumes.map((v) => v.volUuid), journal, hooks.codec, {
       encrypt: () => config.encryptOption === 1,
       compress: () => config.compressOption === 1,

@@ -1,0 +1,317 @@
+import { randomBytes } from 'node:crypto';
+import { mkdir, open, rm, stat, writeFile } from 'node:fs/promises';
+import { join, resolve } from 'node:path';
+import { systemClock, withTimeout } from '../core/clock.js';
+import { ErrorCode, vrgError } from '../core/errors.js';
+import { seededRandom } from '../core/random.js';
+import { FaultProxyServer } from '../chaos/fault-proxy/fault-proxy-server.js';
+import type { FaultProxy, ProxyCounters } from '../chaos/fault-proxy/proxy.js';
+import { describeFault, planSchedule, type FaultKind, type ScheduledFault } from '../chaos/schedule.js';
+import { readImage, StampedLoad, type Endpoint } from '../chaos/stamped-load.js';
+import { blockBytes, prefixConflict, prefixOf, stampedBlock } from '../chaos/stamps.js';
+import { spawnGateway, type GatewayChild } from './gateway-child.js';
+import type { IpcMessage } from './gateway-process.js';
+
+// `vrg chaos`: a real gateway pair (two processes) under a stamped write load and a seeded schedule of faults
+// (src/chaos/schedule.ts), with checkers during and after it:
+//   - during: DR's replica, read whole through its export at seeded instants, is always a prefix image of
+//     the write history (no torn batch, no reordering, no corrupt frame applied); in Sync it holds at least
+//     every write acknowledged when the read began;
+//   - after the faults end and the pair drains: production holds every acknowledged write (none lost to a
+//     kill), and DR equals production byte for byte; both gateways stop cleanly.
+// The link runs through an in-process fault proxy; a violation ends the run with exit 1, the seed and the
+// command that replays the schedule.
+
+export interface ChaosOptions {
+  seed: number;
+  durationMs: number;
+  faults: readonly FaultKind[];
+  mode: 'async' | 'sync';
+  dir: string;
+  volumeSizeBytes?: number;
+}
+
+export interface ChaosReport {
+  seed: number;
+  mode: 'async' | 'sync';
+  durationMs: number;
+  replay: string;
+  faults: Array<ScheduledFault & { startedAtMs: number; recoveredAtMs: number }>;
+  writes: { acknowledged: number; resent: number };
+  drReads: { checked: number; skipped: number };
+  proxy: ProxyCounters;
+  violations: string[];
+  passed: boolean;
+}
+
+type Ready = Extract<IpcMessage, { type: 'ready' }>;
+const vmUuid = '6c0a8f0e-3b1d-4e7a-9c52-4d1e0c4a05e1';
+const volUuid = `${vmUuid.slice(0, 24)}000000000000`;
+const readyTimeoutMs = 60_000;
+const drainTimeoutMs = 180_000;
+
+export function replayCommand(o: ChaosOptions): string {
+  return `vrg chaos --seed ${o.seed} --duration ${o.durationMs / 1000}s --faults ${o.faults.join(',')} --mode ${o.mode}`;
+}
+
+/** One side of the pair: its process, config file, and whether it is up (not killed) and running (not frozen). */
+class Side {
+  child: GatewayChild | null = null;
+  frozen = false;
+  private expectExit = false;
+  constructor(readonly role: 'production' | 'dr', private readonly dir: string, private readonly onDeath: (why: string) => void) {}
+
+  async start(): Promise<Ready> {
+    const child = spawnGateway(this.role, join(this.dir, `${this.role}.json`), join(this.dir, `${this.role}.log`));
+    this.child = child;
+    this.expectExit = false;
+    void child.exited.then((code) => {
+      if (!this.expectExit && this.child === child) this.onDeath(`${this.role} gateway exited on its own (${code ?? 'signal'})`);
+    });
+    return withTimeout(systemClock, readyTimeoutMs, child.request<Ready>(null, 'ready'), `${this.role} gateway ready`);
+  }
+
+  async kill(): Promise<void> {
+    this.expectExit = true;
+    if (this.frozen) this.thaw();
+    await this.child?.kill();
+    this.child = null;
+  }
+
+  freeze(): void {
+    this.child?.proc.kill('SIGSTOP');
+    this.frozen = true;
+  }
+
+  thaw(): void {
+    this.child?.proc.kill('SIGCONT');
+    this.frozen = false;
+  }
+
+  async stop(): Promise<number | null> {
+    this.expectExit = true;
+    if (this.frozen) this.thaw();
+    const code = await this.child?.stop();
+    this.child = null;
+    return code ?? null;
+  }
+
+  get up(): boolean {
+    return this.child !== null && !this.frozen;
+  }
+}
+
+function gatewayConfig(role: 'production' | 'dr', dir: string, secret: string, o: ChaosOptions, sizeBytes: number) {
+  return {
+    role, gatewayId: `chaos-${role}`, dataDir: join(dir, role), codecThreads: 1,
+    link: { host: '127.0.0.1', port: 0, secret },
+    nbd: { host: '127.0.0.1', port: 0 },
+    journalCapacityBytes: 256 * 1024 * 1024,
+    // Sync must not degrade to Async during a fault (every fault here is shorter): each ack means DR has it.
+    protection: { syncDegradeAfterMs: 600_000 },
+    vms: [{
+      vmUuid, vmName: 'chaos-vm', mode: o.mode, compressOption: 1, encryptOption: 1,
+      volumes: [{ volUuid, path: join(dir, role === 'production' ? 'source' : 'target', 'disk0.img'), sizeBytes }],
+    }],
+  };
+}
+
+export async function runChaos(o: ChaosOptions, out: (line: string) => void = (l) => process.stdout.write(`${l}\n`)): Promise<ChaosReport> {
+  const dir = resolve(o.dir);
+  const sizeBytes = o.volumeSizeBytes ?? 8 * 1024 * 1024;
+  const schedule = planSchedule(o);
+  for (const sub of ['production', 'dr', 'source', 'target']) await rm(join(dir, sub), { recursive: true, force: true });
+  for (const sub of ['source', 'target']) {
+    await mkdir(join(dir, sub), { recursive: true });
+    const fh = await open(join(dir, sub, 'disk0.img'), 'w');
+    await fh.truncate(sizeBytes);
+    await fh.close();
+  }
+  const violations: string[] = [];
+  const violate = (v: string): void => {
+    violations.push(v);
+    out(`VIOLATION: ${v}`);
+  };
+  const secret = randomBytes(32).toString('hex');
+  const cfg = { prod: gatewayConfig('production', dir, secret, o, sizeBytes), dr: gatewayConfig('dr', dir, secret, o, sizeBytes) };
+  const writeConfigs = () => Promise.all([writeFile(join(dir, 'production.json'), JSON.stringify(cfg.prod, null, 2)),
+    writeFile(join(dir, 'dr.json'), JSON.stringify(cfg.dr, null, 2))]);
+  await writeConfigs();
+  const prod = new Side('production', dir, violate);
+  const dr = new Side('dr', dir, violate);
+  const proxyServer = new FaultProxyServer({ seed: o.seed });
+  const report: ChaosReport = {
+    seed: o.seed, mode: o.mode, durationMs: o.durationMs, replay: replayCommand(o), faults: [],
+    writes: { acknowledged: 0, resent: 0 }, drReads: { checked: 0, skipped: 0 },
+    proxy: { connections: 0, corrupted: 0, reset: 0, limited: 0, timedOut: 0, dropped: 0 }, violations, passed: false,
+  };
+  let load: StampedLoad | null = null;
+  try {
+    // Fixed ports after the first start, so that a restarted gateway is where its peer and the load look.
+    const drReady = await dr.start();
+    Object.assign(cfg.dr, { link: { ...cfg.dr.link, port: drReady.linkPort! }, nbd: { host: '127.0.0.1', port: drReady.nbdPort! } });
+    const proxy = await proxyServer.create({ name: 'link', listen: '127.0.0.1:0', upstream: `127.0.0.1:${drReady.linkPort}` });
+    const proxyPort = Number(proxy.listen.slice(proxy.listen.lastIndexOf(':') + 1));
+    cfg.prod.link.port = proxyPort;
+    await writeConfigs();
+    const prodReady = await prod.start();
+    cfg.prod.nbd.port = prodReady.nbdPort!;
+    await writeConfigs();
+    const prodAt: Endpoint = { host: '127.0.0.1', port: prodReady.nbdPort! };
+    const drAt: Endpoint = { host: '127.0.0.1', port: drReady.nbdPort! };
+    out(`chaos: seed ${o.seed}, ${o.mode}, ${(o.durationMs / 1000).toFixed(0)} s, ${schedule.length} faults; production nbd://127.0.0.1:${prodAt.port}/${volUuid}, dr link through the fault proxy ${proxy.listen}`);
+    out(`chaos: replay with: ${report.replay}`);
+    load = new StampedLoad(() => (prod.child ? prodAt : null), volUuid, sizeBytes / blockBytes, o.seed, 120_000);
+    const started = Date.now();
+    load.start();
+    const sampler = sampleDr({ seed: o.seed, prod, dr, drAt, load, sizeBytes, mode: o.mode, report, violate });
+    for (const f of schedule) {
+      await sleepUntil(started + f.atMs);
+      const startedAtMs = Date.now() - started;
+      out(`+${(startedAtMs / 1000).toFixed(1)}s #${f.n} ${describeFault(f)} (writes acknowledged: ${load.acked})`);
+      await applyFault(f, { prod, dr, proxy });
+      const recoveredAtMs = Date.now() - started;
+      report.faults.push({ ...f, startedAtMs, recoveredAtMs });
+      out(`+${(recoveredAtMs / 1000).toFixed(1)}s #${f.n} recovered`);
+    }
+    await sleepUntil(started + o.durationMs);
+    await sampler.stop();
+    await load.stop();
+    out(`chaos: faults over, ${load.acked} writes acknowledged (${load.resent} sent again); draining`);
+    await converge({ prod, dr, prodAt, drAt, load, sizeBytes, violate });
+  } catch (err) {
+    violate(`the run could not go on: ${(err as Error).message}`);
+  } finally {
+    if (load) report.writes = { acknowledged: load.acked, resent: load.resent };
+    report.proxy = proxyServer.all().link ? proxyServer.proxy('link').counters : report.proxy;
+    for (const side of [prod, dr]) {
+      const code = await side.stop().catch(() => null);
+      if (code !== 0 && code !== null) violate(`${side.role} gateway exited with code ${code} at the end (see ${join(dir, `${side.role}.log`)})`);
+    }
+    await proxyServer.close();
+  }
+  report.passed = violations.length === 0;
+  await writeFile(join(dir, 'chaos-report.json'), JSON.stringify(report, null, 2));
+  out(report.passed
+    ? `chaos: PASSED seed ${o.seed}: ${report.faults.length} faults, ${report.writes.acknowledged} writes, ${report.drReads.checked} DR images checked; report ${join(dir, 'chaos-report.json')}`
+    : `chaos: FAILED seed ${o.seed}: ${violations.length} violation(s); replay: ${report.replay}; report ${join(dir, 'chaos-report.json')}`);
+  return report;
+}
+
+function sleepUntil(atMs: number): Promise<void> {
+  return new Promise((r) => setTimeout(r, Math.max(0, atMs - Date.now())));
+}
+
+async function applyFault(f: ScheduledFault, x: { prod: Side; dr: Side; proxy: FaultProxy }): Promise<void> {
+  const wait = (): Promise<void> => new Promise((r) => setTimeout(r, f.forMs));
+  const toxic = async (type: string, streams: Array<'upstream' | 'downstream'>, extra?: () => void): Promise<void> => {
+    for (const stream of streams) x.proxy.addToxic({ name: `chaos-${f.n}-${stream}`, type, stream, attributes: f.params });
+    extra?.();
+    await wait();
+    for (const stream of streams) await x.proxy.removeToxic(`chaos-${f.n}-${stream}`);
+  };
+  switch (f.kind) {
+    case 'kill-production':
+    case 'kill-dr': {
+      const side = f.kind === 'kill-dr' ? x.dr : x.prod;
+      await side.kill();
+      await wait();
+      await side.start();
+      return;
+    }
+    case 'freeze-production':
+    case 'freeze-dr': {
+      const side = f.kind === 'freeze-dr' ? x.dr : x.prod;
+      side.freeze();
+      await wait();
+      side.thaw();
+      return;
+    }
+    case 'link-cut':
+      x.proxy.cut(true);
+      return;
+    case 'partition':
+      await x.proxy.setEnabled(false);
+      await wait();
+      await x.proxy.setEnabled(true);
+      return;
+    case 'latency': return toxic('latency', ['upstream', 'downstream']);
+    case 'bandwidth': return toxic('bandwidth', ['upstream']);
+    case 'corrupt': return toxic('corrupt', ['upstream']);
+    case 'truncate': return toxic('limit_data', ['upstream']);
+    case 'slicer': return toxic('slicer', ['upstream']);
+    case 'slow-close': return toxic('slow_close', ['upstream', 'downstream'], () => x.proxy.cut(false));
+  }
+}
+
+/** DR's replica read whole at seeded instants: always a prefix of the history; in Sync, no shorter than what was acknowledged. */
+function sampleDr(x: { seed: number; prod: Side; dr: Side; drAt: Endpoint; load: StampedLoad; sizeBytes: number; mode: 'async' | 'sync';
+    report: ChaosReport; violate: (v: string) => void }): { stop(): Promise<void> } {
+  const rnd = seededRandom(x.seed ^ 0x2545f491);
+  let stopping = false;
+  const run = (async () => {
+    while (!stopping) {
+      await new Promise((r) => setTimeout(r, 500 + Math.floor(rnd.float() * 2_000)));
+      if (stopping) return;
+      if (!x.dr.up) {
+        x.report.drReads.skipped++;
+        continue;
+      }
+      const before = await pairState(x.prod, x.dr);
+      const ackedBefore = x.load.acked;
+      const image = await readImage(x.drAt, volUuid, x.sizeBytes, 20_000).catch(() => null);
+      if (image === null) { // DR killed or frozen under the read
+        x.report.drReads.skipped++;
+        continue;
+      }
+      x.report.drReads.checked++;
+      const history = x.load.history.slice();
+      const range = prefixOf(image, history);
+      if (range === null) x.violate(`DR image is no prefix of the write history: ${prefixConflict(image, history)}; ${before.text}`);
+      else if (x.mode === 'sync' && range.hi < ackedBefore) {
+        const after = await pairState(x.prod, x.dr);
+        x.violate(`Sync: DR image holds at most the first ${range.hi} writes, but ${ackedBefore} were acknowledged before the read; before it ${before.text}; after it ${after.text}`);
+      }
+    }
+  })();
+  return { stop: async () => { stopping = true; await run; } };
+}
+
+/** Both sides' replication positions now, for a violation's message (what a reader needs to tell a cause). */
+async function pairState(prod: Side, dr: Side): Promise<{ prodState: string | null; text: string }> {
+  type S = Extract<IpcMessage, { type: 'status' }>;
+  const ask = (side: Side): Promise<S | null> => (side.up && side.child
+    ? withTimeout(systemClock, 2_000, side.child.request<S>({ type: 'status' }, 'status'), 'status').catch(() => null)
+    : Promise.resolve(null));
+  const [p, d] = await Promise.all([ask(prod), ask(dr)]);
+  const pv = (p?.status as { vms?: Array<{ lastSeq: number; ackedSeq: number; replication: { state: string } }> } | undefined)?.vms?.[0];
+  const dv = (d?.status as { vms?: Array<{ durableSeq: number; appliedSeq: number }> } | undefined)?.vms?.[0];
+  const prodText = pv ? `production ${pv.replication.state}, journal ${pv.lastSeq}, DR acked ${pv.ackedSeq}` : 'production not answering';
+  const drText = dv ? `DR durable ${dv.durableSeq}, applied ${dv.appliedSeq}` : 'DR not answering';
+  return { prodState: pv?.replication.state ?? null, text: `${prodText}; ${drText}` };
+}
+
+/** No fault left: the pair drains; production holds every acknowledged write and DR equals it. */
+async function converge(x: { prod: Side; dr: Side; prodAt: Endpoint; drAt: Endpoint; load: StampedLoad; sizeBytes: number;
+    violate: (v: string) => void }): Promise<void> {
+  if (!x.dr.child) await x.dr.start();
+  if (!x.prod.child) await x.prod.start();
+  await withTimeout(systemClock, drainTimeoutMs, x.prod.child!.request({ type: 'drain' }, 'drained'), 'the pair to drain after the faults');
+  const expected = Buffer.alloc(x.sizeBytes);
+  x.load.history.forEach((block, i) => stampedBlock(i + 1, block).copy(expected, block * blockBytes));
+  const prodImage = await readImage(x.prodAt, volUuid, x.sizeBytes, 30_000);
+  const drImage = await readImage(x.drAt, volUuid, x.sizeBytes, 30_000);
+  const lost = blocksDiffering(prodImage, expected);
+  if (lost.length > 0) x.violate(`production lost acknowledged writes: ${lost.length} blocks differ from the history (first: block ${lost[0]})`);
+  const behind = blocksDiffering(drImage, prodImage);
+  if (behind.length > 0) x.violate(`after draining, DR differs from production in ${behind.length} blocks (first: block ${behind[0]})`);
+}
+
+function blocksDiffering(a: Buffer, b: Buffer): number[] {
+  const out: number[] = [];
+  for (let at = 0; at < a.length; at += blockBytes) {
+    if (!a.subarray(at, at + blockBytes).equals(b.subarray(at, at + blockBytes))) out.push(at / blockBytes);
+  }
+  return out;
+}
+
