@@ -1,6 +1,7 @@
 import { readFileSync } from 'node:fs';
 import { performance, PerformanceObserver } from 'node:perf_hooks';
 import { systemClock } from '../core/clock.js';
+import { plantedBugs } from '../core/planted-bugs.js';
 import { ErrorCode, vrgError } from '../core/errors.js';
 import { createLogger, type Logger } from '../core/log.js';
 import { systemRandom } from '../core/random.js';
@@ -143,6 +144,7 @@ export async function startCommand(configPath: string): Promise<void> {
     await closeGateway();
   };
   logger.info({ gatewayId: config.gatewayId, role: config.role }, 'gateway started');
+  if (plantedBugs().length > 0) logger.error({ plantedBugs: plantedBugs() }, 'VRG_PLANTED_BUG is set: this gateway runs with bugs planted for a checker test');
   const send = (m: IpcMessage): void => {
     if (process.send && process.connected) process.send(m);
   };

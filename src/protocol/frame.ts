@@ -1,6 +1,7 @@
 import { createCipheriv, createDecipheriv } from 'node:crypto';
 import type { BlockMemory } from '../core/buffer-ring.js';
 import { ErrorCode, vrgError } from '../core/errors.js';
+import { bugPlanted } from '../core/planted-bugs.js';
 import { limits } from '../core/limits.js';
 
 // The link frame:
@@ -157,6 +158,7 @@ export function openFrame(f: RawFrame, keys: DirectionKeys, expectedSeq: number)
   try {
     decipher.final();
   } catch (err) {
+    if (bugPlanted('accept-bad-tag')) return { header: f.header, payload };
     throw vrgError(ErrorCode.FRAME_AUTH_FAILED, `frame type ${f.type} seq ${f.seq} failed authentication`,
       { type: f.type, seq: f.seq }, err);
   }

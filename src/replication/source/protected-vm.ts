@@ -22,6 +22,7 @@ import { Intake, resyncReadBytesMax, toVolumeOp, type IntakeDiagnostics } from '
 import {
   initialState, stateNumber, transition, waitsForDr, type Effect, type Event, type Mode, type Region, type State,
 } from '../protection-state.js';
+import { bugPlanted } from '../../core/planted-bugs.js';
 import { Shipper, type ShipperDiagnostics } from './shipper.js';
 import type { CompressionSetting } from '../compression-policy.js';
 import { appendBarriersTo, clearDrAhead, loadDrAhead, saveDrAhead, type DrAhead } from './dr-ahead.js';
@@ -357,7 +358,7 @@ export class ProtectedVm {
 
   /** Sync mode: a write's ack waits until DR has it durably, or until acks stop waiting (degraded, paused). */
   private waitDr(seq: number): Promise<void> | null {
-    if (!this.waitForDr) return null;
+    if (!this.waitForDr || bugPlanted('sync-ack-early')) return null;
     if (this.shipper.ackedSeq >= seq) return Promise.resolve();
     return new Promise<void>((resolve) => {
       const check = (): void => {

@@ -1,0 +1,20 @@
+// Test-only switches that plant real bugs, so that a test can show the checkers of `vrg chaos` catch them
+// (a checker that never fails proves nothing). Read once from VRG_PLANTED_BUG (comma-separated); a gateway
+// started with one logs it at error level. Never set outside such a test.
+
+export const plantableBugs = [
+  'accept-bad-tag', // the link accepts a frame whose AES-GCM tag does not match (corrupt bytes get applied)
+  'sync-ack-early', // Sync acknowledges a write once journaled, without waiting for DR
+] as const;
+export type PlantedBug = (typeof plantableBugs)[number];
+
+const planted: ReadonlySet<string> = new Set((process.env.VRG_PLANTED_BUG ?? '').split(',').map((s) => s.trim()).filter(Boolean));
+
+export function bugPlanted(bug: PlantedBug): boolean {
+  return planted.has(bug);
+}
+
+/** The planted bugs of this process, for its start-up log. */
+export function plantedBugs(): string[] {
+  return [...planted];
+}
