@@ -105,13 +105,17 @@ t.test('a DR process whose target write agent is not up yet waits for it at open
   const json = pairConfigJson({ dir, volumeSizeBytes: volumeBytes, volumes: 1, drUrls: [url] });
   const { startDr } = processPair(dir, json);
   const starting = startDr();
-  // Several retries (every 250 ms) with nothing listening: only the retry timers are pending in the process.
-  await new Promise((r) => setTimeout(r, 1500));
+  starting.catch(() => undefined); // awaited below
+  // The agent starts only once the DR says it is retrying, then after a few more retries (every 250 ms):
+  // meanwhile only the retry timers are pending in the DR process.
+  const retrying = async (): Promise<boolean> => (await readFile(join(dir, 'dr.log'), 'utf8').catch(() => ''))
+    .includes('target write agent not reachable yet; retrying');
+  for (let i = 0; i < 600 && !(await retrying()); i++) await new Promise((r) => setTimeout(r, 50));
+  t.ok(await retrying(), 'the DR said it was retrying the agent');
+  await new Promise((r) => setTimeout(r, 1000));
   await slowTarget(t, join(dir, 'target', 'late.img'), volumeBytes, 0, agentPort);
   const dr = await starting;
   t.equal(await dr.stop(), 0, 'the DR came up once the agent did, and stops cleanly');
-  const lines = (await readFile(join(dir, 'dr.log'), 'utf8')).split('\n').filter((l) => l.startsWith('{')).map((l) => JSON.parse(l) as Record<string, unknown>);
-  t.ok(lines.some((l) => l.msg === 'target write agent not reachable yet; retrying'), 'it said it was retrying');
 });
 
 t.test('replica reads see a prefix of the write history, and no less than what was acknowledged when asked', async (t) => {
