@@ -390,7 +390,8 @@ t.test('POST /vmfailover promotes a VM on the DR gateway; vmdrstatus reports rol
   t.same((pair.dr.gw as DrGateway).replicaVolumes(), [], 'no replica of it is opened');
   // The old source sees the newer generation and becomes the target (failback); then the VM moves home.
   await until(async () => (await pc.call('GET', `/vmdrstatus/${VM}`)).body.role === 'target', 15_000, 'the old source to become the target');
-  await until(async () => (await dc2.call('GET', `/vmdrstatus/${VM}`)).body.status === 1, 30_000, 'the failback resync and check');
+  await until(async () => (await dc2.call('GET', `/vmdrstatus/${VM}`)).body.status === 1, 30_000, 'the failback resync and check',
+    () => ({ promoted: pair.dr.site!.promotedGateway?.diagnostics(), promotedStatus: pair.dr.site!.promotedGateway?.status(), prod: pair.prod.site?.status?.() }));
   isErr(t, await pc.call('POST', '/vmfailover', { vmUuid: VM, type: 'unplanned' }), '10440101', 400, 'home only with a planned failover');
   isErr(t, await pc.call('POST', '/vmsplitbrain', { vmUuid: VM, survivor: 'this' }), '10440101');
   isErr(t, await dc2.call('POST', '/vmsplitbrain', { vmUuid: VM, survivor: 'peer' }), '10440410', 400, 'no split brain to resolve');

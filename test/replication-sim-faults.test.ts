@@ -2,7 +2,7 @@ import t from 'tap';
 import { compareVolumes } from '../src/cli/demo.js';
 import { runLoad } from '../src/cli/load-generator.js';
 import { startPair } from './lib/pair.js';
-import { SimNetwork } from './lib/sim-transport.js';
+import { SimNetwork } from '../src/chaos/sim/sim-network.js';
 import { within } from './lib/wait.js';
 
 // Both gateways in this process over an in-memory network whose seeded fault plan cuts connections

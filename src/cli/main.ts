@@ -1,4 +1,6 @@
 #!/usr/bin/env -S node --initial-old-space-size=64
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { isVrgError } from '../core/errors.js';
 import { parseSize } from '../core/size.js';
@@ -8,6 +10,7 @@ import { runApiCall } from './api-command.js';
 import { runFaultProxy } from '../chaos/fault-proxy/fault-proxy-server.js';
 import { describeFault, faultKinds, parseFaultList, planSchedule } from '../chaos/schedule.js';
 import { replayCommand, runChaos } from './chaos.js';
+import { runSimSeeds } from '../chaos/sim/sim-run.js';
 
 const usage = `usage: vrg <command> [options]
 
@@ -49,6 +52,9 @@ commands:
              --mode async|sync    replication mode (default async)
              --dir DIR            working directory (default ./vrg-chaos); report in DIR/chaos-report.json
              --plan               print the schedule and exit
+  sim      the simulator: both gateways in this process, a seeded faulty network and faulty DR disks, the
+             checkers of chaos; vrg sim [--seeds 200] [--from 1] [--mode async|sync] [--parallel 4] [--dir DIR]
+             (default: Async on odd seeds, Sync on even ones); exit 1 naming each failing seed and its replay
   fault-proxy  a TCP fault proxy driven over Toxiproxy's HTTP API (its clients work unchanged):
              vrg fault-proxy [--host 127.0.0.1] [--port 8474] [--seed N] [--config PROXIES.json]
              toxics: latency bandwidth slow_close timeout reset_peer slicer limit_data down, and VRG's corrupt
@@ -195,6 +201,20 @@ async function main(argv: string[]): Promise<number> {
         return 0;
       }
       return (await runChaos(o)).passed ? 0 : 1;
+    }
+    case 'sim': {
+      const { values } = parseArgs({
+        args: rest, strict: true,
+        options: { seeds: { type: 'string' }, from: { type: 'string' }, mode: { type: 'string' }, dir: { type: 'string' }, parallel: { type: 'string' } },
+      });
+      const mode = values.mode;
+      if (mode !== undefined && mode !== 'async' && mode !== 'sync') throw new UsageError(`--mode must be async or sync, not "${mode}"`);
+      const results = await runSimSeeds({
+        from: positiveInt(values.from, 'from', 1), count: positiveInt(values.seeds, 'seeds', 200),
+        dir: values.dir ?? join(tmpdir(), `vrg-sim-${process.pid}`), ...(mode ? { mode } : {}),
+        parallel: positiveInt(values.parallel, 'parallel', 4),
+      });
+      return results.every((r) => r.violations.length === 0) ? 0 : 1;
     }
     case 'fault-proxy': {
       const { values } = parseArgs({

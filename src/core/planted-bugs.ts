@@ -8,10 +8,15 @@ export const plantableBugs = [
 ] as const;
 export type PlantedBug = (typeof plantableBugs)[number];
 
-const planted: ReadonlySet<string> = new Set((process.env.VRG_PLANTED_BUG ?? '').split(',').map((s) => s.trim()).filter(Boolean));
+let planted: ReadonlySet<string> = new Set((process.env.VRG_PLANTED_BUG ?? '').split(',').map((s) => s.trim()).filter(Boolean));
 
 export function bugPlanted(bug: PlantedBug): boolean {
   return planted.has(bug);
+}
+
+/** In-process (the simulator's test): the bugs planted from now on, replacing VRG_PLANTED_BUG's. */
+export function plantBugsForTest(bugs: readonly PlantedBug[]): void {
+  planted = new Set(bugs);
 }
 
 /** The planted bugs of this process, for its start-up log. */

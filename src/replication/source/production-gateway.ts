@@ -94,6 +94,8 @@ const stateTickMs = 500;
  */
 export class ProductionGateway extends EventEmitter {
   private conn: LinkConnection | null = null;
+  /** The last Resume the peer sent on `conn` (the handshake's, or a later one). */
+  private latestResume: { conn: LinkConnection; resume: Resume } | null = null;
   private link: LinkClient | null = null;
   private peerCfg: PeerConfig | null = null;
   private everConnected = false;
@@ -511,7 +513,11 @@ export class ProductionGateway extends EventEmitter {
       this.deps.logger.warn({ vmUuid: vm.vmUuid }, 'write-back gateway: the host restarted after an unclean stop; checking the VM');
       vm.feed({ type: 'recovered' });
     }
-    const at = this.conn?.resume?.vms.find((r) => r.vmUuid === p.vmUuid);
+    // The peer's latest Resume on this connection (on a shared one, the site forwards it after the handshake:
+    // a VM the management API re-adds after that must still find its entry), else the handshake's.
+    const latest = this.latestResume?.conn === this.conn ? this.latestResume?.resume : undefined;
+    const entry = (r: Resume | null | undefined): ResumeVm | undefined => r?.vms.find((x) => x.vmUuid === p.vmUuid);
+    const at = entry(latest) ?? entry(this.conn?.resume);
     if (this.conn && at) this.attachVm(vm, this.conn, at);
     return vm;
   }
@@ -696,6 +702,7 @@ export class ProductionGateway extends EventEmitter {
 
   /** Attaches each VM not attached yet at the peer's position; `missingIsFault`: a VM the peer lacks is a fault. */
   private attachFromResume(conn: LinkConnection, resume: Resume, missingIsFault: boolean): void {
+    this.latestResume = { conn, resume };
     for (const vm of this.vms.values()) {
       if (vm.shipper.connected) continue;
       const at = resume.vms.find((r) => r.vmUuid === vm.vmUuid);

