@@ -66,3 +66,10 @@ export function prefixConflict(image: Buffer, blocks: readonly number[]): string
   }
   return `block ${lo.block} holds write ${lo.k}, but block ${hi.block} lacks write ${hi.k + 1} (history ${blocks.length})`;
 }
+
+/** The image production holds after the writes of `history` (stamps 1..n in order), `sizeBytes` long. */
+export function historyImage(history: readonly number[], sizeBytes: number): Buffer {
+  const image = Buffer.alloc(sizeBytes);
+  history.forEach((block, i) => stampedBlock(i + 1, block).copy(image, block * blockBytes));
+  return image;
+}

@@ -7,7 +7,7 @@ import { FaultProxyServer } from '../chaos/fault-proxy/fault-proxy-server.js';
 import type { FaultProxy, ProxyCounters } from '../chaos/fault-proxy/proxy.js';
 import { describeFault, planSchedule, type FaultKind, type ScheduledFault } from '../chaos/schedule.js';
 import { readImage, StampedLoad, type Endpoint } from '../chaos/stamped-load.js';
-import { blockBytes, prefixConflict, prefixOf, stampedBlock } from '../chaos/stamps.js';
+import { blockBytes, historyImage, prefixConflict, prefixOf } from '../chaos/stamps.js';
 import { spawnGateway, type GatewayChild } from './gateway-child.js';
 import type { IpcMessage } from './gateway-process.js';
 
@@ -304,8 +304,7 @@ async function converge(x: { prod: Side; dr: Side; prodAt: Endpoint; drAt: Endpo
   if (!x.dr.child) await x.dr.start();
   if (!x.prod.child) await x.prod.start();
   await withTimeout(systemClock, drainTimeoutMs, x.prod.child!.request({ type: 'drain' }, 'drained'), 'the pair to drain after the faults');
-  const expected = Buffer.alloc(x.sizeBytes);
-  x.load.history.forEach((block, i) => stampedBlock(i + 1, block).copy(expected, block * blockBytes));
+  const expected = historyImage(x.load.history, x.sizeBytes);
   const prodImage = await readImage(x.prodAt, volUuid, x.sizeBytes, 30_000);
   const drImage = await readImage(x.drAt, volUuid, x.sizeBytes, 30_000);
   const lost = blocksDiffering(prodImage, expected);

@@ -2,7 +2,7 @@ import Fastify, { type FastifyError, type FastifyInstance, type FastifyReply } f
 import { systemClock, type Clock } from '../../core/clock.js';
 import { ErrorCode, isVrgError, vrgError } from '../../core/errors.js';
 import { seededRandom, systemRandom, type Random } from '../../core/random.js';
-import { FaultProxy, type ProxyJson } from './proxy.js';
+import { FaultProxy, parseAddress, type ProxyJson } from './proxy.js';
 
 // `vrg fault-proxy`: TCP proxies with faults ("toxics"), driven over Toxiproxy's HTTP API, so that the clients
 // and scripts people already drive Toxiproxy with (toxiproxy-node-client, toxiproxy-cli, the Go and Ruby
@@ -83,13 +83,14 @@ export class FaultProxyServer {
     if (b.enabled !== undefined && typeof b.enabled !== 'boolean') throw vrgError(ErrorCode.INVALID_ARGUMENT, 'enabled is true or false');
     const listen = b.listen ?? p.listen;
     const upstream = b.upstream ?? p.upstream;
-    const fresh = new FaultProxy(name, listen as string, upstream as string, this.clock, this.random); // validates both
+    parseAddress('listen', listen); // both checked before anything changes
+    parseAddress('upstream', upstream);
     if (listen !== p.listen) {
       // A new address: the old listener and its connections go, as Toxiproxy restarts the proxy.
       await p.close();
-      p.listen = fresh.listen;
+      p.listen = listen as string;
     }
-    p.upstream = fresh.upstream;
+    p.upstream = upstream as string;
     await p.setEnabled((b.enabled as boolean | undefined) ?? p.enabled);
     return p;
   }

@@ -8,7 +8,7 @@ import { InlineCodec } from '../../pipeline/inline-codec.js';
 import { parseConfig } from '../../replication/config.js';
 import { ProductionGateway } from '../../replication/source/production-gateway.js';
 import { DrGateway } from '../../replication/target/dr-gateway.js';
-import { blockBytes, prefixConflict, prefixOf, stampedBlock } from '../stamps.js';
+import { blockBytes, historyImage, prefixConflict, prefixOf, stampedBlock } from '../stamps.js';
 import { SimDisk } from './sim-disk.js';
 import { SimNetwork, type FaultCounters } from './sim-network.js';
 
@@ -153,8 +153,7 @@ export async function runSimSeed(o: SimOptions): Promise<SimResult> {
     target().slowMs = 0;
     await step(prod.drain(), 'the drain after the faults');
     await step(applied(dr), 'DR applying what it acknowledged');
-    const expected = Buffer.alloc(sizeBytes);
-    history.slice(0, acked).forEach((block, i) => stampedBlock(i + 1, block).copy(expected, block * blockBytes));
+    const expected = historyImage(history.slice(0, acked), sizeBytes);
     const source = disks.get(`sim://production/${volUuid}`)!.snapshot();
     if (!source.equals(expected)) violations.push('production lost acknowledged writes: its volume differs from the history');
     if (!target().snapshot().equals(source)) violations.push('after draining, DR differs from production');
