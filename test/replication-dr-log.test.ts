@@ -1,4 +1,3 @@
-import { spawn } from 'node:child_process';
 import { mkdir, open, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import t, { type Test } from 'tap';
@@ -8,7 +7,8 @@ import type { LoadOptions } from '../src/cli/load-generator.js';
 import type { DrStatus } from '../src/replication/target/dr-gateway.js';
 import { pairConfigJson, startPair } from './lib/pair.js';
 import { ackedWritesMissing, drainChild, processPair, watchChild } from './lib/process-pair.js';
-import { freePort, probe } from './lib/ports.js';
+import { startAgent } from './lib/agents.js';
+import { freePort } from './lib/ports.js';
 import { needs } from './lib/tools.js';
 import { drained } from './lib/wait.js';
 import { slowWrites } from './lib/slow-volume.js';
@@ -34,16 +34,10 @@ async function slowTarget(t: Test, file: string, sizeBytes: number, delayWriteMs
   const fh = await open(file, 'w');
   await fh.truncate(sizeBytes);
   await fh.close();
-  port ??= await freePort();
-  const child = spawn('nbdkit', ['-f', '--exit-with-parent', '-t', '2', '-p', String(port), '-i', '127.0.0.1', '--filter=delay',
-    '--filter=blocksize-policy', 'file', `file=${file}`, `delay-write=${delayWriteMs}ms`, 'blocksize-maximum=65536',
-    'blocksize-preferred=4096', 'blocksize-minimum=1'], { stdio: 'ignore' });
-  t.teardown(() => void child.kill('SIGKILL'));
-  for (let i = 0; i < 200; i++) {
-    if (await probe(port)) return `nbd://127.0.0.1:${port}/`;
-    await new Promise((r) => setTimeout(r, 50));
-  }
-  throw new Error('nbdkit did not start');
+  const agent = await startAgent(t, 'nbdkit', (p, pid) => ['-f', '-P', pid, '--exit-with-parent', '-t', '2', '-p', String(p),
+    '-i', '127.0.0.1', '--filter=delay', '--filter=blocksize-policy', 'file', `file=${file}`, `delay-write=${delayWriteMs}ms`,
+    'blocksize-maximum=65536', 'blocksize-preferred=4096', 'blocksize-minimum=1'], port);
+  return agent.url;
 }
 
 async function drStatus(dr: { request<T>(m: unknown, type: string): Promise<T> }): Promise<DrStatus['vms'][number]> {

@@ -1,4 +1,3 @@
-import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdtemp, readFile, rm, truncate, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -10,7 +9,7 @@ import { seededRandom } from '../src/core/random.js';
 import { FileVolume } from '../src/volume/file-volume.js';
 import { NbdVolume } from '../src/volume/nbd-volume.js';
 import { openVolume, parseVolumeUrl } from '../src/volume/open-volume.js';
-import { freePort, probe } from './lib/ports.js';
+import { startAgent, type Agent } from './lib/agents.js';
 import { needs } from './lib/tools.js';
 
 // NBD volumes against real write agents (qemu-nbd, nbdkit), on 127.0.0.1 only.
@@ -30,37 +29,11 @@ async function rejectsWith(t: Test, p: Promise<unknown>, code: string, what: str
   }
 }
 
-interface Agent { child: ChildProcess; port: number; kill(): Promise<void> }
-
-async function startAgent(t: Test, cmd: string, args: (port: number) => string[], port?: number): Promise<Agent> {
-  const p = port ?? await freePort();
-  const child = spawn(cmd, args(p), { stdio: ['ignore', 'ignore', 'pipe'] });
-  let stderr = '';
-  child.stderr?.on('data', (d: Buffer) => { stderr += d.toString(); });
-  let exited = false;
-  const exit = new Promise<void>((resolve) => {
-    child.once('exit', () => { exited = true; resolve(); });
-    child.once('error', (err) => { exited = true; stderr += err.message; resolve(); }); // e.g. ENOENT
-  });
-  const kill = async (): Promise<void> => {
-    if (!exited) child.kill('SIGKILL');
-    await exit;
-  };
-  t.teardown(kill);
-  const start = Date.now();
-  while (!(await probe(p))) {
-    if (exited) throw new Error(`${cmd} exited: ${stderr}`);
-    if (Date.now() - start > 10_000) throw new Error(`${cmd} did not accept on ${p}: ${stderr}`);
-    await new Promise((r) => setTimeout(r, 50));
-  }
-  return { child, port: p, kill };
-}
-
 const qemuNbd = (t: Test, file: string, name: string, port?: number): Promise<Agent> =>
-  startAgent(t, 'qemu-nbd', (p) => ['-f', 'raw', '-x', name, '-p', String(p), '-b', '127.0.0.1', '-t', '-e', '8', file], port);
+  startAgent(t, 'qemu-nbd', (p, pid) => ['--pid-file', pid, '-f', 'raw', '-x', name, '-p', String(p), '-b', '127.0.0.1', '-t', '-e', '8', file], port);
 
 const nbdkit = (t: Test, file: string, filters: string[] = [], port?: number): Promise<Agent> =>
-  startAgent(t, 'nbdkit', (p) => ['-f', '--exit-with-parent', '-p', String(p), '-i', '127.0.0.1',
+  startAgent(t, 'nbdkit', (p, pid) => ['-f', '-P', pid, '--exit-with-parent', '-p', String(p), '-i', '127.0.0.1',
     ...filters.filter((f) => !f.includes('=')).map((f) => `--filter=${f}`), 'file', `file=${file}`,
     ...filters.filter((f) => f.includes('='))], port);
 
@@ -175,7 +148,7 @@ t.test('nbdkit without write zeroes: zeroes are written as data', needs('nbdkit'
 t.test('old handshakes: OPT_EXPORT_NAME without NO_ZEROES, OPT_GO without NO_ZEROES', needs('nbdkit'), async (t) => {
   const file = await scratch(t, 2 * MiB);
   for (const mask of ['0', '1']) {
-    const agent = await startAgent(t, 'nbdkit', (p) => ['-f', '--exit-with-parent', `--mask-handshake=${mask}`,
+    const agent = await startAgent(t, 'nbdkit', (p, pid) => ['-f', '-P', pid, '--exit-with-parent', `--mask-handshake=${mask}`,
       '-p', String(p), '-i', '127.0.0.1', 'file', `file=${file}`]);
     const vol = await NbdVolume.open({ host: '127.0.0.1', port: agent.port, exportName: '' });
     t.equal(vol.sizeBytes, 2 * MiB, `mask ${mask}: size`);
