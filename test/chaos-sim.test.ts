@@ -14,18 +14,10 @@ t.test(`${count} simulated schedules from seed ${from}: no violation`, async (t)
   const lines: string[] = [];
   const results = await runSimSeeds({ from, count, dir: t.testdir(), out: (l) => lines.push(l) });
   t.equal(results.length, count, 'every seed ran');
-  // An engine bug the simulator found and that is still open (issue 15's note): after a DR restart a record
-  // production shipped is never logged by DR nor sent again, and a Sync write waits for it (replay: seed 192,
-  // sync). Such runs are reported as TODO with their seeds, not hidden; any other violation fails.
-  const lostAfterRestart = (r: (typeof results)[number]): boolean => r.drRestarts > 0 &&
-    r.violations.every((v) => /^the run could not go on: write \d+ .*production queue, link up/.test(v));
-  const failed = results.filter((r) => r.violations.length > 0 && !lostAfterRestart(r));
-  const known = results.filter((r) => r.violations.length > 0 && lostAfterRestart(r));
+  // Seed 192 (sync) once found a bit flip in a frame's length field that left DR waiting for bytes that never
+  // came (the prefix check in protocol/frame.ts now catches it): a stalled write is a violation like any other.
+  const failed = results.filter((r) => r.violations.length > 0);
   t.same(failed.map((r) => ({ seed: r.seed, mode: r.mode, violations: r.violations })), [], lines.join('\n'));
-  if (known.length > 0) {
-    t.fail(`a record lost after a DR restart stalls seeds ${known.map((r) => r.seed).join(' ')}: ${known[0]!.violations[0]}`,
-      { todo: 'open engine bug: a batch shipped around a DR restart is neither logged by DR nor resent' });
-  }
   const sum = (f: (r: (typeof results)[number]) => number): number => results.reduce((n, r) => n + f(r), 0);
   t.ok(sum((r) => r.network.cuts) >= count / 2, `the network cut links ${sum((r) => r.network.cuts)} times`);
   t.ok(sum((r) => r.network.corrupted) > 0, `and flipped ${sum((r) => r.network.corrupted)} bits`);

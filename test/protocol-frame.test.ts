@@ -4,13 +4,19 @@ import { ErrorCode } from '../src/core/errors.js';
 import { limits } from '../src/core/limits.js';
 import { seededRandom } from '../src/core/random.js';
 import {
-  encodeFrame, FrameDecoder, FrameFlags, FrameType, openFrame, parseFrame, type DirectionKeys, type RawFrame,
+  encodeFrame, FRAME_PREFIX_BYTES, FrameDecoder, FrameFlags, FrameType, frameSeqMax, openFrame, parseFrame, prefixCheck, type DirectionKeys, type RawFrame,
 } from '../src/protocol/frame.js';
 import { deriveSessionKeys } from '../src/protocol/keys.js';
 import {
   decodeHeartbeat, decodeWriteBatch, encodeHeartbeat, encodeWriteBatch, type WriteBatch,
 } from '../src/protocol/messages.js';
 import { code } from './lib/error-code.js';
+
+/** A prefix edited by a test, with its check made right again, so the check under test is the next one. */
+function resealed(b: Buffer): Buffer {
+  b.writeUInt16BE(prefixCheck(b), 14);
+  return b;
+}
 
 const keys: DirectionKeys = { key: randomBytes(16), salt: randomBytes(4) };
 
@@ -103,19 +109,38 @@ t.test('a flipped bit anywhere in a sealed frame is detected', async (t) => {
         if (frames.length !== 1) result = `decoded ${frames.length} frames`;
         else result = code(() => openFrame(frames[0]!, keys, 3));
       }
-      const region = byte < 4 ? 'length' : byte < 8 ? 'type/flags/headerLen' : byte < 16 ? 'seq' : 'body';
-      let ok: boolean;
-      if (region === 'body') ok = result === ErrorCode.FRAME_AUTH_FAILED;
-      else if (region === 'seq') ok = result === ErrorCode.FRAME_SEQUENCE || (byte < 11 && result === ErrorCode.FRAME_MALFORMED); // > 2^53
-      // A shorter length can still parse as a frame (its tail cut off): then its tag does not match.
-      else if (region === 'length') ok = result === ErrorCode.FRAME_TOO_LARGE || result === ErrorCode.FRAME_MALFORMED || result === 'decoded 0 frames' || result === ErrorCode.FRAME_AUTH_FAILED;
-      else ok = result === ErrorCode.FRAME_AUTH_FAILED || result === ErrorCode.FRAME_MALFORMED;
+      const region = byte < 16 ? 'prefix' : 'body';
+      // A flipped prefix bit fails as soon as the prefix is in (never a frame waiting for bytes that do not come):
+      // a length beyond the limit as FRAME_TOO_LARGE, anything else by the prefix check.
+      const ok = region === 'body' ? result === ErrorCode.FRAME_AUTH_FAILED
+        : result === ErrorCode.FRAME_MALFORMED || (byte < 4 && result === ErrorCode.FRAME_TOO_LARGE);
       if (!ok) t.fail(`bit ${bit} (${region}, encrypt=${encrypt}) gave ${String(result)}`);
       outcomes.set(`${region}:${String(result)}`, (outcomes.get(`${region}:${String(result)}`) ?? 0) + 1);
     }
     t.ok(outcomes.get(`body:${ErrorCode.FRAME_AUTH_FAILED}`)! >= (bytes.length - 16) * 8, `every body bit (encrypt=${encrypt})`);
     t.comment(JSON.stringify([...outcomes]));
   }
+});
+
+t.test('a corrupted prefix fails once its 16 bytes are in, before the body is awaited: every 1- and 2-bit error', async (t) => {
+  const bytes = encodeFrame({ type: FrameType.WRITE_BATCH, seq: 7, header: Buffer.alloc(40, 1), payload: randomBytes(2000) }, { keys, encrypt: true });
+  const flip = (b: Buffer, bit: number): void => { b[bit >> 3]! ^= 1 << (bit & 7); };
+  let cases = 0;
+  let waiting = 0;
+  for (let i = 0; i < FRAME_PREFIX_BYTES * 8; i++) {
+    for (let j = i; j < FRAME_PREFIX_BYTES * 8; j++) {
+      const prefix = Buffer.from(bytes.subarray(0, FRAME_PREFIX_BYTES));
+      flip(prefix, i);
+      if (j !== i) flip(prefix, j);
+      cases++;
+      // Only the prefix arrives (the rest of the frame is still on the way, or never comes).
+      if (code(() => new FrameDecoder().push(prefix)) === undefined) waiting++;
+    }
+  }
+  t.equal(waiting, 0, `${cases} corrupted prefixes, none left the decoder waiting for a body`);
+  const good = new FrameDecoder();
+  t.same(good.push(bytes.subarray(0, FRAME_PREFIX_BYTES)), [], 'an intact prefix waits for its body');
+  t.equal(good.push(bytes.subarray(FRAME_PREFIX_BYTES)).length, 1, 'which then decodes');
 });
 
 t.test('sealed flag, tag and flags are enforced', async (t) => {
@@ -126,10 +151,10 @@ t.test('sealed flag, tag and flags are enforced', async (t) => {
   t.equal(code(() => openFrame({ ...f, tag: null }, keys, 0)), ErrorCode.FRAME_AUTH_FAILED, 'no tag');
   const unknownFlag = Buffer.from(bytes);
   unknownFlag[5] = 0x05;
-  t.equal(code(() => parseFrame(unknownFlag)), ErrorCode.FRAME_MALFORMED);
+  t.equal(code(() => parseFrame(resealed(unknownFlag))), ErrorCode.FRAME_MALFORMED);
   const encNotSealed = Buffer.from(encodeFrame({ type: FrameType.ACK, seq: 0, header: Buffer.from('x') }));
   encNotSealed[5] = FrameFlags.ENCRYPTED;
-  t.equal(code(() => parseFrame(encNotSealed)), ErrorCode.FRAME_MALFORMED);
+  t.equal(code(() => parseFrame(resealed(encNotSealed))), ErrorCode.FRAME_MALFORMED);
 });
 
 /** A stream of mixed frames: sealed/unsealed, with and without payloads. */
@@ -193,18 +218,18 @@ t.test('FrameDecoder rejects oversize and malformed frames', async (t) => {
 
   const overrun = Buffer.from(encodeFrame({ type: FrameType.HELLO, seq: 0, header: Buffer.alloc(10) }));
   overrun.writeUInt16BE(11, 6);
-  t.equal(code(() => new FrameDecoder().push(overrun)), ErrorCode.FRAME_MALFORMED, 'header overruns');
+  t.equal(code(() => new FrameDecoder().push(resealed(overrun))), ErrorCode.FRAME_MALFORMED, 'header overruns');
 
   const sealed = Buffer.from(encodeFrame({ type: FrameType.ACK, seq: 0, header: Buffer.alloc(10) }, { keys, encrypt: false }));
   sealed.writeUInt16BE(10 + 5, 6);
-  t.equal(code(() => new FrameDecoder().push(sealed)), ErrorCode.FRAME_MALFORMED, 'sealed frame too short for its tag');
+  t.equal(code(() => new FrameDecoder().push(resealed(sealed))), ErrorCode.FRAME_MALFORMED, 'sealed frame too short for its tag');
   const noTag = Buffer.from(encodeFrame({ type: FrameType.ACK, seq: 0, header: Buffer.alloc(0) }));
   noTag[5] = FrameFlags.SEALED;
-  t.equal(code(() => new FrameDecoder().push(noTag)), ErrorCode.FRAME_MALFORMED, 'sealed without room for a tag');
+  t.equal(code(() => new FrameDecoder().push(resealed(noTag))), ErrorCode.FRAME_MALFORMED, 'sealed without room for a tag');
 
-  const badSeq = Buffer.from(encodeFrame({ type: FrameType.ACK, seq: 0, header: Buffer.alloc(0) }));
-  badSeq.writeUInt32BE(0x0020_0000, 8);
-  t.equal(code(() => new FrameDecoder().push(badSeq)), ErrorCode.FRAME_MALFORMED, 'seq beyond 2^53');
+  const unchecked = Buffer.from(encodeFrame({ type: FrameType.ACK, seq: 0, header: Buffer.alloc(0) }));
+  unchecked[15]! ^= 1;
+  t.equal(code(() => new FrameDecoder().push(unchecked)), ErrorCode.FRAME_MALFORMED, 'a wrong prefix check');
 });
 
 t.test('encodeFrame bounds', async (t) => {
@@ -213,9 +238,10 @@ t.test('encodeFrame bounds', async (t) => {
     ErrorCode.FRAME_TOO_LARGE);
   t.equal(code(() => encodeFrame({ type: 3, seq: -1, header: Buffer.alloc(0) })), ErrorCode.INVALID_ARGUMENT);
   t.equal(code(() => encodeFrame({ type: 3, seq: 2 ** 53, header: Buffer.alloc(0) })), ErrorCode.INVALID_ARGUMENT);
-  const hi = parseFrame(encodeFrame({ type: 3, seq: Number.MAX_SAFE_INTEGER, header: Buffer.alloc(0) }, { keys, encrypt: true }));
-  t.equal(hi.seq, Number.MAX_SAFE_INTEGER);
-  t.same(openFrame(hi, keys, Number.MAX_SAFE_INTEGER).payload.length, 0);
+  t.equal(code(() => encodeFrame({ type: 3, seq: frameSeqMax + 1, header: Buffer.alloc(0) })), ErrorCode.INVALID_ARGUMENT, 'seq beyond u48');
+  const hi = parseFrame(encodeFrame({ type: 3, seq: frameSeqMax, header: Buffer.alloc(0) }, { keys, encrypt: true }));
+  t.equal(hi.seq, frameSeqMax, 'the largest seq round-trips');
+  t.same(openFrame(hi, keys, frameSeqMax).payload.length, 0);
 });
 
 t.test('messages: garbage and unsafe integers are malformed', async (t) => {

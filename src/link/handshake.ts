@@ -22,7 +22,7 @@ import { LinkConnection, type ConnectionInit, type LinkOptions } from './connect
 // counted in the sealed sequences. The whole exchange is bounded by handshakeTimeoutMs.
 
 /** 2: frames of every type may go either way (roles are per VM, issue 14). */
-export const PROTOCOL_VERSION = 2;
+export const PROTOCOL_VERSION = 3;
 const NONCE_BYTES = 32;
 const GATEWAY_ID_MAX = 256;
 const ABORT_GRACE_MS = 1_000;

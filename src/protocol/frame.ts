@@ -1,5 +1,6 @@
 import { createCipheriv, createDecipheriv } from 'node:crypto';
 import type { BlockMemory } from '../core/buffer-ring.js';
+import { crc32c } from '../core/checksum.js';
 import { ErrorCode, vrgError } from '../core/errors.js';
 import { bugPlanted } from '../core/planted-bugs.js';
 import { limits } from '../core/limits.js';
@@ -9,13 +10,18 @@ import { limits } from '../core/limits.js';
 //  4  u8    type        FrameType
 //  5  u8    flags       bit0 SEALED (a 16-byte GCM tag ends the frame), bit1 ENCRYPTED (payload is ciphertext)
 //  6  u16be headerLen   protobuf header bytes (≤ frameHeaderBytesMax, and a u16 in any case)
-//  8  u64be seq         per-direction frame sequence, 0 for the first sealed frame of a session
+//  8  u48be seq         per-direction frame sequence, 0 for the first sealed frame of a session
+// 14  u16be check       low 16 bits of CRC32C over bytes [0, 14)
 // 16  header            protobuf message of the frame type
 //     payload           raw bytes (write-batch data), possibly empty
 //     tag               16 bytes, present iff SEALED
 // AAD = bytes [0, 16 + headerLen) and, when not ENCRYPTED, the payload too.
 // IV = 4-byte direction salt || u64be seq. AES-128-GCM, authTagLength 16 always.
 // ENCRYPTED without SEALED and unknown flag bits are malformed.
+// The check exists for bodyLen: the tag proves everything, but only once the whole frame is in, and a length
+// corrupted upward (a flip TCP's checksum missed) would have the receiver wait for bytes that never come while
+// the heartbeats it swallows keep the link looking alive. The check catches every 1- and 2-bit error of the
+// prefix before any body byte is awaited.
 
 export const FrameType = {
   HELLO: 1, AUTH: 2, WRITE_BATCH: 3, ACK: 4, HEARTBEAT: 5, HEARTBEAT_REPLY: 6, LINK_ERROR: 7, RESUME: 8,
@@ -46,16 +52,20 @@ export interface RawFrame {
   bytes: Buffer;
 }
 
+/** A frame's seq fits the prefix's u48. */
+export const frameSeqMax = 2 ** 48 - 1;
+
 function ivFor(keys: DirectionKeys, seq: number): Buffer {
   const iv = Buffer.allocUnsafe(12);
   keys.salt.copy(iv, 0, 0, 4);
-  writeSeq(iv, 4, seq);
+  iv.writeUInt32BE(Math.floor(seq / 0x1_0000_0000), 4);
+  iv.writeUInt32BE(seq % 0x1_0000_0000, 8);
   return iv;
 }
 
-function writeSeq(buf: Buffer, at: number, seq: number): void {
-  buf.writeUInt32BE(Math.floor(seq / 0x1_0000_0000), at);
-  buf.writeUInt32BE(seq % 0x1_0000_0000, at + 4);
+/** The u16 at offset 14 of a frame whose first 14 bytes are `prefix`'s. */
+export function prefixCheck(prefix: Uint8Array): number {
+  return crc32c(prefix.subarray(0, 14)) & 0xffff;
 }
 
 function checkKeys(keys: DirectionKeys): void {
@@ -94,7 +104,7 @@ export function encodeFrame(
   const payload = f.payload ?? new Uint8Array(0);
   const headerLen = f.header.byteLength;
   if (!Number.isInteger(f.type) || f.type < 0 || f.type > 0xff) throw vrgError(ErrorCode.INVALID_ARGUMENT, `bad frame type ${f.type}`);
-  if (!Number.isSafeInteger(f.seq) || f.seq < 0) throw vrgError(ErrorCode.INVALID_ARGUMENT, `bad frame seq ${f.seq}`);
+  if (!Number.isSafeInteger(f.seq) || f.seq < 0 || f.seq > frameSeqMax) throw vrgError(ErrorCode.INVALID_ARGUMENT, `bad frame seq ${f.seq}`);
   if (headerLen > frameHeaderBytesMax) {
     throw vrgError(ErrorCode.FRAME_TOO_LARGE, `frame header of ${headerLen} bytes exceeds ${frameHeaderBytesMax}`);
   }
@@ -111,7 +121,8 @@ export function encodeFrame(
   out[4] = f.type;
   out[5] = flags;
   out.writeUInt16BE(headerLen, 6);
-  writeSeq(out, 8, f.seq);
+  out.writeUIntBE(f.seq, 8, 6);
+  out.writeUInt16BE(prefixCheck(out), 14);
   out.set(f.header, FRAME_PREFIX_BYTES);
   const payloadAt = FRAME_PREFIX_BYTES + headerLen;
   if (!seal) {
@@ -169,12 +180,19 @@ function malformed(msg: string): Error {
   return vrgError(ErrorCode.FRAME_MALFORMED, msg);
 }
 
+function checkPrefix(prefix: Buffer): void {
+  const want = prefixCheck(prefix);
+  const got = prefix.readUInt16BE(14);
+  if (got !== want) throw malformed(`frame prefix check 0x${got.toString(16)} is not 0x${want.toString(16)} (a corrupted prefix)`);
+}
+
 /** Parses one complete frame (length field included); the result's views share `bytes`. */
 export function parseFrame(bytes: Buffer, frameBytesMax: number = limits.frameBytesMax): RawFrame {
   if (bytes.length < FRAME_PREFIX_BYTES) throw malformed(`frame of ${bytes.length} bytes is shorter than its prefix`);
   const bodyLen = bytes.readUInt32BE(0);
   if (bodyLen > frameBytesMax) throw vrgError(ErrorCode.FRAME_TOO_LARGE, `frame body of ${bodyLen} bytes exceeds ${frameBytesMax}`);
   if (bodyLen !== bytes.length - 4) throw malformed(`frame length field ${bodyLen} does not match ${bytes.length - 4} bytes`);
+  checkPrefix(bytes);
   const type = bytes[4]!;
   const flags = bytes[5]!;
   if ((flags & ~(FrameFlags.SEALED | FrameFlags.ENCRYPTED)) !== 0) throw malformed(`unknown frame flags 0x${flags.toString(16)}`);
@@ -182,9 +200,7 @@ export function parseFrame(bytes: Buffer, frameBytesMax: number = limits.frameBy
   if (!sealed && (flags & FrameFlags.ENCRYPTED) !== 0) throw malformed('ENCRYPTED frame without SEALED');
   const headerLen = bytes.readUInt16BE(6);
   if (headerLen > frameHeaderBytesMax) throw malformed(`frame header of ${headerLen} bytes exceeds ${frameHeaderBytesMax}`);
-  const seqHigh = bytes.readUInt32BE(8);
-  if (seqHigh > 0x1f_ffff) throw malformed('frame seq is not a safe integer');
-  const seq = seqHigh * 0x1_0000_0000 + bytes.readUInt32BE(12);
+  const seq = bytes.readUIntBE(8, 6);
   const headerEnd = FRAME_PREFIX_BYTES + headerLen;
   const payloadEnd = bytes.length - (sealed ? FRAME_TAG_BYTES : 0);
   if (headerEnd > payloadEnd) {
@@ -206,8 +222,8 @@ export function parseFrame(bytes: Buffer, frameBytesMax: number = limits.frameBy
  * whoever consumes the frame frees. After an error it stays failed.
  */
 export class FrameDecoder {
-  private readonly lenBuf = Buffer.alloc(4);
-  private lenFill = 0;
+  private readonly prefix = Buffer.alloc(FRAME_PREFIX_BYTES);
+  private prefixFill = 0;
   private cur: Buffer | null = null;
   private curFill = 0;
   private failure: Error | null = null;
@@ -227,7 +243,7 @@ export class FrameDecoder {
   }
 
   get bufferedBytes(): number {
-    return this.cur ? this.curFill : this.lenFill;
+    return this.cur ? this.curFill : this.prefixFill;
   }
 
   push(chunk: Buffer): RawFrame[] {
@@ -245,13 +261,16 @@ export class FrameDecoder {
     let at = 0;
     while (at < chunk.length) {
       if (this.cur === null) {
-        const n = Math.min(4 - this.lenFill, chunk.length - at);
-        chunk.copy(this.lenBuf, this.lenFill, at, at + n);
-        this.lenFill += n;
+        const n = Math.min(FRAME_PREFIX_BYTES - this.prefixFill, chunk.length - at);
+        chunk.copy(this.prefix, this.prefixFill, at, at + n);
+        const before = this.prefixFill;
+        this.prefixFill += n;
         at += n;
-        if (this.lenFill < 4) break;
-        this.cur = this.startFrame(this.lenBuf.readUInt32BE(0));
-        this.curFill = 4;
+        if (before < 4 && this.prefixFill >= 4) checkBodyLen(this.prefix.readUInt32BE(0), this.frameBytesMax); // before any more is awaited
+        if (this.prefixFill < FRAME_PREFIX_BYTES) break;
+        checkPrefix(this.prefix);
+        this.cur = this.startFrame(this.prefix.readUInt32BE(0));
+        this.curFill = FRAME_PREFIX_BYTES;
       }
       const n = Math.min(this.cur.length - this.curFill, chunk.length - at);
       chunk.copy(this.cur, this.curFill, at, at + n);
@@ -261,7 +280,7 @@ export class FrameDecoder {
         const bytes = this.cur;
         this.cur = null;
         this.curFill = 0;
-        this.lenFill = 0;
+        this.prefixFill = 0;
         frames.push(parseFrame(bytes, this.frameBytesMax));
       }
     }
@@ -269,13 +288,16 @@ export class FrameDecoder {
   }
 
   private startFrame(bodyLen: number): Buffer {
-    if (bodyLen > this.frameBytesMax) {
-      throw vrgError(ErrorCode.FRAME_TOO_LARGE, `frame body of ${bodyLen} bytes exceeds ${this.frameBytesMax}`, { bodyLen });
-    }
-    if (bodyLen < BODY_FIXED_BYTES) throw malformed(`frame body of ${bodyLen} bytes is shorter than ${BODY_FIXED_BYTES}`);
     const pooled = this.memory && 4 + bodyLen >= pooledFrameBytesMin ? this.memory.tryAlloc(4 + bodyLen) : null;
     const buf = pooled ?? Buffer.allocUnsafeSlow(4 + bodyLen);
-    this.lenBuf.copy(buf, 0);
+    this.prefix.copy(buf, 0);
     return buf;
   }
+}
+
+function checkBodyLen(bodyLen: number, frameBytesMax: number): void {
+  if (bodyLen > frameBytesMax) {
+    throw vrgError(ErrorCode.FRAME_TOO_LARGE, `frame body of ${bodyLen} bytes exceeds ${frameBytesMax}`, { bodyLen });
+  }
+  if (bodyLen < BODY_FIXED_BYTES) throw malformed(`frame body of ${bodyLen} bytes is shorter than ${BODY_FIXED_BYTES}`);
 }

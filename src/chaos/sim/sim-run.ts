@@ -2,7 +2,7 @@ import { randomBytes } from 'node:crypto';
 import { mkdir, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { systemClock, withTimeout } from '../../core/clock.js';
-import { silentLogger } from '../../core/log.js';
+import { createLogger, silentLogger } from '../../core/log.js';
 import { seededRandom } from '../../core/random.js';
 import { InlineCodec } from '../../pipeline/inline-codec.js';
 import { parseConfig } from '../../replication/config.js';
@@ -81,7 +81,7 @@ export async function runSimSeed(o: SimOptions): Promise<SimResult> {
   };
   const cfg = configs(dir, o.mode, sizeBytes);
   const codec = new InlineCodec();
-  const deps = { clock: systemClock, random: seededRandom(o.seed ^ 0x9e3779b9), transport: net, codec, logger: silentLogger, openVolume };
+  const deps = { clock: systemClock, random: seededRandom(o.seed ^ 0x9e3779b9), transport: net, codec, logger: process.env.VRG_SIM_LOG ? createLogger('sim', 'debug') : silentLogger, openVolume };
   const violations: string[] = [];
   const result: SimResult = { seed: o.seed, mode: o.mode, violations, writes: 0, drReads: 0, drRestarts: 0,
     network: net.plan.counters, diskFaults: 0, elapsedMs: 0 };
