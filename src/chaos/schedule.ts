@@ -22,6 +22,10 @@ export const faultKinds = [
   'truncate', // each connection closed after `bytes` production → DR bytes, for `forMs`
   'slow-close', // closes held back, then a cut
   'slicer', // production → DR in small slices with delays (frames split across many reads)
+  // Operations, as an operator would run them in the middle of all this:
+  'pause', // replication paused for `forMs` (writes go on into the journal, Sync ones acknowledged locally), then resumed
+  'check', // a consistency check requested: DR's regions compared with the source's, any difference repaired
+  'mode-flip', // the VM switched to the other of Async and Sync for `forMs`, then back
 ] as const;
 export type FaultKind = (typeof faultKinds)[number];
 
@@ -87,6 +91,9 @@ function draw(kind: FaultKind, between: (lo: number, hi: number) => number): { f
     case 'corrupt': return { forMs: between(500, 3_000), params: { probability: between(5, 50) / 100, bits: 2 * between(0, 3) + 1 } };
     case 'truncate': return { forMs: between(500, 3_000), params: { bytes: between(1_000, 2_000_000) } };
     case 'slow-close': return { forMs: between(100, 1_500), params: { delay: between(100, 1_500) } };
+    case 'pause': return { forMs: between(300, 3_000), params: {} };
+    case 'check': return { forMs: 0, params: {} };
+    case 'mode-flip': return { forMs: between(1_000, 4_000), params: {} };
     case 'slicer': return { forMs: between(1_000, 3_000), params: { average_size: between(16, 2_048), size_variation: between(0, 15), delay: between(0, 500) } };
   }
 }

@@ -14,10 +14,10 @@ export interface Endpoint {
 }
 
 export class StampedLoad {
-  /** history[k - 1]: the block written by stamp k. */
-  readonly history: number[] = [];
+  /** history[k - 1]: the block written by stamp k (the first ones, the VM's data before protection). */
+  readonly history: number[];
   /** Stamps 1..acked are acknowledged (one write at a time, so acknowledgements come in order). */
-  acked = 0;
+  acked: number;
   resent = 0;
   private client: NbdClient | null = null;
   private stopping = false;
@@ -25,8 +25,10 @@ export class StampedLoad {
   private readonly rnd;
 
   constructor(private readonly endpoint: () => Endpoint | null, private readonly exportName: string,
-    private readonly blockCount: number, seed: number, private readonly giveUpAfterMs: number) {
+    private readonly blockCount: number, seed: number, private readonly giveUpAfterMs: number, prefilled: readonly number[] = []) {
     this.rnd = seededRandom(seed ^ 0x51ed270b);
+    this.history = [...prefilled];
+    this.acked = prefilled.length;
   }
 
   start(): void {

@@ -1,6 +1,8 @@
 // Stamped writes: each write fills one 4 KiB block with its history index, so a replica image tells
 // which prefix of the write history it holds (or that it holds none: a mix that production never had).
 
+import { seededRandom } from '../core/random.js';
+
 export const blockBytes = 4096;
 
 export function stampedBlock(stamp: number, block: number): Buffer {
@@ -68,6 +70,15 @@ export function prefixConflict(image: Buffer, blocks: readonly number[]): string
 }
 
 /** The image production holds after the writes of `history` (stamps 1..n in order), `sizeBytes` long. */
+/**
+ * The data a VM already holds when it is protected: stamps 1..count on blocks the seed picks, written straight
+ * to the source before the pair starts, so the initial sync (a staged pass) carries real data to DR.
+ */
+export function prefilledHistory(seed: number, blockCount: number, count: number): number[] {
+  const rnd = seededRandom(seed ^ 0x7f4a7c15);
+  return Array.from({ length: count }, () => Math.floor(rnd.float() * blockCount));
+}
+
 export function historyImage(history: readonly number[], sizeBytes: number): Buffer {
   const image = Buffer.alloc(sizeBytes);
   history.forEach((block, i) => stampedBlock(i + 1, block).copy(image, block * blockBytes));

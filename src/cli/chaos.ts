@@ -7,9 +7,9 @@ import { FaultProxyServer } from '../chaos/fault-proxy/fault-proxy-server.js';
 import type { FaultProxy, ProxyCounters } from '../chaos/fault-proxy/proxy.js';
 import { describeFault, planSchedule, type FaultKind, type ScheduledFault } from '../chaos/schedule.js';
 import { readImage, StampedLoad, type Endpoint } from '../chaos/stamped-load.js';
-import { blockBytes, historyImage, prefixConflict, prefixOf } from '../chaos/stamps.js';
+import { blockBytes, historyImage, prefilledHistory, prefixConflict, prefixOf } from '../chaos/stamps.js';
 import { spawnGateway, type GatewayChild } from './gateway-child.js';
-import type { IpcMessage } from './gateway-process.js';
+import type { IpcMessage, VmOperation } from './gateway-process.js';
 
 // `vrg chaos`: a real gateway pair (two processes) under a stamped write load and a seeded schedule of faults
 // (src/chaos/schedule.ts), with checkers during and after it:
@@ -29,6 +29,8 @@ export interface ChaosOptions {
   mode: 'async' | 'sync';
   dir: string;
   volumeSizeBytes?: number;
+  /** How long the pair may take to drain once the faults are over (default 180 s); longer is a violation. */
+  drainTimeoutMs?: number;
 }
 
 export interface ChaosReport {
@@ -37,7 +39,8 @@ export interface ChaosReport {
   durationMs: number;
   replay: string;
   faults: Array<ScheduledFault & { startedAtMs: number; recoveredAtMs: number }>;
-  writes: { acknowledged: number; resent: number };
+  /** prefilled: stamps on the disk before protection (counted in acknowledged). */
+  writes: { acknowledged: number; resent: number; prefilled: number };
   /** skipped: DR down under the read; syncExempt: Sync's check not applied (a staged pass was running). */
   drReads: { checked: number; skipped: number; syncExempt: number };
   proxy: ProxyCounters;
@@ -49,7 +52,7 @@ type Ready = Extract<IpcMessage, { type: 'ready' }>;
 const vmUuid = '6c0a8f0e-3b1d-4e7a-9c52-4d1e0c4a05e1';
 const volUuid = `${vmUuid.slice(0, 24)}000000000000`;
 const readyTimeoutMs = 60_000;
-const drainTimeoutMs = 180_000;
+const drainTimeoutMsDefault = 180_000;
 
 export function replayCommand(o: ChaosOptions): string {
   return `vrg chaos --seed ${o.seed} --duration ${o.durationMs / 1000}s --faults ${o.faults.join(',')} --mode ${o.mode}`;
@@ -102,6 +105,32 @@ class Side {
   }
 }
 
+/**
+ * When Sync's promise (every acknowledged write is on DR) applies to a DR read: the VM is in Sync, and has been
+ * since two writes ago at least (QD1: the write after the switch back may have been sent, and acknowledged, in
+ * Async). A pause or a staged pass shows as production's state not being queue (checked by the sampler).
+ */
+class SyncPromise {
+  private inSync: boolean;
+  private sinceAcked = 0;
+  constructor(mode: 'async' | 'sync') {
+    this.inSync = mode === 'sync';
+  }
+
+  suspend(): void {
+    this.inSync = false;
+  }
+
+  restore(acked: number): void {
+    this.inSync = true;
+    this.sinceAcked = acked;
+  }
+
+  holdsFor(acked: number): boolean {
+    return this.inSync && acked >= this.sinceAcked + 2;
+  }
+}
+
 function gatewayConfig(role: 'production' | 'dr', dir: string, secret: string, o: ChaosOptions, sizeBytes: number) {
   return {
     role, gatewayId: `chaos-${role}`, dataDir: join(dir, role), codecThreads: 1,
@@ -122,10 +151,13 @@ export async function runChaos(o: ChaosOptions, out: (line: string) => void = (l
   const sizeBytes = o.volumeSizeBytes ?? 8 * 1024 * 1024;
   const schedule = planSchedule(o);
   for (const sub of ['production', 'dr', 'source', 'target']) await rm(join(dir, sub), { recursive: true, force: true });
+  // The VM's disk holds data before it is protected: the initial sync is a staged pass with content.
+  const prefilled = prefilledHistory(o.seed, sizeBytes / blockBytes, sizeBytes / blockBytes / 2);
   for (const sub of ['source', 'target']) {
     await mkdir(join(dir, sub), { recursive: true });
     const fh = await open(join(dir, sub, 'disk0.img'), 'w');
     await fh.truncate(sizeBytes);
+    if (sub === 'source') await fh.write(historyImage(prefilled, sizeBytes), 0, sizeBytes, 0);
     await fh.close();
   }
   const violations: string[] = [];
@@ -143,7 +175,7 @@ export async function runChaos(o: ChaosOptions, out: (line: string) => void = (l
   const proxyServer = new FaultProxyServer({ seed: o.seed });
   const report: ChaosReport = {
     seed: o.seed, mode: o.mode, durationMs: o.durationMs, replay: replayCommand(o), faults: [],
-    writes: { acknowledged: 0, resent: 0 }, drReads: { checked: 0, skipped: 0, syncExempt: 0 },
+    writes: { acknowledged: 0, resent: 0, prefilled: 0 }, drReads: { checked: 0, skipped: 0, syncExempt: 0 },
     proxy: { connections: 0, corrupted: 0, reset: 0, limited: 0, timedOut: 0, dropped: 0 }, violations, passed: false,
   };
   let load: StampedLoad | null = null;
@@ -162,15 +194,16 @@ export async function runChaos(o: ChaosOptions, out: (line: string) => void = (l
     const drAt: Endpoint = { host: '127.0.0.1', port: drReady.nbdPort! };
     out(`chaos: seed ${o.seed}, ${o.mode}, ${(o.durationMs / 1000).toFixed(0)} s, ${schedule.length} faults; production nbd://127.0.0.1:${prodAt.port}/${volUuid}, dr link through the fault proxy ${proxy.listen}`);
     out(`chaos: replay with: ${report.replay}`);
-    load = new StampedLoad(() => (prod.child ? prodAt : null), volUuid, sizeBytes / blockBytes, o.seed, 120_000);
+    load = new StampedLoad(() => (prod.child ? prodAt : null), volUuid, sizeBytes / blockBytes, o.seed, 120_000, prefilled);
     const started = Date.now();
     load.start();
-    const sampler = sampleDr({ seed: o.seed, prod, dr, drAt, load, sizeBytes, mode: o.mode, report, violate });
+    const sync = new SyncPromise(o.mode);
+    const sampler = sampleDr({ seed: o.seed, prod, dr, drAt, load, sizeBytes, sync, report, violate });
     for (const f of schedule) {
       await sleepUntil(started + f.atMs);
       const startedAtMs = Date.now() - started;
       out(`+${(startedAtMs / 1000).toFixed(1)}s #${f.n} ${describeFault(f)} (writes acknowledged: ${load.acked})`);
-      await applyFault(f, { prod, dr, proxy });
+      await applyFault(f, { prod, dr, proxy, mode: o.mode, sync, acked: () => load!.acked });
       const recoveredAtMs = Date.now() - started;
       report.faults.push({ ...f, startedAtMs, recoveredAtMs });
       out(`+${(recoveredAtMs / 1000).toFixed(1)}s #${f.n} recovered`);
@@ -179,11 +212,11 @@ export async function runChaos(o: ChaosOptions, out: (line: string) => void = (l
     await sampler.stop();
     await load.stop();
     out(`chaos: faults over, ${load.acked} writes acknowledged (${load.resent} sent again); draining`);
-    await converge({ prod, dr, prodAt, drAt, load, sizeBytes, violate });
+    await converge({ prod, dr, prodAt, drAt, load, sizeBytes, violate, drainTimeoutMs: o.drainTimeoutMs ?? drainTimeoutMsDefault });
   } catch (err) {
     violate(`the run could not go on: ${(err as Error).message}`);
   } finally {
-    if (load) report.writes = { acknowledged: load.acked, resent: load.resent };
+    if (load) report.writes = { acknowledged: load.acked, resent: load.resent, prefilled: prefilled.length };
     report.proxy = proxyServer.all().link ? proxyServer.proxy('link').counters : report.proxy;
     for (const side of [prod, dr]) {
       const code = await side.stop().catch(() => null);
@@ -203,7 +236,9 @@ function sleepUntil(atMs: number): Promise<void> {
   return new Promise((r) => setTimeout(r, Math.max(0, atMs - Date.now())));
 }
 
-async function applyFault(f: ScheduledFault, x: { prod: Side; dr: Side; proxy: FaultProxy }): Promise<void> {
+interface FaultTargets { prod: Side; dr: Side; proxy: FaultProxy; mode: 'async' | 'sync'; sync: SyncPromise; acked(): number }
+
+async function applyFault(f: ScheduledFault, x: FaultTargets): Promise<void> {
   const wait = (): Promise<void> => new Promise((r) => setTimeout(r, f.forMs));
   const toxic = async (type: string, streams: Array<'upstream' | 'downstream'>, extra?: () => void): Promise<void> => {
     for (const stream of streams) x.proxy.addToxic({ name: `chaos-${f.n}-${stream}`, type, stream, attributes: f.params });
@@ -242,11 +277,36 @@ async function applyFault(f: ScheduledFault, x: { prod: Side; dr: Side; proxy: F
     case 'truncate': return toxic('limit_data', ['upstream']);
     case 'slicer': return toxic('slicer', ['upstream']);
     case 'slow-close': return toxic('slow_close', ['upstream', 'downstream'], () => x.proxy.cut(false));
+    case 'pause':
+    case 'check':
+    case 'mode-flip': return operation(f, x, wait);
   }
 }
 
+/** An operator's action on the VM, through production's control calls (those the management APIs make). */
+async function operation(f: ScheduledFault, x: FaultTargets, wait: () => Promise<void>): Promise<void> {
+  const operate = async (op: VmOperation, mode?: 'async' | 'sync'): Promise<void> => {
+    // One fault at a time: production is up (a kill restarts it before the next fault begins).
+    await withTimeout(systemClock, 10_000, x.prod.child!.request({ type: 'operate', vmUuid, op, mode }, 'operated'), `production ${op}`);
+  };
+  if (f.kind === 'check') return operate('check');
+  x.sync.suspend(); // paused, or in the other mode: Sync writes are acknowledged without DR meanwhile
+  if (f.kind === 'pause') {
+    await operate('pause');
+    await wait();
+    await operate('resume');
+    if (x.mode === 'sync') x.sync.restore(x.acked());
+    return;
+  }
+  const other = x.mode === 'sync' ? 'async' : 'sync';
+  await operate('mode', other);
+  await wait();
+  await operate('mode', x.mode);
+  if (x.mode === 'sync') x.sync.restore(x.acked());
+}
+
 /** DR's replica read whole at seeded instants: always a prefix of the history; in Sync, no shorter than what was acknowledged. */
-function sampleDr(x: { seed: number; prod: Side; dr: Side; drAt: Endpoint; load: StampedLoad; sizeBytes: number; mode: 'async' | 'sync';
+function sampleDr(x: { seed: number; prod: Side; dr: Side; drAt: Endpoint; load: StampedLoad; sizeBytes: number; sync: SyncPromise;
     report: ChaosReport; violate: (v: string) => void }): { stop(): Promise<void> } {
   const rnd = seededRandom(x.seed ^ 0x2545f491);
   let stopping = false;
@@ -260,6 +320,7 @@ function sampleDr(x: { seed: number; prod: Side; dr: Side; drAt: Endpoint; load:
       }
       const before = await pairState(x.prod, x.dr);
       const ackedBefore = x.load.acked;
+      const syncBefore = x.sync.holdsFor(ackedBefore);
       const image = await readImage(x.drAt, volUuid, x.sizeBytes, 20_000).catch(() => null);
       if (image === null) { // DR killed or frozen under the read
         x.report.drReads.skipped++;
@@ -269,11 +330,12 @@ function sampleDr(x: { seed: number; prod: Side; dr: Side; drAt: Endpoint; load:
       const history = x.load.history.slice();
       const range = prefixOf(image, history);
       if (range === null) x.violate(`DR image is no prefix of the write history: ${prefixConflict(image, history)}; ${before.text}`);
-      else if (x.mode === 'sync' && range.hi < ackedBefore) {
+      else if (syncBefore && range.hi < ackedBefore) {
         const after = await pairState(x.prod, x.dr);
         // A staged pass (resync, repair) runs: DR holds its writes durably but shows the image from before
-        // the pass until the commit, by design (a torn pass is never visible). Sync's promise is for queue.
-        if (before.prodState !== 'queue' || after.prodState !== 'queue') {
+        // the pass until the commit, by design (a torn pass is never visible). Sync's promise is for queue,
+        // and for a VM that stayed in Sync during the read.
+        if (before.prodState !== 'queue' || after.prodState !== 'queue' || !x.sync.holdsFor(ackedBefore)) {
           x.report.drReads.syncExempt++;
           continue;
         }
@@ -300,10 +362,10 @@ async function pairState(prod: Side, dr: Side): Promise<{ prodState: string | nu
 
 /** No fault left: the pair drains; production holds every acknowledged write and DR equals it. */
 async function converge(x: { prod: Side; dr: Side; prodAt: Endpoint; drAt: Endpoint; load: StampedLoad; sizeBytes: number;
-    violate: (v: string) => void }): Promise<void> {
+    violate: (v: string) => void; drainTimeoutMs: number }): Promise<void> {
   if (!x.dr.child) await x.dr.start();
   if (!x.prod.child) await x.prod.start();
-  await withTimeout(systemClock, drainTimeoutMs, x.prod.child!.request({ type: 'drain' }, 'drained'), 'the pair to drain after the faults');
+  await withTimeout(systemClock, x.drainTimeoutMs, x.prod.child!.request({ type: 'drain' }, 'drained'), 'the pair to drain after the faults');
   const expected = historyImage(x.load.history, x.sizeBytes);
   const prodImage = await readImage(x.prodAt, volUuid, x.sizeBytes, 30_000);
   const drImage = await readImage(x.drAt, volUuid, x.sizeBytes, 30_000);

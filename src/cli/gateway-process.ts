@@ -11,6 +11,7 @@ import { loadConfig, type GatewayConfig } from '../replication/config.js';
 import { NbdServer } from '../nbd/nbd-server.js';
 import { DrGateway } from '../replication/target/dr-gateway.js';
 import type { TransitionEvent } from '../replication/control.js';
+import type { Mode } from '../replication/protection-state.js';
 import { ProductionGateway } from '../replication/source/production-gateway.js';
 import { DrSite, type FailoverKind, type FailoverResult } from '../replication/dr-site.js';
 import { ProductionSite } from '../replication/production-site.js';
@@ -29,7 +30,11 @@ export type IpcRequest =
   | { type: 'status'; resetLatency?: boolean }
   | { type: 'diagnostics' }
   /** DR: fail a VM over to this gateway (dr-site.ts). */
-  | { type: 'failover'; vmUuid: string; kind: FailoverKind };
+  | { type: 'failover'; vmUuid: string; kind: FailoverKind }
+  /** Production: an operator's action on a VM (the calls the management APIs make); `vrg chaos` schedules them. */
+  | { type: 'operate'; vmUuid: string; op: VmOperation; mode?: Mode };
+
+export type VmOperation = 'pause' | 'resume' | 'check' | 'mode';
 
 export type IpcMessage =
   | { type: 'ready'; role: string; linkPort?: number; nbdPort?: number; restUrl?: string }
@@ -38,6 +43,7 @@ export type IpcMessage =
   | { type: 'drained' }
   | { type: 'diagnostics'; diagnostics: unknown }
   | { type: 'snapshotTaken' }
+  | { type: 'operated' }
   | { type: 'failedOver'; result: FailoverResult }
   | { type: 'transition'; vmUuid: string; from: string; to: string; reason: string }
   | { type: 'error'; code?: string; message: string };
@@ -211,9 +217,25 @@ export async function startCommand(configPath: string): Promise<void> {
     } else if (req.type === 'snapshot' && gw instanceof ProductionGateway) {
       for (const vm of gw.vmConfigs()) if (vm.mode === 'snapshots') gw.takeSnapshot(vm.vmUuid);
       send({ type: 'snapshotTaken' });
+    } else if (req.type === 'operate' && gw instanceof ProductionGateway) {
+      operate(gw, req);
+      send({ type: 'operated' });
     } else if (req.type === 'drain') {
       await (prodSite?.source ?? site?.promotedGateway)?.drain();
       send({ type: 'drained' });
+    } else {
+      throw vrgError(ErrorCode.INVALID_ARGUMENT, `a ${config.role} gateway takes no ${req.type} request`);
     }
   };
+}
+
+function operate(gw: ProductionGateway, req: Extract<IpcRequest, { type: 'operate' }>): void {
+  switch (req.op) {
+    case 'pause': return gw.pause(req.vmUuid);
+    case 'resume': return gw.resume(req.vmUuid);
+    case 'check': return gw.requestCheck(req.vmUuid);
+    case 'mode':
+      if (req.mode === undefined) throw vrgError(ErrorCode.INVALID_ARGUMENT, 'a mode change needs a mode');
+      return gw.setMode(req.vmUuid, req.mode);
+  }
 }

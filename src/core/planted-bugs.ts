@@ -5,6 +5,8 @@
 export const plantableBugs = [
   'accept-bad-tag', // the link accepts a frame whose AES-GCM tag does not match (corrupt bytes get applied)
   'sync-ack-early', // Sync acknowledges a write once journaled, without waiting for DR
+  'apply-out-of-order', // DR applies each chunk of direct writes to its targets last first
+  'skip-staged-commit', // DR commits a staged pass (resync, repair) without applying what it staged
 ] as const;
 export type PlantedBug = (typeof plantableBugs)[number];
 

@@ -8,15 +8,16 @@ import { InlineCodec } from '../../pipeline/inline-codec.js';
 import { parseConfig } from '../../replication/config.js';
 import { ProductionGateway } from '../../replication/source/production-gateway.js';
 import { DrGateway } from '../../replication/target/dr-gateway.js';
-import { blockBytes, historyImage, prefixConflict, prefixOf, stampedBlock } from '../stamps.js';
+import { blockBytes, historyImage, prefilledHistory, prefixConflict, prefixOf, stampedBlock } from '../stamps.js';
 import { SimDisk } from './sim-disk.js';
 import { SimNetwork, type FaultCounters } from './sim-network.js';
 
 // One seed of the simulator: both gateways in this process over SimNetwork (cuts mid-frame, splits, delays,
 // partitions, bit flips), the volumes on SimDisks (DR target EIO and ENOSPC spells, slow writes), a DR
-// restart, and a stamped write load, with the checkers of `vrg chaos`:
+// restart, operations (pause and resume, consistency checks, mode flips), and a stamped write load, with the
+// checkers of `vrg chaos`:
 //   - DR's replica, read whole at seeded instants, is a prefix image of the write history; in Sync (production
-//     in queue) it holds every write acknowledged before the read;
+//     in queue, the VM not flipped to Async) it holds every write acknowledged before the read;
 //   - once the faults stop and the pair drains, production holds every acknowledged write and DR equals it.
 // Every fault decision comes from the seed; the timers are the wall clock's, so a seed replays the same fault
 // plan, not the same interleaving to the microsecond (the engine's journal runs on real files).
@@ -38,6 +39,8 @@ export interface SimResult {
   writes: number;
   drReads: number;
   drRestarts: number;
+  /** Pauses, consistency checks and mode flips. */
+  operations: number;
   network: FaultCounters;
   diskFaults: number;
   elapsedMs: number;
@@ -79,11 +82,16 @@ export async function runSimSeed(o: SimOptions): Promise<SimResult> {
     if (!d) disks.set(url, d = new SimDisk(url, opts.sizeBytes ?? sizeBytes));
     return d;
   };
+  // The VM's disk holds data before it is protected: the initial sync is a staged pass with content.
+  const history = prefilledHistory(o.seed, sizeBytes / blockBytes, sizeBytes / blockBytes / 2);
+  const source = new SimDisk(`sim://production/${volUuid}`, sizeBytes);
+  await source.write(0, historyImage(history, sizeBytes));
+  disks.set(source.url, source);
   const cfg = configs(dir, o.mode, sizeBytes);
   const codec = new InlineCodec();
   const deps = { clock: systemClock, random: seededRandom(o.seed ^ 0x9e3779b9), transport: net, codec, logger: process.env.VRG_SIM_LOG ? createLogger('sim', 'debug') : silentLogger, openVolume };
   const violations: string[] = [];
-  const result: SimResult = { seed: o.seed, mode: o.mode, violations, writes: 0, drReads: 0, drRestarts: 0,
+  const result: SimResult = { seed: o.seed, mode: o.mode, violations, writes: 0, drReads: 0, drRestarts: 0, operations: 0,
     network: net.plan.counters, diskFaults: 0, elapsedMs: 0 };
   let dr = await DrGateway.open(cfg.dr, deps);
   cfg.dr.link.port = dr.linkPort;
@@ -93,8 +101,8 @@ export async function runSimSeed(o: SimOptions): Promise<SimResult> {
   try {
     await step(prod.drain(), 'the initial sync');
     net.plan.enabled = true;
-    const history: number[] = [];
-    let acked = 0;
+    const prefilled = history.length;
+    let acked = prefilled;
     let stop = false;
     const load = (async () => {
       const lrnd = seededRandom(o.seed ^ 0x51ed270b);
@@ -109,36 +117,64 @@ export async function runSimSeed(o: SimOptions): Promise<SimResult> {
     const faults = (async () => {
       const end = Date.now() + (o.loadMs ?? 400);
       let restarted = false;
+      // Sync's promise applies while the VM is in Sync and has been since two writes ago (QD1: the write in
+      // flight at the switch back may be acknowledged in Async), with production in queue (no pause or pass).
+      let inSync = o.mode === 'sync';
+      let syncSinceAcked = 0;
+      const restoreSync = (): void => {
+        inSync = o.mode === 'sync';
+        syncSinceAcked = acked;
+      };
+      const syncHolds = (ackedNow: number): boolean => inSync && ackedNow >= syncSinceAcked + 2 &&
+        prod.vmStatus(vmUuid)?.state === 'queue' && dr.diagnostics().vms[0]?.targetError === null;
       while (Date.now() < end) {
         await sleep(between(10, 60));
         const roll = rnd.float();
-        if (roll < 0.15) {
+        if (roll < 0.12) {
           target().failing = rnd.float() < 0.5 ? 'EIO' : 'ENOSPC';
           result.diskFaults++;
           await sleep(between(10, 150));
           target().failing = null;
-        } else if (roll < 0.25) {
+        } else if (roll < 0.2) {
           target().slowMs = between(1, 20);
           await sleep(between(20, 100));
           target().slowMs = 0;
-        } else if (roll < 0.35 && !restarted) {
+        } else if (roll < 0.28 && !restarted) {
           restarted = true;
           result.drRestarts++;
           await step(dr.close(), 'DR close');
           dr = await step(DrGateway.open(cfg.dr, deps), 'DR reopen');
+        } else if (roll < 0.34) {
+          // An operator pauses replication (writes go on into the journal), then resumes.
+          // Sync writes are acknowledged without DR meanwhile (replication is paused, by the operator's choice).
+          result.operations++;
+          inSync = false;
+          prod.pause(vmUuid);
+          await sleep(between(10, 80));
+          prod.resume(vmUuid);
+          restoreSync();
+        } else if (roll < 0.38) {
+          result.operations++;
+          prod.requestCheck(vmUuid);
+        } else if (roll < 0.42) {
+          result.operations++;
+          inSync = false;
+          prod.setMode(vmUuid, o.mode === 'sync' ? 'async' : 'sync');
+          await sleep(between(10, 80));
+          prod.setMode(vmUuid, o.mode);
+          restoreSync();
         } else {
-          // A replica read: a prefix of the history; in Sync and queue, no shorter than what was acknowledged.
-          // Sync's promise holds in queue with DR's targets taking writes (a failing target shows what it holds).
-          const syncHolds = (): boolean => prod.vmStatus(vmUuid)?.state === 'queue' && dr.diagnostics().vms[0]?.targetError === null;
-          const queueBefore = syncHolds();
+          // A replica read: a prefix of the history; while Sync's promise holds, no shorter than what was
+          // acknowledged (a failing DR target shows what it holds, not what DR logged).
           const ackedBefore = acked;
+          const holdsBefore = syncHolds(ackedBefore);
           const image = await step(dr.readReplica(volUuid, 0, sizeBytes), 'a replica read');
-          const queueAfter = syncHolds();
+          const holdsAfter = syncHolds(ackedBefore);
           result.drReads++;
           const h = history.slice(); // with the write in flight: DR may have it before its ack
           const range = prefixOf(image, h);
           if (range === null) violations.push(`DR image is no prefix of the write history: ${prefixConflict(image, h)}`);
-          else if (o.mode === 'sync' && queueBefore && queueAfter && range.hi < ackedBefore) {
+          else if (holdsBefore && holdsAfter && range.hi < ackedBefore) {
             violations.push(`Sync: DR image holds at most the first ${range.hi} writes, but ${ackedBefore} were acknowledged before the read`);
           }
         }
@@ -147,16 +183,16 @@ export async function runSimSeed(o: SimOptions): Promise<SimResult> {
     await faults;
     stop = true;
     await load;
-    result.writes = acked;
+    result.writes = acked - prefilled;
     net.plan.stop();
     target().failing = null;
     target().slowMs = 0;
     await step(prod.drain(), 'the drain after the faults');
     await step(applied(dr), 'DR applying what it acknowledged');
     const expected = historyImage(history.slice(0, acked), sizeBytes);
-    const source = disks.get(`sim://production/${volUuid}`)!.snapshot();
-    if (!source.equals(expected)) violations.push('production lost acknowledged writes: its volume differs from the history');
-    if (!target().snapshot().equals(source)) violations.push('after draining, DR differs from production');
+    const production = source.snapshot();
+    if (!production.equals(expected)) violations.push('production lost acknowledged writes: its volume differs from the history');
+    if (!target().snapshot().equals(production)) violations.push('after draining, DR differs from production');
   } catch (err) {
     const pv = prod.diagnostics().vms[0] as { state?: string; shipper?: { connected: boolean; shippedSeq: number; ackedSeq: number; fault: string | null } } | undefined;
     const dv = dr.diagnostics().vms[0];
@@ -223,7 +259,7 @@ export async function runSimSeeds(o: { from: number; count: number; dir: string;
   const sum = (f: (r: SimResult) => number): number => results.reduce((n, r) => n + f(r), 0);
   out(`sim: ${results.length} seeds, ${failed.length} failed; ${sum((r) => r.writes)} writes, ${sum((r) => r.drReads)} DR images checked, ` +
     `${sum((r) => r.network.cuts)} link cuts, ${sum((r) => r.network.corrupted)} bit flips, ${sum((r) => r.diskFaults)} disk fault spells, ` +
-    `${sum((r) => r.drRestarts)} DR restarts; ${(sum((r) => r.elapsedMs) / 1000).toFixed(1)} s` +
+    `${sum((r) => r.drRestarts)} DR restarts, ${sum((r) => r.operations)} operations (pause, check, mode flip); ${(sum((r) => r.elapsedMs) / 1000).toFixed(1)} s` +
     (failed.length > 0 ? `; failing seeds: ${failed.map((r) => r.seed).join(' ')}` : ''));
   return results;
 }

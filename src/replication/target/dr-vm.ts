@@ -6,6 +6,7 @@ import { ErrorCode, vrgError } from '../../core/errors.js';
 import { LatencyHistogram } from '../../core/latency-histogram.js';
 import { limits } from '../../core/limits.js';
 import type { Logger } from '../../core/log.js';
+import { bugPlanted } from '../../core/planted-bugs.js';
 import { RwLock } from '../../core/rw-lock.js';
 import { carriesData, Journal, RecordKind, type JournalRecord, type JournalRecordInput } from '../../journal/journal.js';
 import { HEADER_BYTES } from '../../journal/record-codec.js';
@@ -280,20 +281,25 @@ export class DrVm {
         direct.push(this.stagedOp(r));
         continue;
       }
-      await this.applyOps(direct);
+      await this.applyDirect(direct);
       direct = [];
       if (r.kind === RecordKind.STAGE_BEGIN) this.stage.begin(r.seq);
       else if (r.kind === RecordKind.STAGE_COMMIT) await this.commitStage(r.seq);
       else this.stage.append(r.seq, [this.stagedOp(r)]);
     }
-    await this.applyOps(direct);
+    await this.applyDirect(direct);
+  }
+
+  private applyDirect(ops: StagedOp[]): Promise<void> {
+    return this.applyOps(bugPlanted('apply-out-of-order') ? ops.reverse() : ops);
   }
 
   private async commitStage(seq: number): Promise<void> {
     if (!this.stage.active) return;
     this.hooks.logger.info({ vmUuid: this.config.vmUuid, seq, stagedBytes: this.stage.stagedBytes }, 'committing staged resync');
     // The commit is a checkpoint of its own: everything before it is on the targets and fdatasync'ed (applyStaged).
-    await this.stage.commit(seq, (ops) => this.applyStaged(ops), () => this.state.save(seq, this.hooks.clock.nowMs()));
+    const apply = bugPlanted('skip-staged-commit') ? async () => undefined : (ops: StagedOp[]) => this.applyStaged(ops);
+    await this.stage.commit(seq, apply, () => this.state.save(seq, this.hooks.clock.nowMs()));
     this.checkpointSeq = Math.max(this.checkpointSeq, seq);
   }
 
