@@ -241,6 +241,21 @@ t.test('Sync set in the configuration: acks wait for DR from the first write, an
   }
 });
 
+t.test('Sync: a write still waiting for DR when the gateway closes fails, it is not acknowledged', async (t) => {
+  // The simulator's power cut found it: closing resolved Sync's DR waiters, so the write in flight was
+  // acknowledged while only production held it.
+  const dir = t.testdir();
+  const pair = await startPair({ dir, volumes: 1, volumeSizeBytes: volumeBytes, proxy: true, mode: 'sync' });
+  t.teardown(() => pair.close());
+  await pair.drain();
+  pair.proxy!.block(true);
+  const write = pair.prod.write('vol-0', 0, randomBytes(4096)).then(() => 'acknowledged', (e: { code?: string }) => e.code);
+  await until(() => pair.prod.status().vms[0]!.lastSeq > pair.prod.status().vms[0]!.ackedSeq, 5_000, 'the write journaled');
+  await pair.prod.close();
+  t.equal(await write, ErrorCode.CLOSED, 'the write failed with VRG_CLOSED');
+  pair.proxy!.block(false);
+});
+
 t.test('SnapshotsOnly: DR keeps the last complete snapshot, also when the link drops mid-snapshot', async (t) => {
   const dir = t.testdir();
   // 8 MiB/s on the link, so the link can drop while snapshot 2 (12 MiB) is on its way.

@@ -22,12 +22,18 @@ export const faultKinds = [
   'truncate', // each connection closed after `bytes` production → DR bytes, for `forMs`
   'slow-close', // closes held back, then a cut
   'slicer', // production → DR in small slices with delays (frames split across many reads)
+  // DR's target disk (a real write agent: nbdkit with its error and rate filters):
+  'dr-disk-errors', // every write and flush to DR's target fails with EIO for `forMs`: DR holds on to its log and retries
+  'dr-disk-slow', // DR's target takes writes at `rate` kbit/s for `forMs`
   // Operations, as an operator would run them in the middle of all this:
   'pause', // replication paused for `forMs` (writes go on into the journal, Sync ones acknowledged locally), then resumed
   'check', // a consistency check requested: DR's regions compared with the source's, any difference repaired
   'mode-flip', // the VM switched to the other of Async and Sync for `forMs`, then back
 ] as const;
 export type FaultKind = (typeof faultKinds)[number];
+
+/** Faults that need DR's target behind nbdkit. */
+export const diskFaultKinds: readonly FaultKind[] = ['dr-disk-errors', 'dr-disk-slow'];
 
 export interface ScheduledFault {
   /** Order in the schedule, from 1. */
@@ -91,6 +97,8 @@ function draw(kind: FaultKind, between: (lo: number, hi: number) => number): { f
     case 'corrupt': return { forMs: between(500, 3_000), params: { probability: between(5, 50) / 100, bits: 2 * between(0, 3) + 1 } };
     case 'truncate': return { forMs: between(500, 3_000), params: { bytes: between(1_000, 2_000_000) } };
     case 'slow-close': return { forMs: between(100, 1_500), params: { delay: between(100, 1_500) } };
+    case 'dr-disk-errors': return { forMs: between(200, 2_000), params: {} };
+    case 'dr-disk-slow': return { forMs: between(1_000, 4_000), params: { rate: between(20_000, 80_000) } };
     case 'pause': return { forMs: between(300, 3_000), params: {} };
     case 'check': return { forMs: 0, params: {} };
     case 'mode-flip': return { forMs: between(1_000, 4_000), params: {} };

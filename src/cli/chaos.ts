@@ -5,7 +5,8 @@ import { systemClock, withTimeout } from '../core/clock.js';
 import { seededRandom } from '../core/random.js';
 import { FaultProxyServer } from '../chaos/fault-proxy/fault-proxy-server.js';
 import type { FaultProxy, ProxyCounters } from '../chaos/fault-proxy/proxy.js';
-import { describeFault, planSchedule, type FaultKind, type ScheduledFault } from '../chaos/schedule.js';
+import { describeFault, diskFaultKinds, planSchedule, type FaultKind, type ScheduledFault } from '../chaos/schedule.js';
+import { TargetAgent } from '../chaos/target-agent.js';
 import { readImage, StampedLoad, type Endpoint } from '../chaos/stamped-load.js';
 import { blockBytes, historyImage, prefilledHistory, prefixConflict, prefixOf } from '../chaos/stamps.js';
 import { spawnGateway, type GatewayChild } from './gateway-child.js';
@@ -131,7 +132,8 @@ class SyncPromise {
   }
 }
 
-function gatewayConfig(role: 'production' | 'dr', dir: string, secret: string, o: ChaosOptions, sizeBytes: number) {
+function gatewayConfig(role: 'production' | 'dr', dir: string, secret: string, o: ChaosOptions, sizeBytes: number, targetUrl: string | null) {
+  const disk = join(dir, role === 'production' ? 'source' : 'target', 'disk0.img');
   return {
     role, gatewayId: `chaos-${role}`, dataDir: join(dir, role), codecThreads: 1,
     link: { host: '127.0.0.1', port: 0, secret },
@@ -141,7 +143,7 @@ function gatewayConfig(role: 'production' | 'dr', dir: string, secret: string, o
     protection: { syncDegradeAfterMs: 600_000 },
     vms: [{
       vmUuid, vmName: 'chaos-vm', mode: o.mode, compressOption: 1, encryptOption: 1,
-      volumes: [{ volUuid, path: join(dir, role === 'production' ? 'source' : 'target', 'disk0.img'), sizeBytes }],
+      volumes: [role === 'dr' && targetUrl !== null ? { volUuid, url: targetUrl, sizeBytes } : { volUuid, path: disk, sizeBytes }],
     }],
   };
 }
@@ -166,7 +168,9 @@ export async function runChaos(o: ChaosOptions, out: (line: string) => void = (l
     out(`VIOLATION: ${v}`);
   };
   const secret = randomBytes(32).toString('hex');
-  const cfg = { prod: gatewayConfig('production', dir, secret, o, sizeBytes), dr: gatewayConfig('dr', dir, secret, o, sizeBytes) };
+  // Disk faults need DR's target behind a write agent that can fail and slow down on cue.
+  const agent = schedule.some((f) => diskFaultKinds.includes(f.kind)) ? await TargetAgent.start(join(dir, 'target', 'disk0.img'), dir) : null;
+  const cfg = { prod: gatewayConfig('production', dir, secret, o, sizeBytes, null), dr: gatewayConfig('dr', dir, secret, o, sizeBytes, agent?.url ?? null) };
   const writeConfigs = () => Promise.all([writeFile(join(dir, 'production.json'), JSON.stringify(cfg.prod, null, 2)),
     writeFile(join(dir, 'dr.json'), JSON.stringify(cfg.dr, null, 2))]);
   await writeConfigs();
@@ -203,7 +207,7 @@ export async function runChaos(o: ChaosOptions, out: (line: string) => void = (l
       await sleepUntil(started + f.atMs);
       const startedAtMs = Date.now() - started;
       out(`+${(startedAtMs / 1000).toFixed(1)}s #${f.n} ${describeFault(f)} (writes acknowledged: ${load.acked})`);
-      await applyFault(f, { prod, dr, proxy, mode: o.mode, sync, acked: () => load!.acked });
+      await applyFault(f, { prod, dr, proxy, agent, mode: o.mode, sync, acked: () => load!.acked });
       const recoveredAtMs = Date.now() - started;
       report.faults.push({ ...f, startedAtMs, recoveredAtMs });
       out(`+${(recoveredAtMs / 1000).toFixed(1)}s #${f.n} recovered`);
@@ -223,6 +227,7 @@ export async function runChaos(o: ChaosOptions, out: (line: string) => void = (l
       if (code !== 0 && code !== null) violate(`${side.role} gateway exited with code ${code} at the end (see ${join(dir, `${side.role}.log`)})`);
     }
     await proxyServer.close();
+    await agent?.stop();
   }
   report.passed = violations.length === 0;
   await writeFile(join(dir, 'chaos-report.json'), JSON.stringify(report, null, 2));
@@ -236,7 +241,7 @@ function sleepUntil(atMs: number): Promise<void> {
   return new Promise((r) => setTimeout(r, Math.max(0, atMs - Date.now())));
 }
 
-interface FaultTargets { prod: Side; dr: Side; proxy: FaultProxy; mode: 'async' | 'sync'; sync: SyncPromise; acked(): number }
+interface FaultTargets { prod: Side; dr: Side; proxy: FaultProxy; agent: TargetAgent | null; mode: 'async' | 'sync'; sync: SyncPromise; acked(): number }
 
 async function applyFault(f: ScheduledFault, x: FaultTargets): Promise<void> {
   const wait = (): Promise<void> => new Promise((r) => setTimeout(r, f.forMs));
@@ -277,6 +282,14 @@ async function applyFault(f: ScheduledFault, x: FaultTargets): Promise<void> {
     case 'truncate': return toxic('limit_data', ['upstream']);
     case 'slicer': return toxic('slicer', ['upstream']);
     case 'slow-close': return toxic('slow_close', ['upstream', 'downstream'], () => x.proxy.cut(false));
+    case 'dr-disk-errors':
+      await x.agent!.failWrites(true);
+      await wait();
+      return x.agent!.failWrites(false);
+    case 'dr-disk-slow':
+      await x.agent!.limitRate(f.params.rate!);
+      await wait();
+      return x.agent!.limitRate(null);
     case 'pause':
     case 'check':
     case 'mode-flip': return operation(f, x, wait);
@@ -334,8 +347,10 @@ function sampleDr(x: { seed: number; prod: Side; dr: Side; drAt: Endpoint; load:
         const after = await pairState(x.prod, x.dr);
         // A staged pass (resync, repair) runs: DR holds its writes durably but shows the image from before
         // the pass until the commit, by design (a torn pass is never visible). Sync's promise is for queue,
-        // and for a VM that stayed in Sync during the read.
-        if (before.prodState !== 'queue' || after.prodState !== 'queue' || !x.sync.holdsFor(ackedBefore)) {
+        // and for a VM that stayed in Sync during the read. A failing DR target holds what it got, DR's log
+        // the rest (durably: that is the promise; the replica shows the targets).
+        const exempt = before.prodState !== 'queue' || after.prodState !== 'queue' || before.targetError !== null || after.targetError !== null;
+        if (exempt || !x.sync.holdsFor(ackedBefore)) {
           x.report.drReads.syncExempt++;
           continue;
         }
@@ -347,17 +362,18 @@ function sampleDr(x: { seed: number; prod: Side; dr: Side; drAt: Endpoint; load:
 }
 
 /** Both sides' replication positions now, for a violation's message (what a reader needs to tell a cause). */
-async function pairState(prod: Side, dr: Side): Promise<{ prodState: string | null; text: string }> {
+async function pairState(prod: Side, dr: Side): Promise<{ prodState: string | null; targetError: string | null; text: string }> {
   type S = Extract<IpcMessage, { type: 'status' }>;
-  const ask = (side: Side): Promise<S | null> => (side.up && side.child
-    ? withTimeout(systemClock, 2_000, side.child.request<S>({ type: 'status' }, 'status'), 'status').catch(() => null)
+  type D = Extract<IpcMessage, { type: 'diagnostics' }>;
+  const ask = <T extends IpcMessage>(side: Side, req: { type: 'status' | 'diagnostics' }): Promise<T | null> => (side.up && side.child
+    ? withTimeout(systemClock, 2_000, side.child.request<T>(req, req.type), req.type).catch(() => null)
     : Promise.resolve(null));
-  const [p, d] = await Promise.all([ask(prod), ask(dr)]);
+  const [p, d] = await Promise.all([ask<S>(prod, { type: 'status' }), ask<D>(dr, { type: 'diagnostics' })]);
   const pv = (p?.status as { vms?: Array<{ lastSeq: number; ackedSeq: number; replication: { state: string } }> } | undefined)?.vms?.[0];
-  const dv = (d?.status as { vms?: Array<{ durableSeq: number; appliedSeq: number }> } | undefined)?.vms?.[0];
+  const dv = (d?.diagnostics as { vms?: Array<{ durableSeq: number; appliedSeq: number; targetError: string | null }> } | undefined)?.vms?.[0];
   const prodText = pv ? `production ${pv.replication.state}, journal ${pv.lastSeq}, DR acked ${pv.ackedSeq}` : 'production not answering';
-  const drText = dv ? `DR durable ${dv.durableSeq}, applied ${dv.appliedSeq}` : 'DR not answering';
-  return { prodState: pv?.replication.state ?? null, text: `${prodText}; ${drText}` };
+  const drText = dv ? `DR durable ${dv.durableSeq}, applied ${dv.appliedSeq}${dv.targetError ? `, target error ${dv.targetError}` : ''}` : 'DR not answering';
+  return { prodState: pv?.replication.state ?? null, targetError: dv?.targetError ?? null, text: `${prodText}; ${drText}` };
 }
 
 /** No fault left: the pair drains; production holds every acknowledged write and DR equals it. */

@@ -8,7 +8,8 @@ import { runDemo, type DemoOptions } from './demo.js';
 import { startCommand } from './gateway-process.js';
 import { runApiCall } from './api-command.js';
 import { runFaultProxy } from '../chaos/fault-proxy/fault-proxy-server.js';
-import { describeFault, faultKinds, parseFaultList, planSchedule } from '../chaos/schedule.js';
+import { describeFault, diskFaultKinds, faultKinds, parseFaultList, planSchedule, type FaultKind } from '../chaos/schedule.js';
+import { nbdkitAvailable } from '../chaos/target-agent.js';
 import { replayCommand, runChaos } from './chaos.js';
 import { runSimSeeds } from '../chaos/sim/sim-run.js';
 
@@ -193,8 +194,7 @@ async function main(argv: string[]): Promise<number> {
       if (!seconds || Number(seconds[1]) < 5 || Number(seconds[1]) > 86_400) throw new UsageError(`--duration must be 5-86400 seconds, not "${values.duration}"`);
       const mode = values.mode ?? 'async';
       if (mode !== 'async' && mode !== 'sync') throw new UsageError(`--mode must be async or sync, not "${mode}"`);
-      const o = { seed, durationMs: Number(seconds[1]) * 1000, mode, dir: values.dir ?? 'vrg-chaos',
-        faults: values.faults === undefined || values.faults === 'all' ? [...faultKinds] : parseFaultList(values.faults) } as const;
+      const o = { seed, durationMs: Number(seconds[1]) * 1000, mode, dir: values.dir ?? 'vrg-chaos', faults: chaosFaults(values.faults) } as const;
       if (values.plan) {
         process.stdout.write(`${replayCommand(o)}\n`);
         for (const f of planSchedule(o)) process.stdout.write(`+${(f.atMs / 1000).toFixed(1)}s #${f.n} ${describeFault(f)}\n`);
@@ -260,3 +260,16 @@ main(process.argv.slice(2)).then(
     process.exit(1);
   },
 );
+
+/** --faults: a list, or every kind (without the disk faults when nbdkit, their write agent, is not installed). */
+function chaosFaults(v: string | undefined): FaultKind[] {
+  if (v !== undefined && v !== 'all') {
+    const list = parseFaultList(v);
+    const disk = list.filter((f) => diskFaultKinds.includes(f));
+    if (disk.length > 0 && !nbdkitAvailable()) throw new UsageError(`${disk.join(', ')} need nbdkit (Debian: apt install nbdkit)`);
+    return list;
+  }
+  if (nbdkitAvailable()) return [...faultKinds];
+  process.stderr.write(`vrg chaos: nbdkit is not installed: no ${diskFaultKinds.join(', ')} faults\n`);
+  return faultKinds.filter((f) => !diskFaultKinds.includes(f));
+}

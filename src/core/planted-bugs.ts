@@ -3,6 +3,7 @@
 // started with one logs it at error level. Never set outside such a test.
 
 export const plantableBugs = [
+  'ack-before-fsync', // production acknowledges a write once it is written to the journal file, before its fdatasync
   'accept-bad-tag', // the link accepts a frame whose AES-GCM tag does not match (corrupt bytes get applied)
   'sync-ack-early', // Sync acknowledges a write once journaled, without waiting for DR
   'apply-out-of-order', // DR applies each chunk of direct writes to its targets last first

@@ -1,8 +1,8 @@
-import type { FileHandle } from 'node:fs/promises';
 import { assert } from './assert.js';
+import type { FileHandleLike } from './files.js';
 
 /** Positional writev of all of `bufs`, continuing after short writes. */
-export async function writeFully(fh: FileHandle, bufs: Uint8Array[], position: number): Promise<number> {
+export async function writeFully(fh: FileHandleLike, bufs: Uint8Array[], position: number): Promise<number> {
   let total = 0;
   for (const b of bufs) total += b.byteLength;
   let done = 0;

@@ -1,4 +1,3 @@
-import { open, rename, type FileHandle } from 'node:fs/promises';
 import { dirname } from 'node:path';
 import { assert } from '../core/assert.js';
 import { crc32 } from '../core/checksum.js';
@@ -6,6 +5,7 @@ import { systemClock, type Clock } from '../core/clock.js';
 import { ErrorCode, vrgError } from '../core/errors.js';
 import { GiB, KiB, MiB } from '../core/limits.js';
 import { writeFully } from '../core/write-fully.js';
+import { nodeFiles, type FileHandleLike, type Files } from '../core/files.js';
 import { fsyncDir } from './segment.js';
 
 // Persistent changed-block-tracking (CBT) bitmap of one volume: one bit per `granularityBytes` region.
@@ -54,6 +54,8 @@ export interface DirtyBitmapOptions {
   volumeBytes: number;
   granularityBytes?: number;
   clock?: Clock;
+  /** Where the bitmap file lives (default node:fs). */
+  files?: Files;
 }
 
 export interface DirtyRange {
@@ -136,7 +138,7 @@ export class DirtyBitmap {
   private regionsDirty = 0;
   private readonly stats: DirtyBitmapCounters = { persists: 0, fdatasyncs: 0, bitmapPagesWritten: 0, bytesWritten: 0 };
 
-  private constructor(private readonly fh: FileHandle, path: string, geo: Geometry, clock: Clock, loaded: Loaded) {
+  private constructor(private readonly fh: FileHandleLike, path: string, geo: Geometry, clock: Clock, loaded: Loaded) {
     this.path = path;
     this.geo = geo;
     this.clock = clock;
@@ -159,10 +161,11 @@ export class DirtyBitmap {
   static async open(opts: DirtyBitmapOptions): Promise<DirtyBitmap> {
     const geo = geometry(opts.volumeBytes, opts.granularityBytes ?? DEFAULT_GRANULARITY_BYTES);
     const clock = opts.clock ?? systemClock;
-    let fh = await openIfExists(opts.path);
+    const files = opts.files ?? nodeFiles;
+    let fh = await openIfExists(files, opts.path);
     if (fh === null) {
-      await createFresh(opts.path, geo, clock);
-      fh = await openIfExists(opts.path);
+      await createFresh(files, opts.path, geo, clock);
+      fh = await openIfExists(files, opts.path);
       assert(fh !== null, 'bitmap file exists after creation');
     }
     try {
@@ -542,7 +545,7 @@ interface Loaded {
 }
 
 /** The newest intact copy; VRG_CBT_MISMATCH if a CRC-valid header describes another volume, else VRG_CBT_CORRUPT. */
-async function load(fh: FileHandle, geo: Geometry, path: string): Promise<Loaded> {
+async function load(fh: FileHandleLike, geo: Geometry, path: string): Promise<Loaded> {
   const size = (await fh.stat()).size;
   const candidates: { slot: number; header: Header }[] = [];
   for (let slot = 0; slot < 2; slot++) {
@@ -578,7 +581,7 @@ function pagesMatch(bits: Uint8Array, table: Buffer, pageCount: number): boolean
   return true;
 }
 
-async function readAt(fh: FileHandle, pos: number, len: number, size: number): Promise<Buffer | null> {
+async function readAt(fh: FileHandleLike, pos: number, len: number, size: number): Promise<Buffer | null> {
   if (pos + len > size) return null;
   const buf = Buffer.alloc(len);
   let got = 0;
@@ -590,9 +593,9 @@ async function readAt(fh: FileHandle, pos: number, len: number, size: number): P
   return buf;
 }
 
-async function openIfExists(path: string): Promise<FileHandle | null> {
+async function openIfExists(files: Files, path: string): Promise<FileHandleLike | null> {
   try {
-    return await open(path, 'r+');
+    return await files.open(path, 'r+');
   } catch (err) {
     if ((err as NodeJS.ErrnoException).code === 'ENOENT') return null;
     throw vrgError(ErrorCode.JOURNAL_IO, `cannot open CBT bitmap ${path}: ${(err as Error).message}`, { path }, err);
@@ -600,7 +603,7 @@ async function openIfExists(path: string): Promise<FileHandle | null> {
 }
 
 /** A new empty bitmap (generation 1 in slot 0, slot 1 blank), made under a temp name and renamed into place. */
-async function createFresh(path: string, geo: Geometry, clock: Clock): Promise<void> {
+async function createFresh(files: Files, path: string, geo: Geometry, clock: Clock): Promise<void> {
   const tmp = `${path}.tmp`;
   const bits = Buffer.alloc(geo.pageCount * PAGE);
   const table = Buffer.alloc(geo.tableBytes);
@@ -608,7 +611,7 @@ async function createFresh(path: string, geo: Geometry, clock: Clock): Promise<v
   for (let p = 0; p < geo.pageCount; p++) table.writeUInt32LE(zeroCrc, p * 4);
   const header = encodeHeader(geo, 1, crc32(table.subarray(0, geo.pageCount * 4)), clock.nowMs());
   try {
-    const fh = await open(tmp, 'w');
+    const fh = await files.open(tmp, 'w');
     try {
       await writeFully(fh, [header, table, bits], 0);
       await fh.truncate(geo.copyBytes * 2);
@@ -616,8 +619,8 @@ async function createFresh(path: string, geo: Geometry, clock: Clock): Promise<v
     } finally {
       await fh.close();
     }
-    await rename(tmp, path);
-    await fsyncDir(dirname(path));
+    await files.rename(tmp, path);
+    await fsyncDir(files, dirname(path));
   } catch (err) {
     throw vrgError(ErrorCode.JOURNAL_IO, `cannot create CBT bitmap ${path}: ${(err as Error).message}`, { path }, err);
   }

@@ -1,6 +1,6 @@
-import { mkdir, open, readdir, unlink, type FileHandle } from 'node:fs/promises';
 import { assert } from '../core/assert.js';
 import { writeFully } from '../core/write-fully.js';
+import { nodeFiles, type FileHandleLike, type Files } from '../core/files.js';
 import { systemClock, type Clock } from '../core/clock.js';
 import { ErrorCode, isVrgError, vrgError, type VrgError } from '../core/errors.js';
 import { limits, GiB } from '../core/limits.js';
@@ -28,6 +28,8 @@ export interface JournalOptions {
   groupCommitBytes?: number;
   /** In-memory cache of recent records for read() (default limits.journalCacheBytesDefault, at most journalCacheBytesMax; 0 disables). */
   cacheBytes?: number;
+  /** Where the segment files live (default node:fs). */
+  files?: Files;
 }
 
 export interface JournalCounters {
@@ -103,8 +105,11 @@ export class Journal {
   /** whenWritten / whenDurable callers, resolved as the commit loop passes their seq. */
   private seqWaiters: Array<{ seq: number; durable: boolean; resolve: () => void; reject: (e: Error) => void }> = [];
 
+  private readonly files: Files;
+
   private constructor(opts: JournalOptions) {
     this.dir = opts.dir;
+    this.files = opts.files ?? nodeFiles;
     this.capacityBytes = opts.capacityBytes;
     this.segmentBytes = opts.segmentBytes ?? Math.min(limits.journalSegmentBytes, Math.max(1, Math.floor(opts.capacityBytes / 4)));
     this.groupCommitBytes = opts.groupCommitBytes ?? limits.groupCommitBytesMax;
@@ -129,7 +134,7 @@ export class Journal {
 
   static async open(opts: JournalOptions): Promise<Journal> {
     const j = new Journal(opts);
-    await mkdir(j.dir, { recursive: true });
+    await j.files.mkdir(j.dir);
     try {
       await j.replay();
     } catch (err) {
@@ -391,10 +396,10 @@ export class Journal {
   /** Creates segment `firstSeq` durably (file and directory fsynced) and makes it the active one. */
   private async createSegment(firstSeq: number): Promise<Segment> {
     const seg = newSegment(this.dir, firstSeq);
-    const fh = await open(seg.path, 'wx+');
+    const fh = await this.files.open(seg.path, 'wx+');
     try {
       await fh.sync();
-      await fsyncDir(this.dir);
+      await fsyncDir(this.files, this.dir);
     } catch (err) {
       await fh.close();
       throw err;
@@ -535,7 +540,7 @@ export class Journal {
   private async preadSegment(seg: Segment, position: number, length: number): Promise<Buffer> {
     seg.readers++;
     try {
-      seg.fh ??= open(seg.path, 'r');
+      seg.fh ??= this.files.open(seg.path, 'r');
       const fh = await seg.fh;
       const buf = Buffer.allocUnsafe(length);
       let got = 0;
@@ -602,11 +607,11 @@ export class Journal {
   private async deleteSegments(doomed: Segment[]): Promise<void> {
     for (const seg of doomed) {
       if (seg.fh) await seg.fh.catch(() => undefined); // an open in flight completes before the unlink
-      await unlink(seg.path);
+      await this.files.unlink(seg.path);
       if (seg.readers === 0) await closeSegment(seg);
       this.counters.segmentsDeleted++;
     }
-    await fsyncDir(this.dir);
+    await fsyncDir(this.files, this.dir);
   }
 
   // ---- close -------------------------------------------------------------------------------------------------------
@@ -634,7 +639,7 @@ export class Journal {
 
   /** Verifies every segment, cuts a torn tail of the last one, rebuilds the index and the seq counters. */
   private async replay(): Promise<void> {
-    const names = await readdir(this.dir);
+    const names = await this.files.readdir(this.dir);
     const seqs = names.map(parseSegmentName).filter((s): s is number => s !== null).sort((a, b) => a - b);
     if (seqs.length === 0) await this.createSegment(1);
     for (let i = 0; i < seqs.length; i++) {
@@ -653,7 +658,7 @@ export class Journal {
   }
 
   private async replaySegment(seg: Segment, isLast: boolean): Promise<void> {
-    const fh = await open(seg.path, isLast ? 'r+' : 'r');
+    const fh = await this.files.open(seg.path, isLast ? 'r+' : 'r');
     try {
       const scan = await scanSegment(fh, seg);
       if (scan.badReason !== null) {
@@ -676,7 +681,7 @@ export class Journal {
   }
 
   /** A bad record in the last segment is a torn write unless intact data follows beyond one group commit. */
-  private async cutTail(fh: FileHandle, seg: Segment, scan: ScanResult): Promise<void> {
+  private async cutTail(fh: FileHandleLike, seg: Segment, scan: ScanResult): Promise<void> {
     const intactAt = await findIntactRecordFrom(fh, scan.fileSize, scan.goodBytes + TORN_WINDOW_BYTES, segmentEnd(seg));
     if (intactAt !== null) {
       throw vrgError(ErrorCode.JOURNAL_CORRUPT, 'journal record is corrupt but later records are intact', {

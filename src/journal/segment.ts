@@ -1,6 +1,6 @@
-import { open, type FileHandle } from 'node:fs/promises';
 import { join } from 'node:path';
 import { assert } from '../core/assert.js';
+import type { FileHandleLike, Files } from '../core/files.js';
 import { HEADER_BYTES, RECORD_MAGIC, RECORD_MAGIC_V1, crcMatches, decodeHeader, type RecordHeader } from './record-codec.js';
 
 const NAME_RE = /^seg-(\d{16})\.vrgj$/;
@@ -45,7 +45,7 @@ export interface Segment {
   size: number;
   offsets: OffsetIndex;
   /** Lazily opened handle (read-only for old segments, read-write for the active one). */
-  fh: Promise<FileHandle> | null;
+  fh: Promise<FileHandleLike> | null;
   readers: number;
   dropped: boolean;
 }
@@ -65,8 +65,8 @@ export function recordBytesAt(seg: Segment, i: number): number {
   return end - seg.offsets.get(i);
 }
 
-export async function fsyncDir(dir: string): Promise<void> {
-  const fh = await open(dir, 'r');
+export async function fsyncDir(files: Files, dir: string): Promise<void> {
+  const fh = await files.open(dir, 'r');
   try {
     await fh.sync();
   } finally {
@@ -81,7 +81,7 @@ export class WindowReader {
   private window = Buffer.alloc(0);
   private windowStart = 0;
 
-  constructor(private readonly fh: FileHandle, readonly fileSize: number) {}
+  constructor(private readonly fh: FileHandleLike, readonly fileSize: number) {}
 
   /** Bytes [pos, pos+n) with the window offset, or null when the file is shorter. */
   async need(pos: number, n: number): Promise<{ buf: Buffer; at: number } | null> {
@@ -126,7 +126,7 @@ export interface ScanResult {
 }
 
 /** Verifies every record of a segment from its start, filling seg.offsets; stops at the first bad record. */
-export async function scanSegment(fh: FileHandle, seg: Segment): Promise<ScanResult> {
+export async function scanSegment(fh: FileHandleLike, seg: Segment): Promise<ScanResult> {
   const { size: fileSize } = await fh.stat();
   const r = new WindowReader(fh, fileSize);
   let pos = 0;
@@ -148,7 +148,7 @@ assert((RECORD_MAGIC & 0xffffff) === MAGIC_PREFIX.readUIntLE(0, 3) && (RECORD_MA
  * After a bad record at `badAt` in the last segment: is there an intact record (seq ≥ minSeq) starting at or beyond
  * `from`? Such a record was written by a later group commit, so the bad record had been made durable: corruption.
  */
-export async function findIntactRecordFrom(fh: FileHandle, fileSize: number, from: number, minSeq: number): Promise<number | null> {
+export async function findIntactRecordFrom(fh: FileHandleLike, fileSize: number, from: number, minSeq: number): Promise<number | null> {
   if (from >= fileSize) return null;
   const r = new WindowReader(fh, fileSize);
   const rest = Buffer.allocUnsafe(fileSize - from);

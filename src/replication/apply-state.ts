@@ -1,5 +1,5 @@
-import { open, type FileHandle } from 'node:fs/promises';
 import { crc32 } from '../core/checksum.js';
+import { nodeFiles, type FileHandleLike, type Files } from '../core/files.js';
 import { ErrorCode, vrgError } from '../core/errors.js';
 
 // The DR side's durable position for one VM: the highest journal seq whose effects are durable on
@@ -18,19 +18,19 @@ export class ApplyState {
   private saving: Promise<void> = Promise.resolve();
 
   private constructor(
-    private readonly fh: FileHandle,
+    private readonly fh: FileHandleLike,
     generation: number,
     public appliedSeq: number,
   ) {
     this.generation = generation;
   }
 
-  static async open(path: string): Promise<ApplyState> {
-    let fh: FileHandle;
+  static async open(path: string, files: Files = nodeFiles): Promise<ApplyState> {
+    let fh: FileHandleLike;
     try {
-      fh = await open(path, 'a+');
+      fh = await files.open(path, 'a+');
       await fh.close();
-      fh = await open(path, 'r+');
+      fh = await files.open(path, 'r+');
     } catch (err) {
       throw vrgError(ErrorCode.VOLUME_IO, `cannot open apply state ${path}: ${(err as Error).message}`, { path }, err);
     }

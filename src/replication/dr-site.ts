@@ -1,4 +1,3 @@
-import { mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { ErrorCode, vrgError } from '../core/errors.js';
 import type { LinkConnection } from '../link/connection.js';
@@ -9,6 +8,7 @@ import { requestMove } from './planned-failover.js';
 
 import type { GatewayConfig, VmConfig } from './config.js';
 import type { GatewayDeps } from './gateway-deps.js';
+import { nodeFiles } from '../core/files.js';
 import { productionExports, replicaExports, testCloneExports } from './nbd-exports.js';
 import { ProductionGateway, type DemoteRequest, type ProductionStatus } from './source/production-gateway.js';
 import { DrGateway, type DrStatus } from './target/dr-gateway.js';
@@ -138,7 +138,7 @@ export class DrSite {
    */
   private async serveAsSource(vmc: VmConfig, role: VmRoleState, justPromoted: boolean): Promise<void> {
     const dataDir = join(this.config.dataDir, 'source');
-    await mkdir(join(dataDir, 'cbt', vmc.vmUuid), { recursive: true });
+    await (this.deps.files ?? nodeFiles).mkdir(join(dataDir, 'cbt', vmc.vmUuid));
     if (this.source === null) {
       const cfg: GatewayConfig = {
         ...this.config, role: 'production', dataDir, vms: [], nbd: null, api: null,

@@ -1,4 +1,5 @@
 import type { Clock } from '../core/clock.js';
+import type { Files } from '../core/files.js';
 import type { Logger } from '../core/log.js';
 import type { Random } from '../core/random.js';
 import type { Transport } from '../link/transport.js';
@@ -6,7 +7,7 @@ import type { Codec } from '../pipeline/codec.js';
 import type { openVolume } from '../volume/open-volume.js';
 
 // What a gateway's two sides (source/ and target/) are given rather than reach for: the clock, randomness,
-// the transport and the block store are injected so one seeded simulator can run both sides in one process.
+// the transport, the block store and the local files are injected so one seeded simulator can run both sides in one process.
 
 export interface GatewayDeps {
   clock: Clock;
@@ -16,4 +17,6 @@ export interface GatewayDeps {
   logger: Logger;
   /** The block store: opens a volume by URL (default openVolume; a simulator or test may wrap it). */
   openVolume?: typeof openVolume;
+  /** Local files: journals, DR logs, stages, bitmaps, state files (default node:fs; the simulator's can lose power). */
+  files?: Files;
 }

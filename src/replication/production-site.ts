@@ -1,4 +1,3 @@
-import { mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { limits } from '../core/limits.js';
 import { requestMove } from './planned-failover.js';
@@ -10,6 +9,7 @@ import { encodeResume } from '../protocol/messages.js';
 import type { GatewayConfig, VmConfig } from './config.js';
 import type { VmProtection } from './control.js';
 import type { GatewayDeps } from './gateway-deps.js';
+import { nodeFiles } from '../core/files.js';
 import { productionExports, replicaExports } from './nbd-exports.js';
 import { ProductionGateway, type DemoteRequest, type ProductionGatewayOptions, type ProductionStatus } from './source/production-gateway.js';
 import { DrGateway, type DrStatus } from './target/dr-gateway.js';
@@ -48,7 +48,8 @@ export class ProductionSite {
   }
 
   static async open(config: GatewayConfig, deps: GatewayDeps, options: ProductionGatewayOptions = {}): Promise<ProductionSite> {
-    const roles = await Promise.all(config.vms.map((v) => loadVmRole(config.dataDir, v.vmUuid, 'source')));
+    const files = deps.files ?? nodeFiles;
+    const roles = await Promise.all(config.vms.map((v) => loadVmRole(config.dataDir, v.vmUuid, 'source', files)));
     const targetCfg: GatewayConfig = { ...config, role: 'dr', dataDir: join(config.dataDir, 'target'), vms: [], nbd: null, api: null };
     const target = await DrGateway.open(targetCfg, deps, { listen: false, roleDataDir: config.dataDir });
     for (const [i, vmc] of config.vms.entries()) if (roles[i]!.role === 'target') await target.addVm(vmc, roles[i]!.generation);
@@ -59,7 +60,7 @@ export class ProductionSite {
 
   /** Adds a VM (management API): as a source, or as a target when its role file says it was failed back. */
   async addVm(p: VmProtection): Promise<void> {
-    const role = await loadVmRole(this.config.dataDir, p.vmUuid, 'source');
+    const role = await loadVmRole(this.config.dataDir, p.vmUuid, 'source', this.deps.files);
     if (role.role === 'target') await this.target.addVm(p, role.generation);
     else await this.source.addVm(p);
   }
@@ -97,7 +98,7 @@ export class ProductionSite {
       if (held < lastSeq) throw vrgError(ErrorCode.FAILOVER_REFUSED, `VM ${vmUuid}: the source drained to seq ${lastSeq}, this side holds ${held}`, { vmUuid });
       const { vmc, role } = await this.target.promote(vmUuid, 'planned failover');
       // Not a new VM: its state directory exists, so nothing is marked for a full copy.
-      await mkdir(join(this.config.dataDir, 'cbt', vmUuid), { recursive: true });
+      await (this.deps.files ?? nodeFiles).mkdir(join(this.config.dataDir, 'cbt', vmUuid));
       await this.source.addVm({ ...vmc, mode: 'async' }, role.generation);
       this.target.forgetPromoted(vmUuid);
       return { vmUuid, kind, generation: role.generation, fromSeq: role.fromSeq ?? 0, exports: vmc.volumes.map((v) => v.volUuid) };
@@ -143,7 +144,7 @@ export class ProductionSite {
     await saveVmRole(this.config.dataDir, {
       vmUuid: req.vmUuid, role: 'target', generation: req.generation, changedAtMs: this.deps.clock.nowMs(),
       reason: `failback: promoted on ${req.conn.peer.gatewayId}`,
-    });
+    }, this.deps.files);
     await this.target.addVm({ vmUuid: vmc.vmUuid, vmName: vmc.vmName, compressOption: vmc.compressOption,
       encryptOption: vmc.encryptOption, volumes: vmc.volumes }, req.generation);
     const conn = this.conn;

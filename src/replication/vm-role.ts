@@ -1,6 +1,6 @@
-import { mkdir, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { writeJsonAtomic } from '../core/atomic-file.js';
+import { nodeFiles, type Files } from '../core/files.js';
 import { ErrorCode, vrgError } from '../core/errors.js';
 
 // A VM's role on this gateway and its generation, persisted per VM so both survive a restart.
@@ -41,11 +41,11 @@ export function vmRolePath(dataDir: string, vmUuid: string): string {
 }
 
 /** The VM's stored role, or `initial` with generation 1 when none is stored. */
-export async function loadVmRole(dataDir: string, vmUuid: string, initial: VmRole): Promise<VmRoleState> {
+export async function loadVmRole(dataDir: string, vmUuid: string, initial: VmRole, files: Files = nodeFiles): Promise<VmRoleState> {
   const path = vmRolePath(dataDir, vmUuid);
   let text: string;
   try {
-    text = await readFile(path, 'utf8');
+    text = (await files.readFile(path)).toString('utf8');
   } catch (err) {
     if ((err as NodeJS.ErrnoException).code === 'ENOENT') return { vmUuid, role: initial, generation: 1, changedAtMs: 0, reason: 'initial' };
     throw err;
@@ -61,9 +61,9 @@ export async function loadVmRole(dataDir: string, vmUuid: string, initial: VmRol
   };
 }
 
-export async function saveVmRole(dataDir: string, state: VmRoleState): Promise<void> {
-  await mkdir(join(dataDir, 'roles'), { recursive: true });
-  await writeJsonAtomic(vmRolePath(dataDir, state.vmUuid), { version: FORMAT_VERSION, ...state });
+export async function saveVmRole(dataDir: string, state: VmRoleState, files: Files = nodeFiles): Promise<void> {
+  await files.mkdir(join(dataDir, 'roles'));
+  await writeJsonAtomic(vmRolePath(dataDir, state.vmUuid), { version: FORMAT_VERSION, ...state }, files);
 }
 
 /** A generation as carried on the wire: 0 (a peer from before generations) means 1. */

@@ -1,19 +1,8 @@
-import { connect, createServer } from 'node:net';
+import { connect } from 'node:net';
 
 // Loopback ports for the outside agents a test starts (nbdkit, qemu-nbd): one free now, and whether one accepts.
 
-/** A port that was free on 127.0.0.1 a moment ago. */
-export function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const srv = createServer();
-    srv.once('error', reject);
-    srv.listen(0, '127.0.0.1', () => {
-      const addr = srv.address();
-      const port = typeof addr === 'object' && addr ? addr.port : 0;
-      srv.close(() => resolve(port));
-    });
-  });
-}
+export { freePort } from '../../src/core/free-port.js';
 
 /** True when something accepts TCP connections on 127.0.0.1:port. */
 export function probe(port: number): Promise<boolean> {

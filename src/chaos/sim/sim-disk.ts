@@ -6,15 +6,51 @@ import { checkVolumeRange, type Volume } from '../../volume/volume.js';
 //   pool), until switched off;
 // - slowMs: each write waits that long first (a disk far behind its writer).
 // Content survives close(): a gateway that reopens its targets after a restart finds what it wrote.
+// - powerCut(): writes since the last flush are lost (a volatile write cache without power), and every handle
+//   opened before (open()) fails from then on, so the gateway instance that lost power can do nothing more.
 
 export class SimDisk implements Volume {
   private readonly image: Buffer;
+  /** The image as of the last flush (what a power cut leaves). */
+  private readonly durable: Buffer;
+  private epoch = 0;
   failing: 'EIO' | 'ENOSPC' | null = null;
   slowMs = 0;
   readonly counters = { writes: 0, failed: 0, flushes: 0 };
 
   constructor(readonly url: string, readonly sizeBytes: number) {
     this.image = Buffer.alloc(sizeBytes);
+    this.durable = Buffer.alloc(sizeBytes);
+  }
+
+  /** A handle for one gateway instance: the disk's calls, until the next power cut. */
+  open(): Volume {
+    const epoch = this.epoch;
+    return {
+      url: this.url, sizeBytes: this.sizeBytes,
+      read: async (o, l) => {
+        this.live(epoch);
+        return this.read(o, l);
+      },
+      write: (o, d) => this.write(o, d, epoch),
+      writeZeroes: (o, l) => this.zeroAs(o, l, epoch),
+      trim: (o, l) => this.zeroAs(o, l, epoch),
+      flush: () => this.flushAs(epoch),
+      close: async () => undefined,
+    };
+  }
+
+  /** Checked right before a change, in the same synchronous step: nothing lands after the power went. */
+  private live(epoch: number | undefined): void {
+    if (epoch !== undefined && epoch !== this.epoch) {
+      throw vrgError(ErrorCode.VOLUME_IO, `${this.url}: EIO, the power went (simulated)`, { errno: 'EIO' });
+    }
+  }
+
+  /** Loses every write since the last flush; the handles opened so far die. */
+  powerCut(): void {
+    this.epoch++;
+    this.durable.copy(this.image);
   }
 
   private async gate(what: string, offset: number, length: number): Promise<void> {
@@ -31,14 +67,20 @@ export class SimDisk implements Volume {
     return Buffer.from(this.image.subarray(offset, offset + length));
   }
 
-  async write(offset: number, data: Uint8Array): Promise<void> {
+  async write(offset: number, data: Uint8Array, epoch?: number): Promise<void> {
     await this.gate('write', offset, data.byteLength);
+    this.live(epoch);
     this.counters.writes++;
     this.image.set(data, offset);
   }
 
-  async writeZeroes(offset: number, length: number): Promise<void> {
+  writeZeroes(offset: number, length: number): Promise<void> {
+    return this.zeroAs(offset, length, undefined);
+  }
+
+  private async zeroAs(offset: number, length: number, epoch: number | undefined): Promise<void> {
     await this.gate('write zeroes', offset, length);
+    this.live(epoch);
     this.image.fill(0, offset, offset + length);
   }
 
@@ -46,9 +88,15 @@ export class SimDisk implements Volume {
     await this.writeZeroes(offset, length);
   }
 
-  async flush(): Promise<void> {
+  flush(): Promise<void> {
+    return this.flushAs(undefined);
+  }
+
+  private async flushAs(epoch: number | undefined): Promise<void> {
     await this.gate('flush', 0, 0);
+    this.live(epoch);
     this.counters.flushes++;
+    this.image.copy(this.durable);
   }
 
   async close(): Promise<void> {

@@ -195,6 +195,51 @@ class SimEnd extends Duplex {
   }
 }
 
+/**
+ * One gateway instance's access to the network: kill() (the host lost power) destroys its connections and
+ * listeners at once and refuses it anything after, while the network and its other hosts go on.
+ */
+export class HostTransport implements Transport {
+  private dead = false;
+  private readonly ends = new Set<Duplex>();
+  private readonly listeners = new Set<Listener>();
+
+  constructor(private readonly net: SimNetwork) {}
+
+  async connect(host: string, port: number): Promise<Duplex> {
+    this.check(`connect to ${host}:${port}`);
+    const end = await this.net.connect(host, port);
+    return this.track(end);
+  }
+
+  async listen(host: string, port: number, onConnection: (s: Duplex) => void): Promise<Listener> {
+    this.check(`listen on ${host}:${port}`);
+    const l = await this.net.listen(host, port, (s) => onConnection(this.track(s)));
+    this.listeners.add(l);
+    return l;
+  }
+
+  kill(): void {
+    this.dead = true;
+    for (const e of this.ends) e.destroy();
+    for (const l of this.listeners) void l.close();
+  }
+
+  private track(end: Duplex): Duplex {
+    if (this.dead) {
+      end.destroy();
+      return end;
+    }
+    this.ends.add(end);
+    end.once('close', () => this.ends.delete(end));
+    return end;
+  }
+
+  private check(what: string): void {
+    if (this.dead) throw vrgError(ErrorCode.CONNECTION_CLOSED, `${what} failed: the host is down (simulated)`);
+  }
+}
+
 export class SimNetwork implements Transport {
   readonly plan: FaultPlan;
   readonly live = new Set<SimEnd>();

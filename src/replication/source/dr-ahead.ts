@@ -1,6 +1,6 @@
-import { readFile, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { writeJsonAtomic } from '../../core/atomic-file.js';
+import { nodeFiles, type Files } from '../../core/files.js';
 import { ErrorCode, isVrgError, vrgError } from '../../core/errors.js';
 import { RecordKind, type Journal, type JournalRecordInput } from '../../journal/journal.js';
 
@@ -23,8 +23,8 @@ const fileName = 'dr-ahead.json';
 /** Barriers per journal append (header only: 48 KiB of journal per 1024). */
 const barriersPerAppendMax = 1024;
 
-export async function loadDrAhead(dir: string): Promise<DrAhead | null> {
-  const text = await readFile(join(dir, fileName), 'utf8').catch(() => null);
+export async function loadDrAhead(dir: string, files: Files = nodeFiles): Promise<DrAhead | null> {
+  const text = await files.readFile(join(dir, fileName)).then((b) => b.toString('utf8'), () => null);
   if (text === null) return null;
   const doc = JSON.parse(text) as Partial<DrAhead>;
   if (!Number.isSafeInteger(doc.aboveSeq) || !Number.isSafeInteger(doc.skipToSeq) || doc.skipToSeq! < doc.aboveSeq!) {
@@ -33,12 +33,12 @@ export async function loadDrAhead(dir: string): Promise<DrAhead | null> {
   return { aboveSeq: doc.aboveSeq!, skipToSeq: doc.skipToSeq! };
 }
 
-export function saveDrAhead(dir: string, s: DrAhead): Promise<void> {
-  return writeJsonAtomic(join(dir, fileName), s);
+export function saveDrAhead(dir: string, s: DrAhead, files: Files = nodeFiles): Promise<void> {
+  return writeJsonAtomic(join(dir, fileName), s, files);
 }
 
-export function clearDrAhead(dir: string): Promise<void> {
-  return rm(join(dir, fileName), { force: true });
+export function clearDrAhead(dir: string, files: Files = nodeFiles): Promise<void> {
+  return files.rm(join(dir, fileName));
 }
 
 /**

@@ -4,6 +4,7 @@ import { ErrorCode, isVrgError, vrgError } from '../../core/errors.js';
 import { LatencyHistogram } from '../../core/latency-histogram.js';
 import { limits } from '../../core/limits.js';
 import type { Logger } from '../../core/log.js';
+import { bugPlanted } from '../../core/planted-bugs.js';
 import type { DirtyBitmap } from '../../journal/dirty-bitmap.js';
 import { RecordKind, type Journal, type JournalRecordInput } from '../../journal/journal.js';
 import type { ApplyState } from '../apply-state.js';
@@ -305,7 +306,7 @@ export class Intake {
         void this.journal.whenWritten(a.lastSeq).then(stage(this.latency['group -> journal written']), () => undefined);
         void a.durable.then(stage(this.latency['group -> journal durable']), () => undefined);
       }
-      if (this.opts.writeBack?.()) await this.journal.whenWritten(a.lastSeq);
+      if (this.opts.writeBack?.() || bugPlanted('ack-before-fsync')) await this.journal.whenWritten(a.lastSeq);
       else await a.durable;
       return a;
     });
@@ -323,7 +324,7 @@ export class Intake {
       else {
         // Sync: DR durable *and* local durable (shipping overlaps the fdatasync, which write-back skips).
         const dr = this.opts.cbt?.waitForDr(a.lastSeq);
-        if (dr) await Promise.all([dr.then(stage(this.latency['group -> DR durable (sync)'])), a.durable]);
+        if (dr) await Promise.all([dr.then(stage(this.latency['group -> DR durable (sync)'])), bugPlanted('ack-before-fsync') ? null : a.durable]);
       }
       this.countGroup(group, a !== null);
       if (a !== null) stage(this.latency['group -> acknowledged'])();

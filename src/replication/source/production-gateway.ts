@@ -1,6 +1,6 @@
 import { EventEmitter } from 'node:events';
 import { BufferRing, type BufferRingStats } from '../../core/buffer-ring.js';
-import { mkdir } from 'node:fs/promises';
+import { nodeFiles, type Files } from '../../core/files.js';
 import { withTimeout, type TimerHandle } from '../../core/clock.js';
 import type { LatencySummary } from '../../core/latency-histogram.js';
 import { limits } from '../../core/limits.js';
@@ -124,6 +124,7 @@ export class ProductionGateway extends EventEmitter {
   private linkAlarmRaised = false;
   private closed = false;
   private runMarker: RunMarker | null = null;
+  private readonly files: Files;
 
   private constructor(
     readonly config: GatewayConfig,
@@ -131,6 +132,7 @@ export class ProductionGateway extends EventEmitter {
     private readonly opts: Required<ProductionGatewayOptions>,
   ) {
     super();
+    this.files = deps.files ?? nodeFiles;
   }
 
   static async open(config: GatewayConfig, deps: GatewayDeps, options: ProductionGatewayOptions = {}): Promise<ProductionGateway> {
@@ -140,8 +142,8 @@ export class ProductionGateway extends EventEmitter {
       cbtGranularityBytes: options.cbtGranularityBytes ?? config.protection.cbtGranularityBytes,
       snapshotIntervalMs: options.snapshotIntervalMs ?? config.protection.snapshotIntervalMs,
     });
-    await mkdir(config.dataDir, { recursive: true });
-    gw.runMarker = await openRunMarker(config.dataDir, config.intake?.bootIdPath ?? defaultBootIdPath, gw.writeBack);
+    await gw.files.mkdir(config.dataDir);
+    gw.runMarker = await openRunMarker(config.dataDir, config.intake?.bootIdPath ?? defaultBootIdPath, gw.writeBack, gw.files);
     for (const vmc of config.vms) await gw.openVm(vmc);
     if (config.link.port > 0) gw.setPeer({ host: config.link.host, port: config.link.port });
     gw.scheduleCheckpoints();
@@ -355,7 +357,7 @@ export class ProductionGateway extends EventEmitter {
     const role = { ...this.roles.get(vmUuid)!, ...change };
     if (change.divergedAtMs === undefined && 'divergedAtMs' in change) delete role.divergedAtMs;
     this.roles.set(vmUuid, role);
-    const next = (this.roleWrites.get(vmUuid) ?? Promise.resolve()).catch(() => undefined).then(() => saveVmRole(this.config.dataDir, role));
+    const next = (this.roleWrites.get(vmUuid) ?? Promise.resolve()).catch(() => undefined).then(() => saveVmRole(this.config.dataDir, role, this.files));
     this.roleWrites.set(vmUuid, next);
     return next;
   }
@@ -476,7 +478,15 @@ export class ProductionGateway extends EventEmitter {
     };
   }
 
-  async close(): Promise<void> {
+  /** Idempotent: a second call waits for the first. */
+  close(): Promise<void> {
+    this.closing ??= this.closeOnce();
+    return this.closing;
+  }
+
+  private closing: Promise<void> | null = null;
+
+  private async closeOnce(): Promise<void> {
     this.closed = true;
     this.checkpointTimer?.cancel();
     this.tickTimer?.cancel();
@@ -499,7 +509,7 @@ export class ProductionGateway extends EventEmitter {
     const perVmCapacity = Math.floor(this.config.journalCapacityBytes / Math.max(1, this.config.vms.length, this.vms.size + 1));
     const open = this.deps.openVolume ?? openVolume;
     const vm = await ProtectedVm.open(p, this.config.dataDir, (v) => open(v.url, { sizeBytes: v.sizeBytes, create: true }), perVmCapacity, this.vmHooks(p.vmUuid));
-    const role = await loadVmRole(this.config.dataDir, p.vmUuid, 'source');
+    const role = await loadVmRole(this.config.dataDir, p.vmUuid, 'source', this.files);
     if (generation !== undefined) role.generation = generation;
     vm.shipper.generation = role.generation;
     this.roles.set(p.vmUuid, role);
@@ -524,7 +534,7 @@ export class ProductionGateway extends EventEmitter {
 
   private vmHooks(vmUuid: string): ProtectedVmHooks {
     return {
-      clock: this.deps.clock, codec: this.deps.codec, logger: this.deps.logger.child({ vmUuid }),
+      clock: this.deps.clock, codec: this.deps.codec, logger: this.deps.logger.child({ vmUuid }), files: this.files,
       requestDigests: (req) => this.requestDigests(req),
       onTransition: (ev) => this.emit('transition', ev),
       onAlarm: (kind, raised, id, detail) => this.alarm(kind, raised, id, detail),

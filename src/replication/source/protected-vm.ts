@@ -1,6 +1,6 @@
-import { mkdir, rm, stat } from 'node:fs/promises';
-import type { BufferRing } from '../../core/buffer-ring.js';
 import { join } from 'node:path';
+import type { BufferRing } from '../../core/buffer-ring.js';
+import type { Files } from '../../core/files.js';
 import { writeJsonAtomic } from '../../core/atomic-file.js';
 import { sleep, type Clock } from '../../core/clock.js';
 import { ErrorCode, isVrgError, vrgError } from '../../core/errors.js';
@@ -55,6 +55,8 @@ export interface ProtectedVmHooks {
   cbtGranularityBytes: number;
   /** Write-back intake: acknowledge once the journal write is in the page cache (config intake.writeBack). */
   writeBack?: () => boolean;
+  /** Local files (journal, bitmaps, state files). */
+  files: Files;
   /** How compressOption 1 is applied (config link.compression). */
   compression?: CompressionSetting;
   /** The gateway's ring for batches and sealed frames (shared by its VMs). */
@@ -175,11 +177,12 @@ export class ProtectedVm {
     const volumes: Volume[] = [];
     for (const v of config.volumes) volumes.push(await openVolume(v));
     const logger = hooks.logger;
-    const journal = await Journal.open({ dir: join(dataDir, 'journal', config.vmUuid), capacityBytes, clock: hooks.clock, logger });
+    const files = hooks.files;
+    const journal = await Journal.open({ dir: join(dataDir, 'journal', config.vmUuid), capacityBytes, clock: hooks.clock, logger, files });
     const dir = join(dataDir, 'cbt', config.vmUuid);
-    const fresh = !(await exists(dir));
-    await mkdir(dir, { recursive: true });
-    const sourceState = await ApplyState.open(join(dir, 'source.state'));
+    const fresh = !(await exists(files, dir));
+    await files.mkdir(dir);
+    const sourceState = await ApplyState.open(join(dir, 'source.state'), files);
     const bitmaps: DirtyBitmap[] = [];
     const lost: string[] = [];
     for (const [i, v] of config.volumes.entries()) {
@@ -190,13 +193,13 @@ export class ProtectedVm {
     await replayOntoSource(journal, volumes, sourceState.appliedSeq, logger);
     const vm = new ProtectedVm(config, volumes, journal, bitmaps, sourceState, dir, hooks);
     vm.fresh = fresh;
-    vm.drAhead = await loadDrAhead(dir);
+    vm.drAhead = await loadDrAhead(dir, files);
     // A crash while the barriers were appended: finish them before any new record takes one of those seqs.
     if (vm.drAhead && journal.appendedSeq < vm.drAhead.skipToSeq) await vm.skipTo(vm.drAhead.aboveSeq, vm.drAhead.skipToSeq);
     if (fresh) for (const b of bitmaps) b.markAll();
     await Promise.all(bitmaps.map((b) => b.persist()));
     if (config.pausedManual) vm.feed({ type: 'pause' });
-    const stageOpen = await exists(join(dir, stageOpenFile));
+    const stageOpen = await exists(files, join(dir, stageOpenFile));
     const reason = fresh ? 'initial-sync' : lost.length > 0 ? 'cbt-bitmap-lost'
       : bitmaps.some((b) => b.dirtyRegions > 0) ? 'cbt-dirty-at-start' : stageOpen ? 'stage-open-at-start' : null;
     // SnapshotsOnly ships dirty blocks only with a snapshot: the first one carries the initial copy.
@@ -296,14 +299,14 @@ export class ProtectedVm {
   /** Remembered first, then the barriers appended: a crash between finishes them at the next open. */
   private async skipTo(aboveSeq: number, skipToSeq: number): Promise<void> {
     this.drAhead = { aboveSeq, skipToSeq };
-    await saveDrAhead(this.dir, this.drAhead);
+    await saveDrAhead(this.dir, this.drAhead, this.hooks.files);
     const reached = await appendBarriersTo(this.journal, skipToSeq);
     this.intake.sourceAppliedSeq = Math.max(this.intake.sourceAppliedSeq, this.journal.lastSeq);
     if (reached < skipToSeq) {
       // DR beyond `reached` is then refused (Shipper.attach): new records would reuse seqs it may hold.
       this.hooks.logger.error({ vmUuid: this.vmUuid, reached, skipToSeq }, 'journal full: could not skip every seq DR may hold');
       this.drAhead = { aboveSeq, skipToSeq: reached };
-      await saveDrAhead(this.dir, this.drAhead);
+      await saveDrAhead(this.dir, this.drAhead, this.hooks.files);
     }
     this.shipper.skippedToSeq = this.drAhead.skipToSeq;
     this.hooks.logger.warn({ vmUuid: this.vmUuid, ...this.drAhead }, 'host crash: skipped the seqs DR may hold beyond the journal');
@@ -326,7 +329,7 @@ export class ProtectedVm {
     this.drAheadChecking = false;
     this.drAhead = null;
     this.hooks.logger.info({ vmUuid: this.vmUuid, how }, 'DR position after the host crash reconciled');
-    void clearDrAhead(this.dir).catch((err) => this.hooks.logger.error({ err }, 'could not clear dr-ahead.json'));
+    void clearDrAhead(this.dir, this.hooks.files).catch((err) => this.hooks.logger.error({ err }, 'could not clear dr-ahead.json'));
   }
 
   /** Latency per stage of a write (intake and shipper histograms), for status. */
@@ -360,9 +363,11 @@ export class ProtectedVm {
   private waitDr(seq: number): Promise<void> | null {
     if (!this.waitForDr || bugPlanted('sync-ack-early')) return null;
     if (this.shipper.ackedSeq >= seq) return Promise.resolve();
-    return new Promise<void>((resolve) => {
+    return new Promise<void>((resolve, reject) => {
       const check = (): void => {
-        if (!this.waitForDr || this.shipper.ackedSeq >= seq || this.closed) resolve();
+        // Closing is no reason to acknowledge: the write is only local, the client must learn it failed.
+        if (this.closed) reject(vrgError(ErrorCode.CLOSED, `the VM closed before DR acknowledged seq ${seq} (Sync)`));
+        else if (!this.waitForDr || this.shipper.ackedSeq >= seq) resolve();
         else this.drWaiters.push(check);
       };
       check();
@@ -437,7 +442,7 @@ export class ProtectedVm {
       if (pass > 1) await sleep(this.hooks.clock, Math.min(200, 5 * pass));
       await this.waitForJournalRoom();
       // Remembered across a crash: a pass whose bits were all cleared still owes DR its commit.
-      if (!begun) await writeJsonAtomic(join(this.dir, stageOpenFile), { why, atMs: this.hooks.clock.nowMs() });
+      if (!begun) await writeJsonAtomic(join(this.dir, stageOpenFile), { why, atMs: this.hooks.clock.nowMs() }, this.hooks.files);
       // Journaling resumes and STAGE_BEGIN is queued in the same tick: no write may land between them
       // (it would reach DR unstaged, ahead of the bitmap-only writes the pass has yet to ship).
       this.intake.tracking = 'journal';
@@ -454,7 +459,7 @@ export class ProtectedVm {
         () => this.intake.tracking === 'bitmap' || this.bitmaps.some((b) => b.dirtyRegions > 0));
       if (commit === null) continue; // a write went to the bitmap meanwhile: another pass
       await this.shipper.waitAcked(commit);
-      await rm(join(this.dir, stageOpenFile), { force: true });
+      await this.hooks.files.rm(join(this.dir, stageOpenFile));
       if (this.state.mode === 'snapshots') this.intake.tracking = 'bitmap';
       return true;
     }
@@ -685,8 +690,8 @@ export class ProtectedVm {
       await v.close();
     }
     if (removeData) {
-      await rm(this.dir, { recursive: true, force: true });
-      await rm(join(this.dir, '..', '..', 'journal', this.vmUuid), { recursive: true, force: true });
+      await this.hooks.files.rm(this.dir);
+      await this.hooks.files.rm(join(this.dir, '..', '..', 'journal', this.vmUuid));
     }
   }
 }
@@ -699,14 +704,14 @@ function checkRegionBytes(sizeBytes: number): number {
 }
 
 async function openBitmap(path: string, volumeBytes: number, hooks: ProtectedVmHooks): Promise<{ bitmap: DirtyBitmap; lost: boolean }> {
-  const opts = { path, volumeBytes, granularityBytes: hooks.cbtGranularityBytes, clock: hooks.clock };
+  const opts = { path, volumeBytes, granularityBytes: hooks.cbtGranularityBytes, clock: hooks.clock, files: hooks.files };
   try {
     return { bitmap: await DirtyBitmap.open(opts), lost: false };
   } catch (err) {
     if (!isVrgError(err, ErrorCode.CBT_CORRUPT) && !isVrgError(err, ErrorCode.CBT_MISMATCH)) throw err;
     // Which blocks changed is unknown: start afresh with every block dirty (a full resync).
     hooks.logger.error({ err, path }, 'CBT bitmap unusable: full resync');
-    await rm(path, { force: true });
+    await hooks.files.rm(path);
     const bitmap = await DirtyBitmap.open(opts);
     bitmap.markAll();
     return { bitmap, lost: true };
@@ -736,9 +741,9 @@ async function replayOntoSource(journal: Journal, volumes: Volume[], sourceDurab
   if (records > 0) logger.info({ records, firstSeq: journal.firstSeq, lastSeq: journal.lastSeq }, 'journal replayed onto the source volumes');
 }
 
-async function exists(path: string): Promise<boolean> {
+async function exists(files: Files, path: string): Promise<boolean> {
   try {
-    await stat(path);
+    await files.stat(path);
     return true;
   } catch {
     return false;

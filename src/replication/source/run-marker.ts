@@ -1,6 +1,6 @@
-import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { writeJsonAtomic } from '../../core/atomic-file.js';
+import { nodeFiles, type Files } from '../../core/files.js';
 
 // <dataDir>/run-state.json: { bootId, writeBack, clean }. Written (clean: false) when a production gateway
 // opens and (clean: true) when it closes. An unclean stop with a different boot id now (or an unreadable one)
@@ -26,16 +26,16 @@ export interface RunMarker {
   markClean(): Promise<void>;
 }
 
-export async function openRunMarker(dataDir: string, bootIdPath: string, writeBack: boolean): Promise<RunMarker> {
+export async function openRunMarker(dataDir: string, bootIdPath: string, writeBack: boolean, files: Files = nodeFiles): Promise<RunMarker> {
   const path = join(dataDir, fileName);
-  const bootId = await readFile(bootIdPath, 'utf8').then((t) => t.trim() || null, () => null);
-  const previous = await readFile(path, 'utf8').then((t) => JSON.parse(t) as RunState, () => null);
+  const bootId = await files.readFile(bootIdPath).then((b) => b.toString('utf8').trim() || null, () => null);
+  const previous = await files.readFile(path).then((b) => JSON.parse(b.toString('utf8')) as RunState, () => null);
   const hostCrashed = previous !== null && !previous.clean &&
     (bootId === null || previous.bootId === null || previous.bootId !== bootId);
-  await writeJsonAtomic(path, { bootId, writeBack, clean: false } satisfies RunState);
+  await writeJsonAtomic(path, { bootId, writeBack, clean: false } satisfies RunState, files);
   return {
     hostCrashed,
     writeBackHostCrashed: hostCrashed && previous.writeBack,
-    markClean: () => writeJsonAtomic(path, { bootId, writeBack, clean: true } satisfies RunState),
+    markClean: () => writeJsonAtomic(path, { bootId, writeBack, clean: true } satisfies RunState, files),
   };
 }

@@ -1,7 +1,7 @@
 import { EventEmitter } from 'node:events';
-import { rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { BufferRing, type BufferRingStats } from '../../core/buffer-ring.js';
+import { nodeFiles, type Files } from '../../core/files.js';
 import { ErrorCode, isVrgError, vrgError } from '../../core/errors.js';
 import { sleep } from '../../core/clock.js';
 import type { LatencySummary } from '../../core/latency-histogram.js';
@@ -105,11 +105,13 @@ export class DrGateway extends EventEmitter {
 
   /** Where the VMs' role files are (vm-role.ts): the site's data directory. */
   private readonly roleDir: string;
+  private readonly files: Files;
   private readonly listening: boolean;
 
   private constructor(readonly config: GatewayConfig, private readonly deps: GatewayDeps, opts: DrGatewayOptions) {
     super();
     this.roleDir = opts.roleDataDir ?? config.dataDir;
+    this.files = deps.files ?? nodeFiles;
     this.listening = opts.listen !== false;
     const resume = (): Resume => this.resumeEntries();
     this.server = new LinkServer({
@@ -148,11 +150,11 @@ export class DrGateway extends EventEmitter {
   static async open(config: GatewayConfig, deps: GatewayDeps, opts: DrGatewayOptions = {}): Promise<DrGateway> {
     const gw = new DrGateway(config, deps, opts);
     for (const vmc of config.vms) {
-      const role = await loadVmRole(gw.roleDir, vmc.vmUuid, 'target');
+      const role = await loadVmRole(gw.roleDir, vmc.vmUuid, 'target', gw.files);
       if (role.role === 'source') {
         gw.promoted.set(vmc.vmUuid, { vmc, role });
         // A crash right after the promotion's commit point left the old log behind.
-        await rm(join(config.dataDir, 'dr', vmc.vmUuid), { recursive: true, force: true });
+        await gw.files.rm(join(config.dataDir, 'dr', vmc.vmUuid));
         continue;
       }
       const vm = await gw.openVm(vmc, config.vms.length);
@@ -175,7 +177,7 @@ export class DrGateway extends EventEmitter {
     if (this.vms.has(vmc.vmUuid) || this.promoted.has(vmc.vmUuid)) {
       throw vrgError(ErrorCode.CONFIG_INVALID, `VM ${vmc.vmUuid} is already protected`, { vmUuid: vmc.vmUuid });
     }
-    const role = await loadVmRole(this.roleDir, vmc.vmUuid, 'target');
+    const role = await loadVmRole(this.roleDir, vmc.vmUuid, 'target', this.files);
     if (generation !== undefined) role.generation = generation;
     if (role.role === 'source') {
       // Promoted here before (the management API re-adds its VMs at start): the site serves it (dr-site.ts).
@@ -204,7 +206,7 @@ export class DrGateway extends EventEmitter {
     await this.dropTestClone(vm); // the VM's protection goes: so does a test failover of it
     await this.idle();
     await vm.close(0);
-    await rm(vm.dir, { recursive: true, force: true });
+    await this.files.rm(vm.dir);
   }
 
   vmConfigs(): VmConfig[] {
@@ -269,7 +271,7 @@ export class DrGateway extends EventEmitter {
   async demote(vmUuid: string, generation: number, reason: string, startAtSeq?: number): Promise<void> {
     const p = this.promoted.get(vmUuid);
     if (!p) throw vrgError(ErrorCode.VM_NOT_FOUND, `VM ${vmUuid} was not promoted here`, { vmUuid });
-    await saveVmRole(this.roleDir, { vmUuid, role: 'target', generation, changedAtMs: this.deps.clock.nowMs(), reason });
+    await saveVmRole(this.roleDir, { vmUuid, role: 'target', generation, changedAtMs: this.deps.clock.nowMs(), reason }, this.files);
     this.promoted.delete(vmUuid);
     await this.addVm(p.vmc, generation, startAtSeq);
     this.deps.logger.warn({ vmUuid, generation, reason }, 'VM demoted: this gateway is its target again');
@@ -331,8 +333,8 @@ export class DrGateway extends EventEmitter {
     const role: VmRoleState = {
       vmUuid, role: 'source', generation: vm.generation + 1, changedAtMs: this.deps.clock.nowMs(), reason, fromSeq: vm.checkpointSeq,
     };
-    await saveVmRole(this.roleDir, role);
-    await rm(vm.dir, { recursive: true, force: true });
+    await saveVmRole(this.roleDir, role, this.files);
+    await this.files.rm(vm.dir);
     this.promoted.set(vmUuid, { vmc: vm.config, role });
     this.deps.logger.warn({ vmUuid, generation: role.generation, fromSeq: role.fromSeq, reason }, 'VM promoted: this gateway is now its source');
     return { vmc: vm.config, role };
@@ -660,7 +662,7 @@ export class DrGateway extends EventEmitter {
     for (const v of vmc.volumes) volumes.set(v.volUuid, await this.openTarget(v.url, v.sizeBytes));
     const logBytes = Math.floor(this.config.journalCapacityBytes / Math.max(1, vmCount));
     const vm = await DrVm.open(this.config.dataDir, vmc, volumes, logBytes, {
-      clock: this.deps.clock, logger: this.deps.logger.child({ vmUuid: vmc.vmUuid }),
+      clock: this.deps.clock, logger: this.deps.logger.child({ vmUuid: vmc.vmUuid }), files: this.files,
       onDurable: (vm) => this.ackSoon(vm),
       onLogFailed: (vm, err) => this.onLogFailed(vm, err),
       onTargetError: (vm, err) => this.onTargetError(vm, err),

@@ -1,7 +1,7 @@
-import { mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { assert } from '../../core/assert.js';
 import { elapsedMs, type Clock, type TimerHandle } from '../../core/clock.js';
+import type { Files } from '../../core/files.js';
 import { ErrorCode, vrgError } from '../../core/errors.js';
 import { LatencyHistogram } from '../../core/latency-histogram.js';
 import { limits } from '../../core/limits.js';
@@ -40,6 +40,8 @@ import { StageStore, type StagedOp } from './stage-store.js';
 export interface DrVmHooks {
   clock: Clock;
   logger: Logger;
+  /** The log, stage and checkpoint files. */
+  files: Files;
   /** More records are durable in the log: acknowledge up to `vm.durableSeq`. */
   onDurable(vm: DrVm): void;
   /** The log could not be written (fail-stop: the gateway drops the link; a restart reopens the log). */
@@ -106,11 +108,11 @@ export class DrVm {
   static async open(dataDir: string, vmc: VmConfig, volumes: Map<string, Volume>, logBytes: number, hooks: DrVmHooks,
     startAtSeq?: number): Promise<DrVm> {
     const dir = join(dataDir, 'dr', vmc.vmUuid);
-    await mkdir(dir, { recursive: true });
-    const state = await ApplyState.open(join(dir, 'applied.state'));
+    await hooks.files.mkdir(dir);
+    const state = await ApplyState.open(join(dir, 'applied.state'), hooks.files);
     if (startAtSeq !== undefined && startAtSeq > 0 && state.appliedSeq === 0) await state.save(startAtSeq, hooks.clock.nowMs());
-    const stage = await StageStore.open({ path: join(dir, 'stage.log'), durableSeq: state.appliedSeq, logger: hooks.logger });
-    const log = await Journal.open({ dir: join(dir, 'log'), capacityBytes: logBytes, clock: hooks.clock, logger: hooks.logger });
+    const stage = await StageStore.open({ path: join(dir, 'stage.log'), durableSeq: state.appliedSeq, logger: hooks.logger, files: hooks.files });
+    const log = await Journal.open({ dir: join(dir, 'log'), capacityBytes: logBytes, clock: hooks.clock, logger: hooks.logger, files: hooks.files });
     const vm = new DrVm(vmc, volumes, state, stage, log, dir, hooks);
     // A stage committed durably before a crash is applied before anything reads the replica.
     const committed = stage.committedSeq;

@@ -1,4 +1,3 @@
-import { mkdir, open, type FileHandle } from 'node:fs/promises';
 import { dirname } from 'node:path';
 import { assert } from '../../core/assert.js';
 import { crc32 } from '../../core/checksum.js';
@@ -7,6 +6,7 @@ import { limits, MiB } from '../../core/limits.js';
 import type { Logger } from '../../core/log.js';
 import { writeFully } from '../../core/write-fully.js';
 import { WindowReader, fsyncDir } from '../../journal/segment.js';
+import { nodeFiles, type FileHandleLike, type Files } from '../../core/files.js';
 
 // The DR side's stage for one VM: a CBT resync pass (or a SnapshotsOnly snapshot) is written here, not to
 // the targets, so the replica stays crash-consistent. The durable COMMIT marker is the atomic commit
@@ -33,6 +33,8 @@ export interface StageStoreOptions {
   stageBytesMax?: number;
   /** Op data handed to one apply call (≤ 16 MiB; lower only in tests). */
   applyChunkBytesMax?: number;
+  /** Where the stage file lives (default node:fs). */
+  files?: Files;
 }
 
 export type ApplyStaged = (ops: StagedOp[]) => Promise<void>;
@@ -222,7 +224,7 @@ function checkOrder(path: string, idx: StageIndex, h: RecordHeader, pos: number)
   if (h.type !== RecordType.BEGIN && idx.beganSeq === null) throw bad('record before the begin marker');
 }
 
-async function scanStage(path: string, fh: FileHandle, durableSeq: number): Promise<Scan> {
+async function scanStage(path: string, fh: FileHandleLike, durableSeq: number): Promise<Scan> {
   const { size: fileSize } = await fh.stat();
   const r = new WindowReader(fh, fileSize);
   const s: Scan = { idx: emptyIndex(), fileSize, badReason: null, beforeUnacked: null };
@@ -248,7 +250,7 @@ async function scanStage(path: string, fh: FileHandle, durableSeq: number): Prom
  * After a bad record: is there an intact record with seq > minSeq starting at or beyond `from`? It was
  * written by a later sync, so the bad record had been made durable: corruption, not a torn tail.
  */
-async function findIntactRecordFrom(fh: FileHandle, fileSize: number, from: number, minSeq: number): Promise<number | null> {
+async function findIntactRecordFrom(fh: FileHandleLike, fileSize: number, from: number, minSeq: number): Promise<number | null> {
   const r = new WindowReader(fh, fileSize);
   for (let start = from; start < fileSize; start += SEARCH_CHUNK_BYTES) {
     // Overlap by the magic's length - 1 so a magic across two chunks is still seen.
@@ -264,21 +266,21 @@ async function findIntactRecordFrom(fh: FileHandle, fileSize: number, from: numb
   return null;
 }
 
-async function openFile(path: string): Promise<FileHandle> {
+async function openFile(files: Files, path: string): Promise<FileHandleLike> {
   try {
-    await mkdir(dirname(path), { recursive: true });
-    const created = await open(path, 'a+');
+    await files.mkdir(dirname(path));
+    const created = await files.open(path, 'a+');
     await created.close();
-    await fsyncDir(dirname(path));
+    await fsyncDir(files, dirname(path));
     // 'r+', not 'a+': positional writes must not be forced to the end of the file.
-    return await open(path, 'r+');
+    return await files.open(path, 'r+');
   } catch (err) {
     throw vrgError(ErrorCode.JOURNAL_IO, `cannot open stage ${path}: ${(err as Error).message}`, { path }, err);
   }
 }
 
 /** The index the file is cut back to: a torn tail goes, so do records never acknowledged (unless committed). */
-async function repairedIndex(path: string, fh: FileHandle, durableSeq: number, logger: Logger): Promise<StageIndex> {
+async function repairedIndex(path: string, fh: FileHandleLike, durableSeq: number, logger: Logger): Promise<StageIndex> {
   const s = await scanStage(path, fh, durableSeq);
   if (s.badReason !== null) {
     const later = await findIntactRecordFrom(fh, s.fileSize, s.idx.bytes + 1, s.idx.lastSeq);
@@ -340,7 +342,7 @@ export class StageStore {
   private chain: Promise<unknown> = Promise.resolve();
 
   private constructor(
-    private readonly fh: FileHandle,
+    private readonly fh: FileHandleLike,
     private readonly opts: Required<StageStoreOptions>,
     idx: StageIndex,
   ) {
@@ -354,6 +356,7 @@ export class StageStore {
       ...opts,
       stageBytesMax: opts.stageBytesMax ?? STAGE_BYTES_MAX_DEFAULT,
       applyChunkBytesMax: opts.applyChunkBytesMax ?? RECORD_DATA_BYTES_MAX,
+      files: opts.files ?? nodeFiles,
     };
     if (!Number.isSafeInteger(full.durableSeq) || full.durableSeq < 0) {
       throw vrgError(ErrorCode.INVALID_ARGUMENT, `bad durableSeq ${full.durableSeq}`);
@@ -361,7 +364,7 @@ export class StageStore {
     if (!(full.stageBytesMax > 0) || !(full.applyChunkBytesMax > 0) || full.applyChunkBytesMax > RECORD_DATA_BYTES_MAX) {
       throw vrgError(ErrorCode.INVALID_ARGUMENT, 'bad stageBytesMax or applyChunkBytesMax');
     }
-    const fh = await openFile(full.path);
+    const fh = await openFile(full.files, full.path);
     try {
       const idx = await repairedIndex(full.path, fh, full.durableSeq, full.logger);
       return new StageStore(fh, full, idx);
