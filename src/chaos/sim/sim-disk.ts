@@ -1,3 +1,4 @@
+import type { Clock } from '../../core/clock.js';
 import { ErrorCode, vrgError } from '../../core/errors.js';
 import { checkVolumeRange, type Volume } from '../../volume/volume.js';
 
@@ -5,6 +6,7 @@ import { checkVolumeRange, type Volume } from '../../volume/volume.js';
 // - failing: every write and flush fails with VRG_VOLUME_IO, errno EIO or ENOSPC (a dying disk, a full thin
 //   pool), until switched off;
 // - slowMs: each write waits that long first (a disk far behind its writer).
+// On the simulator's virtual time (SimClock), every call takes `ioMs` of it, and slowMs is virtual too.
 // Content survives close(): a gateway that reopens its targets after a restart finds what it wrote.
 // - powerCut(): writes since the last flush are lost (a volatile write cache without power), and every handle
 //   opened before (open()) fails from then on, so the gateway instance that lost power can do nothing more.
@@ -18,7 +20,7 @@ export class SimDisk implements Volume {
   slowMs = 0;
   readonly counters = { writes: 0, failed: 0, flushes: 0 };
 
-  constructor(readonly url: string, readonly sizeBytes: number) {
+  constructor(readonly url: string, readonly sizeBytes: number, private readonly timing: { clock: Clock; ioMs: number } | null = null) {
     this.image = Buffer.alloc(sizeBytes);
     this.durable = Buffer.alloc(sizeBytes);
   }
@@ -55,7 +57,8 @@ export class SimDisk implements Volume {
 
   private async gate(what: string, offset: number, length: number): Promise<void> {
     checkVolumeRange(this, offset, length);
-    if (this.slowMs > 0) await new Promise((r) => setTimeout(r, this.slowMs));
+    const waitMs = this.slowMs + (this.timing?.ioMs ?? 0);
+    if (waitMs > 0) await new Promise((r) => (this.timing ? this.timing.clock.setTimer(waitMs, () => r(null)) : setTimeout(r, waitMs)));
     if (this.failing !== null) {
       this.counters.failed++;
       throw vrgError(ErrorCode.VOLUME_IO, `${what} ${this.url} at ${offset}: ${this.failing} (simulated)`, { errno: this.failing });

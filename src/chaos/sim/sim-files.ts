@@ -1,4 +1,5 @@
 import { dirname, resolve } from 'node:path';
+import type { Clock } from '../../core/clock.js';
 import type { FileHandleLike, Files, OpenFlags } from '../../core/files.js';
 
 // The simulator's local file system (the engine's journals, DR logs, stages, bitmaps and state files), in
@@ -95,10 +96,26 @@ export interface PowerCutReport {
   torn: number;
 }
 
+/** Virtual time a call takes (the simulator's SimClock): a page-cache write, a flush to the platter. */
+export interface SimFilesTiming {
+  clock: Clock;
+  ioMs: number;
+  syncMs: number;
+}
+
 export class SimFiles {
   private readonly files = new Map<string, SimFile>();
   private readonly dirs = new Set<string>(['/']);
   private epoch = 0;
+
+  /** Without `timing` a call completes on the next event-loop turn. */
+  constructor(private readonly timing: SimFilesTiming | null = null) {}
+
+  /** An I/O turn: a real file call completes later, never in the same microtask run. */
+  private ioTurn(sync: boolean): Promise<void> {
+    const t = this.timing;
+    return new Promise((resolve) => (t ? t.clock.setTimer(sync ? t.syncMs : t.ioMs, resolve) : setImmediate(resolve)));
+  }
 
   /** A Files for one gateway instance; dead after the next power cut. */
   view(): Files {
@@ -109,7 +126,7 @@ export class SimFiles {
     return {
       open: async (path, flags) => {
         live('open', path);
-        return this.open(resolve(path), flags, () => live('io', path));
+        return this.open(resolve(path), flags, () => live('io', path), (sync) => this.ioTurn(sync));
       },
       mkdir: async (path) => {
         live('mkdir', path);
@@ -178,7 +195,7 @@ export class SimFiles {
     return [...names].sort();
   }
 
-  private open(path: string, flags: OpenFlags, live: () => void): FileHandleLike {
+  private open(path: string, flags: OpenFlags, live: () => void, ioTurn: (sync: boolean) => Promise<void>): FileHandleLike {
     if (this.dirs.has(path)) return dirHandle(live); // open(dir, 'r') + sync(): a directory fsync
     let f = this.files.get(path);
     if (f && flags.startsWith('wx')) throw fsError('EEXIST', 'open', path);
@@ -186,7 +203,7 @@ export class SimFiles {
     if (!this.dirs.has(dirname(path))) throw fsError('ENOENT', 'open', path);
     if (!f) this.files.set(path, f = new SimFile());
     if (flags === 'w') f.change({ pos: 0, data: null });
-    return fileHandle(f, flags === 'r', path, live);
+    return fileHandle(f, flags === 'r', path, live, ioTurn);
   }
 }
 
@@ -202,17 +219,12 @@ function dirHandle(live: () => void): FileHandleLike {
   };
 }
 
-/** An I/O turn: a real file call completes on a later turn of the event loop, never in the same microtask run. */
-function ioTurn(): Promise<void> {
-  return new Promise((resolve) => setImmediate(resolve));
-}
-
-function fileHandle(f: SimFile, readOnly: boolean, path: string, live: () => void): FileHandleLike {
+function fileHandle(f: SimFile, readOnly: boolean, path: string, live: () => void, ioTurn: (sync: boolean) => Promise<void>): FileHandleLike {
   let closed = false;
   // Checked before and after the I/O turn: a call the power cut overtook fails, its change lost.
   const check = async (op: string, writing = false): Promise<void> => {
     for (const turn of [false, true]) {
-      if (turn) await ioTurn();
+      if (turn) await ioTurn(op === 'fdatasync' || op === 'fsync');
       live();
       if (closed) throw fsError('EBADF', op, path);
       if (writing && readOnly) throw fsError('EBADF', op, path);

@@ -1,4 +1,5 @@
 import { Duplex } from 'node:stream';
+import { systemClock, type Clock } from '../../core/clock.js';
 import { ErrorCode, vrgError } from '../../core/errors.js';
 import { seededRandom } from '../../core/random.js';
 import type { Listener, Transport } from '../../link/transport.js';
@@ -12,8 +13,9 @@ import type { Listener, Transport } from '../../link/transport.js';
 // checksum missed: the link's AES-GCM tag must refuse the frame). It never reorders, drops or duplicates
 // bytes inside a connection: TCP hides those from the application, which sees them as delays and cuts.
 //
-// The decisions come from one seeded stream, but which chunk draws which number depends on timers and
-// the event loop, so a seed replays the same kind of run, not the same bytes.
+// The decisions come from one seeded stream. On the wall clock, which chunk draws which number depends on
+// timers and the event loop, so a seed replays the same kind of run; on the simulator's virtual time
+// (`clock`: a SimClock) it replays the same run.
 
 export interface FaultPlanOptions {
   seed: number;
@@ -33,6 +35,10 @@ export interface FaultPlanOptions {
   partitionMaxMs?: number;
   /** Per piece: probability one of its bits is flipped. */
   corruptProbability?: number;
+  /** Delays, partitions and latency run on this clock (default: the wall clock). */
+  clock?: Clock;
+  /** Each chunk's time on the wire, one way (default 0). */
+  latencyMs?: number;
 }
 
 export interface FaultCounters {
@@ -51,14 +57,20 @@ export class FaultPlan {
   readonly counters: FaultCounters = { chunks: 0, splits: 0, delays: 0, cuts: 0, partitions: 0, refused: 0, connections: 0, corrupted: 0 };
   private readonly rnd: ReturnType<typeof seededRandom>;
   private partitionedUntil = 0;
-  private readonly o: Required<FaultPlanOptions>;
+  private readonly o: Required<Omit<FaultPlanOptions, 'clock'>>;
+  readonly clock: Clock;
 
-  constructor(opts: FaultPlanOptions) {
+  constructor({ clock, ...opts }: FaultPlanOptions) {
     this.o = {
       segmentBytes: 64 * 1024, cutProbability: 0.01, splitProbability: 0.2, delayProbability: 0.05, maxDelayMs: 5,
-      partitionProbability: 0.001, partitionMinMs: 50, partitionMaxMs: 400, corruptProbability: 0, ...opts,
+      partitionProbability: 0.001, partitionMinMs: 50, partitionMaxMs: 400, corruptProbability: 0, latencyMs: 0, ...opts,
     };
     this.rnd = seededRandom(opts.seed);
+    this.clock = clock ?? systemClock;
+  }
+
+  get latencyMs(): number {
+    return this.o.latencyMs;
   }
 
   private chance(p: number): boolean {
@@ -76,7 +88,7 @@ export class FaultPlan {
   }
 
   get partitioned(): boolean {
-    return this.enabled && Date.now() < this.partitionedUntil;
+    return this.enabled && this.clock.nowMs() < this.partitionedUntil;
   }
 
   /**
@@ -121,7 +133,7 @@ export class FaultPlan {
 
   startPartition(ms: number): void {
     this.counters.partitions++;
-    this.partitionedUntil = Date.now() + ms;
+    this.partitionedUntil = this.clock.nowMs() + ms;
   }
 
   /** Destroy with an ECONNRESET error (sometimes) or quietly. */
@@ -130,8 +142,6 @@ export class FaultPlan {
     return Object.assign(new Error('read ECONNRESET (simulated)'), { code: 'ECONNRESET' });
   }
 }
-
-const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
 
 /** One end of a simulated connection. Writes to it are delivered to its peer's readable side. */
 class SimEnd extends Duplex {
@@ -151,7 +161,10 @@ class SimEnd extends Duplex {
 
   override _write(chunk: Buffer, _enc: BufferEncoding, cb: (err?: Error | null) => void): void {
     const fate = this.net.plan.plan(chunk.length);
+    const plan = this.net.plan;
+    const sleep = (ms: number) => new Promise<void>((r) => plan.clock.setTimer(ms, r));
     this.chain = this.chain.then(async () => {
+      if (plan.latencyMs > 0) await sleep(plan.latencyMs);
       let at = 0;
       for (let i = 0; i < fate.pieces.length; i++) {
         const piece = fate.pieces[i]!;

@@ -5,7 +5,7 @@ import { runSimSeed, type SimResult } from './sim-seed.js';
 
 export { runSimSeed, type SimOptions, type SimResult } from './sim-seed.js';
 
-/** Seeds `parallel` at a time (each seed is mostly waiting on its link's timers); results in seed order. */
+/** Seeds `parallel` at a time (each on its own virtual clock, so they do not disturb each other); results in seed order. */
 async function runEach(o: { from: number; count: number; dir: string; mode?: 'async' | 'sync'; parallel?: number }, results: SimResult[],
     out: (l: string) => void): Promise<void> {
   let next = o.from;

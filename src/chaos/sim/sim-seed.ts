@@ -1,6 +1,5 @@
-import { randomBytes } from 'node:crypto';
 import { join } from 'node:path';
-import { systemClock, withTimeout } from '../../core/clock.js';
+import { withTimeout } from '../../core/clock.js';
 import type { Files } from '../../core/files.js';
 import { createLogger, silentLogger } from '../../core/log.js';
 import { seededRandom } from '../../core/random.js';
@@ -9,6 +8,7 @@ import { parseConfig, type GatewayConfig } from '../../replication/config.js';
 import { ProductionGateway } from '../../replication/source/production-gateway.js';
 import { DrGateway } from '../../replication/target/dr-gateway.js';
 import { blockBytes, historyImage, prefilledHistory, prefixConflict, prefixOf, stampedBlock } from '../stamps.js';
+import { SimClock } from './sim-clock.js';
 import { SimDisk } from './sim-disk.js';
 import { SimFiles } from './sim-files.js';
 import { HostTransport, SimNetwork, type FaultCounters } from './sim-network.js';
@@ -23,8 +23,8 @@ import { HostTransport, SimNetwork, type FaultCounters } from './sim-network.js'
 //   - DR's replica, read whole at seeded instants, is a prefix image of the write history; while Sync's
 //     promise applies (below) it holds every write acknowledged before the read;
 //   - once the faults stop and the pair drains, production holds every acknowledged write and DR equals it.
-// Every fault decision comes from the seed; the timers are the wall clock's, so a seed replays the same fault
-// plan, not the same interleaving to the microsecond.
+// Everything runs on virtual time (SimClock): every timer, I/O latency and fault instant, with all I/O in
+// memory and every random choice from the seed, so a seed replays the same run, event for event.
 
 export interface SimOptions {
   seed: number;
@@ -48,16 +48,27 @@ export interface SimResult {
   operations: number;
   network: FaultCounters;
   diskFaults: number;
+  /** Wall-clock time the seed took. */
   elapsedMs: number;
+  /** Virtual time the run covered, and the timers it fired: the same on every replay of the seed. */
+  virtualMs: number;
+  timersFired: number;
 }
 
 const vmUuid = '5e1d0c9a-7b3f-4a2e-8c61-0f9d2b7a4c35';
 const volUuid = 'sim-vol-0';
 const stepTimeoutMs = 30_000;
+/** A run's whole virtual time: far more than its steps' bounds together. */
+const runVirtualMsMax = 600_000;
+/**
+ * Virtual latencies: a page-cache write, an fdatasync (this machine's disk: about 0.8 ms for 1 MiB), a volume
+ * write, a link chunk one way, and the VM's own time between two writes (its NBD round trip and think time).
+ */
+const latency = { fileIoMs: 0.01, fileSyncMs: 0.5, diskIoMs: 0.02, linkMs: 0.1, writeGapMs: 0.1 };
 const bootIdPath = '/sim-host/boot_id';
 
-function configs(dir: string, mode: 'async' | 'sync', sizeBytes: number): { prod: GatewayConfig; dr: GatewayConfig } {
-  const secret = randomBytes(32).toString('hex');
+function configs(dir: string, seed: number, mode: 'async' | 'sync', sizeBytes: number): { prod: GatewayConfig; dr: GatewayConfig } {
+  const secret = seededRandom(seed ^ 0x2545f491).bytes(32).toString('hex');
   const side = (role: 'production' | 'dr') => parseConfig({
     role, gatewayId: `sim-${role}`, dataDir: join(dir, role),
     link: { host: 'sim', port: 0, secret },
@@ -82,27 +93,31 @@ async function writeBootId(files: Files, boot: number): Promise<void> {
 
 export async function runSimSeed(o: SimOptions): Promise<SimResult> {
   const run = new SimSeed(o);
-  try {
-    await run.start();
-    await run.exercise();
-  } catch (err) {
-    run.stalled(err as Error);
-  } finally {
-    await run.close();
-  }
+  const work = (async () => {
+    try {
+      await run.start();
+      await run.exercise();
+    } catch (err) {
+      run.stalled(err as Error);
+    } finally {
+      await run.close();
+    }
+  })();
+  await run.clock.run(work, runVirtualMsMax).catch((err: Error) => run.stalled(err));
   return run.result;
 }
 
 class SimSeed {
   readonly result: SimResult;
+  readonly clock = new SimClock();
   private readonly rnd;
   private readonly sizeBytes: number;
   private readonly net: SimNetwork;
   private readonly cfg: { prod: GatewayConfig; dr: GatewayConfig };
   private readonly codec = new InlineCodec();
   private readonly logger = process.env.VRG_SIM_LOG ? createLogger('sim', 'debug') : silentLogger;
-  private readonly prodFiles = new SimFiles();
-  private readonly drFiles = new SimFiles();
+  private readonly prodFiles = new SimFiles({ clock: this.clock, ioMs: latency.fileIoMs, syncMs: latency.fileSyncMs });
+  private readonly drFiles = new SimFiles({ clock: this.clock, ioMs: latency.fileIoMs, syncMs: latency.fileSyncMs });
   private readonly source: SimDisk;
   private readonly target: SimDisk;
   private readonly history: number[];
@@ -125,17 +140,19 @@ class SimSeed {
     this.net = new SimNetwork({
       seed: o.seed, cutProbability: this.between(5, 60) / 1000, splitProbability: 0.2, delayProbability: 0.05, maxDelayMs: 5,
       partitionProbability: this.between(0, 10) / 1000, partitionMinMs: 10, partitionMaxMs: 120, corruptProbability: this.between(0, 20) / 1000,
+      clock: this.clock, latencyMs: latency.linkMs,
     });
     this.net.plan.enabled = false; // the initial sync runs clean
-    this.cfg = configs(join(o.dir, `seed-${o.seed}`), o.mode, this.sizeBytes);
+    this.cfg = configs(join(o.dir, `seed-${o.seed}`), o.seed, o.mode, this.sizeBytes);
     this.history = prefilledHistory(o.seed, this.sizeBytes / blockBytes, this.sizeBytes / blockBytes / 2);
     this.prefilled = this.history.length;
     this.acked = this.prefilled;
-    this.source = new SimDisk(`sim://production/${volUuid}`, this.sizeBytes);
-    this.target = new SimDisk(`sim://dr/${volUuid}`, this.sizeBytes);
+    const disk = { clock: this.clock, ioMs: latency.diskIoMs };
+    this.source = new SimDisk(`sim://production/${volUuid}`, this.sizeBytes, disk);
+    this.target = new SimDisk(`sim://dr/${volUuid}`, this.sizeBytes, disk);
     this.inSync = o.mode === 'sync';
     this.result = { seed: o.seed, mode: o.mode, violations: [], writes: 0, drReads: 0, drRestarts: 0, powerCuts: 0, operations: 0,
-      network: this.net.plan.counters, diskFaults: 0, elapsedMs: 0 };
+      network: this.net.plan.counters, diskFaults: 0, elapsedMs: 0, virtualMs: 0, timersFired: 0 };
   }
 
   private between(lo: number, hi: number): number {
@@ -143,7 +160,7 @@ class SimSeed {
   }
 
   private step<T>(p: Promise<T>, what: string): Promise<T> {
-    return withTimeout(systemClock, stepTimeoutMs, p, `${what} (seed ${this.o.seed})`);
+    return withTimeout(this.clock, stepTimeoutMs, p, `${what} (seed ${this.o.seed})`);
   }
 
   async start(): Promise<void> {
@@ -159,7 +176,7 @@ class SimSeed {
 
   private openDr(): Promise<DrGateway> {
     return DrGateway.open(this.cfg.dr, {
-      clock: systemClock, random: seededRandom(this.o.seed ^ 0x9e3779b9), transport: this.net, codec: this.codec, logger: this.logger,
+      clock: this.clock, random: seededRandom(this.o.seed ^ 0x9e3779b9), transport: this.net, codec: this.codec, logger: this.logger,
       files: this.drFiles.view(), openVolume: async () => this.target,
     });
   }
@@ -167,7 +184,7 @@ class SimSeed {
   private openProduction(): Promise<ProductionGateway> {
     this.prodHost = new HostTransport(this.net);
     return ProductionGateway.open(this.cfg.prod, {
-      clock: systemClock, random: seededRandom(this.o.seed ^ 0x3c6ef372 ^ this.boot), transport: this.prodHost, codec: this.codec,
+      clock: this.clock, random: seededRandom(this.o.seed ^ 0x3c6ef372 ^ this.boot), transport: this.prodHost, codec: this.codec,
       logger: this.logger, files: this.prodFiles.view(), openVolume: async () => this.source.open(),
     });
   }
@@ -185,7 +202,7 @@ class SimSeed {
     this.target.failing = null;
     this.target.slowMs = 0;
     await this.step(this.prod.drain(), 'the drain after the faults');
-    await this.step(applied(this.dr), 'DR applying what it acknowledged');
+    await this.step(applied(this.dr, this.clock), 'DR applying what it acknowledged');
     const expected = historyImage(this.history.slice(0, this.acked), this.sizeBytes);
     const production = this.source.snapshot();
     if (!production.equals(expected)) this.violate(`production lost acknowledged writes: ${blocksDiffering(production, expected)}`);
@@ -210,10 +227,11 @@ class SimSeed {
           break;
         } catch (err) {
           if (epoch === this.powerEpoch && !this.restarting) throw err;
-          await sleep(5);
+          await this.clock.sleep(5);
         }
       }
       this.acked = stamp;
+      await this.clock.sleep(latency.writeGapMs);
     }
   }
 
@@ -221,13 +239,13 @@ class SimSeed {
 
   private async faults(): Promise<void> {
     const loadMs = this.o.loadMs ?? 400;
-    const end = Date.now() + loadMs;
+    const end = this.clock.elapsedMs + loadMs;
     // Half the seeds lose production's power once, at a seeded instant of the load.
-    let powerCutAt = this.rnd.float() < 0.5 ? Date.now() + this.between(loadMs / 10, loadMs * 0.9) : null;
+    let powerCutAt = this.rnd.float() < 0.5 ? this.clock.elapsedMs + this.between(loadMs / 10, loadMs * 0.9) : null;
     let drRestarted = false;
-    while (Date.now() < end) {
-      await sleep(this.between(10, 60));
-      if (powerCutAt !== null && Date.now() >= powerCutAt) {
+    while (this.clock.elapsedMs < end) {
+      await this.clock.sleep(this.between(10, 60));
+      if (powerCutAt !== null && this.clock.elapsedMs >= powerCutAt) {
         powerCutAt = null;
         await this.powerCut();
         continue;
@@ -250,13 +268,13 @@ class SimSeed {
   private async diskErrors(): Promise<void> {
     this.target.failing = this.rnd.float() < 0.5 ? 'EIO' : 'ENOSPC';
     this.result.diskFaults++;
-    await sleep(this.between(10, 150));
+    await this.clock.sleep(this.between(10, 150));
     this.target.failing = null;
   }
 
   private async slowDisk(): Promise<void> {
     this.target.slowMs = this.between(1, 20);
-    await sleep(this.between(20, 100));
+    await this.clock.sleep(this.between(20, 100));
     this.target.slowMs = 0;
   }
 
@@ -279,7 +297,7 @@ class SimSeed {
     this.prodFiles.powerCut((n) => (this.rnd.float() < 0.5 ? null
       : { keep: this.between(0, n), tornBytes: this.rnd.float() < 0.5 ? 512 * this.between(0, 16) : null }));
     this.source.powerCut();
-    await withTimeout(systemClock, 10_000, old.close(), 'the powered-off instance to stop').catch(() => undefined);
+    await withTimeout(this.clock, 10_000, old.close(), 'the powered-off instance to stop').catch(() => undefined);
     this.boot++;
     await writeBootId(this.prodFiles.view(), this.boot);
     this.prod = await this.step(this.openProduction(), 'production boot after a power cut');
@@ -291,7 +309,7 @@ class SimSeed {
     this.result.operations++;
     this.inSync = false;
     this.prod.pause(vmUuid);
-    await sleep(this.between(10, 80));
+    await this.clock.sleep(this.between(10, 80));
     this.prod.resume(vmUuid);
     this.restoreSync();
   }
@@ -300,7 +318,7 @@ class SimSeed {
     this.result.operations++;
     this.inSync = false;
     this.prod.setMode(vmUuid, this.o.mode === 'sync' ? 'async' : 'sync');
-    await sleep(this.between(10, 80));
+    await this.clock.sleep(this.between(10, 80));
     this.prod.setMode(vmUuid, this.o.mode);
     this.restoreSync();
   }
@@ -352,15 +370,17 @@ class SimSeed {
     await this.dr?.close().catch(() => undefined);
     await this.codec.close();
     this.result.elapsedMs = Date.now() - this.started;
+    this.result.virtualMs = this.clock.elapsedMs;
+    this.result.timersFired = this.clock.fired;
   }
 }
 
 /** DR's targets hold everything DR acknowledged, with no target error left (its retries succeeded). */
-async function applied(dr: DrGateway): Promise<void> {
+async function applied(dr: DrGateway, clock: SimClock): Promise<void> {
   for (;;) {
     const vm = dr.diagnostics().vms[0];
     if (vm && vm.targetError === null && vm.appliedSeq >= vm.durableSeq) return;
-    await sleep(10);
+    await clock.sleep(10);
   }
 }
 
@@ -368,8 +388,4 @@ function blocksDiffering(a: Buffer, b: Buffer): string {
   const out: number[] = [];
   for (let at = 0; at < a.length; at += blockBytes) if (!a.subarray(at, at + blockBytes).equals(b.subarray(at, at + blockBytes))) out.push(at / blockBytes);
   return `${out.length} blocks differ (first: block ${out[0]})`;
-}
-
-function sleep(ms: number): Promise<void> {
-  return new Promise((r) => setTimeout(r, ms));
 }

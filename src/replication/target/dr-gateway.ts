@@ -668,7 +668,7 @@ export class DrGateway extends EventEmitter {
       onTargetError: (vm, err) => this.onTargetError(vm, err),
     }, startAtSeq);
     // A test clone does not survive a restart (which granules it owned was in memory): a leftover one goes.
-    await TestClone.discardLeftover(vm.dir);
+    await TestClone.discardLeftover(vm.dir, this.files);
     return vm;
   }
 }

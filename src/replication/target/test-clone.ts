@@ -2,6 +2,7 @@ import { rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { assert } from '../../core/assert.js';
 import { ErrorCode, vrgError, type VrgError } from '../../core/errors.js';
+import { nodeFiles, type Files } from '../../core/files.js';
 import { limits, MiB } from '../../core/limits.js';
 import type { Logger } from '../../core/log.js';
 import type { RwLock } from '../../core/rw-lock.js';
@@ -81,8 +82,8 @@ export class TestClone {
   }
 
   /** A clone left by a crash or a kill cannot be used (its map was in memory): its files go. */
-  static async discardLeftover(vmDir: string): Promise<void> {
-    await rm(TestClone.dirOf(vmDir), { recursive: true, force: true });
+  static async discardLeftover(vmDir: string, files: Files = nodeFiles): Promise<void> {
+    await files.rm(TestClone.dirOf(vmDir));
   }
 
   /** Makes empty clone files; the clone owns nothing until the caller arms beforeTargetWrite on the applier. */
