@@ -64,6 +64,7 @@ function gatewayConfig(role: 'production' | 'dr', dir: string, port: number, sec
     role, gatewayId: `demo-${role}`, dataDir: join(dir, role), codecThreads: 1,
     link: { host: '127.0.0.1', port, secret, rateBytesPerSec: o.linkRateBytesPerSec ?? 0 },
     nbd: { host: '127.0.0.1', port: 0 },
+    metrics: { host: '127.0.0.1', port: 0 },
     journalCapacityBytes: o.journalCapacityBytes ?? 1024 * MiB,
     protection: { snapshotIntervalMs: o.snapshotIntervalMs ?? 0 },
     intake: { writeBack: o.writeBack === true },
@@ -97,7 +98,7 @@ export async function runDemo(o: DemoOptions, out: NodeJS.WriteStream = process.
   const dr = spawnGateway('dr', join(dir, 'dr.json'), join(dir, 'dr.log'));
   const children: GatewayChild[] = [dr];
   try {
-    type Ready = { type: 'ready'; role: string; linkPort?: number; nbdPort?: number; restUrl?: string };
+    type Ready = { type: 'ready'; role: string; linkPort?: number; nbdPort?: number; restUrl?: string; metricsUrl?: string };
     const ready = await dr.request<Ready>(null, 'ready');
     const prodCfg = gatewayConfig('production', dir, 0, secret, o, vmUuid);
     await writeFile(join(dir, 'production.json'), JSON.stringify({ ...prodCfg, vms: [], api }, null, 2));
@@ -111,6 +112,7 @@ export async function runDemo(o: DemoOptions, out: NodeJS.WriteStream = process.
     if (o.api === 'jsonrpc') await configureOverJsonRpc(prodReady.restUrl!, ready.restUrl!, adminPassword, prodCfg.vms[0]!, drCfg.vms[0]!, o.mode ?? 'async', out);
     else await configureOverRest(prodReady.restUrl!, ready.restUrl!, ready.linkPort!, adminPassword, prodCfg.vms[0]!, drCfg.vms[0]!, o.mode ?? 'async');
     out.write(`rest: production ${prodReady.restUrl}\nrest: dr ${ready.restUrl}\n`);
+    out.write(`metrics: production ${prodReady.metricsUrl}\nmetrics: dr ${ready.metricsUrl}\n`);
     const vols = prodCfg.vms[0]!.volumes;
     for (const v of vols) out.write(`source: ${v.volUuid} ${v.path}\n`);
     for (const v of drCfg.vms[0]!.volumes) out.write(`target: ${v.volUuid} ${v.path}\n`);

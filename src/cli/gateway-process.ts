@@ -17,6 +17,9 @@ import { DrSite, type FailoverKind, type FailoverResult } from '../replication/d
 import { ProductionSite } from '../replication/production-site.js';
 import type { NbdExport } from '../nbd/nbd-server.js';
 import { runLoad, type LoadOptions } from './load-generator.js';
+import { gatewayRegistry } from '../api/metrics/metrics.js';
+import { gatewayFigures } from '../api/replication-figures.js';
+import { startMetricsServer } from '../api/metrics/metrics-server.js';
 import { startApi } from '../api/rest/api-runtime.js';
 
 // `vrg start --config FILE`: one gateway process. When started by `vrg demo` (an IPC channel is
@@ -37,7 +40,7 @@ export type IpcRequest =
 export type VmOperation = 'pause' | 'resume' | 'check' | 'mode';
 
 export type IpcMessage =
-  | { type: 'ready'; role: string; linkPort?: number; nbdPort?: number; restUrl?: string }
+  | { type: 'ready'; role: string; linkPort?: number; nbdPort?: number; restUrl?: string; metricsUrl?: string }
   | { type: 'status'; status: unknown; load?: LoadProgress; process: ProcessFigures }
   | { type: 'loadDone'; load: LoadProgress }
   | { type: 'drained' }
@@ -145,7 +148,10 @@ export async function startCommand(configPath: string): Promise<void> {
   const { gw, site, prodSite, codec, nbdPort, close: closeGateway } = await openGateway(config, logger);
   // The management REST API (config "api"): replays its stored configuration (peer, VMs) into the engine.
   const api = config.api ? await startApi({ gw, site, prodSite, api: config.api, logger, nbdPort }) : null;
+  const metrics = config.metrics ? await startMetricsServer(gatewayRegistry(() => gatewayFigures(site, prodSite),
+    { gateway: config.gatewayId, role: config.role }), config.metrics, logger) : null;
   const close = async (): Promise<void> => {
+    await metrics?.close();
     await api?.close();
     await closeGateway();
   };
@@ -171,6 +177,7 @@ export async function startCommand(configPath: string): Promise<void> {
     ...(gw instanceof DrGateway ? { linkPort: gw.linkPort } : {}),
     ...(nbdPort === null ? {} : { nbdPort }),
     ...(api === null ? {} : { restUrl: api.url }),
+    ...(metrics === null ? {} : { metricsUrl: metrics.url }),
   });
   if (gw instanceof ProductionGateway) {
     gw.on('transition', (ev: TransitionEvent) => send({ type: 'transition', vmUuid: ev.vmUuid, from: ev.from, to: ev.to, reason: ev.reason }));

@@ -12,6 +12,7 @@ import { describeFault, diskFaultKinds, faultKinds, parseFaultList, planSchedule
 import { nbdkitAvailable } from '../chaos/target-agent.js';
 import { replayCommand, runChaos } from './chaos.js';
 import { runSimSeeds } from '../chaos/sim/sim-run.js';
+import { runStatus } from './status-command.js';
 
 const usage = `usage: vrg <command> [options]
 
@@ -38,6 +39,8 @@ commands:
   start    run one gateway: vrg start --config FILE
   api      call the management REST API: vrg api --url http://127.0.0.1:8080 --user admin --password P
              [--insecure] [--lang zh_CN|en_US] METHOD PATH [JSON-BODY]   e.g. GET /vrgstatus
+  status   a gateway's VMs through its REST API: side, state, mode, lag (MiB and seconds behind), MB/s, ratio, RTT
+             vrg status --url URL --password P [--user admin] [--json] [--watch [--count N]] [--interval 1]
   failover fail a VM over to its target gateway, through that gateway's REST API:
              vrg failover --url URL --password P [--user admin] --vm UUID [--type planned|unplanned|test] [--end]
              planned: the source stops and drains the VM, roles swap, nothing resynced; unplanned: the source site
@@ -163,6 +166,20 @@ async function main(argv: string[]): Promise<number> {
       }
       return runApiCall({ url: values.url, user: values.user ?? 'admin', password: values.password, method, path, body,
         insecure: values.insecure ?? false, ...(values.lang ? { lang: values.lang } : {}) });
+    }
+    case 'status': {
+      const { values } = parseArgs({
+        args: rest, strict: true,
+        options: { url: { type: 'string' }, user: { type: 'string' }, password: { type: 'string' }, json: { type: 'boolean' },
+          watch: { type: 'boolean' }, interval: { type: 'string' }, count: { type: 'string' } },
+      });
+      if (!values.url || values.password === undefined) throw new UsageError('status needs --url URL --password P');
+      const interval = values.interval === undefined ? 1 : Number(values.interval);
+      if (!Number.isFinite(interval) || interval < 0.1 || interval > 3600) throw new UsageError(`--interval must be 0.1-3600 seconds, not "${values.interval}"`);
+      return runStatus({
+        url: values.url, user: values.user ?? 'admin', password: values.password, json: values.json ?? false, watch: values.watch ?? false,
+        intervalMs: interval * 1000, ...(values.count === undefined ? {} : { count: positiveInt(values.count, 'count', 1) }),
+      });
     }
     case 'failover':
     case 'failback':

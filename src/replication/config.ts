@@ -82,6 +82,8 @@ export interface GatewayConfig {
   vms: VmConfig[];
   /** Optional management REST API (src/api/rest): HTTP on port, HTTPS on httpsPort (absent: no HTTPS). */
   api?: ApiListenConfig | null;
+  /** Optional Prometheus `/metrics` listener (src/api/metrics), on its own port: absent, none. */
+  metrics?: NbdListenConfig | null;
 }
 
 /** "api": { "host": "127.0.0.1", "port": 8080, "httpsPort": 8443, "adminPassword": "...", "certFile": "...", "keyFile": "..." } */
@@ -224,6 +226,7 @@ export function parseConfig(raw: unknown): GatewayConfig {
     nbd: o.nbd === undefined || o.nbd === null ? null : parseListen(o.nbd, '$.nbd'),
     vms,
     api: o.api === undefined || o.api === null ? null : parseApi(o.api, '$.api'),
+    metrics: o.metrics === undefined || o.metrics === null ? null : parseListen(o.metrics, '$.metrics'),
   };
 }
 

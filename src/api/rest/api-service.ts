@@ -8,6 +8,7 @@ import type { AlarmNotifier } from '../alarms/alarm-notifier.js';
 import type { ApiStore, StoredVm } from '../store/api-store.js';
 import { restError } from './rest-errors.js';
 import { drVm, productionVm, protectionOf } from './vm-strategy.js';
+import { gatewayFigures, vmFigures, type VmFigures } from '../replication-figures.js';
 
 // What the REST endpoints do to the engine, apart from HTTP: every change is checked first, then made in
 // the engine, then stored (so a refused request changes nothing, and a stored change is one the engine took).
@@ -45,6 +46,11 @@ export class ApiService {
     const gw = this.gw as ProductionGateway;
     const s = gw.vmRole(vmUuid);
     return s === null ? null : { role: s.role, generation: s.generation, splitBrain: s.splitBrain, status: gw.vmStatus(vmUuid)?.status ?? 1 };
+  }
+
+  /** GET /vmreplication: every VM this gateway holds, source or target side, with its lag and totals. */
+  vmReplication(): VmFigures[] {
+    return vmFigures(gatewayFigures(this.site, this.prodSite, this.gw));
   }
 
   /**

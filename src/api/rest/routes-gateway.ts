@@ -84,6 +84,10 @@ export function registerGatewayRoutes(api: FastifyInstance, ctx: RestContext): v
     return { status: st.status, role: st.role, generation: st.generation, splitBrain: st.splitBrain };
   });
 
+  api.get('/vmreplication', {
+    schema: { summary: 'Every VM on this gateway (source or target side): state, mode, lag (writes, bytes, seconds behind: the RPO), running totals, link' },
+  }, async () => ({ vms: service.vmReplication() }));
+
   api.post('/vmfailover', {
     schema: {
       summary: 'Fail a VM over to this gateway, its target: "planned" moves it with its source\'s help (nothing resynced); ' +
