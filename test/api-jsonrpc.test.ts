@@ -102,9 +102,9 @@ t.test('pair two gateways and a volume through JSON-RPC only: writes replicate; 
   t.equal(pv.length, 1);
   t.match(pv[0], { access: 'readWrite', volumeID: src.volumeID, name: 'src', totalSize: 4 * MiB, status: 'active', blockSize: 4096, sliceCount: 1 });
   t.match(pv[0].volumePairs[0], { clusterPairID: done.clusterPairID, remoteVolumeID: dst.volumeID, remoteVolumeName: 'dst', volumePairUUID: vmUuid,
-    remoteReplication: { mode: 'Async', pauseLimit: p.config.journalCapacityBytes, snapshotReplication: { state: 'Idle' } } });
+    remoteReplication: { mode: 'Async', pauseLimit: p.config.journalCapacityBytes, snapshotReplication: { state: 'Idle' }, asyncDelay: '00:00:00.000000' } });
   const dv = (await d.rpc.ok('ListActivePairedVolumes')).volumes;
-  t.match(dv[0], { access: 'replicationTarget', volumeID: dst.volumeID, volumePairs: [{ remoteVolumeID: src.volumeID, volumePairUUID: vmUuid }] });
+  t.match(dv[0], { access: 'replicationTarget', volumeID: dst.volumeID, volumePairs: [{ remoteVolumeID: src.volumeID, volumePairUUID: vmUuid, remoteReplication: { asyncDelay: null } }] });
 
   t.same(await p.rpc.ok('ModifyVolumePair', { volumeID: src.volumeID, mode: 'sync' }), {}, 'the document\'s lowercase "sync"');
   t.equal(prod(p).vmStatus(vmUuid)?.mode, 'sync');
@@ -374,7 +374,9 @@ const DOC_VOLUME_FIELDS: Record<string, string> = {
 };
 
 function sameShape(t: Test, got: any, want: any, path: string): void { // eslint-disable-line @typescript-eslint/no-explicit-any
-  t.same(Object.keys(got).sort(), Object.keys(want).sort(), `${path}: the document's fields`);
+  // VRG's documented additions to the documents' objects (README): nothing else beyond their fields.
+  const extensions = new Set(['asyncDelay']);
+  t.same(Object.keys(got).filter((k) => !extensions.has(k) || k in want).sort(), Object.keys(want).sort(), `${path}: the document's fields`);
   for (const k of Object.keys(want)) {
     if (typeof want[k] === 'object' && want[k] !== null) sameShape(t, got[k], want[k], `${path}.${k}`);
     else t.equal(typeof got[k], typeof want[k], `${path}.${k}: ${typeof want[k]}`);
@@ -489,4 +491,12 @@ t.test('ModifyVolume access: readWrite on the replication target fails the pair 
   t.equal(home.volume.access, 'readWrite', 'home again');
   await until(async () => (await d.rpc.ok('ListActivePairedVolumes')).volumes[0]?.access === 'replicationTarget', 60_000, 'DR lists the target again');
   t.equal(prod(p).status().vms.length, 1, 'production is the source');
+});
+
+t.test('asyncDelay: seconds behind as Element\'s duration string', async (t) => {
+  const { asyncDelay } = await import('../src/api/jsonrpc/volume-list.js');
+  t.equal(asyncDelay(0), '00:00:00.000000');
+  t.equal(asyncDelay(1.5), '00:00:01.500000');
+  t.equal(asyncDelay(3723.000042), '01:02:03.000042');
+  t.equal(asyncDelay(null), null, 'the target side: unknown');
 });

@@ -7,6 +7,9 @@ import type { GatewayChild } from '../src/cli/gateway-child.js';
 import type { IpcMessage } from '../src/cli/gateway-process.js';
 import { pairConfigJson, vmUuid } from './lib/pair.js';
 import { processPair } from './lib/process-pair.js';
+import { apiSession } from '../src/cli/api-command.js';
+import { VRG_TRAP_OID } from '../src/api/alarms/alarm-notifier.js';
+import { createSocket } from 'node:dgram';
 import { freePort, probe } from './lib/ports.js';
 import { needs } from './lib/tools.js';
 import { until } from './lib/wait.js';
@@ -35,11 +38,11 @@ async function scrape(url: string): Promise<string> {
   return res.text();
 }
 
-async function startPair(t: Test) {
+async function startPair(t: Test, protection: Record<string, number> = {}) {
   const dir = t.testdir();
   // 2 MB/s on the link: a 24 MiB burst stays behind for seconds.
   const json = pairConfigJson({ dir, volumes: 1, volumeSizeBytes: 64 * MiB, linkRateBytesPerSec: 2 * MiB, compress: 0 });
-  for (const side of [json.prod, json.dr]) Object.assign(side, { metrics: { host: '127.0.0.1', port: 0 }, api: { host: '127.0.0.1', port: 0, adminPassword } });
+  for (const side of [json.prod, json.dr]) Object.assign(side, { metrics: { host: '127.0.0.1', port: 0 }, api: { host: '127.0.0.1', port: 0, adminPassword }, protection });
   const pair = processPair(dir, json);
   const children: GatewayChild[] = [];
   t.teardown(() => Promise.all(children.map((c) => c.kill())));
@@ -162,4 +165,48 @@ t.test('vrg status: a table per VM, --json for scripts, --watch refreshing; lag 
   const bad = await vrgStatus('--url', rest.prod, '--password', 'wrong');
   t.not(bad.code, 0, 'a wrong password: a non-zero exit');
   t.match(bad.stderr, /login to .* failed/, bad.stderr.trim());
+});
+
+async function freeUdpPort(): Promise<number> {
+  const s = createSocket('udp4');
+  await new Promise<void>((r) => s.bind(0, '127.0.0.1', r));
+  const port = s.address().port;
+  await new Promise<void>((r) => s.close(() => r()));
+  return port;
+}
+
+t.test('the RPO threshold: a burst behind the capped link raises the rpoExceeded trap at snmptrapd, and it clears', needs('snmptrapd'), async (t) => {
+  const dir = t.testdir();
+  const conf = join(dir, 'snmptrapd.conf');
+  await writeFile(conf, 'disableAuthorization yes\n');
+  const trapPort = await freeUdpPort();
+  const trapd = spawn('snmptrapd', ['-f', '-Lo', '-C', '-c', conf, '-n', '-On', `udp:127.0.0.1:${trapPort}`], { stdio: ['ignore', 'pipe', 'pipe'] });
+  let traps = '';
+  trapd.stdout.on('data', (b: Buffer) => (traps += b.toString()));
+  trapd.stderr.on('data', (b: Buffer) => (traps += b.toString()));
+  t.teardown(() => { trapd.kill('SIGTERM'); });
+  await until(() => /NET-SNMP version/.test(traps), 10_000, 'snmptrapd started');
+  const { prod, urls, rest, vm } = await startPair(t, { rpoAlarmSeconds: 2 });
+  const api = await apiSession(rest.prod, 'admin', adminPassword);
+  await api.call('POST', 'trapinfo', { ip: '127.0.0.1', port: trapPort });
+  const raised = `${VRG_TRAP_OID}.1.7`;
+  const cleared = `${VRG_TRAP_OID}.2.7`;
+  const load = { totalBytes: 16 * MiB, volumes: [{ volUuid: 'vol-0', sizeBytes: 64 * MiB }], writeBytes: 64 * 1024, queueDepth: 8, seed: 11 };
+  const done = prod.request({ type: 'load', load }, 'loadDone');
+  let alarmSeen = false;
+  await until(async () => {
+    alarmSeen ||= sample(await scrape(urls.prod), 'vrg_vm_alarm', 'kind="rpoExceeded"') === 1;
+    return traps.includes(raised);
+  }, 60_000, 'the rpoExceeded trap');
+  t.match(traps, /STRING: "rpoExceeded"/, 'the trap names its kind');
+  t.match(traps, /s behind \(RPO alarm at 2 s\)/, 'and says how far behind');
+  await until(async () => {
+    alarmSeen ||= sample(await scrape(urls.prod), 'vrg_vm_alarm', 'kind="rpoExceeded"') === 1;
+    return alarmSeen || traps.includes(cleared);
+  }, 60_000, 'the alarm in the metrics');
+  t.ok(alarmSeen, 'the alarm showed in the metrics while raised');
+  await done;
+  await until(() => traps.includes(cleared), 120_000, 'the trap that clears it');
+  t.equal(sample(await scrape(urls.prod), 'vrg_vm_alarm', 'kind="rpoExceeded"'), 0, 'and is 0 there once cleared');
+  t.equal(sample(await scrape(urls.prod), 'vrg_vm_seconds_behind', vm), 0, 'caught up');
 });

@@ -48,6 +48,10 @@ export interface ProtectionConfig {
   syncDegradeAfterMs: number;
   cbtGranularityBytes: number;
   snapshotIntervalMs: number;
+  /** An alarm (SNMP trap, metrics) while a VM is more than this many seconds behind; 0: none. */
+  rpoAlarmSeconds: number;
+  /** An alarm while a VM's journal is fuller than this; 0: none. */
+  journalAlarmPercent: number;
 }
 
 /** Production: when the intake acknowledges a journaled write. */
@@ -183,6 +187,8 @@ function parseProtection(v: unknown, path: string): ProtectionConfig {
     syncDegradeAfterMs: int(o, 'syncDegradeAfterMs', path, 0, day, limits.syncDegradeAfterMs),
     cbtGranularityBytes: int(o, 'cbtGranularityBytes', path, 4096, 1024 * MiB, 64 * 1024),
     snapshotIntervalMs: int(o, 'snapshotIntervalMs', path, 0, day, 0),
+    rpoAlarmSeconds: int(o, 'rpoAlarmSeconds', path, 0, 86_400, 300),
+    journalAlarmPercent: int(o, 'journalAlarmPercent', path, 0, 100, 80),
   };
 }
 

@@ -20,7 +20,8 @@ export interface PeerConfig {
   secret?: Buffer;
 }
 
-export type AlarmKind = 'linkDown' | 'journalOverflow' | 'targetError' | 'checkDiffers' | 'syncDegraded' | 'splitBrain';
+export type AlarmKind = 'linkDown' | 'journalOverflow' | 'targetError' | 'checkDiffers' | 'syncDegraded' | 'splitBrain'
+  | 'rpoExceeded' | 'journalHigh';
 
 export interface AlarmEvent {
   kind: AlarmKind;

@@ -12,7 +12,8 @@ import type { AlarmEvent, AlarmKind } from '../../replication/control.js';
 // for unregistered experiments; VRG has no enterprise number of its own):
 //   snmpTrapOID.0 = VRG_TRAP_OID.1.<kind>   alarm raised      (kind: 1 linkDown, 2 journalOverflow,
 //   snmpTrapOID.0 = VRG_TRAP_OID.2.<kind>   alarm cleared           3 targetError, 4 checkDiffers, 5 syncDegraded,
-//                                                                   6 splitBrain)
+//                                                                   6 splitBrain, 7 rpoExceeded,
+//                                                                   8 journalHigh)
 //   VRG_TRAP_OID.3.1  OctetString  kind name ("linkDown", ...)
 //   VRG_TRAP_OID.3.2  OctetString  VM UUID ("" for gateway-wide alarms)
 //   VRG_TRAP_OID.3.3  OctetString  detail text
@@ -21,7 +22,7 @@ import type { AlarmEvent, AlarmKind } from '../../replication/control.js';
 
 export const VRG_TRAP_OID = '1.3.6.1.4.1.8072.9999.7';
 export const ALARM_KIND_NUMBERS: Readonly<Record<AlarmKind, number>> = {
-  linkDown: 1, journalOverflow: 2, targetError: 3, checkDiffers: 4, syncDegraded: 5, splitBrain: 6,
+  linkDown: 1, journalOverflow: 2, targetError: 3, checkDiffers: 4, syncDegraded: 5, splitBrain: 6, rpoExceeded: 7, journalHigh: 8,
 };
 const trapTimeoutMs = 5_000;
 

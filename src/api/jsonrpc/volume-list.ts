@@ -9,6 +9,7 @@ import { pairingOf, restPairId, syncInventory, volumeObject, type Pairing } from
 // full resync), ResumingDataTransfer (catching up from changed-block tracking after an outage),
 // ResumingLocalSync (consistency check), else Active. pauseLimit is the production journal's capacity in
 // bytes: past it a VM falls back to changed-block tracking (the DR side reports 0: it has no journal).
+// asyncDelay: how far DR is behind (the RPO), "HH:MM:SS.ffffff", from the same lag model as /metrics.
 
 interface StateView {
   state: string;
@@ -53,6 +54,17 @@ function stateOf(ctx: RpcContext, pairing: Pairing): StateView {
   return { state: 'Active', stateDetails: '', resumeDetails: '' };
 }
 
+/** Seconds as Element's duration string "HH:MM:SS.ffffff". */
+export function asyncDelay(seconds: number | null): string | null {
+  if (seconds === null) return null;
+  const us = Math.round(seconds * 1e6);
+  const pad = (n: number, w = 2) => String(n).padStart(w, '0');
+  const h = Math.floor(us / 3_600_000_000);
+  const m = Math.floor(us / 60_000_000) % 60;
+  const sec = Math.floor(us / 1_000_000) % 60;
+  return `${pad(h)}:${pad(m)}:${pad(sec)}.${pad(us % 1_000_000, 6)}`;
+}
+
 function pairView(ctx: RpcContext, pairing: Pairing): Record<string, unknown> {
   const mode = ctx.gw.vmStatus(pairing.vmUuid)?.mode ?? pairing.mode ?? 'async';
   const s = stateOf(ctx, pairing);
@@ -61,6 +73,9 @@ function pairView(ctx: RpcContext, pairing: Pairing): Record<string, unknown> {
   return {
     clusterPairID: r?.clusterPairID ?? restPairId(ctx),
     remoteReplication: {
+      // The lag model's seconds behind (replication-figures.ts), as Element's duration string; null on the
+      // target side, which does not know how far its source is ahead.
+      asyncDelay: asyncDelay(ctx.service.vmReplication().find((v) => v.vmUuid === pairing.vmUuid && v.role === 'source')?.secondsBehind ?? null),
       mode: elementMode(mode),
       pauseLimit: ctx.gw instanceof ProductionGateway ? ctx.gw.config.journalCapacityBytes : 0,
       remoteServiceID: 0,

@@ -2,6 +2,7 @@ import { Counter, Gauge, Registry, collectDefaultMetrics } from 'prom-client';
 import type { ProductionStatus } from '../../replication/source/production-gateway.js';
 import type { DrStatus } from '../../replication/target/dr-gateway.js';
 import type { GatewayFigures } from '../replication-figures.js';
+import type { LagAlarmKind } from '../../replication/source/lag-alarms.js';
 
 // A gateway's Prometheus metrics (prom-client), read from the same status the REST and JSON-RPC faces and
 // `vrg status` report (replication-figures.ts): one lag model (VmReplicationStatus: writes, bytes and seconds
@@ -12,6 +13,7 @@ import type { GatewayFigures } from '../replication-figures.js';
 
 const states = ['queue', 'cbt', 'check'] as const;
 const modes = ['async', 'sync', 'snapshots'] as const;
+const lagAlarmKinds: readonly LagAlarmKind[] = ['rpoExceeded', 'journalHigh'];
 
 type Read = () => GatewayFigures;
 
@@ -40,6 +42,9 @@ function sourceVmMetrics(reg: Registry, read: Read): void {
   });
   const perVm = (name: string, help: string, f: (v: ProductionStatus['vms'][number]) => number) =>
     gauge(reg, name, help, ['vm'], (g) => { for (const v of vms()) g.set({ vm: v.vmUuid }, f(v)); });
+  gauge(reg, 'vrg_vm_alarm', 'Lag alarms of the VM (1 while raised): rpoExceeded, journalHigh', ['vm', 'kind'], (g) => {
+    for (const v of vms()) for (const k of lagAlarmKinds) g.set({ vm: v.vmUuid, kind: k }, v.lagAlarms.includes(k) ? 1 : 0);
+  });
   perVm('vrg_vm_paused', '1 while replication of the VM is paused by an operator', (v) => (v.replication.pausedManual ? 1 : 0));
   perVm('vrg_vm_sync_degraded', '1 while a Sync VM acknowledges without DR (degraded)', (v) => (v.replication.syncDegraded ? 1 : 0));
   perVm('vrg_vm_writes_behind', 'Journaled writes not yet durable on DR', (v) => v.replication.writesBehind);

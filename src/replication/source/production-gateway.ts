@@ -18,6 +18,7 @@ import type { AlarmEvent, AlarmKind, Mode, PeerConfig, VmProtection, VmReplicati
 import type { GatewayDeps } from '../gateway-deps.js';
 export type { GatewayDeps } from '../gateway-deps.js';
 import { ProtectedVm, type ProtectedVmDiagnostics, type ProtectedVmHooks } from './protected-vm.js';
+import { lagAlarmChanges, type LagAlarmKind } from './lag-alarms.js';
 import { openRunMarker, type RunMarker } from './run-marker.js';
 import { loadVmRole, saveVmRole, wireGeneration, type VmRoleState } from '../vm-role.js';
 import { encodeFailoverReady, type FailoverRequest, type ResumeVm } from '../../protocol/messages.js';
@@ -43,6 +44,8 @@ export interface ProductionVmStatus {
   replication: VmReplicationStatus;
   /** Where a write's time went, per stage (ms; since the last resetLatency). */
   latency: Record<string, LatencySummary>;
+  /** The lag alarms raised now (RPO, journal fill). */
+  lagAlarms: LagAlarmKind[];
 }
 
 /** Event 'demote': the peer holds the VM at a newer generation; the site makes this side its target. */
@@ -120,6 +123,8 @@ export class ProductionGateway extends EventEmitter {
   private nextCheckId = 1;
   private checkpointTimer: TimerHandle | null = null;
   private tickTimer: TimerHandle | null = null;
+  /** The lag alarms raised now, per VM (lag-alarms.ts). */
+  private readonly lagAlarms = new Map<string, Set<LagAlarmKind>>();
   private snapshotTimer: TimerHandle | null = null;
   private linkAlarmRaised = false;
   private closed = false;
@@ -459,6 +464,7 @@ export class ProductionGateway extends EventEmitter {
           fault: vm.shipper.fault,
           replication: vm.status(),
           latency: vm.latencySummary(),
+          lagAlarms: [...(this.lagAlarms.get(vm.vmUuid) ?? [])],
         };
       }),
     };
@@ -587,9 +593,24 @@ export class ProductionGateway extends EventEmitter {
   private scheduleTicks(): void {
     if (this.closed) return;
     this.tickTimer = this.deps.clock.setTimer(stateTickMs, () => {
-      for (const vm of this.vms.values()) vm.feed({ type: 'tick' });
+      for (const vm of this.vms.values()) {
+        vm.feed({ type: 'tick' });
+        this.checkLagAlarms(vm);
+      }
       this.scheduleTicks();
     });
+  }
+
+  /** RPO and journal thresholds (config protection.rpoAlarmSeconds / journalAlarmPercent): raise and clear. */
+  private checkLagAlarms(vm: ProtectedVm): void {
+    let raised = this.lagAlarms.get(vm.vmUuid);
+    if (raised === undefined) this.lagAlarms.set(vm.vmUuid, raised = new Set());
+    const figures = { secondsBehind: vm.status().secondsBehind, journalUsedBytes: vm.journal.usedBytes, journalCapacityBytes: vm.journal.capacityBytes };
+    for (const c of lagAlarmChanges(raised, figures, this.config.protection)) {
+      if (c.raised) raised.add(c.kind);
+      else raised.delete(c.kind);
+      this.alarm(c.kind, c.raised, vm.vmUuid, c.detail);
+    }
   }
 
   private scheduleSnapshots(): void {
