@@ -9,7 +9,7 @@ import { pairConfigJson, vmUuid } from './lib/pair.js';
 import { processPair } from './lib/process-pair.js';
 import { apiSession } from '../src/cli/api-command.js';
 import { VRG_TRAP_OID } from '../src/api/alarms/alarm-notifier.js';
-import { createSocket } from 'node:dgram';
+import { startSnmptrapd } from './lib/snmptrapd.js';
 import { freePort, probe } from './lib/ports.js';
 import { needs } from './lib/tools.js';
 import { until } from './lib/wait.js';
@@ -167,28 +167,12 @@ t.test('vrg status: a table per VM, --json for scripts, --watch refreshing; lag 
   t.match(bad.stderr, /login to .* failed/, bad.stderr.trim());
 });
 
-async function freeUdpPort(): Promise<number> {
-  const s = createSocket('udp4');
-  await new Promise<void>((r) => s.bind(0, '127.0.0.1', r));
-  const port = s.address().port;
-  await new Promise<void>((r) => s.close(() => r()));
-  return port;
-}
-
 t.test('the RPO threshold: a burst behind the capped link raises the rpoExceeded trap at snmptrapd, and it clears', needs('snmptrapd'), async (t) => {
   const dir = t.testdir();
-  const conf = join(dir, 'snmptrapd.conf');
-  await writeFile(conf, 'disableAuthorization yes\n');
-  const trapPort = await freeUdpPort();
-  const trapd = spawn('snmptrapd', ['-f', '-Lo', '-C', '-c', conf, '-n', '-On', `udp:127.0.0.1:${trapPort}`], { stdio: ['ignore', 'pipe', 'pipe'] });
-  let traps = '';
-  trapd.stdout.on('data', (b: Buffer) => (traps += b.toString()));
-  trapd.stderr.on('data', (b: Buffer) => (traps += b.toString()));
-  t.teardown(() => { trapd.kill('SIGTERM'); });
-  await until(() => /NET-SNMP version/.test(traps), 10_000, 'snmptrapd started');
+  const trapd = await startSnmptrapd(t, dir);
   const { prod, urls, rest, vm } = await startPair(t, { rpoAlarmSeconds: 2 });
   const api = await apiSession(rest.prod, 'admin', adminPassword);
-  await api.call('POST', 'trapinfo', { ip: '127.0.0.1', port: trapPort });
+  await api.call('POST', 'trapinfo', { ip: '127.0.0.1', port: trapd.port });
   const raised = `${VRG_TRAP_OID}.1.7`;
   const cleared = `${VRG_TRAP_OID}.2.7`;
   const load = { totalBytes: 16 * MiB, volumes: [{ volUuid: 'vol-0', sizeBytes: 64 * MiB }], writeBytes: 64 * 1024, queueDepth: 8, seed: 11 };
@@ -196,17 +180,17 @@ t.test('the RPO threshold: a burst behind the capped link raises the rpoExceeded
   let alarmSeen = false;
   await until(async () => {
     alarmSeen ||= sample(await scrape(urls.prod), 'vrg_vm_alarm', 'kind="rpoExceeded"') === 1;
-    return traps.includes(raised);
+    return trapd.output().includes(raised);
   }, 60_000, 'the rpoExceeded trap');
-  t.match(traps, /STRING: "rpoExceeded"/, 'the trap names its kind');
-  t.match(traps, /s behind \(RPO alarm at 2 s\)/, 'and says how far behind');
+  t.match(trapd.output(), /STRING: "rpoExceeded"/, 'the trap names its kind');
+  t.match(trapd.output(), /s behind \(RPO alarm at 2 s\)/, 'and says how far behind');
   await until(async () => {
     alarmSeen ||= sample(await scrape(urls.prod), 'vrg_vm_alarm', 'kind="rpoExceeded"') === 1;
-    return alarmSeen || traps.includes(cleared);
+    return alarmSeen || trapd.output().includes(cleared);
   }, 60_000, 'the alarm in the metrics');
   t.ok(alarmSeen, 'the alarm showed in the metrics while raised');
   await done;
-  await until(() => traps.includes(cleared), 120_000, 'the trap that clears it');
+  await until(() => trapd.output().includes(cleared), 120_000, 'the trap that clears it');
   t.equal(sample(await scrape(urls.prod), 'vrg_vm_alarm', 'kind="rpoExceeded"'), 0, 'and is 0 there once cleared');
   t.equal(sample(await scrape(urls.prod), 'vrg_vm_seconds_behind', vm), 0, 'caught up');
 });
