@@ -1,6 +1,7 @@
 import { execFile } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { writeCharts } from './charts.js';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { Writable } from 'node:stream';
@@ -138,7 +139,8 @@ async function main(): Promise<void> {
   };
   const file = join(root, 'bench', 'results', `bench-${result.at.replaceAll(':', '-')}.json`);
   await writeFile(file, JSON.stringify(result, null, 2));
-  process.stdout.write(`${table(codec, rows)}\n\n${formatNbdBench(nbd)}\n\n${formatFloorBench(floor)}\n\n${formatWanBench(wan)}\n\n${formatProtectionBench(protection)}\n\nresult: ${file}\n`);
+  const charts = await writeCharts({ nbd, protection }, file.replace(/\.json$/, ''));
+  process.stdout.write(`${table(codec, rows)}\n\n${formatNbdBench(nbd)}\n\n${formatFloorBench(floor)}\n\n${formatWanBench(wan)}\n\n${formatProtectionBench(protection)}\n\nresult: ${file}\ncharts: ${charts.filter((f) => f.endsWith('.svg')).join(' ')} (and .png)\n`);
   await rm(join(workDir, 'e2e'), { recursive: true, force: true });
 }
 
