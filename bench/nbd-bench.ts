@@ -720,7 +720,11 @@ if (process.argv[1] && resolve(process.argv[1]) === fileURLToPath(import.meta.ur
   const only = process.argv[3]?.split(',') as NbdTargetName[] | undefined;
   benchNbd({ workDir, only })
     .then(async (r) => {
-      process.stdout.write(`${formatNbdBench(r)}\n${JSON.stringify(r, null, 2)}\n`);
+      // The result as a file too, for charts: node dist/bench/charts.js <that file>.
+      await mkdir(join(root, 'bench', 'results'), { recursive: true });
+      const file = join(root, 'bench', 'results', `nbd-${new Date().toISOString().replaceAll(':', '-')}.json`);
+      await writeFile(file, JSON.stringify(r, null, 2));
+      process.stdout.write(`${formatNbdBench(r)}\n${JSON.stringify(r, null, 2)}\nresult: ${file}\n`);
       await rm(workDir, { recursive: true, force: true });
     })
     .catch((err) => {

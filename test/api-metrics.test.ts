@@ -122,6 +122,8 @@ t.test('a real Prometheus scrapes both gateways: lag grows in a burst over a cap
   t.ok(maxBytes > 1 * MiB, `through Prometheus: peak bytes behind ${(maxBytes / MiB).toFixed(1)} MiB`);
   t.ok(maxSeconds > 0.5, `through Prometheus: peak seconds behind ${maxSeconds.toFixed(1)} s`);
   t.equal((await query(prom, `vrg_vm_seconds_behind${sel}`))[0]?.value[1], '0', 'and zero seconds behind now');
+  t.ok((sample(await scrape(urls.prod), 'vrg_vm_write_latency_p99_seconds', vm) ?? 0) > 0, 'the intake\'s p99 ack latency');
+  t.ok((sample(await scrape(urls.dr), 'vrg_target_durable_latency_p99_seconds', vm) ?? 0) > 0, 'DR\'s p99 time to durable');
   const sent = Number((await query(prom, `vrg_vm_sent_wire_bytes_total${sel}`))[0]?.value[1]);
   t.ok(sent >= 24 * MiB, `the wire bytes counter holds the burst (${(sent / MiB).toFixed(1)} MiB)`);
 });

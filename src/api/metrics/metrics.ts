@@ -57,6 +57,12 @@ function sourceVmMetrics(reg: Registry, read: Read): void {
   perVm('vrg_vm_resync_total_bytes', 'Bytes of the running resync or initial sync in all (0 when none runs)', (v) => v.replication.resync?.bytesTotal ?? 0);
   perVm('vrg_vm_resync_rate_bytes_per_second', 'Rate of the running resync', (v) => v.replication.resync?.rateBytesPerSec ?? 0);
   perVm('vrg_vm_resync_eta_seconds', 'Time the running resync still needs at its rate (-1 when unknown or none runs)', (v) => v.replication.resync?.etaSec ?? -1);
+  perVm('vrg_vm_check_regions_checked', 'Regions the last consistency check compared', (v) => v.replication.check?.regionsChecked ?? 0);
+  // Two gauges, not a summary: the percentiles come from the intake's histogram since its last reset.
+  perVm('vrg_vm_write_latency_p50_seconds', 'Intake write acknowledgement latency, p50 (journaled groups, since the last latency reset)',
+    (v) => (v.latency['group -> acknowledged']?.p50Ms ?? 0) / 1000);
+  perVm('vrg_vm_write_latency_p99_seconds', 'Intake write acknowledgement latency, p99 (journaled groups, since the last latency reset)',
+    (v) => (v.latency['group -> acknowledged']?.p99Ms ?? 0) / 1000);
   perVm('vrg_vm_check_regions_differing', 'Regions the last consistency check found differing', (v) => v.replication.check?.regionsDiffering ?? 0);
   perVm('vrg_vm_check_regions_repaired', 'Regions the last consistency check repaired', (v) => v.replication.check?.regionsRepaired ?? 0);
   perVm('vrg_vm_check_last_timestamp_seconds', 'When the last consistency check ended (Unix time, 0: never)', (v) => (v.replication.check?.atMs ?? 0) / 1000);
@@ -81,6 +87,8 @@ function targetVmMetrics(reg: Registry, read: Read): void {
   perVm('vrg_target_log_used_bytes', 'Target side: DR log bytes in use', (v) => v.logUsedBytes);
   perVm('vrg_target_log_capacity_bytes', 'Target side: DR log capacity', (v) => v.logCapacityBytes);
   perVm('vrg_target_apply_behind_records', 'Target side: records durable in the DR log and not yet applied', (v) => Math.max(0, v.durableSeq - v.appliedSeq));
+  perVm('vrg_target_durable_latency_p50_seconds', 'Target side: a batch from its frame\'s arrival to durable in the DR log, p50', (v) => v.durableLatency.p50Ms / 1000);
+  perVm('vrg_target_durable_latency_p99_seconds', 'Target side: a batch from its frame\'s arrival to durable in the DR log, p99', (v) => v.durableLatency.p99Ms / 1000);
   counter(reg, 'vrg_target_applied_bytes_total', 'Target side: bytes applied to the target volumes', ['vm'],
     () => vms().map((v): [Record<string, string>, number] => [{ vm: v.vmUuid }, v.bytesApplied]));
 }
