@@ -38,7 +38,7 @@ async function scrape(url: string): Promise<string> {
   return res.text();
 }
 
-async function startPair(t: Test, protection: Record<string, number> = {}) {
+async function startMetricsPair(t: Test, protection: Record<string, number> = {}) {
   const dir = t.testdir();
   // 2 MB/s on the link: a 24 MiB burst stays behind for seconds.
   const json = pairConfigJson({ dir, volumes: 1, volumeSizeBytes: 64 * MiB, linkRateBytesPerSec: 2 * MiB, compress: 0 });
@@ -81,7 +81,7 @@ async function query(base: string, q: string): Promise<Array<{ metric: Record<st
 }
 
 t.test('both gateways serve /metrics in Prometheus text format; promtool passes them; bad requests change nothing', needs('promtool'), async (t) => {
-  const { urls, vm } = await startPair(t);
+  const { urls, vm } = await startMetricsPair(t);
   for (const [side, url] of Object.entries(urls)) {
     const text = await scrape(url);
     const r = spawnSync('promtool', ['check', 'metrics'], { input: text, encoding: 'utf8' });
@@ -100,7 +100,7 @@ t.test('both gateways serve /metrics in Prometheus text format; promtool passes 
 });
 
 t.test('a real Prometheus scrapes both gateways: lag grows in a burst over a capped link, then falls to zero', needs('prometheus'), async (t) => {
-  const { dir, prod, urls, vm } = await startPair(t);
+  const { dir, prod, urls, vm } = await startMetricsPair(t);
   const prom = await startPrometheus(t, dir, [urls.prod, urls.dr]);
   await until(async () => (await query(prom, 'up{job="vrg"}')).filter((r) => r.value[1] === '1').length === 2, 30_000, 'both targets up');
   const load = { totalBytes: 24 * MiB, volumes: [{ volUuid: 'vol-0', sizeBytes: 64 * MiB }], writeBytes: 64 * 1024, queueDepth: 8, seed: 7 };
@@ -141,7 +141,7 @@ function vrgStatus(...args: string[]): Promise<{ code: number | null; stdout: st
 }
 
 t.test('vrg status: a table per VM, --json for scripts, --watch refreshing; lag during a burst, none after', async (t) => {
-  const { prod, rest } = await startPair(t);
+  const { prod, rest } = await startMetricsPair(t);
   const auth = ['--password', adminPassword, '--interval', '0.5'];
   const idle = await vrgStatus('--url', rest.prod, ...auth, '--json');
   t.equal(idle.code, 0, `exit 0${idle.stderr}`);
@@ -172,7 +172,7 @@ t.test('vrg status: a table per VM, --json for scripts, --watch refreshing; lag 
 t.test('the RPO threshold: a burst behind the capped link raises the rpoExceeded trap at snmptrapd, and it clears', needs('snmptrapd'), async (t) => {
   const dir = t.testdir();
   const trapd = await startSnmptrapd(t, dir);
-  const { prod, urls, rest, vm } = await startPair(t, { rpoAlarmSeconds: 2 });
+  const { prod, urls, rest, vm } = await startMetricsPair(t, { rpoAlarmSeconds: 2 });
   const api = await apiSession(rest.prod, 'admin', adminPassword);
   await api.call('POST', 'trapinfo', { ip: '127.0.0.1', port: trapd.port });
   const raised = `${VRG_TRAP_OID}.1.7`;

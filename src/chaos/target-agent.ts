@@ -1,7 +1,7 @@
-import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { access, rename, rm, writeFile } from 'node:fs/promises';
+import { spawnSync } from 'node:child_process';
+import { rename, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { freePort } from '../core/free-port.js';
+import { startAgentProcess, type AgentProcess } from './agent-process.js';
 
 // DR's target volume in `vrg chaos` when disk faults are scheduled: a real write agent, nbdkit's file plugin
 // over the target image, with its `error` filter (every write, zero and trim fails with EIO while a trigger
@@ -16,8 +16,11 @@ export function nbdkitAvailable(): boolean {
 const unlimitedRate = '100G';
 
 export class TargetAgent {
-  private constructor(private readonly child: ChildProcess, readonly url: string, private readonly trigger: string,
-    private readonly rateFile: string, private exited: Promise<void>) {}
+  private constructor(private readonly agent: AgentProcess, private readonly trigger: string, private readonly rateFile: string) {}
+
+  get url(): string {
+    return this.agent.url;
+  }
 
   /** Starts nbdkit on a free loopback port, serving `file`; its control files go in `dir`. */
   static async start(file: string, dir: string): Promise<TargetAgent> {
@@ -25,23 +28,13 @@ export class TargetAgent {
     const rateFile = join(dir, 'target-rate');
     await rm(trigger, { force: true });
     await writeFile(rateFile, unlimitedRate);
-    for (let attempt = 1; ; attempt++) {
-      const port = await freePort();
-      const pidFile = join(dir, 'target-agent.pid');
-      await rm(pidFile, { force: true });
-      const child = spawn('nbdkit', ['-f', '--exit-with-parent', '-P', pidFile, '-p', String(port), '-i', '127.0.0.1',
-        '--filter=error', '--filter=rate', 'file', `file=${file}`,
-        'error-pwrite=EIO', 'error-pwrite-rate=100%', `error-pwrite-file=${trigger}`,
-        'error-zero=EIO', 'error-zero-rate=100%', `error-zero-file=${trigger}`,
-        'error-trim=EIO', 'error-trim-rate=100%', `error-trim-file=${trigger}`,
-        `rate-file=${rateFile}`], { stdio: ['ignore', 'ignore', 'pipe'] });
-      let stderr = '';
-      child.stderr?.on('data', (d: Buffer) => { stderr += d.toString(); });
-      const exited = new Promise<void>((r) => child.once('exit', () => r()));
-      if (await listening(pidFile, exited)) return new TargetAgent(child, `nbd://127.0.0.1:${port}/`, trigger, rateFile, exited);
-      // Another process took the port between the probe and nbdkit's bind: try another one.
-      if (attempt >= 5 || !stderr.includes('in use')) throw new Error(`nbdkit did not start: ${stderr.trim()}`);
-    }
+    const agent = await startAgentProcess('nbdkit', (port, pidFile) => ['-f', '--exit-with-parent', '-P', pidFile, '-p', String(port),
+      '-i', '127.0.0.1', '--filter=error', '--filter=rate', 'file', `file=${file}`,
+      'error-pwrite=EIO', 'error-pwrite-rate=100%', `error-pwrite-file=${trigger}`,
+      'error-zero=EIO', 'error-zero-rate=100%', `error-zero-file=${trigger}`,
+      'error-trim=EIO', 'error-trim-rate=100%', `error-trim-file=${trigger}`,
+      `rate-file=${rateFile}`], dir);
+    return new TargetAgent(agent, trigger, rateFile);
   }
 
   /** Writes fail with EIO while on. */
@@ -57,20 +50,7 @@ export class TargetAgent {
     await rename(tmp, this.rateFile); // atomically, as the filter wants
   }
 
-  async stop(): Promise<void> {
-    this.child.kill('SIGTERM');
-    await this.exited;
+  stop(): Promise<void> {
+    return this.agent.kill('SIGTERM');
   }
-}
-
-/** nbdkit writes its pid file once it listens; false if it exited first. */
-async function listening(pidFile: string, exited: Promise<void>): Promise<boolean> {
-  let gone = false;
-  void exited.then(() => { gone = true; });
-  const deadline = Date.now() + 10_000;
-  while (Date.now() < deadline && !gone) {
-    if (await access(pidFile).then(() => true, () => false)) return !gone;
-    await new Promise((r) => setTimeout(r, 25));
-  }
-  return false;
 }

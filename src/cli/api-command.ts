@@ -86,6 +86,8 @@ export async function runApiCall(o: ApiCallOptions, out: NodeJS.WritableStream =
 /** A logged-in session for programs (the demo): call() throws on any answer but 200. */
 export async function apiSession(url: string, user: string, password: string): Promise<{
   call(method: string, path: string, body?: unknown): Promise<unknown>;
+  /** Logs out (best effort). */
+  close(): Promise<void>;
 }> {
   const base = apiBase(url);
   const at = (p: string): URL => new URL(`${base.pathname.replace(/\/+$/, '')}/${p.replace(/^\/+/, '')}`, base);
@@ -100,6 +102,9 @@ export async function apiSession(url: string, user: string, password: string): P
       const r = await send({ url: at(path), method, headers, body: body === undefined ? undefined : JSON.stringify(body), insecure: false });
       if (r.status !== 200) throw new Error(`${method} ${path} on ${url}: HTTP ${r.status} ${r.text}`);
       return r.text === '' ? null : JSON.parse(r.text);
+    },
+    async close() {
+      await send({ url: at('session'), method: 'DELETE', headers: { ...common, 'x-auth-token': token }, insecure: false }).catch(() => undefined);
     },
   };
 }

@@ -56,23 +56,24 @@ export async function runStatus(o: StatusOptions, out: NodeJS.WriteStream = proc
   const api = await apiSession(o.url, o.user, o.password);
   const sample = async () => ({ atMs: Date.now(), vms: ((await api.call('GET', 'vmreplication')) as { vms: VmFigures[] }).vms });
   let before = await sample();
-  const printed = { n: 0 };
+  let printed = 0;
   const limit = o.watch ? o.count ?? Number.POSITIVE_INFINITY : 1;
   let stop = false;
   const onInt = (): void => { stop = true; };
   process.once('SIGINT', onInt);
   try {
-    while (!stop && printed.n < limit) {
+    while (!stop && printed < limit) {
       await new Promise((r) => setTimeout(r, o.intervalMs));
       const after = await sample();
       const rs = rows(before.vms, after.vms, after.atMs - before.atMs);
       if (o.json) out.write(`${JSON.stringify({ url: o.url, atMs: after.atMs, vms: rs })}\n`);
       else out.write(`${o.watch && out.isTTY ? '\x1b[H\x1b[2J' : ''}${o.watch ? `${new Date(after.atMs).toISOString()}  ${o.url}\n` : ''}${table(rs)}\n`);
-      printed.n++;
+      printed++;
       before = after;
     }
   } finally {
     process.off('SIGINT', onInt);
+    await api.close();
   }
   return 0;
 }

@@ -105,8 +105,24 @@ function linkMetrics(reg: Registry, read: Read): void {
   });
 }
 
+/**
+ * `read` once per scrape, not once per metric: prom-client calls every collect() in the same turn, so the
+ * figures are kept until the next turn.
+ */
+function oncePerScrape(read: Read): Read {
+  let cached: GatewayFigures | null = null;
+  return () => {
+    if (cached === null) {
+      cached = read();
+      setImmediate(() => { cached = null; });
+    }
+    return cached;
+  };
+}
+
 /** A registry with the gateway's metrics and prom-client's process defaults (CPU, RSS, GC, event-loop lag). */
-export function gatewayRegistry(read: Read, labels: { gateway: string; role: string }): Registry {
+export function gatewayRegistry(readNow: Read, labels: { gateway: string; role: string }): Registry {
+  const read = oncePerScrape(readNow);
   const reg = new Registry();
   reg.setDefaultLabels(labels);
   collectDefaultMetrics({ register: reg });
