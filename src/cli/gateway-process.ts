@@ -8,6 +8,7 @@ import { systemRandom } from '../core/random.js';
 import { tcpTransport } from '../link/transport.js';
 import { PoolCodec, type CodecStats } from '../pipeline/codec.js';
 import { loadConfig, type GatewayConfig } from '../replication/config.js';
+import { loadNbdTlsCredentials, nbdTls } from '../nbd/nbd-tls.js';
 import { NbdServer } from '../nbd/nbd-server.js';
 import { DrGateway } from '../replication/target/dr-gateway.js';
 import type { TransitionEvent } from '../replication/control.js';
@@ -120,9 +121,12 @@ export async function openGateway(config: GatewayConfig, logger: Logger):
   if (config.nbd) {
     // Read at each negotiation: VMs added later (REST API) are exported too.
     const exports = (): NbdExport[] => (site ?? prodSite!).exports();
-    nbd = new NbdServer({ exports, logger: logger.child({ front: 'nbd' }) });
-    nbdPort = await nbd.listen(config.nbd.host, config.nbd.port);
-    logger.info({ host: config.nbd.host, port: nbdPort, exports: exports().map((e) => e.name) }, 'nbd listening');
+    const l = config.nbd;
+    const tls = nbdTls(l.tls, l.tls === 'off' ? {} : loadNbdTlsCredentials({ pskFile: l.tlsPskFile, certFile: l.tlsCertFile, keyFile: l.tlsKeyFile }));
+    nbd = new NbdServer({ exports, logger: logger.child({ front: 'nbd' }), tls, ...(l.allowClients ? { allowClients: l.allowClients } : {}) });
+    nbdPort = await nbd.listen(l.host, l.port);
+    if (l.socketPath !== undefined) await nbd.listenUnix(l.socketPath);
+    logger.info({ host: l.host, port: nbdPort, socketPath: l.socketPath, tls: l.tls, exports: exports().map((e) => e.name) }, 'nbd listening');
   }
   return {
     gw,

@@ -1,4 +1,5 @@
 import type { Socket } from 'node:net';
+import type { TLSSocket } from 'node:tls';
 import type { BlockMemory } from '../core/buffer-ring.js';
 import type { Clock, TimerHandle } from '../core/clock.js';
 import { elapsedMs } from '../core/clock.js';
@@ -10,6 +11,7 @@ import {
 } from '../protocol/nbd.js';
 import { nbdErrnoFor, type NbdExport } from './nbd-export.js';
 import { NbdNegotiation, type NegotiationOptions } from './nbd-negotiation.js';
+import type { NbdTls } from './nbd-tls.js';
 
 // One client of the NBD server: the handshake, then the transmission phase with many requests in flight.
 //
@@ -21,7 +23,7 @@ import { NbdNegotiation, type NegotiationOptions } from './nbd-negotiation.js';
 // Faults: a bad request magic or a handshake violation drops the client. A partial request (header or
 // WRITE payload) that makes no progress for stallTimeoutMs drops the client, and nothing of it is written.
 
-export interface NbdConnectionOptions extends Omit<NegotiationOptions, 'shuttingDown'> {
+export interface NbdConnectionOptions extends Omit<NegotiationOptions, 'shuttingDown' | 'tls'> {
   clock: Clock;
   logger: Logger;
   payloadBytesMax: number;
@@ -34,6 +36,8 @@ export interface NbdConnectionOptions extends Omit<NegotiationOptions, 'shutting
   shuttingDown: () => boolean;
   /** Where WRITE payloads spanning received chunks are assembled; each is freed once its request is answered. */
   payloadMemory?: BlockMemory;
+  /** The listener's TLS (absent: off). */
+  tls?: NbdTls;
 }
 
 const cmdNames: Record<number, string> = Object.fromEntries(Object.entries(NbdCmd).map(([k, v]) => [v, k]));
@@ -59,23 +63,42 @@ export class NbdConnection {
   private watchdog: TimerHandle | null = null;
   private readonly log: Logger;
 
-  constructor(private readonly sock: Socket, private readonly opts: NbdConnectionOptions) {
-    this.log = opts.logger.child({ nbdClient: `${sock.remoteAddress}:${sock.remotePort}` });
-    this.negotiation = new NbdNegotiation(opts);
+  /** The client's socket: the plain one, then its TLS wrapper once STARTTLS ran. */
+  private sock: Socket;
+  private onClosed!: () => void;
+  private tlsUp = false;
+
+  constructor(sock: Socket, private readonly opts: NbdConnectionOptions) {
+    this.sock = sock;
+    const remote = sock.remoteAddress === undefined ? 'unix' : `${sock.remoteAddress}:${sock.remotePort}`;
+    this.log = opts.logger.child({ nbdClient: remote });
+    this.negotiation = new NbdNegotiation({ ...opts, tls: opts.tls?.mode ?? 'off' });
     this.startNs = this.lastProgressNs = opts.clock.monotonicNs();
-    this.closed = new Promise((resolve) => sock.once('close', () => {
-      this.stopping = true;
-      this.watchdog?.cancel();
-      resolve();
-    }));
+    this.closed = new Promise((resolve) => {
+      this.onClosed = () => {
+        this.stopping = true;
+        this.watchdog?.cancel();
+        resolve();
+      };
+    });
+    sock.once('close', this.onClosed);
     sock.setNoDelay(true);
     sock.setKeepAlive(true, 30_000);
-    sock.on('data', (chunk: Buffer) => this.onData(chunk));
-    sock.on('drain', () => this.progress());
-    sock.on('end', () => this.stop('client closed its side'));
+    this.listen(sock);
     sock.on('error', (err) => this.log.debug({ err }, 'nbd client socket error'));
     sock.write(encodeGreeting(NbdHandshakeFlag.FIXED_NEWSTYLE | NbdHandshakeFlag.NO_ZEROES));
     this.armWatchdog();
+  }
+
+  /** Whether the session runs inside TLS. */
+  get tls(): boolean {
+    return this.tlsUp;
+  }
+
+  private listen(sock: Socket): void {
+    sock.on('data', (chunk: Buffer) => this.onData(chunk));
+    sock.on('drain', () => this.progress());
+    sock.on('end', () => this.stop('client closed its side'));
   }
 
   /** Stops reading requests; in-flight ones finish and are answered, then the socket closes. */
@@ -122,7 +145,10 @@ export class NbdConnection {
       if (!ev) break;
       const step = this.negotiation.onEvent(ev);
       for (const b of step.send) this.sock.write(b);
-      if (step.next === 'close') {
+      if (step.next === 'starttls') {
+        this.startTls();
+        return; // haggling goes on once the TLS handshake is done
+      } else if (step.next === 'close') {
         this.log.info({ reason: step.reason }, 'nbd handshake ended');
         this.stopping = true;
         this.sock.end();
@@ -136,6 +162,37 @@ export class NbdConnection {
         this.pump();
       }
     }
+  }
+
+  /**
+   * After STARTTLS's acknowledgement (already handed to the plain socket, which keeps write order): the
+   * client must wait for it, so any byte already received is a violation. The plain socket stops feeding the
+   * parser in this same turn, before its next read, and the TLS wrapper takes its place.
+   */
+  private startTls(): void {
+    const plain = this.sock;
+    const early = this.handshake.drain().reduce((n, b) => n + b.length, 0) + plain.readableLength;
+    if (early > 0) {
+      this.destroy(`client sent ${early} bytes before the TLS handshake`);
+      return;
+    }
+    for (const ev of ['data', 'drain', 'end', 'error']) plain.removeAllListeners(ev);
+    plain.on('error', (err) => this.log.debug({ err }, 'nbd client socket error'));
+    const secure: TLSSocket = this.opts.tls!.upgrade(plain);
+    this.sock = secure;
+    secure.once('close', this.onClosed);
+    this.listen(secure);
+    secure.on('error', (err) => {
+      // A wrong PSK or certificate, or a client that gave up: nothing was served on this connection.
+      this.log.warn({ err: { message: err.message, code: (err as NodeJS.ErrnoException).code } }, 'nbd TLS failed');
+      this.destroy(`TLS: ${err.message}`);
+    });
+    secure.once('secure', () => {
+      this.tlsUp = true;
+      this.negotiation.tlsStarted();
+      this.log.info({ protocol: secure.getProtocol(), cipher: secure.getCipher().name }, 'nbd client started TLS');
+      this.progress();
+    });
   }
 
   private get blocked(): boolean {

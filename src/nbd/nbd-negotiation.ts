@@ -3,17 +3,24 @@ import {
   encodeInfoBlockSize, encodeInfoDescription, encodeInfoExport, encodeInfoName, encodeOptionReply, encodeServerReply,
   type NbdHandshakeEvent,
 } from '../protocol/nbd.js';
+import type { NbdTlsMode } from './nbd-tls.js';
 import { findExport, listExports, type NbdExport, type NbdExportSource } from './nbd-export.js';
 
 // Option haggling of the fixed newstyle handshake, without sockets: each event from NbdHandshakeParser
 // gives the bytes to send and what happens next. Supported: EXPORT_NAME, ABORT, LIST, INFO, GO,
-// STRUCTURED_REPLY. STARTTLS and everything else: NBD_REP_ERR_UNSUP (no TLS here; meta contexts and
-// extended headers are not implemented, so clients fall back to plain reads and compact headers).
+// STRUCTURED_REPLY, and STARTTLS when the listener has TLS (nbd-tls.ts). Everything else: NBD_REP_ERR_UNSUP
+// (meta contexts and extended headers are not implemented, so clients fall back to plain reads and compact
+// headers).
+//
+// With TLS required, nothing but STARTTLS and ABORT is answered before TLS is up (NBD_REP_ERR_TLS_REQD;
+// EXPORT_NAME, which has no error reply, ends the session), so a plain client learns no export.
 
 export type NegotiationStep =
   | { next: 'continue'; send: Buffer[] }
   | { next: 'close'; send: Buffer[]; reason: string }
-  | { next: 'transmission'; send: Buffer[]; export: NbdExport };
+  | { next: 'transmission'; send: Buffer[]; export: NbdExport }
+  /** Send the acknowledgement, then run the TLS handshake on the socket; haggling goes on inside TLS. */
+  | { next: 'starttls'; send: Buffer[] };
 
 export interface NegotiationOptions {
   exports: NbdExportSource;
@@ -21,12 +28,16 @@ export interface NegotiationOptions {
   blockSizes: [number, number, number];
   /** Refuse new exports (NBD_REP_ERR_SHUTDOWN) while the server shuts down. */
   shuttingDown: () => boolean;
+  /** The listener's TLS mode (default 'off'). */
+  tls?: NbdTlsMode;
 }
 
 export class NbdNegotiation {
   /** Structured replies were negotiated: READ replies must be structured. */
   structured = false;
   private noZeroes = false;
+  /** TLS is up on this connection. */
+  private tlsActive = false;
 
   constructor(private readonly opts: NegotiationOptions) {}
 
@@ -42,6 +53,11 @@ export class NbdNegotiation {
       return reply(ev.option, NbdRep.ERR_TOO_BIG, `option data of ${ev.length} bytes is too large`);
     }
     const { option, data } = ev;
+    if (option === NbdOpt.STARTTLS) return this.startTls(data);
+    if (this.opts.tls === 'require' && !this.tlsActive && option !== NbdOpt.ABORT) {
+      if (option === NbdOpt.EXPORT_NAME) return close('EXPORT_NAME before STARTTLS on a TLS-only listener');
+      return reply(option, NbdRep.ERR_TLS_REQD, 'this server requires TLS: send NBD_OPT_STARTTLS first');
+    }
     switch (option) {
       case NbdOpt.EXPORT_NAME: return this.exportName(data.toString('utf8'));
       case NbdOpt.ABORT:
@@ -53,9 +69,22 @@ export class NbdNegotiation {
         if (data.length !== 0) return reply(option, NbdRep.ERR_INVALID, 'STRUCTURED_REPLY takes no data');
         this.structured = true;
         return { next: 'continue', send: [encodeOptionReply(option, NbdRep.ACK)] };
-      case NbdOpt.STARTTLS: return reply(option, NbdRep.ERR_UNSUP, 'TLS is not supported by this server');
       default: return reply(option, NbdRep.ERR_UNSUP, `option ${option} is not supported`);
     }
+  }
+
+  /** The TLS handshake finished: options negotiated before it no longer count (NBD spec, STARTTLS). */
+  tlsStarted(): void {
+    this.tlsActive = true;
+    this.structured = false;
+  }
+
+  private startTls(data: Buffer): NegotiationStep {
+    const option = NbdOpt.STARTTLS;
+    if ((this.opts.tls ?? 'off') === 'off') return reply(option, NbdRep.ERR_UNSUP, 'TLS is not enabled on this listener');
+    if (this.tlsActive) return reply(option, NbdRep.ERR_INVALID, 'TLS is already running');
+    if (data.length !== 0) return reply(option, NbdRep.ERR_INVALID, 'STARTTLS takes no data');
+    return { next: 'starttls', send: [encodeOptionReply(option, NbdRep.ACK)] };
   }
 
   transmissionFlags(exp: NbdExport): number {

@@ -15,7 +15,12 @@ import { compressionSettings, type CompressionSetting } from './compression-poli
 //   "journalCapacityBytes": 1073741824,               // production: the journals; DR: the DR logs (split per VM)
 //   "vms": [ { "vmUuid": "...", "vmName": "...", "compressOption": 1, "encryptOption": 1,
 //              "volumes": [ { "volUuid": "...", "url": "/data/disk0.img", "sizeBytes": 1073741824 } ] } ],
-//   "nbd": { "host": "127.0.0.1", "port": 10809 },     // optional: NBD intake (production) / replica exports (DR)
+//   "nbd": { "host": "127.0.0.1", "port": 10809,       // optional: NBD intake (production) / replica exports (DR)
+//            "tls": "off" | "allow" | "require",       //   STARTTLS (default off) with a PSK file (username:hexkey
+//            "tlsPskFile": "/etc/vrg/keys.psk",        //   lines, as qemu's tls-creds-psk and nbdkit --tls-psk read)
+//            "tlsCertFile": "...", "tlsKeyFile": "...", //   and/or an X.509 certificate and key (PEM)
+//            "allowClients": ["127.0.0.1", "10.0.0.0/8"], // TCP clients allowed (absent: any)
+//            "socketPath": "/run/vrg/nbd.sock" },       //   also a unix socket (mode 0600)
 //   "intake": { "writeBack": false }                  // optional (production): ack before the journal fsync
 // }
 
@@ -28,9 +33,19 @@ export interface VolumeConfig {
   sizeBytes: number;
 }
 
-export interface NbdListenConfig {
+export interface ListenConfig {
   host: string;
   port: number;
+}
+
+/** The NBD listener: TCP, optionally a unix socket too, with STARTTLS and a client allow-list. */
+export interface NbdListenConfig extends ListenConfig {
+  tls: 'off' | 'allow' | 'require';
+  tlsPskFile?: string;
+  tlsCertFile?: string;
+  tlsKeyFile?: string;
+  allowClients?: string[];
+  socketPath?: string;
 }
 
 export interface VmConfig {
@@ -87,7 +102,7 @@ export interface GatewayConfig {
   /** Optional management REST API (src/api/rest): HTTP on port, HTTPS on httpsPort (absent: no HTTPS). */
   api?: ApiListenConfig | null;
   /** Optional Prometheus `/metrics` listener (src/api/metrics), on its own port: absent, none. */
-  metrics?: NbdListenConfig | null;
+  metrics?: ListenConfig | null;
 }
 
 /** "api": { "host": "127.0.0.1", "port": 8080, "httpsPort": 8443, "adminPassword": "...", "certFile": "...", "keyFile": "..." } */
@@ -198,9 +213,26 @@ function parseIntake(v: unknown, path: string): IntakeConfig {
   return { writeBack: o.writeBack === true, bootIdPath: str(o, 'bootIdPath', path, { def: '/proc/sys/kernel/random/boot_id' }) };
 }
 
-function parseListen(v: unknown, path: string): NbdListenConfig {
+function parseListen(v: unknown, path: string): ListenConfig {
   const o = obj(v, path);
   return { host: str(o, 'host', path), port: int(o, 'port', path, 0, 65535) };
+}
+
+function parseNbdListen(v: unknown, path: string): NbdListenConfig {
+  const o = obj(v, path);
+  const tls = o.tls ?? 'off';
+  if (tls !== 'off' && tls !== 'allow' && tls !== 'require') fail(`${path}.tls`, 'must be "off", "allow" or "require"');
+  const file = (key: string): Record<string, string> => (o[key] === undefined ? {} : { [key]: str(o, key, path) });
+  const files = { ...file('tlsPskFile'), ...file('tlsCertFile'), ...file('tlsKeyFile'), ...file('socketPath') };
+  if ((files.tlsCertFile === undefined) !== (files.tlsKeyFile === undefined)) fail(path, 'tlsCertFile and tlsKeyFile go together');
+  if (tls !== 'off' && files.tlsPskFile === undefined && files.tlsCertFile === undefined) {
+    fail(`${path}.tls`, `"${tls}" needs tlsPskFile or tlsCertFile and tlsKeyFile`);
+  }
+  const allow = o.allowClients;
+  if (allow !== undefined && (!Array.isArray(allow) || allow.length === 0 || allow.some((a) => typeof a !== 'string'))) {
+    fail(`${path}.allowClients`, 'must be a non-empty list of addresses or CIDR subnets');
+  }
+  return { ...parseListen(v, path), tls, ...files, ...(allow === undefined ? {} : { allowClients: allow as string[] }) };
 }
 
 export function parseConfig(raw: unknown): GatewayConfig {
@@ -229,7 +261,7 @@ export function parseConfig(raw: unknown): GatewayConfig {
     intake: parseIntake(o.intake, '$.intake'),
     codecThreads: int(o, 'codecThreads', '$', 1, 16, 1),
     journalCapacityBytes: int(o, 'journalCapacityBytes', '$', 2 * MiB, Number.MAX_SAFE_INTEGER, 1024 * MiB),
-    nbd: o.nbd === undefined || o.nbd === null ? null : parseListen(o.nbd, '$.nbd'),
+    nbd: o.nbd === undefined || o.nbd === null ? null : parseNbdListen(o.nbd, '$.nbd'),
     vms,
     api: o.api === undefined || o.api === null ? null : parseApi(o.api, '$.api'),
     metrics: o.metrics === undefined || o.metrics === null ? null : parseListen(o.metrics, '$.metrics'),

@@ -107,8 +107,9 @@ export async function watchChild<S extends StatusReply>(prod: GatewayChild, dr: 
  * first; `children` holds every process started (tests push restarts), all killed at teardown.
  */
 export async function startNbdProcessPair(t: { teardown(fn: () => unknown): void }, dir: string, json: ReturnType<typeof pairConfigJson>,
-    opts: Parameters<typeof processPair>[2] = {}) {
-  const nbd = { host: '127.0.0.1', port: 0 };
+    opts: Parameters<typeof processPair>[2] & { nbd?: Record<string, unknown> } = {}) {
+  // `opts.nbd`: more of both listeners' settings (TLS, allow-list).
+  const nbd = { host: '127.0.0.1', port: 0, ...opts.nbd };
   Object.assign(json.prod, { nbd });
   Object.assign(json.dr, { nbd });
   const pair = processPair(dir, json, opts);
