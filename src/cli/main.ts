@@ -48,6 +48,8 @@ commands:
   failback move a failed-over VM home (a planned failover run on the home gateway, now its target):
              vrg failback --url URL --password P --vm UUID
   splitbrain resolve a split brain on the side whose writes lose: vrg splitbrain --url URL --password P --vm UUID
+  rekey    rotate the link secret with the DR peer, on the production gateway: vrg rekey --url URL --password P
+             (both sides store the next secret, the link reconnects with it, the old one is refused)
   chaos    a gateway pair under a stamped write load and a seeded schedule of faults, with checkers
              (nothing acknowledged lost, DR always a prefix image, Sync: every ack on DR, DR = production at the end)
              --seed N             the schedule's seed (default: random, printed); the same N replays it
@@ -180,6 +182,15 @@ async function main(argv: string[]): Promise<number> {
         url: values.url, user: values.user ?? 'admin', password: values.password, json: values.json ?? false, watch: values.watch ?? false,
         intervalMs: interval * 1000, ...(values.count === undefined ? {} : { count: positiveInt(values.count, 'count', 1) }),
       });
+    }
+    case 'rekey': {
+      const { values } = parseArgs({
+        args: rest, strict: true,
+        options: { url: { type: 'string' }, user: { type: 'string' }, password: { type: 'string' }, insecure: { type: 'boolean' } },
+      });
+      if (!values.url || values.password === undefined) throw new UsageError('rekey needs --url URL --password P');
+      return runApiCall({ url: values.url, user: values.user ?? 'admin', password: values.password, insecure: values.insecure ?? false,
+        method: 'POST', path: 'linkrekey', body: '{}' });
     }
     case 'failover':
     case 'failback':

@@ -16,6 +16,9 @@ export const ErrorCode = {
   PROTOCOL_VERSION: 'VRG_PROTOCOL_VERSION',
   CONNECTION_CLOSED: 'VRG_CONNECTION_CLOSED',
   PEER_ERROR: 'VRG_PEER_ERROR',
+  // Link secret rotation (src/replication/link-rekey.ts)
+  REKEY_FAILED: 'VRG_REKEY_FAILED',
+  REKEY_IN_PROGRESS: 'VRG_REKEY_IN_PROGRESS',
   // Codec
   DECOMPRESS_FAILED: 'VRG_DECOMPRESS_FAILED',
   // Journal

@@ -9,7 +9,7 @@ import { silentLogger, type Logger } from '../core/log.js';
 import type { Random } from '../core/random.js';
 import { encodeFrame, FrameFlags, FrameType, openFrame, type DirectionKeys, type FrameDecoder, type RawFrame } from '../protocol/frame.js';
 import {
-  decodeAck, decodeCheckDigests, decodeCheckRequest, decodeFailoverReady, decodeFailoverRequest, decodeVmState, decodeHeartbeat, decodeLinkError, decodeResume, encodeHeartbeat, encodeLinkError, type Resume,
+  decodeAck, decodeCheckDigests, decodeCheckRequest, decodeFailoverReady, decodeRekey, decodeRekeyAck, decodeFailoverRequest, decodeVmState, decodeHeartbeat, decodeLinkError, decodeResume, encodeHeartbeat, encodeLinkError, type Resume,
 } from '../protocol/messages.js';
 
 // One authenticated link connection (after the handshake in handshake.ts). Every frame after the
@@ -47,6 +47,8 @@ export interface ConnectionInit {
   decoder: FrameDecoder;
   /** Frames that arrived after the handshake's last frame, in order. */
   pending: RawFrame[];
+  /** Server side: the pairing's configured secret and the secret the peer proved (link-secrets.ts). */
+  auth?: { initial: Buffer; secret: Buffer };
 }
 
 /** Frames sealed out of order (worker pool) wait for their predecessors; beyond this the link is broken. */
@@ -66,6 +68,8 @@ const CONTROL_DECODERS: Record<number, (b: Uint8Array) => unknown> = {
   [FrameType.CHECK_DIGESTS]: decodeCheckDigests,
   [FrameType.FAILOVER_REQUEST]: decodeFailoverRequest,
   [FrameType.FAILOVER_READY]: decodeFailoverReady,
+  [FrameType.REKEY]: decodeRekey,
+  [FrameType.REKEY_ACK]: decodeRekeyAck,
 };
 
 // Protocol 2: roles are per VM, so every frame type may travel either way (a gateway can be the source of
@@ -75,6 +79,8 @@ export class LinkConnection extends EventEmitter {
   readonly peer: { gatewayId: string; role: string };
   readonly sessionId: Buffer;
   readonly resume: Resume | null;
+  /** Server side: which pairing, and the secret this connection proved (a rotation's next one, or the current one). */
+  readonly auth: { initial: Buffer; secret: Buffer } | null;
   readonly sendKeys: DirectionKeys;
   readonly recvKeys: DirectionKeys;
   /** Smoothed heartbeat round trip, null until the first reply. */
@@ -108,6 +114,7 @@ export class LinkConnection extends EventEmitter {
     this.peer = init.peer;
     this.sessionId = init.sessionId;
     this.resume = init.resume;
+    this.auth = init.auth ?? null;
     this.sendKeys = init.sendKeys;
     this.recvKeys = init.recvKeys;
     this.decoder = init.decoder;

@@ -21,8 +21,8 @@ import { LinkConnection, type ConnectionInit, type LinkOptions } from './connect
 // A side that rejects the peer sends an unsealed LINK_ERROR (seq 0) and closes. Unsealed HELLO frames are not
 // counted in the sealed sequences. The whole exchange is bounded by handshakeTimeoutMs.
 
-/** 2: frames of every type may go either way (roles are per VM, issue 14). */
-export const PROTOCOL_VERSION = 3;
+/** 2: frames of every type may go either way (roles are per VM, issue 14); 3: frame prefix check; 4: REKEY. */
+export const PROTOCOL_VERSION = 4;
 const NONCE_BYTES = 32;
 const GATEWAY_ID_MAX = 256;
 const ABORT_GRACE_MS = 1_000;
@@ -225,12 +225,15 @@ export function clientHandshake(sock: Duplex, opts: LinkOptions): Promise<LinkCo
 /** Per-peer pairing secrets (cluster pairs): the secret for a peer gateway id, or null for `secret`. */
 export type PeerSecretLookup = (peerGatewayId: string) => Buffer | null;
 
+/** The secrets a pairing accepts now (link-secrets.ts: current, then the next one of a rotation in progress). */
+export type SecretCandidates = (initial: Buffer) => Buffer[];
+
 /**
  * DR side: the socket was just accepted. `resume` says where each VM's stream continues. A peer whose
  * gateway id `peerSecret` knows must prove that secret (the claimed id only selects which one to check).
  */
 export function serverHandshake(
-  sock: Duplex, opts: LinkOptions & { resume: () => Resume; peerSecret?: PeerSecretLookup },
+  sock: Duplex, opts: LinkOptions & { resume: () => Resume; peerSecret?: PeerSecretLookup; candidates?: SecretCandidates },
 ): Promise<LinkConnection> {
   return runHandshake(sock, opts, async (r) => {
     const peerHelloFrame = await r.next();
@@ -238,16 +241,28 @@ export function serverHandshake(
     const nonce = opts.random.bytes(NONCE_BYTES);
     const myHello = helloFrame(opts, nonce);
     sock.write(myHello);
-    const secret = opts.peerSecret?.(peerHello.gatewayId) ?? opts.secret;
-    const keys = deriveSessionKeys(secret, peerHello.nonce, nonce);
+    const initial = opts.peerSecret?.(peerHello.gatewayId) ?? opts.secret;
     const transcript = transcriptHash(peerHelloFrame.bytes, myHello);
-    verifyAuth(await r.next(), keys.clientToServer, transcript);
+    const authFrame = await r.next();
+    // During a rotation two secrets are accepted: the one whose keys open the peer's AUTH is the peer's.
+    const secrets = opts.candidates?.(initial) ?? [initial];
+    let candidate = 0;
+    let keys = deriveSessionKeys(secrets[0]!, peerHello.nonce, nonce);
+    for (;;) {
+      try {
+        verifyAuth(authFrame, keys.clientToServer, transcript);
+        break;
+      } catch (err) {
+        if (++candidate >= secrets.length) throw err;
+        keys = deriveSessionKeys(secrets[candidate]!, peerHello.nonce, nonce);
+      }
+    }
     const resume = encodeResume(opts.resume());
     sock.write(sealed(FrameType.AUTH, 0, encodeAuth({ transcriptHash: transcript }), keys.serverToClient));
     sock.write(sealed(FrameType.RESUME, 1, resume, keys.serverToClient));
     return {
       peer: { gatewayId: peerHello.gatewayId, role: peerHello.role }, sessionId: keys.sessionId, resume: null,
-      sendKeys: keys.serverToClient, recvKeys: keys.clientToServer, sendSeq: 2, recvSeq: 1,
+      sendKeys: keys.serverToClient, recvKeys: keys.clientToServer, sendSeq: 2, recvSeq: 1, auth: { initial, secret: secrets[candidate]! },
     };
   });
 }

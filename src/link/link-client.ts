@@ -26,10 +26,17 @@ export class LinkClient extends EventEmitter {
   private sleeper: { timer: TimerHandle; wake: () => void } | null = null;
   private loop: Promise<void> | null = null;
   private readonly logger: Logger;
+  private secret: Buffer;
 
   constructor(private readonly opts: LinkClientOptions) {
     super();
     this.logger = opts.logger ?? silentLogger;
+    this.secret = opts.secret;
+  }
+
+  /** The secret of the next handshakes (a rotation: the current connection keeps its session keys). */
+  setSecret(secret: Buffer): void {
+    this.secret = secret;
   }
 
   /** The current connection, null while (re)connecting. */
@@ -87,7 +94,7 @@ export class LinkClient extends EventEmitter {
     }
     this.sock = sock;
     try {
-      const conn = await clientHandshake(sock, this.opts);
+      const conn = await clientHandshake(sock, { ...this.opts, secret: this.secret });
       if (!this.running) {
         conn.close();
         return null;

@@ -4,7 +4,7 @@ import { ErrorCode, vrgError } from '../core/errors.js';
 import { silentLogger, type Logger } from '../core/log.js';
 import type { Resume } from '../protocol/messages.js';
 import { serverHandshake, type LinkConnection, type LinkOptions } from './connection.js';
-import type { PeerSecretLookup } from './handshake.js';
+import type { PeerSecretLookup, SecretCandidates } from './handshake.js';
 import type { Listener, Transport } from './transport.js';
 
 // DR side: accepts production gateways. Each socket is handshaken; an authenticated connection replaces
@@ -14,6 +14,8 @@ import type { Listener, Transport } from './transport.js';
 export interface LinkServerOptions extends LinkOptions {
   transport: Transport;
   resume: () => Resume;
+  /** The secrets a pairing accepts now (a rotation in progress: two); default its configured one. */
+  candidates?: SecretCandidates;
 }
 
 /** Sockets in the handshake at once; more are dropped on arrival. */

@@ -25,7 +25,7 @@ import { limits } from '../core/limits.js';
 
 export const FrameType = {
   HELLO: 1, AUTH: 2, WRITE_BATCH: 3, ACK: 4, HEARTBEAT: 5, HEARTBEAT_REPLY: 6, LINK_ERROR: 7, RESUME: 8,
-  VM_STATE: 9, CHECK_REQUEST: 10, CHECK_DIGESTS: 11, FAILOVER_REQUEST: 12, FAILOVER_READY: 13,
+  VM_STATE: 9, CHECK_REQUEST: 10, CHECK_DIGESTS: 11, FAILOVER_REQUEST: 12, FAILOVER_READY: 13, REKEY: 14, REKEY_ACK: 15,
 } as const;
 
 export const FrameFlags = { SEALED: 1, ENCRYPTED: 2 } as const;

@@ -33,3 +33,16 @@ export function deriveSessionKeys(secret: Buffer, clientNonce: Buffer, serverNon
     sessionId: part(40, 16),
   };
 }
+
+const ROTATE_INFO = Buffer.from('vrg-link-v1 rotate', 'ascii');
+const SECRET_BYTES = 32;
+
+/**
+ * The next link secret of a rotation (vrg rekey): HKDF-SHA256 over the current secret, salted with both
+ * sides' fresh nonces, so neither side alone picks it and it cannot be derived without the current one.
+ */
+export function deriveRotatedSecret(current: Buffer, clientNonce: Buffer, serverNonce: Buffer): Buffer {
+  if (current.length === 0) throw vrgError(ErrorCode.INVALID_ARGUMENT, 'link secret is empty');
+  if (clientNonce.length < 16 || serverNonce.length < 16) throw vrgError(ErrorCode.INVALID_ARGUMENT, 'rekey nonces of at least 16 bytes');
+  return Buffer.from(hkdfSync('sha256', current, Buffer.concat([clientNonce, serverNonce]), ROTATE_INFO, SECRET_BYTES));
+}

@@ -46,6 +46,8 @@ export interface CheckRequest { vmUuid: string; checkId: number; volumeIndex: nu
 export interface CheckDigests { vmUuid: string; checkId: number; digests: Buffer; error: string }
 export interface FailoverRequest { vmUuid: string; requestId: number }
 export interface FailoverReady { vmUuid: string; requestId: number; lastSeq: number; error: string }
+export interface Rekey { rekeyId: number; nonce: Buffer; generation: number }
+export interface RekeyAck { rekeyId: number; nonce: Buffer; error: string }
 
 const UINT32_MAX = 0xffff_ffff;
 
@@ -112,6 +114,8 @@ const checkRequest = makeCodec<CheckRequest>('CheckRequest');
 const checkDigests = makeCodec<CheckDigests>('CheckDigests');
 const failoverRequest = makeCodec<FailoverRequest>('FailoverRequest');
 const failoverReady = makeCodec<FailoverReady>('FailoverReady');
+const rekey = makeCodec<Rekey>('Rekey');
+const rekeyAck = makeCodec<RekeyAck>('RekeyAck');
 
 export const encodeHello = (m: Hello): Uint8Array => hello.encode(m);
 export const decodeHello = (b: Uint8Array): Hello => hello.decode(b);
@@ -138,4 +142,8 @@ export const decodeCheckDigests = (b: Uint8Array): CheckDigests => checkDigests.
 export const encodeFailoverRequest = (m: FailoverRequest): Uint8Array => failoverRequest.encode(m);
 export const decodeFailoverRequest = (b: Uint8Array): FailoverRequest => failoverRequest.decode(b);
 export const encodeFailoverReady = (m: FailoverReady): Uint8Array => failoverReady.encode(m);
+export const encodeRekey = (m: Rekey): Uint8Array => rekey.encode(m);
+export const decodeRekey = (b: Uint8Array): Rekey => rekey.decode(b);
+export const encodeRekeyAck = (m: RekeyAck): Uint8Array => rekeyAck.encode(m);
+export const decodeRekeyAck = (b: Uint8Array): RekeyAck => rekeyAck.decode(b);
 export const decodeFailoverReady = (b: Uint8Array): FailoverReady => failoverReady.decode(b);

@@ -89,7 +89,11 @@ export interface GatewayConfig {
    * rateBytesPerSec: a bandwidth cap on what production sends (0 = none). compression: how a VM's
    * compressOption 1 is applied: auto (LZ4 while the link is the bottleneck, raw while the CPU is), always, never.
    */
-  link: { host: string; port: number; secret: Buffer; rateBytesPerSec: number; compression: CompressionSetting };
+  link: {
+    host: string; port: number; secret: Buffer; rateBytesPerSec: number; compression: CompressionSetting;
+    /** Production: rotate the link secret this often (vrg rekey on a schedule); 0 or absent = only on request. */
+    rekeyIntervalSeconds?: number;
+  };
   /** The per-VM protection state machine's limits (production side). */
   protection: ProtectionConfig;
   /** parseConfig always sets it; absent means the defaults. */
@@ -256,7 +260,8 @@ export function parseConfig(raw: unknown): GatewayConfig {
     dataDir: str(o, 'dataDir', '$'),
     link: { host: str(link, 'host', '$.link'), port: int(link, 'port', '$.link', 0, 65535), secret: Buffer.from(secretHex, 'hex'),
       rateBytesPerSec: int(link, 'rateBytesPerSec', '$.link', 0, Number.MAX_SAFE_INTEGER, 0),
-      compression: parseCompression(link.compression, '$.link.compression') },
+      compression: parseCompression(link.compression, '$.link.compression'),
+      rekeyIntervalSeconds: int(link, 'rekeyIntervalSeconds', '$.link', 0, 365 * 86_400, 0) },
     protection: parseProtection(o.protection, '$.protection'),
     intake: parseIntake(o.intake, '$.intake'),
     codecThreads: int(o, 'codecThreads', '$', 1, 16, 1),

@@ -38,6 +38,9 @@ export const ApiErrorNumber = {
   FAILOVER_REFUSED: '10440412',
   TEST_FAILOVER_ACTIVE: '10440413',
   TEST_FAILOVER_NOT_ACTIVE: '10440414',
+  // Link secret rotation (issue 17)
+  REKEY_FAILED: '10440420',
+  REKEY_IN_PROGRESS: '10440421',
   // HTTP-level refusals the document has no number for: the number is the HTTP status (REST layer).
   HTTP_NOT_FOUND: '404',
   HTTP_METHOD_NOT_ALLOWED: '405',
@@ -69,6 +72,8 @@ export const API_ERRORS: Readonly<Record<string, ApiErrorEntry>> = {
   '10440412': { httpStatus: 400, en_US: 'The failover was refused: the target volumes cannot hold a consistent image now.', zh_CN: '故障切换被拒绝:目标卷当前无法保持一致的镜像。' },
   '10440413': { httpStatus: 400, en_US: 'A test failover of the virtual machine is running. End it first.', zh_CN: '虚拟机的测试故障切换正在运行,请先结束它。' },
   '10440414': { httpStatus: 400, en_US: 'No test failover of the virtual machine is running.', zh_CN: '虚拟机没有正在运行的测试故障切换。' },
+  '10440420': { httpStatus: 400, en_US: 'The link secret was not rotated: the link to the peer is down or the peer refused. The secret is unchanged.', zh_CN: '链路密钥未轮换:到对端的链路中断或对端拒绝,密钥未改变。' },
+  '10440421': { httpStatus: 400, en_US: 'A link secret rotation is already running.', zh_CN: '链路密钥轮换正在进行。' },
   '404': { httpStatus: 404, en_US: 'No such resource.', zh_CN: '资源不存在。' },
   '405': { httpStatus: 405, en_US: 'This resource does not support the method.', zh_CN: '此资源不支持该方法。' },
   '413': { httpStatus: 413, en_US: 'The request body is too large.', zh_CN: '请求正文过大。' },
@@ -91,6 +96,8 @@ export const AUTH_ERROR_NUMBERS: Readonly<Partial<Record<ErrorCode, string>>> = 
   [ErrorCode.FAILOVER_REFUSED]: ApiErrorNumber.FAILOVER_REFUSED,
   [ErrorCode.TEST_FAILOVER_ACTIVE]: ApiErrorNumber.TEST_FAILOVER_ACTIVE,
   [ErrorCode.TEST_FAILOVER_NOT_ACTIVE]: ApiErrorNumber.TEST_FAILOVER_NOT_ACTIVE,
+  [ErrorCode.REKEY_FAILED]: ApiErrorNumber.REKEY_FAILED,
+  [ErrorCode.REKEY_IN_PROGRESS]: ApiErrorNumber.REKEY_IN_PROGRESS,
 };
 
 /**

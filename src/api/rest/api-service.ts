@@ -66,6 +66,16 @@ export class ApiService {
     return this.drSite(vmUuid).failover(vmUuid, type);
   }
 
+  /**
+   * POST /linkrekey: rotates the link secret with the peer (production side: the link's client asks). DR answers
+   * with ROLE_CONFLICT: the rotation runs from the production gateway.
+   */
+  async rekeyLink(): Promise<{ generation: number; reconnected: boolean }> {
+    const source = this.prodSite?.source ?? null;
+    if (source === null) throw restError(ApiErrorNumber.ROLE_CONFLICT, 'the link secret is rotated from the production gateway (the link\'s client)');
+    return source.rekey();
+  }
+
   /** POST /vmsplitbrain: this side's writes since the split lose; it becomes the target of the peer (the survivor). */
   async discardDivergence(vmUuid: string): Promise<void> {
     const r = this.vmRole(vmUuid);

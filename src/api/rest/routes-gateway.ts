@@ -112,6 +112,10 @@ export function registerGatewayRoutes(api: FastifyInstance, ctx: RestContext): v
     return reply.send();
   });
 
+  api.post('/linkrekey', {
+    schema: { summary: 'Rotate the link secret with the peer (production gateway): both sides store the next one, the link reconnects with it, the old one is refused from then on' },
+  }, async (_req, reply) => reply.send(await service.rekeyLink()));
+
   api.delete('/vmfailover/:vmUuid', {
     schema: { summary: 'End a VM\'s test failover: its clone and the <volUuid>-test exports are discarded', params: vmUuidParams },
   }, async (req, reply) => {

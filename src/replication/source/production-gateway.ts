@@ -4,18 +4,21 @@ import { nodeFiles, type Files } from '../../core/files.js';
 import { withTimeout, type TimerHandle } from '../../core/clock.js';
 import type { LatencySummary } from '../../core/latency-histogram.js';
 import { limits } from '../../core/limits.js';
+import { assert } from '../../core/assert.js';
 import { ErrorCode, vrgError } from '../../core/errors.js';
 import { RecordKind } from '../../journal/journal.js';
 import type { LinkConnection } from '../../link/connection.js';
 import { LinkClient } from '../../link/link-client.js';
+import { LinkSecretStore } from '../../link/link-secrets.js';
 import { rateLimitedTransport } from '../../link/rate-limited-transport.js';
 import { FrameType } from '../../protocol/frame.js';
-import { encodeCheckRequest, encodeVmState, type Ack, type CheckDigests, type CheckRequest, type Resume } from '../../protocol/messages.js';
+import { encodeCheckRequest, encodeVmState, type Ack, type CheckDigests, type CheckRequest, type RekeyAck, type Resume } from '../../protocol/messages.js';
 import { openVolume } from '../../volume/open-volume.js';
 import type { Volume } from '../../volume/volume.js';
 import type { GatewayConfig } from '../config.js';
 import type { AlarmEvent, AlarmKind, Mode, PeerConfig, VmProtection, VmReplicationStatus } from '../control.js';
 import type { GatewayDeps } from '../gateway-deps.js';
+import { RekeyInitiator, type RekeyResult } from '../link-rekey.js';
 export type { GatewayDeps } from '../gateway-deps.js';
 import { ProtectedVm, type ProtectedVmDiagnostics, type ProtectedVmHooks } from './protected-vm.js';
 import { lagAlarmChanges, type LagAlarmKind } from './lag-alarms.js';
@@ -130,6 +133,10 @@ export class ProductionGateway extends EventEmitter {
   private closed = false;
   private runMarker: RunMarker | null = null;
   private readonly files: Files;
+  /** Rotated link secrets (link-secrets.ts) and the rotation driver (link-rekey.ts). */
+  private secrets: LinkSecretStore | null = null;
+  private readonly rekeys: RekeyInitiator;
+  private rekeyTimer: TimerHandle | null = null;
 
   private constructor(
     readonly config: GatewayConfig,
@@ -138,6 +145,7 @@ export class ProductionGateway extends EventEmitter {
   ) {
     super();
     this.files = deps.files ?? nodeFiles;
+    this.rekeys = new RekeyInitiator({ clock: deps.clock, random: deps.random, logger: deps.logger });
   }
 
   static async open(config: GatewayConfig, deps: GatewayDeps, options: ProductionGatewayOptions = {}): Promise<ProductionGateway> {
@@ -148,12 +156,14 @@ export class ProductionGateway extends EventEmitter {
       snapshotIntervalMs: options.snapshotIntervalMs ?? config.protection.snapshotIntervalMs,
     });
     await gw.files.mkdir(config.dataDir);
+    gw.secrets = await LinkSecretStore.open(config.dataDir, gw.files);
     gw.runMarker = await openRunMarker(config.dataDir, config.intake?.bootIdPath ?? defaultBootIdPath, gw.writeBack, gw.files);
     for (const vmc of config.vms) await gw.openVm(vmc);
     if (config.link.port > 0) gw.setPeer({ host: config.link.host, port: config.link.port });
     gw.scheduleCheckpoints();
     gw.scheduleTicks();
     gw.scheduleSnapshots();
+    gw.scheduleRekeys();
     return gw;
   }
 
@@ -201,7 +211,7 @@ export class ProductionGateway extends EventEmitter {
     const transport = rate > 0 ? rateLimitedTransport(this.deps.transport, rate, this.deps.clock) : this.deps.transport;
     const link = new LinkClient({
       transport, host: peer.host, port: peer.port,
-      gatewayId: this.config.gatewayId, role: 'production', secret: peer.secret ?? this.config.link.secret,
+      gatewayId: this.config.gatewayId, role: 'production', secret: this.linkSecrets().current,
       clock: this.deps.clock, random: this.deps.random, logger: this.deps.logger,
     });
     link.on('connected', (conn: LinkConnection) => this.onConnected(conn));
@@ -211,6 +221,41 @@ export class ProductionGateway extends EventEmitter {
     });
     this.link = link;
     link.start();
+  }
+
+  /** The pairing's secrets now: the configured one (or the cluster pair's) until a rotation replaced it. */
+  private linkSecrets(): { initial: Buffer; current: Buffer; generation: number } {
+    const initial = this.peerCfg?.secret ?? this.config.link.secret;
+    const s = this.secrets?.get(initial) ?? { current: initial, generation: 0 };
+    return { initial, current: s.current, generation: s.generation };
+  }
+
+  /**
+   * Rotates the link secret with the DR gateway (link-rekey.ts); resolves with the new generation once both
+   * sides hold it durably. The link then reconnects with it and DR refuses the old one.
+   */
+  async rekey(): Promise<RekeyResult> {
+    if (this.closed) throw vrgError(ErrorCode.CLOSED, 'gateway is closed');
+    assert(this.secrets !== null, 'the link secret store is open');
+    return this.rekeys.run(this.conn, this.link, this.secrets, this.linkSecrets().initial);
+  }
+
+  /** The link secret's rotation count (0: the configured secret). */
+  get linkSecretGeneration(): number {
+    return this.linkSecrets().generation;
+  }
+
+  private scheduleRekeys(): void {
+    const everyMs = (this.config.link.rekeyIntervalSeconds ?? 0) * 1000;
+    if (everyMs <= 0) return;
+    const tick = (): void => {
+      if (this.closed) return;
+      if (this.conn !== null && !this.rekeys.running) {
+        this.rekey().catch((err: Error) => this.deps.logger.warn({ err: err.message }, 'scheduled link secret rotation failed'));
+      }
+      this.rekeyTimer = this.deps.clock.setTimer(everyMs, tick);
+    };
+    this.rekeyTimer = this.deps.clock.setTimer(everyMs, tick);
   }
 
   peerStatus(): { host: string; port: number; connected: boolean; everConnected: boolean; lastError: string | null; rttMs: number | null } | null {
@@ -497,6 +542,7 @@ export class ProductionGateway extends EventEmitter {
     this.checkpointTimer?.cancel();
     this.tickTimer?.cancel();
     this.snapshotTimer?.cancel();
+    this.rekeyTimer?.cancel();
     this.link?.stop();
     this.onDisconnected(null);
     for (const vm of this.vms.values()) await vm.close(false);
@@ -719,6 +765,7 @@ export class ProductionGateway extends EventEmitter {
     }
     conn.on('control', (type: number, msg: unknown) => {
       if (type === FrameType.CHECK_DIGESTS) return this.onDigests(msg as CheckDigests);
+      if (type === FrameType.REKEY_ACK) return this.rekeys.onAck(msg as RekeyAck);
       if (type === FrameType.FAILOVER_REQUEST) return void this.onFailoverRequest(conn, msg as FailoverRequest);
       // A Resume after the handshake: the peer's VMs changed role (dr-site.ts, production-site.ts). On a shared
       // connection the site forwards it (useConnection).

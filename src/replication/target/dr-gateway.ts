@@ -8,16 +8,18 @@ import type { LatencySummary } from '../../core/latency-histogram.js';
 import { limits } from '../../core/limits.js';
 import type { LinkConnection } from '../../link/connection.js';
 import { LinkServer } from '../../link/link-server.js';
+import { LinkSecretStore } from '../../link/link-secrets.js';
 import type { PeerSecretLookup } from '../../link/handshake.js';
 import { FrameType, type RawFrame } from '../../protocol/frame.js';
 import { declaredPlainBytes } from '../../pipeline/codec.js';
-import { encodeAck, encodeCheckDigests, type CheckRequest, type Resume, type VmState, type WriteBatch } from '../../protocol/messages.js';
+import { encodeAck, encodeCheckDigests, type CheckRequest, type Rekey, type Resume, type VmState, type WriteBatch } from '../../protocol/messages.js';
 import { digestVolume } from '../../volume/region-digests.js';
 import { openVolume } from '../../volume/open-volume.js';
 import type { Volume } from '../../volume/volume.js';
 import type { GatewayConfig, VmConfig } from '../config.js';
 import type { AlarmEvent, VmReplicationStatus } from '../control.js';
 import { stateNumber, type Mode, type StateName } from '../protection-state.js';
+import { answerRekey, promoteIfNext } from '../link-rekey.js';
 import { DrVm } from './dr-vm.js';
 import { TestClone, testExportName } from './test-clone.js';
 import { loadVmRole, saveVmRole, type VmRoleState } from '../vm-role.js';
@@ -107,6 +109,9 @@ export class DrGateway extends EventEmitter {
   private readonly roleDir: string;
   private readonly files: Files;
   private readonly listening: boolean;
+  /** Rotated link secrets (link-secrets.ts); null until open() read them. */
+  private secrets: LinkSecretStore | null = null;
+  private secretOps: Promise<void> = Promise.resolve();
 
   private constructor(readonly config: GatewayConfig, private readonly deps: GatewayDeps, opts: DrGatewayOptions) {
     super();
@@ -117,6 +122,7 @@ export class DrGateway extends EventEmitter {
     this.server = new LinkServer({
       transport: deps.transport, gatewayId: config.gatewayId, role: 'dr', secret: config.link.secret,
       clock: deps.clock, random: deps.random, logger: deps.logger, resume,
+      candidates: (initial) => this.secrets?.candidates(initial) ?? [initial],
     });
     this.server.on('connection', (conn: LinkConnection) => this.attach(conn));
   }
@@ -149,6 +155,8 @@ export class DrGateway extends EventEmitter {
   /** Opens every VM (each applies what its log holds past its checkpoint), then listens for production. */
   static async open(config: GatewayConfig, deps: GatewayDeps, opts: DrGatewayOptions = {}): Promise<DrGateway> {
     const gw = new DrGateway(config, deps, opts);
+    await gw.files.mkdir(config.dataDir);
+    gw.secrets = await LinkSecretStore.open(config.dataDir, gw.files);
     for (const vmc of config.vms) {
       const role = await loadVmRole(gw.roleDir, vmc.vmUuid, 'target', gw.files);
       if (role.role === 'source') {
@@ -496,9 +504,17 @@ export class DrGateway extends EventEmitter {
     return new Promise((resolve) => this.idleWaiters.push(resolve));
   }
 
+  /** Link secret changes one after the other: a rotation asked on a new connection waits for its promotion. */
+  private secretOp(op: () => Promise<void>): void {
+    this.secretOps = this.secretOps.then(op).catch((err: Error) =>
+      this.deps.logger.error({ err: err.message }, 'link secret rotation: storing the secret failed'));
+  }
+
   private attach(conn: LinkConnection): void {
     this.conn = conn;
     this.dropQueue();
+    const secrets = this.secrets;
+    if (secrets) this.secretOp(() => promoteIfNext(conn, secrets, this.deps.logger));
     conn.useFrameMemory(this.linkRing);
     conn.on('writeBatch', (seq: number, raw: RawFrame) => {
       if (this.queue.length >= limits.framesInFlightMax * 2) {
@@ -516,6 +532,7 @@ export class DrGateway extends EventEmitter {
       // A peer's reverse Resume: the VMs it is the target of, for this site's source side (dr-site.ts).
       else if (type === FrameType.RESUME) this.emit('peerResume', conn, msg as Resume);
       else if (type === FrameType.CHECK_REQUEST) void this.onCheckRequest(conn, msg as CheckRequest);
+      else if (type === FrameType.REKEY && secrets) this.secretOp(() => answerRekey(conn, msg as Rekey, secrets, this.deps.logger, this.deps.random));
     });
     conn.on('close', () => {
       if (this.conn === conn) {
