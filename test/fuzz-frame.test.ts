@@ -18,7 +18,7 @@ const frameSpec = fc.record({
   type: fc.integer({ min: 0, max: 255 }),
   seq: fc.oneof(fc.constant(0), fc.integer({ min: 0, max: frameSeqMax })),
   header: fc.uint8Array({ maxLength: 64 }),
-  payload: fc.uint8Array({ maxLength: 512 }),
+  payload: fc.uint8Array({ maxLength: 512, size: 'medium' }),
   seal: fc.constantFrom('none', 'sealed', 'encrypted'),
 });
 type FrameSpec = typeof frameSpec extends fc.Arbitrary<infer T> ? T : never;
@@ -60,8 +60,8 @@ t.test('FrameDecoder: any stream gives frames or a typed error, the same for eve
     const prefixOf = (a: Outcome, b: Outcome): boolean => isDeepStrictEqual(a.frames, b.frames.slice(0, a.frames.length));
     if (whole.error === null) return isDeepStrictEqual(whole, pieces) && isDeepStrictEqual(whole, bytewise);
     return whole.error === pieces.error && whole.error === bytewise.error && prefixOf(whole, bytewise) && prefixOf(pieces, bytewise);
-  }), fuzzParams(1500));
-  t.pass('1500 streams');
+  }), fuzzParams(3000));
+  t.pass('3000 streams');
 });
 
 t.test('frames round-trip through encodeFrame, the decoder and openFrame', async (t) => {
@@ -91,8 +91,8 @@ t.test('a changed sealed frame never opens: typed refusal, or the original bytes
       if (o.ok && !raw.bytes.equals(orig)) return false; // a forged or altered frame was accepted
     }
     return true;
-  }), fuzzParams(1000));
-  t.pass('1000 mutated sealed frames');
+  }), fuzzParams(2000));
+  t.pass('2000 mutated sealed frames');
 });
 
 // ---- message codecs ----

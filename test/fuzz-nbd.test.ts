@@ -251,7 +251,7 @@ t.test('NbdServer on 127.0.0.1: mutated client streams are answered or dropped, 
     });
   });
 
-  const runs = fuzzParams<[Buffer, number[], number]>(400);
+  const runs = fuzzParams<[Buffer, number[], number]>(600);
   await fc.assert(fc.asyncProperty(fuzzBytes(clientStream, 400), cuts, fc.integer({ min: 0, max: 9 }), async (b, at, mode) => {
     const reply = await exchange(split(b, at), mode !== 0); // one in ten keeps its side open: timeouts close it
     if (reply.length >= GREETING_BYTES && !reply.subarray(0, GREETING_BYTES).equals(greeting)) return false;

@@ -54,7 +54,7 @@ function applyMutation(b: Buffer, m: Mutation): Buffer {
 /** `valid`'s encodings with 1..4 byte mutations (flip, set, insert, delete, truncate, duplicate). */
 export function mutated(valid: fc.Arbitrary<Uint8Array>): fc.Arbitrary<Buffer> {
   return fc.tuple(valid, fc.array(mutation, { minLength: 1, maxLength: 4 }))
-    .map(([v, ms]) => ms.reduce((b, m) => applyMutation(b, m), Buffer.from(v)));
+    .map(([v, ms]) => ms.reduce<Buffer>((b, m) => applyMutation(b, m), Buffer.from(v)));
 }
 
 /** Valid encodings, mutated ones and fully random bytes, in about equal shares. */
@@ -62,7 +62,8 @@ export function fuzzBytes(valid: fc.Arbitrary<Uint8Array>, maxRandom = 256): fc.
   return fc.oneof(
     valid.map((v) => Buffer.from(v)),
     mutated(valid),
-    fc.uint8Array({ maxLength: maxRandom }).map((v) => Buffer.from(v)),
+    // size 'max': by default fast-check keeps arrays to a few elements.
+    fc.uint8Array({ maxLength: maxRandom, size: 'max' }).map((v) => Buffer.from(v)),
   );
 }
 
