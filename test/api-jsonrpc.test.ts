@@ -320,6 +320,11 @@ t.test('HTTPS: pairing over the HTTPS listener pins both certificates', async (t
   t.equal(decodeClusterPairingKey(clusterPairingKey).certFingerprint, await fp(d), 'the key carries the starter\'s fingerprint');
   t.equal(p.api.service.store.state.rpc!.clusterPairs[0]!.peerCertFingerprint, await fp(d), 'production pinned DR');
   t.equal(d.api.service.store.state.rpc!.clusterPairs[0]!.peerCertFingerprint, await fp(p), 'DR pinned production');
+  // A pair stored before pinning existed has no fingerprint: its calls still go (unverified, with a warning).
+  await d.api.service.store.update((s) => { delete s.rpc!.clusterPairs[0]!.peerCertFingerprint; });
+  const [src, dst] = [await createVolume(p, 'src', MiB), await createVolume(d, 'dst', MiB)];
+  const { volumePairingKey } = await p.rpc.ok('StartVolumePairing', { volumeID: src.volumeID });
+  t.same(await d.rpc.ok('CompleteVolumePairing', { volumeID: dst.volumeID, volumePairingKey }), {}, 'a legacy unpinned pair still works');
   await until(() => prod(p).peerStatus()?.connected === true, 15_000, 'link up');
   const http = new JsonRpcClient(`${p.api.url.replace(/\/vrgservice$/, '')}/json-rpc/12.5`);
   t.equal((await http.ok('ListClusterPairs')).clusterPairs.length, 1, 'the HTTP listener serves the same state');
