@@ -1,5 +1,7 @@
 import t, { type Test } from 'tap';
+import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
+import { certFingerprint } from '../src/api/rest/tls.js';
 import type { Clock } from '../src/core/clock.js';
 import { decodeClusterPairingKey, decodeVolumePairingKey, encodeClusterPairingKey, encodeVolumePairingKey } from '../src/api/jsonrpc/pairing-keys.js';
 import { DrGateway } from '../src/replication/target/dr-gateway.js';
@@ -308,12 +310,21 @@ t.test('one store: a VM protected through REST is a paired volume here, and JSON
   t.same((await p.rpc.ok('ListActivePairedVolumes')).volumes, []);
 });
 
-t.test('HTTPS: pairing over the HTTPS listener (certificate not verified on loopback)', async (t) => {
+t.test('HTTPS: pairing over the HTTPS listener pins both certificates', async (t) => {
   const [p, d] = [await gateway(t, 'production', { httpsPort: 0 }), await gateway(t, 'dr', { httpsPort: 0 })];
   t.match(p.api.jsonRpcUrl, /^https:\/\/127\.0\.0\.1:\d+\/json-rpc\/12\.5$/);
   const { clusterPairingKey } = await d.rpc.ok('StartClusterPairing');
   t.match(decodeClusterPairingKey(clusterPairingKey).mvip, /^https:/);
   await p.rpc.ok('CompleteClusterPairing', { clusterPairingKey });
+  const fp = async (g: Gw) => certFingerprint(await readFile(join(g.config.dataDir, 'api', 'https-cert.pem'), 'utf8'));
+  t.equal(decodeClusterPairingKey(clusterPairingKey).certFingerprint, await fp(d), 'the key carries the starter\'s fingerprint');
+  t.equal(p.api.service.store.state.rpc!.clusterPairs[0]!.peerCertFingerprint, await fp(d), 'production pinned DR');
+  t.equal(d.api.service.store.state.rpc!.clusterPairs[0]!.peerCertFingerprint, await fp(p), 'DR pinned production');
+  // A pair stored before pinning existed has no fingerprint: its calls still go (unverified, with a warning).
+  await d.api.service.store.update((s) => { delete s.rpc!.clusterPairs[0]!.peerCertFingerprint; });
+  const [src, dst] = [await createVolume(p, 'src', MiB), await createVolume(d, 'dst', MiB)];
+  const { volumePairingKey } = await p.rpc.ok('StartVolumePairing', { volumeID: src.volumeID });
+  t.same(await d.rpc.ok('CompleteVolumePairing', { volumeID: dst.volumeID, volumePairingKey }), {}, 'a legacy unpinned pair still works');
   await until(() => prod(p).peerStatus()?.connected === true, 15_000, 'link up');
   const http = new JsonRpcClient(`${p.api.url.replace(/\/vrgservice$/, '')}/json-rpc/12.5`);
   t.equal((await http.ok('ListClusterPairs')).clusterPairs.length, 1, 'the HTTP listener serves the same state');

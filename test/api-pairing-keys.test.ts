@@ -149,6 +149,24 @@ t.test('round trips', async (t) => {
   t.same(decodeVolumePairingKey(withExtra), vol, 'unknown extra fields are ignored and dropped');
 });
 
+t.test('certFingerprint: an optional VRG field, first in order, 64 lowercase hex digits', async (t) => {
+  const fp = 'ab'.repeat(32);
+  const hex = encodeClusterPairingKey({ ...DOC_CLUSTER_FIELDS, certFingerprint: fp });
+  const back = decodeClusterPairingKey(hex);
+  t.equal(back.certFingerprint, fp);
+  t.same(Object.keys(back), ['certFingerprint', ...Object.keys(DOC_CLUSTER_FIELDS)], 'alphabetical: first');
+  t.notOk('certFingerprint' in decodeClusterPairingKey(unwrap(DOC_CLUSTER_KEY)), 'an Element key without it decodes, without it');
+  const hexOf = (v: unknown) => Buffer.from(JSON.stringify(v)).toString('hex');
+  for (const bad of ['AB'.repeat(32), 'ab'.repeat(31), `${'ab'.repeat(32)}0`, 'AB:'.repeat(31) + 'AB', '', 42, null]) {
+    catchCode(t, () => decodeClusterPairingKey(hexOf({ ...DOC_CLUSTER_FIELDS, certFingerprint: bad })), ErrorCode.PAIRING_KEY_INVALID, `certFingerprint ${JSON.stringify(bad)}`);
+  }
+  const { iss } = issuer();
+  const issued = iss.issueCluster({ ...CLUSTER_PARAMS, certFingerprint: fp });
+  secrets.add(issued.clusterPairingKey);
+  t.equal(decodeClusterPairingKey(issued.clusterPairingKey).certFingerprint, fp, 'the issuer puts it in the key');
+  t.equal(iss.redeemClusterKey(issued.clusterPairingKey).certFingerprint, fp, 'and in the grant');
+});
+
 t.test('malformed keys are refused with PAIRING_KEY_INVALID', async (t) => {
   const hexOf = (v: unknown) => Buffer.from(typeof v === 'string' ? v : JSON.stringify(v)).toString('hex');
   const bad: Array<[string, unknown]> = [

@@ -58,6 +58,8 @@ export const ErrorCode = {
   PAIRING_KEY_EXPIRED: 'VRG_PAIRING_KEY_EXPIRED',
   PAIRING_KEY_USED: 'VRG_PAIRING_KEY_USED',
   PAIRING_KEY_LIMIT: 'VRG_PAIRING_KEY_LIMIT',
+  // Gateway-to-gateway HTTPS (src/api/jsonrpc/peer-rpc-client.ts): the peer's certificate is not the pinned one
+  PEER_CERT_MISMATCH: 'VRG_PEER_CERT_MISMATCH',
   // Management API authentication (details.errorCode = the VRG REST document's number, src/api/auth/error-codes.ts)
   AUTH_NOT_LOGGED_IN: 'VRG_AUTH_NOT_LOGGED_IN',
   AUTH_INVALID_PASSWORD: 'VRG_AUTH_INVALID_PASSWORD',

@@ -1,7 +1,7 @@
 import { ProductionGateway } from '../../replication/source/production-gateway.js';
 import type { StoredClusterPair } from '../store/api-store.js';
 import { decodeClusterPairingKey, PAIRING_KEY_HEX_MAX } from './pairing-keys.js';
-import { callPeer } from './peer-rpc-client.js';
+import { callPeer, isHttpsMvip } from './peer-rpc-client.js';
 import {
   CLUSTER_PAIRS_MAX, ELEMENT_VERSION, linkSecret, rpcState, role, updateRpc, uuidV4, type RpcContext,
 } from './rpc-context.js';
@@ -13,6 +13,8 @@ import { invalidParam, reqInt, reqString, type Params } from './rpc-params.js';
 // completes: it calls A's internal VrgPairCluster with that credential; each side contributes 32 fresh
 // random bytes and both derive the link secret from them; both store the pair. The production side then
 // dials the DR side with that secret, and the DR side accepts that secret for that production gateway id.
+// Certificates: A's key carries A's HTTPS certificate fingerprint, B's call to A is pinned to it (a key
+// without one for an HTTPS mvip is refused); B sends its own in `peer`; each side stores the other's.
 //
 // The engine's production side has ONE link peer. The "active" pair is the one whose DR link address is
 // the store's `peer` (also what REST GET /vrgmap shows): the first pair a production gateway makes becomes
@@ -30,6 +32,8 @@ interface SelfInfo {
   version: string;
   linkHost: string;
   linkPort: number;
+  /** The gateway's HTTPS certificate fingerprint ('' when it serves no HTTPS). */
+  certFingerprint: string;
 }
 
 function selfInfo(ctx: RpcContext): SelfInfo {
@@ -37,6 +41,7 @@ function selfInfo(ctx: RpcContext): SelfInfo {
   return {
     gatewayId: ctx.gw.config.gatewayId, uuid: ctx.store.state.gatewayUuid, role: role(ctx), mvip: ctx.mvip(),
     version: ELEMENT_VERSION, linkHost: dr === null ? '' : dr.config.link.host, linkPort: dr === null ? 0 : dr.linkPort,
+    certFingerprint: ctx.certFingerprint() ?? '',
   };
 }
 
@@ -46,7 +51,11 @@ function peerInfo(v: unknown): SelfInfo {
   const ok = strs.every((k) => typeof o[k] === 'string' && (o[k] as string).length <= 256) &&
     (o.role === 'production' || o.role === 'dr') && Number.isInteger(o.linkPort) && (o.gatewayId as string).length > 0;
   if (!ok) throw invalidParam('peer', 'must describe the peer gateway');
-  return o as unknown as SelfInfo;
+  const certFingerprint = o.certFingerprint ?? '';
+  if (typeof certFingerprint !== 'string' || !/^([0-9a-f]{64})?$/.test(certFingerprint)) {
+    throw invalidParam('peer', 'certFingerprint must be a SHA-256 in lowercase hex');
+  }
+  return { ...(o as unknown as SelfInfo), certFingerprint };
 }
 
 function nonceOf(v: unknown): Buffer {
@@ -86,6 +95,7 @@ export function startClusterPairing(ctx: RpcContext): { clusterPairingKey: strin
   const clusterPairUUID = uuidV4(ctx.random);
   const issued = ctx.issuer.issueCluster({
     clusterPairID, clusterPairUUID, clusterUniqueID: ctx.store.state.gatewayUuid, mvip: ctx.mvip(), name: ctx.gw.config.gatewayId,
+    ...(ctx.certFingerprint() === null ? {} : { certFingerprint: ctx.certFingerprint()! }),
   });
   ctx.pendingClusters.set(clusterPairID, { clusterPairUUID, expiresAtMs: issued.expiresAtMs });
   return { clusterPairingKey: issued.clusterPairingKey, clusterPairID };
@@ -94,18 +104,22 @@ export function startClusterPairing(ctx: RpcContext): { clusterPairingKey: strin
 /** On gateway B: redeem A's key at A, derive the link secret, store the pair, bring the link up. */
 export async function completeClusterPairing(ctx: RpcContext, params: Params): Promise<{ clusterPairID: number }> {
   const key = reqString(params, 'clusterPairingKey', PAIRING_KEY_HEX_MAX);
-  const { password, username, ...fields } = decodeClusterPairingKey(key);
+  const { password, username, certFingerprint, ...fields } = decodeClusterPairingKey(key);
+  const pin = certFingerprint ?? null;
+  if (pin === null && isHttpsMvip(fields.mvip)) {
+    throw rpcError(RpcErrorName.PAIRING_KEY_INVALID, 'the key carries no certificate fingerprint to pin the starter\'s HTTPS (an older VRG?): start the pairing again on an upgraded gateway');
+  }
   // The starter's role is learnt from its answer; check what can be checked before contacting it.
   checkNewPair(ctx, { uuid: fields.clusterUniqueID, role: '' }, pendingLive(ctx));
   const myNonce = ctx.random.bytes(NONCE_BYTES);
   const reply = await callPeer(fields.mvip, { username, password }, INTERNAL_PAIR_CLUSTER, {
     ...fields, peer: selfInfo(ctx), nonce: myNonce.toString('hex'),
-  });
+  }, pin);
   const peer = peerInfo(reply.peer);
   const secret = linkSecret(fields.clusterPairUUID, myNonce, nonceOf(reply.nonce));
   checkNewPair(ctx, peer, pendingLive(ctx)); // the starter checked too; its answer is not trusted blindly
   const clusterPairID = nextPairId(ctx);
-  await storePair(ctx, { clusterPairID, clusterPairUUID: fields.clusterPairUUID, peer, secret });
+  await storePair(ctx, { clusterPairID, clusterPairUUID: fields.clusterPairUUID, peer, secret, pin });
   return { clusterPairID };
 }
 
@@ -122,6 +136,9 @@ export async function pairClusterRemote(ctx: RpcContext, params: Params, creds: 
     throw rpcError(RpcErrorName.PAIRING_KEY_INVALID, 'this pairing was cancelled (RemoveClusterPair) or has expired');
   }
   const peer = peerInfo(params.peer);
+  if (peer.certFingerprint === '' && isHttpsMvip(peer.mvip)) {
+    throw invalidParam('peer', 'must carry the certificate fingerprint of its HTTPS mvip (an older VRG?)');
+  }
   const completerNonce = nonceOf(params.nonce);
   pendingLive(ctx);
   checkNewPair(ctx, peer, ctx.pendingClusters.has(expect.clusterPairID) ? ctx.pendingClusters.size - 1 : ctx.pendingClusters.size);
@@ -129,21 +146,24 @@ export async function pairClusterRemote(ctx: RpcContext, params: Params, creds: 
   ctx.pendingClusters.delete(expect.clusterPairID);
   const myNonce = ctx.random.bytes(NONCE_BYTES);
   const secret = linkSecret(expect.clusterPairUUID, completerNonce, myNonce);
-  await storePair(ctx, { clusterPairID: expect.clusterPairID, clusterPairUUID: expect.clusterPairUUID, peer, secret });
+  await storePair(ctx, { clusterPairID: expect.clusterPairID, clusterPairUUID: expect.clusterPairUUID, peer, secret, pin: peer.certFingerprint || null });
   return { peer: selfInfo(ctx), nonce: myNonce.toString('hex') };
 }
 
-async function storePair(ctx: RpcContext, p: { clusterPairID: number; clusterPairUUID: string; peer: SelfInfo; secret: Buffer }): Promise<void> {
+type NewPair = { clusterPairID: number; clusterPairUUID: string; peer: SelfInfo; secret: Buffer; pin: string | null };
+
+async function storePair(ctx: RpcContext, p: NewPair): Promise<void> {
   const pair: StoredClusterPair = {
     clusterPairID: p.clusterPairID, clusterPairUUID: p.clusterPairUUID, peerName: p.peer.gatewayId, peerGatewayId: p.peer.gatewayId,
     peerUuid: p.peer.uuid, peerRole: p.peer.role, peerMvip: p.peer.mvip, peerVersion: p.peer.version,
     linkHost: p.peer.linkHost, linkPort: p.peer.linkPort, linkSecretHex: p.secret.toString('hex'), createdAtMs: ctx.clock.nowMs(),
+    ...(p.pin === null ? {} : { peerCertFingerprint: p.pin }),
   };
   await updateRpc(ctx, (rpc) => {
     rpc.clusterPairs.push(pair);
     rpc.nextClusterPairID = Math.max(rpc.nextClusterPairID, pair.clusterPairID + 1);
   });
-  ctx.logger.info({ clusterPairID: pair.clusterPairID, peer: pair.peerGatewayId }, 'cluster pair stored');
+  ctx.logger.info({ clusterPairID: pair.clusterPairID, peer: pair.peerGatewayId, pinned: p.pin !== null }, 'cluster pair stored');
   await applyLink(ctx);
 }
 

@@ -53,6 +53,8 @@ export interface JsonRpcFaceOptions {
   random: Random;
   /** This gateway's management URL once listening (http(s)://host:port). */
   mvip: () => string;
+  /** This gateway's HTTPS certificate fingerprint once listening (null: no HTTPS). */
+  certFingerprint: () => string | null;
 }
 
 export interface RpcReply {
@@ -83,7 +85,7 @@ export class JsonRpcFace {
 
   constructor(private readonly o: JsonRpcFaceOptions) {
     this.ctx = {
-      gw: o.gw, service: o.service, store: o.store, clock: o.clock, random: o.random, mvip: o.mvip,
+      gw: o.gw, service: o.service, store: o.store, clock: o.clock, random: o.random, mvip: o.mvip, certFingerprint: o.certFingerprint,
       logger: o.logger.child({ front: 'jsonrpc' }), issuer: new PairingKeyIssuer({ clock: o.clock, random: o.random }),
       pendingClusters: new Map(), pendingVolumes: new Map(), linkedPairUUID: null,
     };

@@ -5,6 +5,8 @@ import { elementMode, type EngineMode } from './rpc-params.js';
 // administrator's tool would (`vrg demo --api jsonrpc`): StartClusterPairing on DR, CompleteClusterPairing
 // on production; per volume CreateVolume on both sides, StartVolumePairing on production,
 // CompleteVolumePairing on DR. Each volume becomes its own volume pair (one engine VM per volume).
+// These are an administrator's calls to each gateway, not gateway-to-gateway ones: nothing is pinned
+// (`vrg demo` serves plain HTTP on loopback); the gateways pin each other during the pairing itself.
 
 export interface SetupVolume {
   name: string;
@@ -19,15 +21,16 @@ export async function pairOverJsonRpc(o: {
   productionMvip: string; drMvip: string; user: string; password: string; volumes: SetupVolume[]; mode: EngineMode;
 }): Promise<void> {
   const admin = { username: o.user, password: o.password };
-  const started = await callPeer(o.drMvip, admin, 'StartClusterPairing', {});
-  await callPeer(o.productionMvip, admin, 'CompleteClusterPairing', { clusterPairingKey: started.clusterPairingKey });
+  const call = (mvip: string, method: string, params: Record<string, unknown>) => callPeer(mvip, admin, method, params, null);
+  const started = await call(o.drMvip, 'StartClusterPairing', {});
+  await call(o.productionMvip, 'CompleteClusterPairing', { clusterPairingKey: started.clusterPairingKey });
   for (const v of o.volumes) {
-    const create = (mvip: string, url: string) => callPeer(mvip, admin, 'CreateVolume', {
+    const create = (mvip: string, url: string) => call(mvip, 'CreateVolume', {
       name: v.name, accountID: 1, totalSize: v.sizeBytes, enable512e: false, attributes: { volUuid: v.volUuid, url },
     });
     const src = await create(o.productionMvip, v.sourcePath);
     const dst = await create(o.drMvip, v.targetPath);
-    const key = await callPeer(o.productionMvip, admin, 'StartVolumePairing', { volumeID: src.volumeID, mode: elementMode(o.mode) });
-    await callPeer(o.drMvip, admin, 'CompleteVolumePairing', { volumeID: dst.volumeID, volumePairingKey: key.volumePairingKey });
+    const key = await call(o.productionMvip, 'StartVolumePairing', { volumeID: src.volumeID, mode: elementMode(o.mode) });
+    await call(o.drMvip, 'CompleteVolumePairing', { volumeID: dst.volumeID, volumePairingKey: key.volumePairingKey });
   }
 }

@@ -15,7 +15,8 @@ import type { Random } from '../../core/random.js';
 // Field order is the documents' (alphabetical); numbers are JSON integers, everything else strings.
 // Decoding is strict: hex only, even length, ≤ PAIRING_KEY_HEX_MAX chars, valid UTF-8, a JSON object,
 // every documented field present with its type. Unknown extra fields are ignored and dropped (newer
-// Element releases may add some). Errors never carry the key, its JSON, or a JSON.parse cause (whose
+// Element releases may add some). VRG adds one optional cluster key field, `certFingerprint`: the lowercase
+// hex SHA-256 of the issuer's HTTPS certificate (DER), which the completing gateway pins. Errors never carry the key, its JSON, or a JSON.parse cause (whose
 // message quotes the input): a key holds a password.
 
 /** Longest key accepted, in hex characters (2 KiB of JSON; the documents' cluster key is 496). */
@@ -24,6 +25,8 @@ const STRING_MAX = 256;
 const UUID_RE = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
 
 export interface ClusterPairingKeyFields {
+  /** VRG: the issuer's HTTPS certificate fingerprint (absent: an issuer without HTTPS, or an older VRG). */
+  certFingerprint?: string;
   clusterPairID: number;
   clusterPairUUID: string;
   clusterUniqueID: string;
@@ -41,8 +44,10 @@ export interface VolumePairingKeyFields {
   volumePairUUID: string;
 }
 
-type FieldKind = 'uint' | 'posint' | 'string' | 'uuid';
-const CLUSTER_FIELDS: ReadonlyArray<readonly [keyof ClusterPairingKeyFields, FieldKind]> = [
+type FieldKind = 'uint' | 'posint' | 'string' | 'uuid' | 'sha256?';
+type FieldSpec<T> = ReadonlyArray<readonly [keyof T, FieldKind]>;
+const CLUSTER_FIELDS: FieldSpec<ClusterPairingKeyFields> = [
+  ['certFingerprint', 'sha256?'],
   ['clusterPairID', 'uint'],
   ['clusterPairUUID', 'uuid'],
   ['clusterUniqueID', 'string'],
@@ -52,7 +57,7 @@ const CLUSTER_FIELDS: ReadonlyArray<readonly [keyof ClusterPairingKeyFields, Fie
   ['rpcConnectionID', 'uint'],
   ['username', 'string'],
 ];
-const VOLUME_FIELDS: ReadonlyArray<readonly [keyof VolumePairingKeyFields, FieldKind]> = [
+const VOLUME_FIELDS: FieldSpec<VolumePairingKeyFields> = [
   ['mvip', 'string'],
   ['volumeID', 'posint'],
   ['volumeName', 'string'],
@@ -69,17 +74,20 @@ function fieldProblem(value: unknown, kind: FieldKind): string | null {
     return value < (kind === 'posint' ? 1 : 0) ? 'out of range' : null;
   }
   if (typeof value !== 'string') return 'not a string';
+  if (kind === 'sha256?') return /^[0-9a-f]{64}$/.test(value) ? null : 'not a SHA-256 in lowercase hex';
   if (value.length === 0 || value.length > STRING_MAX) return 'bad length';
   if (/[\u0000-\u001f\u007f]/.test(value)) return 'control character';
   return kind === 'uuid' && !UUID_RE.test(value) ? 'not a UUID' : null;
 }
 
 /** Copy the listed fields in order, checking each; the reported detail names the field, never its value. */
-function pickFields<T>(obj: Record<string, unknown>, spec: ReadonlyArray<readonly [keyof T, FieldKind]>, what: string): T {
+function pickFields<T>(obj: Record<string, unknown>, spec: FieldSpec<T>, what: string): T {
   const out: Record<string, unknown> = {};
   for (const [name, kind] of spec) {
     const field = String(name);
-    if (!Object.prototype.hasOwnProperty.call(obj, field)) throw invalid(what, { field, reason: 'missing' });
+    const present = Object.prototype.hasOwnProperty.call(obj, field) && obj[field] !== undefined;
+    if (!present && kind.endsWith('?')) continue; // an optional field: absent stays absent
+    if (!present) throw invalid(what, { field, reason: 'missing' });
     const reason = fieldProblem(obj[field], kind);
     if (reason !== null) throw invalid(what, { field, reason });
     out[field] = obj[field];
@@ -87,7 +95,7 @@ function pickFields<T>(obj: Record<string, unknown>, spec: ReadonlyArray<readonl
   return out as T;
 }
 
-function encodeKey<T>(fields: T, spec: ReadonlyArray<readonly [keyof T, FieldKind]>, what: string): string {
+function encodeKey<T>(fields: T, spec: FieldSpec<T>, what: string): string {
   if (typeof fields !== 'object' || fields === null) throw invalid(what, { reason: 'not an object' });
   const ordered = pickFields<T>(fields as Record<string, unknown>, spec, what);
   const hex = Buffer.from(JSON.stringify(ordered), 'utf8').toString('hex');
@@ -95,7 +103,7 @@ function encodeKey<T>(fields: T, spec: ReadonlyArray<readonly [keyof T, FieldKin
   return hex;
 }
 
-function decodeKey<T>(hex: unknown, spec: ReadonlyArray<readonly [keyof T, FieldKind]>, what: string): T {
+function decodeKey<T>(hex: unknown, spec: FieldSpec<T>, what: string): T {
   if (typeof hex !== 'string') throw invalid(what, { reason: 'not a string' });
   if (hex.length === 0 || hex.length > PAIRING_KEY_HEX_MAX) {
     throw invalid(what, { reason: 'bad length', length: hex.length, maxChars: PAIRING_KEY_HEX_MAX });
@@ -192,6 +200,8 @@ export interface ClusterIssueParams {
   name: string;
   /** Element's RPC connection id; a random 31-bit value when omitted. */
   rpcConnectionID?: number;
+  /** The issuer's HTTPS certificate fingerprint, carried in the key (omitted: the key carries none). */
+  certFingerprint?: string;
 }
 
 export interface VolumeIssueParams {
@@ -248,6 +258,7 @@ export class PairingKeyIssuer {
     const username = `__VRG_pair_${this.base62(16)}`;
     const password = this.random.bytes(24).toString('base64url');
     const fields: ClusterPairingKeyFields = {
+      ...(params.certFingerprint === undefined ? {} : { certFingerprint: params.certFingerprint }),
       clusterPairID: params.clusterPairID,
       clusterPairUUID: params.clusterPairUUID,
       clusterUniqueID: params.clusterUniqueID,

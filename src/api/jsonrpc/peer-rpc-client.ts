@@ -1,12 +1,18 @@
 import { request as httpRequest } from 'node:http';
 import { request as httpsRequest } from 'node:https';
+import { isIP } from 'node:net';
+import { connect as tlsConnect, type TLSSocket } from 'node:tls';
+import { ErrorCode, isVrgError, vrgError } from '../../core/errors.js';
+import { derFingerprint } from '../rest/tls.js';
 import { RpcError, RpcErrorName } from './rpc-errors.js';
 
 // Calls a peer gateway's JSON-RPC endpoint (cluster and volume pairing run on both gateways). `mvip` is
-// the peer's management URL as its pairing key carries it: http(s)://host:port. HTTPS certificates are NOT
-// verified (gateways generate self-signed ones, and the Element key format has no field to pin one): the
-// pairing credential and the link secret contributions then rely on the network path. Operators who need
-// more run the management network on a trusted segment; pinning is a follow-up (see README).
+// the peer's management URL as its pairing key carries it: http(s)://host:port. Gateways' certificates are
+// self-signed, so there is no CA to verify against: a call between paired gateways is PINNED instead to
+// the certificate fingerprint exchanged at pairing (SHA-256 of the DER). The TLS handshake completes, the
+// fingerprint is compared, and only then does the request (with its credential) go out on that socket;
+// a different certificate is PEER_CERT_MISMATCH and nothing is sent. `pin` null: unverified (an admin's
+// own tool, or a pair stored before pinning existed).
 
 export const PEER_RPC_TIMEOUT_MS = 15_000;
 export const PEER_RPC_VERSION = '12.5';
@@ -30,17 +36,63 @@ export function parseMvip(mvip: string): URL {
   return url;
 }
 
-/** One call; the peer's {error} becomes an RpcError with the peer's name (prefixed message). */
-export async function callPeer(mvip: string, creds: PeerCredentials, method: string, params: unknown): Promise<Record<string, unknown>> {
+/** Whether calls to this mvip go over HTTPS (and so carry a certificate to pin). */
+export function isHttpsMvip(mvip: string): boolean {
+  return parseMvip(mvip).protocol === 'https:';
+}
+
+/** A TLS connection whose leaf certificate has fingerprint `pin`, or PEER_CERT_MISMATCH (socket closed). */
+function connectPinned(host: string, port: number, pin: string): Promise<TLSSocket> {
+  return new Promise((resolve, reject) => {
+    // No CA can vouch for a self-signed certificate: the fingerprint below is the verification.
+    const sock = tlsConnect({ host, port, rejectUnauthorized: false, ...(isIP(host) === 0 ? { servername: host } : {}) });
+    const timer = setTimeout(() => sock.destroy(new Error(`no TLS handshake within ${PEER_RPC_TIMEOUT_MS} ms`)), PEER_RPC_TIMEOUT_MS);
+    sock.once('error', (err) => {
+      clearTimeout(timer);
+      reject(err);
+    });
+    sock.once('secureConnect', () => {
+      clearTimeout(timer);
+      const der = sock.getPeerCertificate().raw as Buffer | undefined;
+      const seen = der === undefined ? 'none' : derFingerprint(der);
+      if (seen === pin) {
+        resolve(sock);
+        return;
+      }
+      sock.destroy();
+      reject(vrgError(ErrorCode.PEER_CERT_MISMATCH,
+        `peer gateway ${host}:${port} presented certificate sha256 ${seen}, not the one pinned at pairing (${pin}): refused, nothing sent`,
+        { host, port, pinned: pin, presented: seen }));
+    });
+  });
+}
+
+/**
+ * One call; the peer's {error} becomes an RpcError with the peer's name (prefixed message). `pin`: the
+ * peer's certificate fingerprint (HTTPS only), or null for an unverified call.
+ */
+export async function callPeer(mvip: string, creds: PeerCredentials, method: string, params: unknown, pin: string | null): Promise<Record<string, unknown>> {
   const url = parseMvip(mvip);
+  if (pin !== null && url.protocol !== 'https:') {
+    throw vrgError(ErrorCode.PEER_CERT_MISMATCH, `peer gateway ${url.host} has a pinned certificate but its mvip is plain HTTP: refused`, { mvip });
+  }
   const body = JSON.stringify({ method, params, id: 1 });
   const auth = Buffer.from(`${creds.username}:${creds.password}`, 'utf8').toString('base64');
-  const send = url.protocol === 'https:' ? httpsRequest : httpRequest;
+  const host = url.hostname.replace(/^\[|\]$/g, '');
+  const port = Number(url.port || (url.protocol === 'https:' ? 443 : 80));
+  const unreachable = (err: Error): never => {
+    if (isVrgError(err, ErrorCode.PEER_CERT_MISMATCH)) throw err;
+    throw new RpcError(RpcErrorName.REMOTE_UNREACHABLE, `peer gateway ${url.host} unreachable: ${err.message}`);
+  };
+  const pinned = pin === null ? null : await connectPinned(host, port, pin).catch(unreachable);
+  // A pinned socket carries plain HTTP framing over its checked TLS; otherwise Node opens the connection.
+  const send = url.protocol === 'https:' && pinned === null ? httpsRequest : httpRequest;
   const reply = await new Promise<{ status: number; text: string }>((resolve, reject) => {
     const req = send({
-      host: url.hostname.replace(/^\[|\]$/g, ''), port: Number(url.port || (url.protocol === 'https:' ? 443 : 80)), method: 'POST', path: `/json-rpc/${PEER_RPC_VERSION}`,
+      host, port, method: 'POST', path: `/json-rpc/${PEER_RPC_VERSION}`,
       headers: { 'content-type': 'application/json', authorization: `Basic ${auth}`, 'content-length': Buffer.byteLength(body) },
-      timeout: PEER_RPC_TIMEOUT_MS, ...(url.protocol === 'https:' ? { rejectUnauthorized: false } : {}),
+      timeout: PEER_RPC_TIMEOUT_MS,
+      ...(pinned !== null ? { createConnection: () => pinned } : url.protocol === 'https:' ? { rejectUnauthorized: false } : {}),
     }, (res) => {
       const chunks: Buffer[] = [];
       let n = 0;
@@ -55,9 +107,7 @@ export async function callPeer(mvip: string, creds: PeerCredentials, method: str
     req.on('timeout', () => req.destroy(new Error(`no answer within ${PEER_RPC_TIMEOUT_MS} ms`)));
     req.on('error', reject);
     req.end(body);
-  }).catch((err: Error) => {
-    throw new RpcError(RpcErrorName.REMOTE_UNREACHABLE, `peer gateway ${url.host} unreachable: ${err.message}`);
-  });
+  }).catch(unreachable);
   let parsed: { result?: unknown; error?: { name?: unknown; message?: unknown } };
   try {
     parsed = JSON.parse(reply.text) as typeof parsed;

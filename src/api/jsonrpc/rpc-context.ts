@@ -6,6 +6,7 @@ import { DrGateway } from '../../replication/target/dr-gateway.js';
 import type { ApiService, Gateway } from '../rest/api-service.js';
 import type { ApiStore, RpcState, StoredClusterPair, StoredRpcVolume, StoredVm } from '../store/api-store.js';
 import type { PairingKeyIssuer } from './pairing-keys.js';
+import { isHttpsMvip } from './peer-rpc-client.js';
 import type { EngineMode } from './rpc-params.js';
 
 // What the JSON-RPC methods share: the one engine, the one store (ApiStore, also the REST face's), the
@@ -38,6 +39,8 @@ export interface RpcContext {
   logger: Logger;
   /** This gateway's management URL (a pairing key's mvip): http(s)://host:port. */
   mvip(): string;
+  /** This gateway's HTTPS certificate fingerprint (null: no HTTPS listener). */
+  certFingerprint(): string | null;
   /** Started cluster pairings by clusterPairID. */
   pendingClusters: Map<number, PendingClusterPair>;
   /** Started volume pairings by SHA-256 of the volumePairUUID (the key's one-time token). */
@@ -90,6 +93,16 @@ export function linkSecret(clusterPairUUID: string, completerNonce: Buffer, star
 export function pairRpcCredentials(pair: StoredClusterPair): { username: string; password: string } {
   const password = createHmac('sha256', Buffer.from(pair.linkSecretHex, 'hex')).update('vrg-cluster-rpc-v1').digest('base64url');
   return { username: `__VRG_cp_${pair.clusterPairUUID}`, password };
+}
+
+/** The fingerprint later calls to the pair's peer must see; null (warned) for a pair stored before pinning. */
+export function pairPin(ctx: RpcContext, pair: StoredClusterPair): string | null {
+  const pin = pair.peerCertFingerprint ?? null;
+  if (pin === null && isHttpsMvip(pair.peerMvip)) {
+    ctx.logger.warn({ clusterPairID: pair.clusterPairID, peer: pair.peerGatewayId },
+      'cluster pair has no pinned certificate (paired before pinning): this call is unverified; remove the pair on both gateways and pair again to pin');
+  }
+  return pin;
 }
 
 /** The stored pair these basic-auth credentials belong to, or null. */

@@ -27,6 +27,8 @@ export const RpcErrorName = {
   ROLE_MISMATCH: 'xClusterRoleMismatch',
   REMOTE_UNREACHABLE: 'xRemoteClusterUnreachable',
   REMOTE_ERROR: 'xRemoteClusterError',
+  // VRG's own: the peer gateway's HTTPS certificate is not the one pinned at pairing.
+  PEER_CERT_MISMATCH: 'xPeerCertificateMismatch',
   INTERNAL: 'xInternalError',
   // VRG's own (Element has no failover errors): a failover refused, or one already running.
   FAILOVER_REFUSED: 'xFailoverRefused',
@@ -58,6 +60,7 @@ export function toRpcError(err: unknown): RpcError {
       [ErrorCode.PAIRING_KEY_EXPIRED]: RpcErrorName.PAIRING_KEY_EXPIRED,
       [ErrorCode.PAIRING_KEY_USED]: RpcErrorName.PAIRING_KEY_USED,
       [ErrorCode.PAIRING_KEY_LIMIT]: RpcErrorName.PAIRING_KEY_LIMIT,
+      [ErrorCode.PEER_CERT_MISMATCH]: RpcErrorName.PEER_CERT_MISMATCH,
       [ErrorCode.INVALID_ARGUMENT]: RpcErrorName.INVALID_PARAMETER,
       [ErrorCode.CONFIG_INVALID]: RpcErrorName.INVALID_PARAMETER,
       [ErrorCode.FAILOVER_REFUSED]: RpcErrorName.FAILOVER_REFUSED,

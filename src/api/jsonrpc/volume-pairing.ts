@@ -4,7 +4,7 @@ import { activePair, applyLink } from './cluster-pairing.js';
 import { vmsOnPair } from './cluster-pair-admin.js';
 import { decodeVolumePairingKey, PAIRING_KEY_HEX_MAX } from './pairing-keys.js';
 import { callPeer } from './peer-rpc-client.js';
-import { pairRpcCredentials, role, rpcState, sha256Hex, updateRpc, type RpcContext } from './rpc-context.js';
+import { pairPin, pairRpcCredentials, role, rpcState, sha256Hex, updateRpc, type RpcContext } from './rpc-context.js';
 import { RpcErrorName, rpcError } from './rpc-errors.js';
 import { elementMode, optBool, optMode, reqInt, reqString, type EngineMode, type Params } from './rpc-params.js';
 import { pairingOf, volumeOrThrow } from './volume-inventory.js';
@@ -51,8 +51,9 @@ export async function completeVolumePairing(ctx: RpcContext, p: Params): Promise
   const pair = rpcState(ctx).clusterPairs.find((cp) => cp.peerMvip === fields.mvip);
   if (pair === undefined) throw rpcError(RpcErrorName.CLUSTER_PAIR_DOES_NOT_EXIST, 'no cluster pair with the gateway that issued this key');
   const creds = pairRpcCredentials(pair);
+  const pin = pairPin(ctx, pair);
   const ask = (step: string): Promise<Record<string, unknown>> =>
-    callPeer(pair.peerMvip, creds, INTERNAL_PAIR_VOLUME, { step, volumePairingKey: key, remoteVolumeID: volumeID, remoteVolumeName: v.name });
+    callPeer(pair.peerMvip, creds, INTERNAL_PAIR_VOLUME, { step, volumePairingKey: key, remoteVolumeID: volumeID, remoteVolumeName: v.name }, pin);
   const src = await ask('check');
   if (typeof src.volUuid !== 'string' || typeof src.vmUuid !== 'string' || typeof src.sizeBytes !== 'number') {
     throw rpcError(RpcErrorName.REMOTE_ERROR, 'the source gateway answered without the volume');

@@ -18,7 +18,7 @@ import { JSONRPC_PATH, JsonRpcFace } from '../jsonrpc/jsonrpc-face.js';
 import { PEER_RPC_VERSION } from '../jsonrpc/peer-rpc-client.js';
 import { ApiService, type Gateway } from './api-service.js';
 import { BASE_PATH, buildRestApp, type NetAddresses } from './rest-server.js';
-import { loadOrCreateTls } from './tls.js';
+import { certFingerprint, loadOrCreateTls } from './tls.js';
 
 // A gateway's management API, as `vrg start` runs it when the config has an "api" section: opens the API
 // store and accounts under <dataDir>/api, sets admin's first password from the config (only when there is
@@ -76,8 +76,9 @@ export async function startApi(o: StartApiOptions): Promise<RunningApi> {
   const service = new ApiService(o.gw, store, alarms, logger, o.site ?? null, o.prodSite ?? null);
   await service.replay();
   let mvip = '';
+  let fingerprint: string | null = null;
   const jsonRpc = new JsonRpcFace({ gw: o.gw, service, store, accounts, logger, clock: o.clock ?? systemClock,
-    random: o.random ?? systemRandom, mvip: () => mvip });
+    random: o.random ?? systemRandom, mvip: () => mvip, certFingerprint: () => fingerprint });
   await jsonRpc.init();
   const apps: FastifyInstance[] = [];
   let httpPort = 0;
@@ -99,6 +100,7 @@ export async function startApi(o: StartApiOptions): Promise<RunningApi> {
     if (o.api.httpsPort !== undefined) {
       const tls = await loadOrCreateTls({ dir, commonName: o.gw.config.gatewayId, host: o.api.host,
         ...(o.api.certFile ? { certFile: o.api.certFile } : {}), ...(o.api.keyFile ? { keyFile: o.api.keyFile } : {}) });
+      fingerprint = certFingerprint(tls.cert); // what paired gateways pin
       const https = await buildRestApp(ctx, tls);
       apps.push(https);
       await https.listen({ host: o.api.host, port: o.api.httpsPort });

@@ -1,11 +1,11 @@
-import { randomBytes } from 'node:crypto';
+import { createHash, randomBytes, X509Certificate } from 'node:crypto';
 import { open, readFile, rename } from 'node:fs/promises';
 import forge from 'node-forge';
 
 // The HTTPS listener's certificate: the operator's PEM files when the config names them, else a
 // self-signed one (RSA 2048, SHA-256, 10 years, CN = the gateway id, SAN = the listen host, 127.0.0.1 and
 // localhost) generated with node-forge on first start and kept under dataDir/api (key mode 0600), so
-// clients can pin it across restarts.
+// clients can pin it across restarts. Paired gateways pin each other's by certFingerprint().
 
 export interface TlsMaterial {
   key: string;
@@ -21,6 +21,16 @@ async function writeAtomic(path: string, text: string, mode: number): Promise<vo
     await fh.close();
   }
   await rename(`${path}.tmp`, path);
+}
+
+/** A certificate's fingerprint as pairing keys carry it: lowercase hex SHA-256 of its DER. */
+export function derFingerprint(der: Buffer): string {
+  return createHash('sha256').update(der).digest('hex');
+}
+
+/** The fingerprint of the PEM's first certificate (the leaf of a chain). */
+export function certFingerprint(certPem: string): string {
+  return derFingerprint(new X509Certificate(certPem).raw);
 }
 
 export function generateSelfSigned(commonName: string, host: string): TlsMaterial {

@@ -76,6 +76,8 @@ export interface StoredClusterPair {
   linkPort: number;
   linkSecretHex: string;
   createdAtMs: number;
+  /** The peer's HTTPS certificate fingerprint pinned at pairing (absent: a plain-HTTP peer, or paired before pinning). */
+  peerCertFingerprint?: string;
 }
 
 /** A volume pair made through JSON-RPC; the engine VM it protects is `vms[vmUuid]` (vmUuid = volumePairUUID). */
