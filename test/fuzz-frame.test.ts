@@ -126,6 +126,8 @@ const messages = {
   CheckDigests: [m.encodeCheckDigests, m.decodeCheckDigests, fc.record({ vmUuid: str, checkId: u64, digests: bytes, error: str })],
   FailoverRequest: [m.encodeFailoverRequest, m.decodeFailoverRequest, fc.record({ vmUuid: str, requestId: u64 })],
   FailoverReady: [m.encodeFailoverReady, m.decodeFailoverReady, fc.record({ vmUuid: str, requestId: u64, lastSeq: u64, error: str })],
+  Rekey: [m.encodeRekey, m.decodeRekey, fc.record({ rekeyId: u64, nonce: bytes, generation: u32 })],
+  RekeyAck: [m.encodeRekeyAck, m.decodeRekeyAck, fc.record({ rekeyId: u64, nonce: bytes, error: str })],
 } as unknown as Record<string, [(x: unknown) => Uint8Array, (b: Uint8Array) => unknown, fc.Arbitrary<unknown>]>;
 
 for (const [name, [enc, dec, arb]] of Object.entries(messages)) {
