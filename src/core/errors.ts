@@ -6,6 +6,8 @@ export const ErrorCode = {
   CONFIG_INVALID: 'VRG_CONFIG_INVALID',
   CLOSED: 'VRG_CLOSED',
   TIMEOUT: 'VRG_TIMEOUT',
+  /** Another live gateway holds the data directory (src/core/data-dir-lock.ts); details: dataDir, pid. */
+  DATA_DIR_LOCKED: 'VRG_DATA_DIR_LOCKED',
   // Link
   FRAME_MALFORMED: 'VRG_FRAME_MALFORMED',
   FRAME_TOO_LARGE: 'VRG_FRAME_TOO_LARGE',
