@@ -75,7 +75,7 @@ t.test('no log line of any gateway and no API answer holds a secret', async (t) 
     bodies.push(ok.text);
     t.ok(rest.token, 'logged in');
     secrets.set(`session token ${ready.role}`, rest.token!);
-    bodies.push((await rest.call('GET', '/vrgstatus')).text, (await rest.call('GET', '/vrgmap')).text);
+    for (const path of ['/vrgstatus', '/vrgmap', '/netinfos', '/trapinfo', '/vmstrategy']) bodies.push((await rest.call('GET', path)).text);
     bodies.push((await rest.call('DELETE', '/session')).text);
   }
   const wrongRpc = await rpc(dr, WRONG)('ListClusterPairs');
