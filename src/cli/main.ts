@@ -275,7 +275,8 @@ main(process.argv.slice(2)).then(
   (err: unknown) => {
     const e = err as Error & { code?: string };
     if (err instanceof UsageError || (e.code && isVrgError(err))) {
-      process.stderr.write(`vrg: ${e.message}\n`);
+      // The stable code too: scripts (and tests) match on it, not on the text.
+      process.stderr.write(`vrg: ${e.message}${isVrgError(err) ? ` (${err.code})` : ''}\n`);
       if (err instanceof UsageError) process.stderr.write(`run "vrg help" for the options\n`);
       process.exit(2);
     }

@@ -1,4 +1,6 @@
 // One catalogue of the errors VRG raises on purpose. Callers and tests match on `code`, never on text.
+import { redactFields, scrubSecrets } from './secrets.js';
+
 // The management APIs map these codes to HTTP status and the source documents' error numbers.
 
 export const ErrorCode = {
@@ -6,6 +8,8 @@ export const ErrorCode = {
   CONFIG_INVALID: 'VRG_CONFIG_INVALID',
   CLOSED: 'VRG_CLOSED',
   TIMEOUT: 'VRG_TIMEOUT',
+  /** Another live gateway holds the data directory (src/core/data-dir-lock.ts); details: dataDir, pid. */
+  DATA_DIR_LOCKED: 'VRG_DATA_DIR_LOCKED',
   // Link
   FRAME_MALFORMED: 'VRG_FRAME_MALFORMED',
   FRAME_TOO_LARGE: 'VRG_FRAME_TOO_LARGE',
@@ -77,10 +81,11 @@ export class VrgError extends Error {
   readonly details: Record<string, unknown> | undefined;
 
   constructor(code: ErrorCode, message: string, details?: Record<string, unknown>, options?: { cause?: unknown }) {
-    super(message, options);
+    // Errors travel into logs and API answers: no secret in either (src/core/secrets.ts).
+    super(scrubSecrets(message), options);
     this.name = 'VrgError';
     this.code = code;
-    this.details = details;
+    this.details = details === undefined ? undefined : redactFields(details);
   }
 }
 

@@ -1,5 +1,6 @@
 import { hkdfSync } from 'node:crypto';
 import { ErrorCode, vrgError } from '../core/errors.js';
+import { noteSecret } from '../core/secrets.js';
 import type { DirectionKeys } from './frame.js';
 
 // Session keys, fresh per connection: HKDF-SHA256 over the pairing secret, salted with both Hello nonces.
@@ -24,6 +25,7 @@ export function deriveSessionKeys(secret: Buffer, clientNonce: Buffer, serverNon
   if (clientNonce.length === 0 || serverNonce.length === 0) {
     throw vrgError(ErrorCode.INVALID_ARGUMENT, 'handshake nonces must not be empty');
   }
+  noteSecret(secret); // every link secret (config or per peer) passes here: none is ever logged
   const salt = Buffer.concat([clientNonce, serverNonce]);
   const okm = Buffer.from(hkdfSync('sha256', secret, salt, INFO, OKM_BYTES));
   const part = (start: number, len: number): Buffer => Buffer.from(okm.subarray(start, start + len));

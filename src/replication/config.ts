@@ -1,6 +1,7 @@
 import { readFile } from 'node:fs/promises';
 import { ErrorCode, vrgError } from '../core/errors.js';
 import { limits, MiB } from '../core/limits.js';
+import { noteSecret } from '../core/secrets.js';
 import { compressionSettings, type CompressionSetting } from './compression-policy.js';
 
 // A gateway's configuration file (JSON). The management APIs (later issues) edit the same model.
@@ -127,6 +128,7 @@ function parseApi(v: unknown, path: string): ApiListenConfig {
   const api: ApiListenConfig = { host: str(o, 'host', path, { def: '127.0.0.1' }), port: int(o, 'port', path, 0, 65535, 8080) };
   if (o.httpsPort !== undefined) api.httpsPort = int(o, 'httpsPort', path, 0, 65535);
   for (const k of ['adminPassword', 'certFile', 'keyFile'] as const) if (opt(k) !== undefined) api[k] = opt(k);
+  noteSecret(api.adminPassword);
   if ((api.certFile === undefined) !== (api.keyFile === undefined)) fail(path, 'certFile and keyFile go together');
   return api;
 }
@@ -246,6 +248,7 @@ export function parseConfig(raw: unknown): GatewayConfig {
   const link = obj(o.link, '$.link');
   const secretHex = str(link, 'secret', '$.link');
   if (!/^([0-9a-fA-F]{2}){16,}$/.test(secretHex)) fail('$.link.secret', 'must be hex of at least 16 bytes');
+  noteSecret(Buffer.from(secretHex, 'hex')); // never logged (src/core/secrets.ts)
   const vmsRaw = o.vms ?? [];
   if (!Array.isArray(vmsRaw)) fail('$.vms', 'must be an array');
   const vms = vmsRaw.map((v, i) => parseVm(v, `$.vms[${i}]`));

@@ -9,6 +9,7 @@ import { requestMove } from './planned-failover.js';
 import type { GatewayConfig, VmConfig } from './config.js';
 import type { GatewayDeps } from './gateway-deps.js';
 import { nodeFiles } from '../core/files.js';
+import { openLocked, type DataDirLock } from '../core/data-dir-lock.js';
 import { productionExports, replicaExports, testCloneExports } from './nbd-exports.js';
 import { ProductionGateway, type DemoteRequest, type ProductionStatus } from './source/production-gateway.js';
 import { DrGateway, type DrStatus } from './target/dr-gateway.js';
@@ -51,15 +52,25 @@ export class DrSite {
   private readonly failing = new Set<string>();
   private readonly demoting = new Map<string, Promise<void>>();
 
-  private constructor(readonly config: GatewayConfig, readonly dr: DrGateway, private readonly deps: GatewayDeps) {
+  private constructor(readonly config: GatewayConfig, readonly dr: DrGateway, private readonly deps: GatewayDeps,
+    private readonly lock: DataDirLock) {
     // The peer's reverse Resume (production-site.ts): the VMs it is now the target of, for the promoted VMs here.
     dr.on('peerResume', (conn: LinkConnection, resume: Resume) => this.source?.useConnection(conn, resume));
   }
 
-  static async open(config: GatewayConfig, deps: GatewayDeps): Promise<DrSite> {
-    const site = new DrSite(config, await DrGateway.open(config, deps), deps);
-    for (const p of site.dr.promotedVms()) await site.serveAsSource(p.vmc, p.role, false);
-    return site;
+  /** DATA_DIR_LOCKED (nothing touched) when another live gateway holds config.dataDir. */
+  static open(config: GatewayConfig, deps: GatewayDeps): Promise<DrSite> {
+    // Once for the whole site: the promoted VMs' <dataDir>/source is inside the locked directory.
+    return openLocked(config.dataDir, deps.files, async (lock) => {
+      const site = new DrSite(config, await DrGateway.open(config, deps), deps, lock);
+      try {
+        for (const p of site.dr.promotedVms()) await site.serveAsSource(p.vmc, p.role, false);
+      } catch (err) {
+        await site.closeGateways();
+        throw err;
+      }
+      return site;
+    });
   }
 
   /** The production gateway of the promoted VMs (null until a VM is promoted). */
@@ -194,6 +205,14 @@ export class DrSite {
   }
 
   async close(): Promise<void> {
+    try {
+      await this.closeGateways();
+    } finally {
+      await this.lock.release();
+    }
+  }
+
+  private async closeGateways(): Promise<void> {
     await this.source?.close();
     await this.dr.close();
   }

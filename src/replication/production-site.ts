@@ -10,6 +10,7 @@ import type { GatewayConfig, VmConfig } from './config.js';
 import type { VmProtection } from './control.js';
 import type { GatewayDeps } from './gateway-deps.js';
 import { nodeFiles } from '../core/files.js';
+import { openLocked, type DataDirLock } from '../core/data-dir-lock.js';
 import { productionExports, replicaExports } from './nbd-exports.js';
 import { ProductionGateway, type DemoteRequest, type ProductionGatewayOptions, type ProductionStatus } from './source/production-gateway.js';
 import { DrGateway, type DrStatus } from './target/dr-gateway.js';
@@ -40,22 +41,31 @@ export class ProductionSite {
   private conn: LinkConnection | null = null;
 
   private constructor(readonly config: GatewayConfig, readonly source: ProductionGateway, readonly target: DrGateway,
-    private readonly deps: GatewayDeps) {
+    private readonly deps: GatewayDeps, private readonly lock: DataDirLock) {
     source.on('connected', (conn: LinkConnection) => this.onConnected(conn));
     source.on('demote', (req: DemoteRequest) => void this.demote(req));
     // One alarm stream per gateway: the target VMs' alarms (targetError) go out with the production gateway's.
     target.on('alarm', (ev: unknown) => source.emit('alarm', ev));
   }
 
-  static async open(config: GatewayConfig, deps: GatewayDeps, options: ProductionGatewayOptions = {}): Promise<ProductionSite> {
+  /** DATA_DIR_LOCKED (nothing touched) when another live gateway holds config.dataDir. */
+  static open(config: GatewayConfig, deps: GatewayDeps, options: ProductionGatewayOptions = {}): Promise<ProductionSite> {
+    // Once for the whole site: its target side's <dataDir>/target is inside the locked directory.
+    return openLocked(config.dataDir, deps.files, (lock) => ProductionSite.openHolding(config, deps, options, lock));
+  }
+
+  private static async openHolding(config: GatewayConfig, deps: GatewayDeps, options: ProductionGatewayOptions, lock: DataDirLock): Promise<ProductionSite> {
     const files = deps.files ?? nodeFiles;
     const roles = await Promise.all(config.vms.map((v) => loadVmRole(config.dataDir, v.vmUuid, 'source', files)));
     const targetCfg: GatewayConfig = { ...config, role: 'dr', dataDir: join(config.dataDir, 'target'), vms: [], nbd: null, api: null };
     const target = await DrGateway.open(targetCfg, deps, { listen: false, roleDataDir: config.dataDir });
     for (const [i, vmc] of config.vms.entries()) if (roles[i]!.role === 'target') await target.addVm(vmc, roles[i]!.generation);
     const sourceVms = config.vms.filter((_, i) => roles[i]!.role === 'source');
-    const source = await ProductionGateway.open({ ...config, vms: sourceVms }, deps, options);
-    return new ProductionSite(config, source, target, deps);
+    const source = await ProductionGateway.open({ ...config, vms: sourceVms }, deps, options).catch(async (err: unknown) => {
+      await target.close();
+      throw err;
+    });
+    return new ProductionSite(config, source, target, deps, lock);
   }
 
   /** Adds a VM (management API): as a source, or as a target when its role file says it was failed back. */
@@ -165,7 +175,11 @@ export class ProductionSite {
   }
 
   async close(): Promise<void> {
-    await this.source.close();
-    await this.target.close();
+    try {
+      await this.source.close();
+      await this.target.close();
+    } finally {
+      await this.lock.release();
+    }
   }
 }

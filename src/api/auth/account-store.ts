@@ -5,6 +5,7 @@ import { systemClock, type Clock } from '../../core/clock.js';
 import { ErrorCode, vrgError, type VrgError } from '../../core/errors.js';
 import { silentLogger, type Logger } from '../../core/log.js';
 import { systemRandom, type Random } from '../../core/random.js';
+import { noteSecret } from '../../core/secrets.js';
 import { ApiErrorNumber } from './error-codes.js';
 
 // Accounts of the management REST API, one JSON file written atomically (tmp + fsync + rename + dir fsync),
@@ -149,6 +150,7 @@ export class AccountStore {
 
   /** Sets (or creates the user with) a plain password: the first password, from the CLI or config. Clears any lockout. */
   async setPassword(user: string, password: string): Promise<void> {
+    noteSecret(password); // never logged, nor its key (src/core/secrets.ts)
     checkUserName(user);
     if (typeof password !== 'string' || password.length < 1 || password.length > PASSWORD_MAX_CHARS) {
       throw authError(ErrorCode.AUTH_INVALID_PASSWORD, ApiErrorNumber.INVALID_PASSWORD,
@@ -159,6 +161,7 @@ export class AccountStore {
 
   /** Same as setPassword with the X-Auth-Key form (SHA-256 hex) of the password. */
   async setKey(user: string, keyHex: string): Promise<void> {
+    noteSecret(keyHex);
     checkUserName(user);
     checkKeyHex(keyHex, 'key');
     if (!this.users.has(user) && this.users.size >= MAX_USERS) {
@@ -177,6 +180,7 @@ export class AccountStore {
    * Malformed keys do not count as attempts.
    */
   async verify(user: string, keyHex: string): Promise<void> {
+    noteSecret(keyHex); // right or wrong: a wrong key may be the user's password elsewhere
     checkUserName(user);
     checkKeyHex(keyHex, 'X-Auth-Key');
     const rec = this.users.get(user);
@@ -201,6 +205,7 @@ export class AccountStore {
 
   /** POST /password: the old key must verify (same lockout rules); the new key must be well formed. */
   async changePassword(user: string, oldKeyHex: string, newKeyHex: string): Promise<void> {
+    noteSecret(newKeyHex);
     checkUserName(user);
     checkKeyHex(oldKeyHex, 'old key');
     checkKeyHex(newKeyHex, 'new key');

@@ -3,6 +3,7 @@ import { systemClock, type Clock } from '../../core/clock.js';
 import { ErrorCode, vrgError } from '../../core/errors.js';
 import { silentLogger, type Logger } from '../../core/log.js';
 import { systemRandom, type Random } from '../../core/random.js';
+import { noteSecret } from '../../core/secrets.js';
 import type { AccountStore } from './account-store.js';
 import { ApiErrorNumber } from './error-codes.js';
 
@@ -88,6 +89,7 @@ export class SessionManager {
     await this.accounts.verify(user, keyHex);
     this.makeRoom();
     const token = this.random.bytes(TOKEN_BYTES).toString('base64url');
+    noteSecret(token);
     const hash = tokenHash(token);
     const now = this.nowMs();
     const session: Session = { user, id: hash.slice(0, 8), createdMs: now, lastUsedMs: now };

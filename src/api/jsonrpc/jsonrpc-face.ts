@@ -2,6 +2,7 @@ import { modifyVolume } from './volume-access.js';
 import type { FastifyError, FastifyInstance } from 'fastify';
 import type { Clock } from '../../core/clock.js';
 import type { Logger } from '../../core/log.js';
+import { noteSecret } from '../../core/secrets.js';
 import type { Random } from '../../core/random.js';
 import { ProductionGateway } from '../../replication/source/production-gateway.js';
 import { passwordKey, type AccountStore } from '../auth/account-store.js';
@@ -9,7 +10,7 @@ import type { ApiService, Gateway } from '../rest/api-service.js';
 import type { ApiStore } from '../store/api-store.js';
 import { listClusterPairs, removeClusterPair } from './cluster-pair-admin.js';
 import { applyLink, completeClusterPairing, INTERNAL_PAIR_CLUSTER, pairClusterRemote, startClusterPairing } from './cluster-pairing.js';
-import { PairingKeyIssuer } from './pairing-keys.js';
+import { decodeClusterPairingKey, PairingKeyIssuer } from './pairing-keys.js';
 import { Mutex, pairOfCredentials, type RpcContext } from './rpc-context.js';
 import { RpcError, RpcErrorName, rpcErrorBody, toRpcError } from './rpc-errors.js';
 import { paramsOf, type Params } from './rpc-params.js';
@@ -72,7 +73,25 @@ function basicCredentials(header: string | undefined): Credentials | null {
   if (m === null) return null;
   const text = Buffer.from(m[1]!, 'base64').toString('utf8');
   const at = text.indexOf(':');
-  return at <= 0 ? null : { username: text.slice(0, at), password: text.slice(at + 1) };
+  if (at <= 0) return null;
+  const creds = { username: text.slice(0, at), password: text.slice(at + 1) };
+  for (const s of [m[1]!, creds.password, passwordKey(creds.password)]) noteSecret(s);
+  return creds;
+}
+
+/** Learns the pairing keys a request carries or a result hands out (and a cluster key's password): never logged. */
+function learnKeys(bag: unknown): void {
+  if (typeof bag !== 'object' || bag === null) return;
+  for (const name of ['clusterPairingKey', 'volumePairingKey']) {
+    const key = (bag as Record<string, unknown>)[name];
+    if (typeof key !== 'string') continue;
+    noteSecret(key);
+    try {
+      if (name === 'clusterPairingKey') noteSecret(decodeClusterPairingKey(key).password);
+    } catch {
+      // a bad key: the key itself is learned
+    }
+  }
 }
 
 function fail(status: number, code: RpcErrorName, message: string, id: unknown = null): RpcReply {
@@ -115,10 +134,12 @@ export class JsonRpcFace {
     const { method, params, id = null } = req as { method?: unknown; params?: unknown; id?: unknown };
     if (typeof method !== 'string') return fail(400, RpcErrorName.INVALID_REQUEST, 'method must be a string', id);
     const creds = basicCredentials(authorization);
+    learnKeys(params);
     const run = await this.authorize(method, creds);
     if (run === null) return fail(401, RpcErrorName.NOT_AUTHORIZED, 'HTTP basic authentication failed', id);
     try {
       const result = await this.mutex.run(async () => run(paramsOf(params)));
+      learnKeys(result);
       return { status: 200, body: { id, result } };
     } catch (err) {
       const e = toRpcError(err);

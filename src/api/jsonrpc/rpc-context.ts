@@ -1,6 +1,7 @@
 import { createHash, createHmac, timingSafeEqual } from 'node:crypto';
 import type { Clock } from '../../core/clock.js';
 import type { Logger } from '../../core/log.js';
+import { noteSecret } from '../../core/secrets.js';
 import type { Random } from '../../core/random.js';
 import { DrGateway } from '../../replication/target/dr-gateway.js';
 import type { ApiService, Gateway } from '../rest/api-service.js';
@@ -85,13 +86,16 @@ export function sha256Hex(...parts: Array<string | Buffer>): string {
 
 /** The link secret both sides derive from their fresh contributions (completer's nonce first). */
 export function linkSecret(clusterPairUUID: string, completerNonce: Buffer, starterNonce: Buffer): Buffer {
-  return createHash('sha256').update('vrg-link-secret-v1\0').update(clusterPairUUID).update('\0')
+  const secret = createHash('sha256').update('vrg-link-secret-v1\0').update(clusterPairUUID).update('\0')
     .update(completerNonce).update(starterNonce).digest();
+  noteSecret(secret);
+  return secret;
 }
 
 /** The pair's credentials for later gateway-to-gateway calls, derived from the link secret. */
 export function pairRpcCredentials(pair: StoredClusterPair): { username: string; password: string } {
   const password = createHmac('sha256', Buffer.from(pair.linkSecretHex, 'hex')).update('vrg-cluster-rpc-v1').digest('base64url');
+  noteSecret(password);
   return { username: `__VRG_cp_${pair.clusterPairUUID}`, password };
 }
 
