@@ -2,6 +2,7 @@ import { readFileSync } from 'node:fs';
 import { createSecureContext, TLSSocket, type SecureContext } from 'node:tls';
 import type { Socket } from 'node:net';
 import { ErrorCode, vrgError } from '../core/errors.js';
+import { noteSecret } from '../core/secrets.js';
 
 // NBD over TLS (NBD_OPT_STARTTLS, as qemu-nbd and nbdkit do it): the client asks during option haggling, the
 // server acknowledges in plain text, then both run a TLS handshake on the same socket and haggling goes on
@@ -62,6 +63,7 @@ export function parsePskFile(text: string, file: string): Map<string, Buffer> {
       throw vrgError(ErrorCode.CONFIG_INVALID, `${at}: the key of '${name}' must be hex of 1..${pskKeyBytesMax} bytes`, { file, line: i + 1 });
     }
     if (keys.has(name)) throw vrgError(ErrorCode.CONFIG_INVALID, `${at}: '${name}' is listed twice`, { file, line: i + 1 });
+    noteSecret(hex); // never in a log line or an error from here on
     keys.set(name, Buffer.from(hex, 'hex'));
   });
   if (keys.size === 0) throw vrgError(ErrorCode.CONFIG_INVALID, `${file}: no username:hexkey line`, { file });
