@@ -1,20 +1,12 @@
-import { execFileSync } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import type { GatewayChild } from '../src/cli/gateway-child.js';
+import { clockTicksPerSec, startThreadSplit, type ThreadSplit } from './thread-cpu.js';
 import type { IpcMessage, ProcessFigures } from '../src/cli/gateway-process.js';
 
 // CPU accounting of one benchmark window: the CPU-seconds of a target's processes (all their threads:
 // /proc/<pid>/stat utime + stime), the machine's busy share (/proc/stat), and for VRG gateways their GC pause
 // time and event-loop utilization over the same window (from their status reports). fio's own CPU comes
 // from its JSON report (its I/O runs in a child process that /proc of the parent would miss).
-
-export const clockTicksPerSec = (() => {
-  try {
-    return Number(execFileSync('getconf', ['CLK_TCK'], { encoding: 'utf8' }).trim()) || 100;
-  } catch {
-    return 100;
-  }
-})();
 
 /** utime + stime of a process (every thread), in seconds; 0 once it is gone. */
 export function processCpuSeconds(pid: number): number {
@@ -45,6 +37,8 @@ export interface GatewayWindow {
   gcShareOfCpu: number;
   /** Main-thread event-loop utilization in the window (0..1). */
   eventLoopUtilization: number;
+  /** The gateway's CPU by kind (user / system) and thread (main / the rest: codec workers, libuv pool, GC). */
+  split: ThreadSplit;
 }
 
 export interface CpuWindow {
@@ -64,6 +58,7 @@ async function figures(g: GatewayChild): Promise<ProcessFigures> {
 /** Starts a window over `pids` (and the gateways' GC / ELU figures); `end()` closes it. */
 export async function startCpuWindow(pids: readonly number[], gateways: readonly GatewayChild[] = []): Promise<{ end(): Promise<CpuWindow> }> {
   const before = { at: performance.now(), cpu: pids.map(processCpuSeconds), machine: machineTicks(), gw: await Promise.all(gateways.map(figures)) };
+  const splits = gateways.map((g) => startThreadSplit(g.proc.pid!, null));
   return {
     async end(): Promise<CpuWindow> {
       const gw = await Promise.all(gateways.map(figures));
@@ -84,6 +79,7 @@ export async function startCpuWindow(pids: readonly number[], gateways: readonly
             role: g.role, cpuSeconds, gcMs: b.gcMs - a.gcMs, gcCount: b.gcCount - a.gcCount,
             gcShareOfCpu: cpuSeconds > 0 ? (b.gcMs - a.gcMs) / 1000 / cpuSeconds : 0,
             eventLoopUtilization: active + idle > 0 ? active / (active + idle) : 0,
+            split: splits[i]!.end(),
           };
         }),
       };

@@ -690,7 +690,9 @@ export function formatNbdBench(r: NbdBenchResult): string {
         `${(f.cpu ? f.cpu.window.machineBusyPct.toFixed(0) : '-').padStart(7)}  ${verified}`);
       for (const g of f.cpu?.window.gateways ?? []) {
         lines.push(`      ${g.role.padEnd(10)} ${g.cpuSeconds.toFixed(1)} CPU-s, GC ${g.gcMs.toFixed(0)} ms (${(100 * g.gcShareOfCpu).toFixed(1)} % of its CPU, ` +
-          `${g.gcCount} collections), event loop ${(100 * g.eventLoopUtilization).toFixed(0)} % busy`);
+          `${g.gcCount} collections), event loop ${(100 * g.eventLoopUtilization).toFixed(0)} % busy; ` +
+          `user ${g.split.userSeconds.toFixed(1)} sys ${g.split.sysSeconds.toFixed(1)} | main thread ${g.split.mainSeconds.toFixed(1)}, ` +
+          `other threads ${(g.split.workerSeconds + g.split.otherSeconds).toFixed(1)}`);
       }
       for (const [stage, h] of Object.entries(f.stages ?? {})) {
         if (h.count > 0) lines.push(`      ${stage}: p50 ${h.p50Ms.toFixed(2)} ms, p99 ${h.p99Ms.toFixed(2)} ms, mean ${h.meanMs.toFixed(2)} ms (${h.count})`);

@@ -1,10 +1,19 @@
 import { readFileSync } from 'node:fs';
-import { clockTicksPerSec } from './cpu-meter.js';
+import { execFileSync } from 'node:child_process';
 
 // Where a process's CPU went over a window, from /proc: user vs system time of the whole process, and the
 // main thread (tid = pid) and one named thread (the codec worker) apart from the rest (libuv's file-system
 // pool, V8's GC and compiler threads). Node does not name its threads, so the rest stays one figure.
 
+
+/** The kernel's clock ticks per second (utime and stime in /proc are counted in them). */
+export const clockTicksPerSec = (() => {
+  try {
+    return Number(execFileSync('getconf', ['CLK_TCK'], { encoding: 'utf8' }).trim()) || 100;
+  } catch {
+    return 100;
+  }
+})();
 
 interface UserSys { userSeconds: number; sysSeconds: number }
 
