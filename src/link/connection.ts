@@ -372,5 +372,3 @@ export class LinkConnection extends EventEmitter {
     });
   }
 }
-
-export { clientHandshake, serverHandshake } from './handshake.js';

@@ -3,7 +3,8 @@ import type { Duplex } from 'node:stream';
 import type { TimerHandle } from '../core/clock.js';
 import { limits } from '../core/limits.js';
 import { silentLogger, type Logger } from '../core/log.js';
-import { clientHandshake, type LinkConnection, type LinkOptions } from './connection.js';
+import type { LinkConnection, LinkOptions } from './connection.js';
+import { clientHandshake } from './handshake.js';
 import type { Transport } from './transport.js';
 
 // Production side: keeps one link connection to the DR gateway up. Connects, handshakes, and on any

@@ -3,8 +3,8 @@ import type { Duplex } from 'node:stream';
 import { ErrorCode, vrgError } from '../core/errors.js';
 import { silentLogger, type Logger } from '../core/log.js';
 import type { Resume } from '../protocol/messages.js';
-import { serverHandshake, type LinkConnection, type LinkOptions } from './connection.js';
-import type { PeerSecretLookup, SecretCandidates } from './handshake.js';
+import type { LinkConnection, LinkOptions } from './connection.js';
+import { serverHandshake, type PeerSecretLookup, type SecretCandidates } from './handshake.js';
 import type { Listener, Transport } from './transport.js';
 
 // DR side: accepts production gateways. Each socket is handshaken; an authenticated connection replaces

@@ -1,44 +1,18 @@
 import swagger from '@fastify/swagger';
 import Fastify, { type FastifyError, type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
-import type { Logger } from '../../core/log.js';
-import type { AccountStore } from '../auth/account-store.js';
 import { ApiErrorNumber, apiErrorOf } from '../auth/error-codes.js';
-import type { SessionManager } from '../auth/session-manager.js';
-import type { ApiService } from './api-service.js';
 import { languageOf, restError } from './rest-errors.js';
 import { registerGatewayRoutes } from './routes-gateway.js';
 import { registerSessionRoutes } from './routes-session.js';
 import { registerVmStrategyRoutes } from './routes-vmstrategy.js';
 import { errorSchema } from './schemas.js';
+import { BASE_PATH, BODY_LIMIT_BYTES, tokenOf, type RestContext } from './rest-context.js';
+
+export { BASE_PATH, BODY_LIMIT_BYTES, tokenOf, type NetAddress, type NetAddresses, type RestContext } from './rest-context.js';
 
 // The management REST API (004; SPEC §3) on fastify, under /vrgservice. One builder serves both the HTTP
 // and the HTTPS listener (same state). Every answer but 200 is {errorCode, errorDes} with errorDes in the
 // Accept-Language; every route but /versions and /session needs a live X-Auth-Token (10440102).
-
-export const BASE_PATH = '/vrgservice';
-export const BODY_LIMIT_BYTES = 64 * 1024;
-
-export interface NetAddress {
-  ip: string;
-  port: number;
-}
-
-/** The gateway's real listening addresses (GET /netinfos): the REST listener, the NBD intake, the peer link. */
-export interface NetAddresses {
-  management: NetAddress | null;
-  intake: NetAddress | null;
-  peer: NetAddress | null;
-}
-
-export interface RestContext {
-  service: ApiService;
-  accounts: AccountStore;
-  sessions: SessionManager;
-  netAddresses: () => NetAddresses;
-  logger: Logger;
-  /** Other faces on the same server (the JSON-RPC API's POST /json-rpc/:version), mounted before ready. */
-  mount?: (app: FastifyInstance) => Promise<void>;
-}
 
 declare module 'fastify' {
   interface FastifyContextConfig {
@@ -128,7 +102,3 @@ export async function buildRestApp(ctx: RestContext, https?: { key: string; cert
   return app;
 }
 
-export function tokenOf(req: FastifyRequest): string | undefined {
-  const v = req.headers['x-auth-token'];
-  return Array.isArray(v) ? v[0] : v;
-}

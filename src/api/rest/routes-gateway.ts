@@ -3,7 +3,7 @@ import type { FastifyInstance } from 'fastify';
 import { ApiErrorNumber } from '../auth/error-codes.js';
 import { field } from './vm-strategy.js';
 import { ipv4Number, isIpv4, isNetmask, isPort, restError, UUID_RE } from './rest-errors.js';
-import type { NetAddress, NetAddresses, RestContext } from './rest-server.js';
+import type { NetAddress, NetAddresses, RestContext } from './rest-context.js';
 import { deleteVmBody, modMngNetBody, vmFailoverBody, vmSplitBrainBody, trapInfoBody, trapInfoReply, vmUuidParams, vrgMapBody, vrgMapReply } from './schemas.js';
 
 // 004 §3.2-§3.7 and §3.9: alarm server, gateway status, networks, a VM's DR status, pairing, management network.

@@ -1,7 +1,7 @@
 import type { FastifyInstance } from 'fastify';
 import { ApiErrorNumber } from '../auth/error-codes.js';
 import { restError } from './rest-errors.js';
-import { BASE_PATH, tokenOf, type RestContext } from './rest-server.js';
+import { BASE_PATH, tokenOf, type RestContext } from './rest-context.js';
 import { passwordBody } from './schemas.js';
 
 // 004 §3.1: versions, login, logout, and /password (its body is ours: {oldKey, newKey}, each the 64-digit hex

@@ -3,7 +3,7 @@ import { ApiErrorNumber } from '../auth/error-codes.js';
 import type { StoredVm } from '../store/api-store.js';
 import { VolStatus, type ApiService } from './api-service.js';
 import { restError, UUID_RE } from './rest-errors.js';
-import type { RestContext } from './rest-server.js';
+import type { RestContext } from './rest-context.js';
 import { vmStrategyBody, vmStrategyQuery } from './schemas.js';
 
 // 004 §3.8: POST /vmstrategy (the body shape of this gateway's role, see vm-strategy.ts) and GET /vmstrategy.
