@@ -12,6 +12,7 @@ import { systemRandom } from '../src/core/random.js';
 import { clientHandshake } from '../src/link/handshake.js';
 import { LinkSecretStore, pairingId } from '../src/link/link-secrets.js';
 import { tcpTransport } from '../src/link/transport.js';
+import { parseConfig } from '../src/replication/config.js';
 import { apiSession } from '../src/cli/api-command.js';
 import { pairConfigJson } from './lib/pair.js';
 import { ackedWritesMissing, drainChild, startNbdProcessPair, watchChild } from './lib/process-pair.js';
@@ -125,4 +126,21 @@ t.test('rekey refused on DR and with the link down: its error number, nothing ch
   await t.rejects(onProd.call('POST', 'linkrekey', {}), { message: /10440420/ }, 'link down: the rekey-failed number');
   const store = await LinkSecretStore.open(json.prod.dataDir);
   t.equal(store.get(Buffer.from(json.prod.link.secret, 'hex')).generation, 0, 'the secret is unchanged');
+});
+
+t.test('link.rekeyIntervalSeconds rotates on a schedule; the link stays up and replicates', async (t) => {
+  const dir = t.testdir();
+  const json = pairConfigJson({ dir, volumes: 1, volumeSizeBytes: 16 * MiB });
+  Object.assign(json.prod.link, { rekeyIntervalSeconds: 1 });
+  const initial = Buffer.from(json.prod.link.secret, 'hex');
+  const { dr, prod } = await startNbdProcessPair(t, dir, json);
+  await until(async () => (await LinkSecretStore.open(json.prod.dataDir)).get(initial).generation >= 2, 30_000, 'two scheduled rotations');
+  await until(async () => (await LinkSecretStore.open(json.dr.dataDir)).get(initial).generation >= 2, 10_000, 'DR on the rotated secret');
+  const load: LoadOptions = { totalBytes: 4 * MiB, volumes: json.prod.vms[0]!.volumes, writeBytes: 64 * 1024, queueDepth: 4, seed: 5 };
+  await prod.request({ type: 'load', load }, 'loadDone');
+  await drainChild(prod, dr);
+  t.equal(await prod.stop(), 0);
+  t.equal(await dr.stop(), 0);
+  t.equal(await compareVolumes([[json.prod.vms[0]!.volumes[0]!.path, json.dr.vms[0]!.volumes[0]!.path]]), null, 'DR equals production after the scheduled rotations');
+  t.throws(() => parseConfig({ ...json.prod, link: { ...json.prod.link, rekeyIntervalSeconds: -1 } }), { code: ErrorCode.CONFIG_INVALID }, 'a negative interval is refused');
 });
