@@ -71,6 +71,8 @@ export const ErrorCode = {
   CLUSTER_NOT_OWNER: 'VRG_CLUSTER_NOT_OWNER',
   /** This member's lease is lost or expired (or it never joined): it must not act until it joins again. */
   CLUSTER_FENCED: 'VRG_CLUSTER_FENCED',
+  /** join(): another live lease holds this member id (a second gateway with the id, or this one's last life). */
+  CLUSTER_MEMBER_EXISTS: 'VRG_CLUSTER_MEMBER_EXISTS',
   // Management API authentication (details.errorCode = the VRG REST document's number, src/api/auth/error-codes.ts)
   AUTH_NOT_LOGGED_IN: 'VRG_AUTH_NOT_LOGGED_IN',
   AUTH_INVALID_PASSWORD: 'VRG_AUTH_INVALID_PASSWORD',
