@@ -5,9 +5,11 @@ import t from 'tap';
 import { EtcdRegistry, type ClusterEvent, type EtcdRegistryOptions } from '../src/cluster/etcd-registry.js';
 import { runPlacementRound } from '../src/cluster/placement-round.js';
 import { ErrorCode, isVrgError } from '../src/core/errors.js';
+import { code } from './lib/error-code.js';
 import { startEtcd } from './lib/etcd.js';
 import { FaultProxy } from './lib/fault-proxy.js';
 import { needs } from './lib/tools.js';
+import { freePort } from './lib/ports.js';
 import { until } from './lib/wait.js';
 
 // The cluster registry (src/cluster/etcd-registry.ts) against a real etcd on loopback: members join, claims of
@@ -157,4 +159,26 @@ t.test('cluster registry with a real etcd', needs('etcd'), async (t) => {
     await settle();
     t.same(await counts(), { 'gw-a': 10, 'gw-b': 10, 'gw-c': 10 }, 'undrained, it gets its share back');
   });
+});
+
+t.test('an unreachable etcd is CLUSTER_UNAVAILABLE within the request timeout, and the member stays unjoined', async (t) => {
+  const port = await freePort(); // nothing listens there
+  const r = new EtcdRegistry({
+    endpoints: [`http://127.0.0.1:${port}`], site: 'down', leaseTtlSec: 2, requestTimeoutMs: 1000,
+    member: { id: 'gw-a', role: 'production', apiUrl: 'https://127.0.0.1:9443', linkHost: '127.0.0.1', linkPort: 7000 },
+  });
+  t.teardown(() => r.close());
+  t.equal(await codeOf(r.join()), ErrorCode.CLUSTER_UNAVAILABLE);
+  t.equal(await codeOf(r.members()), ErrorCode.CLUSTER_UNAVAILABLE);
+  t.notOk(r.live);
+  t.equal(await codeOf(r.claim(uuid(1))), ErrorCode.CLUSTER_FENCED, 'never joined: refuses to act');
+});
+
+t.test('bad options are refused before any request', async (t) => {
+  const member = { id: 'gw-a', role: 'production', apiUrl: 'https://127.0.0.1:9443', linkHost: '127.0.0.1', linkPort: 7000 };
+  const make = (o: Partial<EtcdRegistryOptions>) => () => new EtcdRegistry({ endpoints: ['http://127.0.0.1:1'], site: 's', member, ...o });
+  t.equal(code(make({ site: '../x' })), ErrorCode.INVALID_ARGUMENT);
+  t.equal(code(make({ member: { ...member, id: '' } })), ErrorCode.INVALID_ARGUMENT);
+  t.equal(code(make({ leaseTtlSec: 1 })), ErrorCode.INVALID_ARGUMENT);
+  t.equal(code(make({ endpoints: [] })), ErrorCode.INVALID_ARGUMENT);
 });

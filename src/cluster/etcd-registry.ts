@@ -144,8 +144,8 @@ export class EtcdRegistry extends EventEmitter<{ lost: [VrgError] }> {
   }
 
   /**
-   * Own `vmUuid`: its fencing token. Idempotent for the owner; CLUSTER_NOT_OWNER when another member owns it,
-   * VM_NOT_FOUND when the site has no such VM.
+   * Own `vmUuid`: its fencing token. Idempotent for the owner (so a claim that timed out, and may have landed,
+   * is retried safely); CLUSTER_NOT_OWNER when another member owns it, VM_NOT_FOUND when the site has no such VM.
    */
   async claim(vmUuid: string): Promise<number> {
     checkName('vmUuid', vmUuid);
@@ -191,14 +191,18 @@ export class EtcdRegistry extends EventEmitter<{ lost: [VrgError] }> {
     return res.kvs.map((kv) => JSON.parse(kv.value.toString()) as MemberRecord);
   }
 
-  /** Calls `onEvent` for each change of a member or owner key from now on. */
-  async watch(onEvent: (event: ClusterEvent) => void): Promise<ClusterWatch> {
+  /**
+   * Calls `onEvent` for each change of a member or owner key from now on (etcd3 resumes the watch after a
+   * disconnection); `onError` when etcd ends it, after which the caller should list again and watch anew.
+   */
+  async watch(onEvent: (event: ClusterEvent) => void, onError: (err: VrgError) => void = () => undefined): Promise<ClusterWatch> {
     const watcher: Watcher = await this.request('watch the site', this.client.watch().prefix(this.root).withPreviousKV().create());
     const forward = (type: 'put' | 'delete') => (kv: IKeyValue) => {
       const event = this.eventOf(type, kv);
       if (event !== null) onEvent(event);
     };
-    watcher.on('put', forward('put')).on('delete', forward('delete'));
+    watcher.on('put', forward('put')).on('delete', forward('delete'))
+      .on('error', (err) => onError(vrgError(ErrorCode.CLUSTER_UNAVAILABLE, `etcd ended the watch: ${err.message}`, { site: this.options.site }, err)));
     return { close: () => this.request('stop watching', watcher.cancel()) };
   }
 
