@@ -64,6 +64,15 @@ export const ErrorCode = {
   PAIRING_KEY_LIMIT: 'VRG_PAIRING_KEY_LIMIT',
   // Gateway-to-gateway HTTPS (src/api/jsonrpc/peer-rpc-client.ts): the peer's certificate is not the pinned one
   PEER_CERT_MISMATCH: 'VRG_PEER_CERT_MISMATCH',
+  // Cluster mode (src/cluster): membership and VM ownership held in etcd
+  /** etcd did not answer (down, partitioned, or slower than the operation's timeout). */
+  CLUSTER_UNAVAILABLE: 'VRG_CLUSTER_UNAVAILABLE',
+  /** Another member owns the VM (claim), or this member does not (release); details: vmUuid, owner. */
+  CLUSTER_NOT_OWNER: 'VRG_CLUSTER_NOT_OWNER',
+  /** This member's lease is lost or expired (or it never joined): it must not act until it joins again. */
+  CLUSTER_FENCED: 'VRG_CLUSTER_FENCED',
+  /** join(): another live lease holds this member id (a second gateway with the id, or this one's last life). */
+  CLUSTER_MEMBER_EXISTS: 'VRG_CLUSTER_MEMBER_EXISTS',
   // Management API authentication (details.errorCode = the VRG REST document's number, src/api/auth/error-codes.ts)
   AUTH_NOT_LOGGED_IN: 'VRG_AUTH_NOT_LOGGED_IN',
   AUTH_INVALID_PASSWORD: 'VRG_AUTH_INVALID_PASSWORD',
