@@ -94,9 +94,12 @@ t.test('two in-process opens of one data directory: the second is refused; close
   await again.close();
 });
 
-/** A real zombie: `sleep 0` whose parent (sh exec'ed into `sleep 30`) never reaps it. */
+/**
+ * A real zombie: a short `sleep` whose parent (sh exec'ed into `sleep 30`) never reaps it. It outlives the exec
+ * (0.3 s), so sh cannot have reaped it before it became `sleep 30` (a `sleep 0` sometimes was, under load).
+ */
 async function zombie(t: Test): Promise<number> {
-  const sh = spawn('sh', ['-c', 'sleep 0 & echo $!; exec sleep 30'], { stdio: ['ignore', 'pipe', 'ignore'] });
+  const sh = spawn('sh', ['-c', 'sleep 0.3 & echo $!; exec sleep 30'], { stdio: ['ignore', 'pipe', 'ignore'] });
   t.teardown(() => sh.kill('SIGKILL'));
   const pid = await new Promise<number>((resolve) => sh.stdout.once('data', (b: Buffer) => resolve(Number(b.toString().trim()))));
   for (;;) {
