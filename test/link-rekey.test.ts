@@ -1,7 +1,5 @@
-import { spawn } from 'node:child_process';
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import t from 'tap';
 import { compareVolumes } from '../src/cli/demo.js';
 import type { IpcMessage } from '../src/cli/gateway-process.js';
@@ -17,6 +15,7 @@ import { apiSession } from '../src/cli/api-command.js';
 import { pairConfigJson } from './lib/pair.js';
 import { ackedWritesMissing, drainChild, startNbdProcessPair, watchChild } from './lib/process-pair.js';
 import { until } from './lib/wait.js';
+import { vrg } from './lib/vrg-cli.js';
 
 // Issue 17: the link secret rotates over the authenticated link (vrg rekey). Under load nothing acknowledged is
 // lost; the old secret no longer connects and the new one does; a restart keeps the rotated secret; the DR side
@@ -24,19 +23,7 @@ import { until } from './lib/wait.js';
 
 const MiB = 1024 * 1024;
 const adminPassword = 'rekey-test-pw';
-const main = fileURLToPath(new URL('../dist/src/cli/main.js', import.meta.url));
 type Ready = IpcMessage & { type: 'ready' };
-
-function vrg(...args: string[]): Promise<{ code: number | null; stdout: string; stderr: string }> {
-  return new Promise((resolve) => {
-    const c = spawn(process.execPath, [main, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
-    let stdout = '';
-    let stderr = '';
-    c.stdout.on('data', (d: Buffer) => { stdout += d.toString(); });
-    c.stderr.on('data', (d: Buffer) => { stderr += d.toString(); });
-    c.on('exit', (code) => resolve({ code, stdout, stderr }));
-  });
-}
 
 /** A handshake as a production gateway with `secret` against DR's link port: 'ok' or the error's code. */
 async function tryHandshake(port: number, secret: Buffer): Promise<string> {

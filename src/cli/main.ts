@@ -13,6 +13,7 @@ import { nbdkitAvailable } from '../chaos/target-agent.js';
 import { replayCommand, runChaos } from './chaos.js';
 import { runSimSeeds } from '../chaos/sim/sim-run.js';
 import { runStatus } from './status-command.js';
+import { runClusterStatus } from './cluster-status.js';
 
 const usage = `usage: vrg <command> [options]
 
@@ -50,6 +51,8 @@ commands:
   splitbrain resolve a split brain on the side whose writes lose: vrg splitbrain --url URL --password P --vm UUID
   rekey    rotate the link secret with the DR peer, on the production gateway: vrg rekey --url URL --password P
              (both sides store the next secret, the link reconnects with it, the old one is refused)
+  cluster status   a site's members and VM placement as etcd holds them (issue 18; the gateways do not
+             register yet): vrg cluster status --etcd http://127.0.0.1:2379[,URL...] --site NAME [--json]
   chaos    a gateway pair under a stamped write load and a seeded schedule of faults, with checkers
              (nothing acknowledged lost, DR always a prefix image, Sync: every ack on DR, DR = production at the end)
              --seed N             the schedule's seed (default: random, printed); the same N replays it
@@ -182,6 +185,15 @@ async function main(argv: string[]): Promise<number> {
         url: values.url, user: values.user ?? 'admin', password: values.password, json: values.json ?? false, watch: values.watch ?? false,
         intervalMs: interval * 1000, ...(values.count === undefined ? {} : { count: positiveInt(values.count, 'count', 1) }),
       });
+    }
+    case 'cluster': {
+      const [sub, ...args] = rest;
+      if (sub !== 'status') throw new UsageError(`cluster takes "status", not "${sub ?? ''}"`);
+      const { values } = parseArgs({ args, strict: true, options: { etcd: { type: 'string' }, site: { type: 'string' }, json: { type: 'boolean' } } });
+      const endpoints = (values.etcd ?? '').split(',').filter(Boolean);
+      if (endpoints.length === 0 || !values.site) throw new UsageError('cluster status needs --etcd URL[,URL...] --site NAME');
+      if (endpoints.some((e) => !/^https?:\/\/[^/]+$/.test(e))) throw new UsageError(`--etcd takes http(s)://host:port URLs, not "${values.etcd}"`);
+      return runClusterStatus({ endpoints, site: values.site, json: values.json ?? false });
     }
     case 'rekey': {
       const { values } = parseArgs({
