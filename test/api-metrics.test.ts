@@ -1,7 +1,6 @@
 import { spawn, spawnSync } from 'node:child_process';
 import { writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import t, { type Test } from 'tap';
 import type { GatewayChild } from '../src/cli/gateway-child.js';
 import type { IpcMessage } from '../src/cli/gateway-process.js';
@@ -13,6 +12,7 @@ import { startSnmptrapd } from './lib/snmptrapd.js';
 import { freePort, probe } from './lib/ports.js';
 import { needs } from './lib/tools.js';
 import { until } from './lib/wait.js';
+import { vrg } from './lib/vrg-cli.js';
 
 // Issue 16: each gateway's `/metrics` (prom-client, its own listener), checked by promtool and scraped by a
 // real Prometheus; a burst over a capped link shows the VM's lag (bytes and seconds behind) grow, then
@@ -20,7 +20,6 @@ import { until } from './lib/wait.js';
 
 const MiB = 1024 * 1024;
 const adminPassword = 'status-test-pw';
-const main = fileURLToPath(new URL('../dist/src/cli/main.js', import.meta.url));
 type Ready = IpcMessage & { type: 'ready' };
 
 /** One sample's value from the text format: `name{...labels}` whose labels include `match`, or null. */
@@ -129,16 +128,7 @@ t.test('a real Prometheus scrapes both gateways: lag grows in a burst over a cap
 });
 
 /** `vrg status ...` as a user runs it. */
-function vrgStatus(...args: string[]): Promise<{ code: number | null; stdout: string; stderr: string }> {
-  return new Promise((resolve) => {
-    const c = spawn(process.execPath, [main, 'status', ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
-    let stdout = '';
-    let stderr = '';
-    c.stdout.on('data', (d: Buffer) => { stdout += d.toString(); });
-    c.stderr.on('data', (d: Buffer) => { stderr += d.toString(); });
-    c.on('exit', (code) => resolve({ code, stdout, stderr }));
-  });
-}
+const vrgStatus = (...args: string[]) => vrg('status', ...args);
 
 t.test('vrg status: a table per VM, --json for scripts, --watch refreshing; lag during a burst, none after', async (t) => {
   const { prod, rest } = await startMetricsPair(t);

@@ -19,7 +19,7 @@ import { pairConfigJson } from './lib/pair.js';
 import { drainChild, startNbdProcessPair } from './lib/process-pair.js';
 import { RawNbdClient } from './lib/nbd-raw-client.js';
 import { runTool } from './lib/nbd-tools.js';
-import { needs } from './lib/tools.js';
+import { haveTool, needs } from './lib/tools.js';
 import { makeTestPki } from './lib/x509.js';
 
 // Issue 17: NBD over TLS (STARTTLS) with PSK and X.509, as the real clients speak it: nbdinfo and nbdcopy
@@ -100,6 +100,7 @@ t.test('require: a plain client gets no export list, no size, and EXPORT_NAME en
   await c.closed;
   t.ok(c.ended, 'EXPORT_NAME before TLS: the server closed the connection without a reply');
 
+  if (!haveTool('nbdinfo')) return; // the raw client above showed it; libnbd's view needs libnbd-bin
   const info = await runTool('nbdinfo', ['--list', `nbd://127.0.0.1:${port}/`]);
   t.not(info.code, 0, 'nbdinfo --list without TLS fails');
   t.notMatch(info.stdout + info.stderr, new RegExp(`${exportName}|16777216`), 'and shows no export name or size');

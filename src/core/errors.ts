@@ -1,6 +1,6 @@
-// One catalogue of the errors VRG raises on purpose. Callers and tests match on `code`, never on text.
 import { redactFields, scrubSecrets } from './secrets.js';
 
+// One catalogue of the errors VRG raises on purpose. Callers and tests match on `code`, never on text.
 // The management APIs map these codes to HTTP status and the source documents' error numbers.
 
 export const ErrorCode = {

@@ -6,24 +6,26 @@
 
 export const REDACTED = '[redacted]';
 
-/** Field names whose values are secrets, wherever they appear (compared lowercase, without - and _). */
-const SECRET_FIELDS = new Set([
-  'secret', 'secrethex', 'linksecret', 'linksecrethex', 'password', 'adminpassword', 'oldpassword', 'newpassword',
-  'passwd', 'token', 'authtoken', 'xauthtoken', 'xauthkey', 'authkey', 'oldkey', 'newkey', 'authorization', 'psk',
-  'pskhex', 'pairingkey', 'clusterpairingkey', 'volumepairingkey', 'privatekey',
-]);
+/** Field names whose values are secrets, as the code and HTTP headers spell them. */
+const SECRET_FIELD_NAMES = ['secret', 'secretHex', 'linkSecret', 'linkSecretHex', 'password', 'adminPassword', 'oldPassword',
+  'newPassword', 'passwd', 'token', 'authToken', 'authKey', 'oldKey', 'newKey', 'authorization', 'psk', 'pskHex', 'pairingKey',
+  'clusterPairingKey', 'volumePairingKey', 'privateKey', 'x-auth-token', 'x-auth-key'];
+
+const normalized = (name: string): string => name.toLowerCase().replace(/[-_]/g, '');
+/** The same names compared lowercase, without - and _, wherever they appear. */
+const SECRET_FIELDS = new Set(SECRET_FIELD_NAMES.map(normalized));
 
 export function isSecretField(name: string): boolean {
-  return SECRET_FIELDS.has(name.toLowerCase().replace(/[-_]/g, ''));
+  return SECRET_FIELDS.has(normalized(name));
 }
 
 /** The field names pino's `redact` censors, at the top and two levels down (its paths take no deep wildcard). */
 export function secretFieldPaths(): string[] {
-  const names = ['secret', 'secretHex', 'linkSecret', 'linkSecretHex', 'password', 'adminPassword', 'oldPassword', 'newPassword',
-    'token', 'authToken', 'authKey', 'oldKey', 'newKey', 'authorization', 'psk', 'pskHex', 'pairingKey',
-    'clusterPairingKey', 'volumePairingKey', 'privateKey', '["x-auth-token"]', '["x-auth-key"]'];
-  const at = (prefix: string, n: string): string => (n.startsWith('[') ? `${prefix}${n}` : `${prefix}.${n}`);
-  return names.flatMap((n) => [n.startsWith('[') ? n.slice(2, -2) : n, at('*', n), at('*.*', n)]);
+  return SECRET_FIELD_NAMES.flatMap((n) => {
+    const key = n.includes('-') ? `["${n}"]` : n;
+    const at = (prefix: string): string => (key.startsWith('[') ? `${prefix}${key}` : `${prefix}.${key}`);
+    return [n.includes('-') ? n : key, at('*'), at('*.*')];
+  });
 }
 
 /** A copy of `value` with every secret-named field censored, at any depth (cycles cut). */
