@@ -66,7 +66,6 @@ export class NbdConnection {
   /** The client's socket: the plain one, then its TLS wrapper once STARTTLS ran. */
   private sock: Socket;
   private onClosed!: () => void;
-  private tlsUp = false;
 
   constructor(sock: Socket, private readonly opts: NbdConnectionOptions) {
     this.sock = sock;
@@ -88,11 +87,6 @@ export class NbdConnection {
     sock.on('error', (err) => this.log.debug({ err }, 'nbd client socket error'));
     sock.write(encodeGreeting(NbdHandshakeFlag.FIXED_NEWSTYLE | NbdHandshakeFlag.NO_ZEROES));
     this.armWatchdog();
-  }
-
-  /** Whether the session runs inside TLS. */
-  get tls(): boolean {
-    return this.tlsUp;
   }
 
   private listen(sock: Socket): void {
@@ -184,11 +178,10 @@ export class NbdConnection {
     this.listen(secure);
     secure.on('error', (err) => {
       // A wrong PSK or certificate, or a client that gave up: nothing was served on this connection.
-      this.log.warn({ err: { message: err.message, code: (err as NodeJS.ErrnoException).code } }, 'nbd TLS failed');
+      this.log.warn({ err }, 'nbd TLS failed');
       this.destroy(`TLS: ${err.message}`);
     });
     secure.once('secure', () => {
-      this.tlsUp = true;
       this.negotiation.tlsStarted();
       this.log.info({ protocol: secure.getProtocol(), cipher: secure.getCipher().name }, 'nbd client started TLS');
       this.progress();
