@@ -12,7 +12,7 @@ import { startSnmptrapd } from './lib/snmptrapd.js';
 import { freePort, probe } from './lib/ports.js';
 import { needs } from './lib/tools.js';
 import { until } from './lib/wait.js';
-import { vrg } from './lib/vrg-cli.js';
+import { vrg, vrgStreaming } from './lib/vrg-cli.js';
 
 // Issue 16: each gateway's `/metrics` (prom-client, its own listener), checked by promtool and scraped by a
 // real Prometheus; a burst over a capped link shows the VM's lag (bytes and seconds behind) grow, then
@@ -68,12 +68,15 @@ async function startPrometheus(t: Test, dir: string, targets: string[]): Promise
   const child = spawn('prometheus', [`--config.file=${config}`, `--storage.tsdb.path=${join(dir, 'tsdb')}`,
     `--web.listen-address=127.0.0.1:${port}`], { stdio: 'ignore' });
   t.teardown(() => { child.kill('SIGKILL'); });
-  await until(() => probe(port), 30_000, 'prometheus listening');
-  return `http://127.0.0.1:${port}`;
+  const base = `http://127.0.0.1:${port}`;
+  // Listening is not ready: until its storage is up, Prometheus answers 503 "Service Unavailable" (not JSON).
+  await until(async () => (await probe(port)) && (await fetch(`${base}/-/ready`).catch(() => null))?.status === 200, 30_000, 'prometheus ready');
+  return base;
 }
 
 async function query(base: string, q: string): Promise<Array<{ metric: Record<string, string>; value: [number, string] }>> {
   const res = await fetch(`${base}/api/v1/query?query=${encodeURIComponent(q)}`);
+  if (res.status !== 200) throw new Error(`prometheus query ${q}: HTTP ${res.status} ${await res.text()}`);
   const body = await res.json() as { status: string; data: { result: Array<{ metric: Record<string, string>; value: [number, string] }> } };
   if (body.status !== 'success') throw new Error(`prometheus query ${q}: ${JSON.stringify(body)}`);
   return body.data.result;
@@ -140,9 +143,13 @@ t.test('vrg status: a table per VM, --json for scripts, --watch refreshing; lag 
   const dr = JSON.parse((await vrgStatus('--url', rest.dr, ...auth, '--json')).stdout) as { vms: Array<{ role: string }> };
   t.match(dr.vms, [{ vmUuid, role: 'target' }], 'DR: the VM as target');
   const load = { totalBytes: 16 * MiB, volumes: [{ volUuid: 'vol-0', sizeBytes: 64 * MiB }], writeBytes: 64 * 1024, queueDepth: 8, seed: 9 };
-  // The watch first: the burst lands in the journal within a sample or two, then drains slowly over the link.
-  const watching = vrgStatus('--url', rest.prod, ...auth, '--json', '--watch', '--count', '4');
-  await new Promise((r) => setTimeout(r, 800));
+  // The watch's first document first (so its next sample spans the intake), then the burst: it lands in the
+  // journal within a sample or two and drains slowly over the link. A fixed head start was too short on a
+  // loaded machine (the CLI's start and login took longer; the intake then fell before the first sample).
+  let firstDoc = (): void => undefined;
+  const first = new Promise<void>((resolve) => { firstDoc = resolve; });
+  const watching = vrgStreaming((chunk) => { if (chunk.includes('\n')) firstDoc(); }, 'status', '--url', rest.prod, ...auth, '--json', '--watch', '--count', '4');
+  await Promise.race([first, watching]);
   const done = prod.request({ type: 'load', load }, 'loadDone');
   const busy = await watching;
   const docs = busy.stdout.trim().split('\n').map((l) => JSON.parse(l) as { vms: Array<{ bytesBehind: number; bytesPerSec: number }> });
@@ -183,6 +190,9 @@ t.test('the RPO threshold: a burst behind the capped link raises the rpoExceeded
   t.ok(alarmSeen, 'the alarm showed in the metrics while raised');
   await done;
   await until(() => trapd.output().includes(cleared), 120_000, 'the trap that clears it');
-  t.equal(sample(await scrape(urls.prod), 'vrg_vm_alarm', 'kind="rpoExceeded"'), 0, 'and is 0 there once cleared');
-  t.equal(sample(await scrape(urls.prod), 'vrg_vm_seconds_behind', vm), 0, 'caught up');
+  // The clear comes under 80 % of the threshold, not at zero: wait for the drain's end before the final state
+  // (the lag may even climb back over the threshold once more while the backlog drains, raising it again).
+  await until(async () => sample(await scrape(urls.prod), 'vrg_vm_seconds_behind', vm) === 0, 120_000, 'caught up');
+  t.pass('caught up');
+  t.equal(sample(await scrape(urls.prod), 'vrg_vm_alarm', 'kind="rpoExceeded"'), 0, 'and is 0 there once caught up');
 });
