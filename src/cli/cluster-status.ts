@@ -2,12 +2,12 @@ import { EtcdRegistry, type MemberRecord, type OwnerRecord } from '../cluster/et
 
 // `vrg cluster status --etcd URL[,URL...] --site NAME [--json]`: a site's members and VM placement as etcd holds
 // them (src/cluster/etcd-registry.ts), read without joining: members with their load and draining flag, each
-// VM's owner and fencing token, and the VMs nobody owns. Lag per VM needs the gateways (not wired yet).
+// VM's owner and fencing token with the state and lag its owner last reported, and the VMs nobody owns.
 
 export interface ClusterStatus {
   site: string;
   members: MemberRecord[];
-  vms: Array<{ vmUuid: string; owner: string | null; token: number | null }>;
+  vms: Array<{ vmUuid: string; owner: string | null; token: number | null; state: string | null; lagBytes: number | null; lagSeconds: number | null }>;
 }
 
 export async function readClusterStatus(endpoints: string[], site: string): Promise<ClusterStatus> {
@@ -20,7 +20,12 @@ export async function readClusterStatus(endpoints: string[], site: string): Prom
     return {
       site,
       members: [...members].sort((a, b) => a.id.localeCompare(b.id)),
-      vms: ids.map((vmUuid) => ({ vmUuid, owner: byVm.get(vmUuid)?.memberId ?? null, token: byVm.get(vmUuid)?.token ?? null })),
+      vms: ids.map((vmUuid) => {
+        const owner = byVm.get(vmUuid);
+        const report = members.find((m) => m.id === owner?.memberId)?.vms?.[vmUuid];
+        return { vmUuid, owner: owner?.memberId ?? null, token: owner?.token ?? null,
+          state: report?.state ?? null, lagBytes: report?.lagBytes ?? null, lagSeconds: report?.lagSeconds ?? null };
+      }),
     };
   } finally {
     await reg.close();
@@ -35,8 +40,11 @@ export function formatClusterStatus(s: ClusterStatus, nowMs: number): string {
       `${(m.writeRateBytesPerSec / 1e6).toFixed(1).padStart(8)} ${(m.draining ? 'yes' : 'no').padEnd(8)} ` +
       `${((nowMs - m.updatedAtMs) / 1000).toFixed(1).padStart(7)}  ${m.apiUrl}`);
   }
-  lines.push('', `${'VM'.padEnd(38)} ${'OWNER'.padEnd(24)} TOKEN`);
-  for (const v of s.vms) lines.push(`${v.vmUuid.padEnd(38)} ${(v.owner ?? '-').padEnd(24)} ${v.token ?? '-'}`);
+  lines.push('', `${'VM'.padEnd(38)} ${'OWNER'.padEnd(24)} ${'TOKEN'.padStart(8)} ${'STATE'.padEnd(8)} ${'LAG MiB'.padStart(9)} ${'LAG s'.padStart(7)}`);
+  for (const v of s.vms) {
+    lines.push(`${v.vmUuid.padEnd(38)} ${(v.owner ?? '-').padEnd(24)} ${String(v.token ?? '-').padStart(8)} ${(v.state ?? '-').padEnd(8)} ` +
+      `${(v.lagBytes === null ? '-' : (v.lagBytes / 1048576).toFixed(1)).padStart(9)} ${(v.lagSeconds === null ? '-' : v.lagSeconds.toFixed(1)).padStart(7)}`);
+  }
   return `${lines.join('\n')}\n`;
 }
 

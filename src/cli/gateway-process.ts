@@ -22,6 +22,7 @@ import { gatewayRegistry } from '../api/metrics/metrics.js';
 import { gatewayFigures } from '../api/replication-figures.js';
 import { startMetricsServer } from '../api/metrics/metrics-server.js';
 import { startApi } from '../api/rest/api-runtime.js';
+import { openClusterGateway } from './cluster-gateway.js';
 
 // `vrg start --config FILE`: one gateway process. When started by `vrg demo` (an IPC channel is
 // present) it also takes a few commands from its parent: run the built-in load, drain, report status.
@@ -145,6 +146,7 @@ export async function openGateway(config: GatewayConfig, logger: Logger):
 export async function startCommand(configPath: string): Promise<void> {
   const config = await loadConfig(configPath);
   const logger = createLogger(`vrg-${config.role}`);
+  if (config.cluster) return startClusterCommand(config, logger);
   // The engine's timers never hold the event loop, and while a gateway opens nothing else may (a DR retrying a
   // target write agent that is restarting): without this the process would end, exit code 0, mid-open.
   // An open that throws ends the process anyway.
@@ -238,6 +240,36 @@ export async function startCommand(configPath: string): Promise<void> {
       throw vrgError(ErrorCode.INVALID_ARGUMENT, `a ${config.role} gateway takes no ${req.type} request`);
     }
   };
+}
+
+/** Cluster mode: the member runs until a signal; a parent (a test) may ask for its status over IPC. */
+async function startClusterCommand(config: GatewayConfig, logger: Logger): Promise<void> {
+  const openingKeepAlive = setInterval(() => {}, 60_000);
+  const gw = await openClusterGateway(config, logger);
+  const send = (m: IpcMessage): void => {
+    if (process.send && process.connected) process.send(m);
+  };
+  let stopping = false;
+  const stop = async (): Promise<void> => {
+    if (stopping) return;
+    stopping = true;
+    await gw.close();
+    logger.info('gateway stopped');
+    process.exit(0);
+  };
+  process.on('SIGTERM', () => void stop());
+  process.on('SIGINT', () => void stop());
+  process.on('disconnect', () => void stop());
+  process.on('message', (req: IpcRequest) => {
+    if (req.type !== 'status') return send({ type: 'error', code: ErrorCode.INVALID_ARGUMENT, message: `a cluster member takes no ${req.type} request` });
+    const cpu = process.cpuUsage();
+    send({ type: 'status', status: gw.status(), process: { rssPeakBytes: peakRssBytes(), cpuUserUs: cpu.user, cpuSystemUs: cpu.system } as ProcessFigures });
+  });
+  logger.info({ gatewayId: config.gatewayId, role: config.role, site: config.cluster!.site }, 'cluster gateway started');
+  clearInterval(openingKeepAlive);
+  // The registry's etcd client and the servers hold the event loop.
+  setInterval(() => {}, 3_600_000);
+  send({ type: 'ready', role: config.role, ...(gw.nbdPort === null ? {} : { nbdPort: gw.nbdPort }) });
 }
 
 function operate(gw: ProductionGateway, req: Extract<IpcRequest, { type: 'operate' }>): void {

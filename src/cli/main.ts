@@ -14,6 +14,7 @@ import { replayCommand, runChaos } from './chaos.js';
 import { runSimSeeds } from '../chaos/sim/sim-run.js';
 import { runStatus } from './status-command.js';
 import { runClusterStatus } from './cluster-status.js';
+import { runClusterDrain, runClusterProtect, runClusterUnprotect } from './cluster-admin.js';
 
 const usage = `usage: vrg <command> [options]
 
@@ -51,8 +52,12 @@ commands:
   splitbrain resolve a split brain on the side whose writes lose: vrg splitbrain --url URL --password P --vm UUID
   rekey    rotate the link secret with the DR peer, on the production gateway: vrg rekey --url URL --password P
              (both sides store the next secret, the link reconnects with it, the old one is refused)
-  cluster status   a site's members and VM placement as etcd holds them (issue 18; the gateways do not
-             register yet): vrg cluster status --etcd http://127.0.0.1:2379[,URL...] --site NAME [--json]
+  cluster  cluster mode (gateways with a "cluster" config section share a site's VMs through etcd):
+             vrg cluster status --etcd http://127.0.0.1:2379[,URL...] --site NAME [--json]
+               members (load, draining), each VM's owner, fencing token, state and lag
+             vrg cluster protect --etcd URL --site NAME --file VMS.json   store VM settings (one VM or a list)
+             vrg cluster unprotect --etcd URL --site NAME --vm UUID
+             vrg cluster drain --etcd URL --site NAME --member ID [--off]   move a member's VMs away (planned)
   chaos    a gateway pair under a stamped write load and a seeded schedule of faults, with checkers
              (nothing acknowledged lost, DR always a prefix image, Sync: every ack on DR, DR = production at the end)
              --seed N             the schedule's seed (default: random, printed); the same N replays it
@@ -188,12 +193,28 @@ async function main(argv: string[]): Promise<number> {
     }
     case 'cluster': {
       const [sub, ...args] = rest;
-      if (sub !== 'status') throw new UsageError(`cluster takes "status", not "${sub ?? ''}"`);
-      const { values } = parseArgs({ args, strict: true, options: { etcd: { type: 'string' }, site: { type: 'string' }, json: { type: 'boolean' } } });
+      if (sub !== 'status' && sub !== 'protect' && sub !== 'unprotect' && sub !== 'drain') {
+        throw new UsageError(`cluster takes "status", "protect", "unprotect" or "drain", not "${sub ?? ''}"`);
+      }
+      const { values } = parseArgs({ args, strict: true, options: {
+        etcd: { type: 'string' }, site: { type: 'string' }, json: { type: 'boolean' }, file: { type: 'string' }, vm: { type: 'string' },
+        member: { type: 'string' }, off: { type: 'boolean' },
+      } });
       const endpoints = (values.etcd ?? '').split(',').filter(Boolean);
-      if (endpoints.length === 0 || !values.site) throw new UsageError('cluster status needs --etcd URL[,URL...] --site NAME');
+      if (endpoints.length === 0 || !values.site) throw new UsageError(`cluster ${sub} needs --etcd URL[,URL...] --site NAME`);
       if (endpoints.some((e) => !/^https?:\/\/[^/]+$/.test(e))) throw new UsageError(`--etcd takes http(s)://host:port URLs, not "${values.etcd}"`);
-      return runClusterStatus({ endpoints, site: values.site, json: values.json ?? false });
+      const site = values.site;
+      if (sub === 'status') return runClusterStatus({ endpoints, site, json: values.json ?? false });
+      if (sub === 'protect') {
+        if (!values.file) throw new UsageError('cluster protect needs --file VMS.json');
+        return runClusterProtect({ endpoints, site, file: values.file });
+      }
+      if (sub === 'unprotect') {
+        if (!values.vm) throw new UsageError('cluster unprotect needs --vm UUID');
+        return runClusterUnprotect({ endpoints, site, vmUuid: values.vm });
+      }
+      if (!values.member) throw new UsageError('cluster drain needs --member ID [--off]');
+      return runClusterDrain({ endpoints, site, member: values.member, off: values.off ?? false });
     }
     case 'rekey': {
       const { values } = parseArgs({

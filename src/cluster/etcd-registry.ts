@@ -4,12 +4,16 @@ import { systemClock, withTimeout, type Clock, type TimerHandle } from '../core/
 import { ErrorCode, isVrgError, vrgError, type VrgError } from '../core/errors.js';
 
 // A site's gateways in etcd: who is alive, which VMs the site protects, and which gateway owns each VM.
-// This is the foundation of cluster mode (issue 18); the gateways do not use it yet.
+// The cluster members (production-member.ts, dr-member.ts) act on it.
 //
 // Key layout (one prefix per site, so sites can share an etcd):
 //   /vrg/<site>/members/<memberId>  lease-backed; JSON MemberRecord. Vanishes when the member's lease ends.
 //   /vrg/<site>/vms/<vmUuid>        no lease; the VM's settings JSON, written by any gateway's APIs.
 //   /vrg/<site>/owners/<vmUuid>     lease-backed (the owner's lease); value = the owner's memberId.
+//   /vrg/<site>/custody/<vmUuid>    no lease; JSON Custody: how the last owner left the VM (kept past its death).
+//   /vrg/<site>/fence/<vmUuid>      no lease; DR site: the newest fencing token seen for the VM (16 digits, so
+//                                   etcd's byte-wise compare is numeric); it only rises (raiseFence()).
+//   /vrg/<site>/drain/<memberId>    no lease; "1": an operator asked the member to drain (vrg cluster drain).
 //
 // Ownership is created only if absent (one etcd transaction), so each VM has at most one owner. The FENCING
 // TOKEN of an ownership is its owner key's create revision: etcd's revision only rises, so a later owner of a
@@ -27,13 +31,42 @@ export interface MemberIdentity {
   readonly apiUrl: string;
   readonly linkHost: string;
   readonly linkPort: number;
+  /** Production: where its NBD intake listens (nbd://host:port), for the hypervisor's agent to find its VMs. */
+  readonly nbdUrl?: string;
 }
 
-export interface MemberRecord extends MemberIdentity {
-  readonly draining: boolean;
+/** A member's report of one VM it serves (vrg cluster status shows it). */
+export interface VmReport {
+  readonly state: string;
+  readonly mode: string;
+  /** Journaled and not yet acknowledged by DR (production), or logged and not yet applied (DR). */
+  readonly lagBytes: number;
+  readonly lagSeconds: number;
+  readonly token: number;
+}
+
+export interface MemberStats {
   readonly vmCount: number;
   readonly writeRateBytesPerSec: number;
+  /** DR: the link port of this member's engine for each production member it pairs with. */
+  readonly links?: Readonly<Record<string, number>>;
+  readonly vms?: Readonly<Record<string, VmReport>>;
+}
+
+export interface MemberRecord extends MemberIdentity, MemberStats {
+  readonly draining: boolean;
   readonly updatedAtMs: number;
+}
+
+/**
+ * How a VM's last owner left it: 'owned' while an owner serves it (so a successor knows the owner may have
+ * died mid-stream and checks the VM), 'clean' after a planned hand-over left DR equal to the source.
+ */
+export interface Custody {
+  readonly state: 'owned' | 'clean';
+  readonly memberId: string;
+  readonly token: number;
+  readonly atMs: number;
 }
 
 export interface OwnerRecord {
@@ -83,7 +116,7 @@ export class EtcdRegistry extends EventEmitter<{ lost: [VrgError] }> {
   private validUntilNs = 0n;
   private expiryTimer: TimerHandle | null = null;
   private draining = false;
-  private stats = { vmCount: 0, writeRateBytesPerSec: 0 };
+  private stats: MemberStats = { vmCount: 0, writeRateBytesPerSec: 0 };
 
   constructor(private readonly options: EtcdRegistryOptions) {
     super();
@@ -166,19 +199,79 @@ export class EtcdRegistry extends EventEmitter<{ lost: [VrgError] }> {
     throw vrgError(ErrorCode.VM_NOT_FOUND, `site ${this.options.site} has no VM ${vmUuid}`, { vmUuid });
   }
 
-  /** Give up `vmUuid`: deleted only if this member owns it under its current lease, else CLUSTER_NOT_OWNER. */
-  async release(vmUuid: string): Promise<void> {
+  /**
+   * Give up `vmUuid`: deleted only if this member owns it under its current lease, else CLUSTER_NOT_OWNER.
+   * `custody`, if given, is stored in the same transaction (a successor reads how the VM was left).
+   */
+  async release(vmUuid: string, custody?: Custody): Promise<void> {
     checkName('vmUuid', vmUuid);
     this.assertLive();
     const key = this.ownerKey(vmUuid);
+    const then = [this.client.delete().key(key)];
+    if (custody) then.push(this.client.put(this.custodyKey(vmUuid)).value(JSON.stringify(custody)) as never);
     const txn = await this.request(`release VM ${vmUuid}`, this.client
       .if(key, 'Value', '==', this.memberId).and(key, 'Lease', '==', this.leaseId)
-      .then(this.client.delete().key(key))
+      .then(...then)
       .else(this.client.get(key))
       .commit());
     if (txn.succeeded) return;
     const owner = txn.responses[0]?.response_range.kvs[0]?.value.toString() ?? null;
     throw vrgError(ErrorCode.CLUSTER_NOT_OWNER, `member ${this.memberId} does not own VM ${vmUuid}`, { vmUuid, owner });
+  }
+
+  /** Stores how this owner holds the VM, only while it owns it under its current lease (else CLUSTER_NOT_OWNER). */
+  async putCustody(vmUuid: string, custody: Custody): Promise<void> {
+    checkName('vmUuid', vmUuid);
+    this.assertLive();
+    const key = this.ownerKey(vmUuid);
+    const txn = await this.request(`record custody of VM ${vmUuid}`, this.client
+      .if(key, 'Value', '==', this.memberId).and(key, 'Lease', '==', this.leaseId)
+      .then(this.client.put(this.custodyKey(vmUuid)).value(JSON.stringify(custody)))
+      .commit());
+    if (!txn.succeeded) throw vrgError(ErrorCode.CLUSTER_NOT_OWNER, `member ${this.memberId} does not own VM ${vmUuid}`, { vmUuid });
+  }
+
+  /** How the VM's last owner left it, or null (never owned: a new VM). */
+  async getCustody(vmUuid: string): Promise<Custody | null> {
+    checkName('vmUuid', vmUuid);
+    const value = await this.request(`read custody of VM ${vmUuid}`, this.client.get(this.custodyKey(vmUuid)).string());
+    return value === null ? null : JSON.parse(value) as Custody;
+  }
+
+  /**
+   * DR site: raises the VM's fence to `token` (compare-and-swap, so it only rises, whichever member writes).
+   * Resolves with the fence now: `token` itself, or a newer one (then `token` is stale).
+   */
+  async raiseFence(vmUuid: string, token: number): Promise<number> {
+    checkName('vmUuid', vmUuid);
+    const key = this.root + 'fence/' + vmUuid;
+    const value = String(token).padStart(16, '0');
+    for (let attempt = 0; attempt < 8; attempt++) {
+      const txn = await this.request(`fence VM ${vmUuid}`, this.client.if(key, 'Create', '==', 0)
+        .then(this.client.put(key).value(value)).else(this.client.get(key)).commit());
+      if (txn.succeeded) return token;
+      const now = txn.responses[0]?.response_range.kvs[0]?.value.toString() ?? value;
+      if (now >= value) return Number(now);
+      const cas = await this.request(`fence VM ${vmUuid}`, this.client.if(key, 'Value', '==', now).then(this.client.put(key).value(value)).commit());
+      if (cas.succeeded) return token;
+    }
+    throw vrgError(ErrorCode.CLUSTER_UNAVAILABLE, `VM ${vmUuid}: the fence kept changing under eight compare-and-swaps`, { vmUuid });
+  }
+
+  /** An operator's drain request for a member (it acts on it: setDraining), kept across its restarts. */
+  async requestDrain(memberId: string, on: boolean): Promise<void> {
+    checkName('memberId', memberId);
+    const key = this.root + 'drain/' + memberId;
+    if (on) await this.request(`drain ${memberId}`, this.client.put(key).value('1').exec());
+    else await this.request(`undrain ${memberId}`, this.client.delete().key(key).exec());
+  }
+
+  async drainRequested(memberId: string): Promise<boolean> {
+    return (await this.request(`read drain of ${memberId}`, this.client.get(this.root + 'drain/' + memberId).string())) !== null;
+  }
+
+  get isDraining(): boolean {
+    return this.draining;
   }
 
   async owners(): Promise<OwnerRecord[]> {
@@ -206,9 +299,9 @@ export class EtcdRegistry extends EventEmitter<{ lost: [VrgError] }> {
     return { close: () => this.request('stop watching', watcher.cancel()) };
   }
 
+  /** Stores a VM's settings (no lease needed: an operator's tool writes them as well as the gateways' APIs). */
   async putVm(vmUuid: string, settings: unknown): Promise<void> {
     checkName('vmUuid', vmUuid);
-    this.assertLive();
     await this.request(`store VM ${vmUuid}`, this.client.put(this.vmKey(vmUuid)).value(JSON.stringify(settings)).exec());
   }
 
@@ -229,7 +322,6 @@ export class EtcdRegistry extends EventEmitter<{ lost: [VrgError] }> {
   /** Removes the VM's settings (its owner key stays until its owner releases it or its lease ends). */
   async deleteVm(vmUuid: string): Promise<void> {
     checkName('vmUuid', vmUuid);
-    this.assertLive();
     const res = await this.request(`delete VM ${vmUuid}`, this.client.delete().key(this.vmKey(vmUuid)).exec());
     if (Number(res.deleted) === 0) throw vrgError(ErrorCode.VM_NOT_FOUND, `site ${this.options.site} has no VM ${vmUuid}`, { vmUuid });
   }
@@ -241,8 +333,8 @@ export class EtcdRegistry extends EventEmitter<{ lost: [VrgError] }> {
     await this.putMember();
   }
 
-  /** Publish this member's load, the placement rule's input on the other members. */
-  async report(stats: { vmCount: number; writeRateBytesPerSec: number }): Promise<void> {
+  /** Publish this member's load, the placement rule's input on the other members, and its VMs' figures. */
+  async report(stats: MemberStats): Promise<void> {
     this.assertLive();
     this.stats = { ...stats };
     await this.putMember();
@@ -340,6 +432,10 @@ export class EtcdRegistry extends EventEmitter<{ lost: [VrgError] }> {
 
   private vmKey(vmUuid: string): string {
     return `${this.root}vms/${vmUuid}`;
+  }
+
+  private custodyKey(vmUuid: string): string {
+    return `${this.root}custody/${vmUuid}`;
   }
 
   private ownerKey(vmUuid: string): string {

@@ -1,6 +1,6 @@
 import { ErrorCode, isVrgError } from '../core/errors.js';
-import type { EtcdRegistry } from './etcd-registry.js';
-import { placeVms } from './placement.js';
+import type { Custody, EtcdRegistry } from './etcd-registry.js';
+import { placeVms, type MoveReason } from './placement.js';
 
 // One member's turn at the placement rule: it reads the site (members, owners, VMs), computes the rule's moves
 // (the same on every member, src/cluster/placement.ts), and does only its own part: it releases the VMs moved
@@ -13,6 +13,11 @@ export interface RoundOptions {
   readonly maxMoves?: number;
   /** Measured write rate per VM, bytes/s (absent: 0). */
   readonly vmRates?: ReadonlyMap<string, number>;
+  /**
+   * Before a VM moved away is released: the member stops serving it (a gateway hands it over) and says how it
+   * leaves it, stored with the release. A throw keeps the VM (and its owner key) for a later round.
+   */
+  readonly handOver?: (vmUuid: string, reason: MoveReason) => Promise<Custody | undefined>;
 }
 
 export interface RoundResult {
@@ -34,7 +39,8 @@ export async function runPlacementRound(registry: EtcdRegistry, options: RoundOp
   const result = { claimed: [] as Array<{ vmUuid: string; token: number }>, released: [] as string[], lost: [] as string[] };
   for (const move of moves) {
     if (move.from === registry.memberId) {
-      await registry.release(move.vmId);
+      const custody = await options.handOver?.(move.vmId, move.reason);
+      await registry.release(move.vmId, custody);
       result.released.push(move.vmId);
     } else if (move.to === registry.memberId && (move.from === null || !live.has(move.from))) {
       await claimInto(registry, move.vmId, result);

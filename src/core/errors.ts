@@ -73,6 +73,8 @@ export const ErrorCode = {
   CLUSTER_FENCED: 'VRG_CLUSTER_FENCED',
   /** join(): another live lease holds this member id (a second gateway with the id, or this one's last life). */
   CLUSTER_MEMBER_EXISTS: 'VRG_CLUSTER_MEMBER_EXISTS',
+  /** DR: a batch's fencing token is older than the newest seen for its VM (a stale owner); details: vmUuid, token, newest. */
+  FENCING_TOKEN_STALE: 'VRG_FENCING_TOKEN_STALE',
   // Management API authentication (details.errorCode = the VRG REST document's number, src/api/auth/error-codes.ts)
   AUTH_NOT_LOGGED_IN: 'VRG_AUTH_NOT_LOGGED_IN',
   AUTH_INVALID_PASSWORD: 'VRG_AUTH_INVALID_PASSWORD',

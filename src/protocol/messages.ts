@@ -37,6 +37,8 @@ export interface WriteBatch {
   vmUuid: string; firstSeq: number; volumeUuids: string[]; records: WriteRecord[]; producedAtMs: number;
   /** The source's generation of the VM (0 or absent: 1). */
   generation?: number;
+  /** Cluster mode: the production owner's fencing token (0 or absent: a single pair, no fencing). */
+  fencingToken?: number;
 }
 export interface Ack { vmUuid: string; durableSeq: number }
 export interface Heartbeat { id: number; sentAtUs: number }

@@ -22,7 +22,10 @@ import { compressionSettings, type CompressionSetting } from './compression-poli
 //            "tlsCertFile": "...", "tlsKeyFile": "...", //   and/or an X.509 certificate and key (PEM)
 //            "allowClients": ["127.0.0.1", "10.0.0.0/8"], // TCP clients allowed (absent: any)
 //            "socketPath": "/run/vrg/nbd.sock" },       //   also a unix socket (mode 0600)
-//   "intake": { "writeBack": false }                  // optional (production): ack before the journal fsync
+//   "intake": { "writeBack": false },                 // optional (production): ack before the journal fsync
+//   "cluster": { "etcd": ["http://127.0.0.1:2379"],   // optional: cluster mode (src/cluster); then "vms" stays
+//                "site": "prod", "peerSite": "dr",    //   empty (the VMs live in etcd) and, on DR, link.port is
+//                "leaseTtlSeconds": 10 }              //   where each pair's engine listens from (0: any port)
 // }
 
 export type Role = 'production' | 'dr';
@@ -82,6 +85,18 @@ export interface IntakeConfig {
   bootIdPath: string;
 }
 
+/** Cluster mode: the site's members, VMs and owners in etcd (src/cluster). */
+export interface ClusterConfig {
+  etcd: string[];
+  /** This gateway's site (its members share VMs) and the paired site across the link. */
+  site: string;
+  peerSite: string;
+  /** A dead member's VMs move after this (etcd lease TTL, whole seconds). */
+  leaseTtlSeconds: number;
+  /** Bound of each etcd request. */
+  requestTimeoutMs: number;
+}
+
 export interface GatewayConfig {
   role: Role;
   gatewayId: string;
@@ -108,6 +123,29 @@ export interface GatewayConfig {
   api?: ApiListenConfig | null;
   /** Optional Prometheus `/metrics` listener (src/api/metrics), on its own port: absent, none. */
   metrics?: ListenConfig | null;
+  /** Cluster mode (absent: a single pair, as configured). */
+  cluster?: ClusterConfig | null;
+}
+
+function parseCluster(v: unknown, path: string): ClusterConfig {
+  const o = obj(v, path);
+  const etcd = o.etcd;
+  if (!Array.isArray(etcd) || etcd.length === 0 || etcd.some((e) => typeof e !== 'string' || !/^https?:\/\/[^\s/]+$/.test(e))) {
+    fail(`${path}.etcd`, 'must list etcd client URLs such as "http://127.0.0.1:2379"');
+  }
+  const site = str(o, 'site', path);
+  const peerSite = str(o, 'peerSite', path);
+  if (site === peerSite) fail(`${path}.peerSite`, 'must differ from site');
+  return {
+    etcd: etcd as string[], site, peerSite,
+    leaseTtlSeconds: int(o, 'leaseTtlSeconds', path, 2, 3600, 10),
+    requestTimeoutMs: int(o, 'requestTimeoutMs', path, 100, 600_000, 5000),
+  };
+}
+
+/** A VM's settings as stored in etcd in cluster mode (the same shape as a config file's "vms" entry). */
+export function parseVmSettings(v: unknown, path = 'vm'): VmConfig {
+  return parseVm(v, path);
 }
 
 /** "api": { "host": "127.0.0.1", "port": 8080, "httpsPort": 8443, "adminPassword": "...", "certFile": "...", "keyFile": "..." } */
@@ -273,7 +311,13 @@ export function parseConfig(raw: unknown): GatewayConfig {
     vms,
     api: o.api === undefined || o.api === null ? null : parseApi(o.api, '$.api'),
     metrics: o.metrics === undefined || o.metrics === null ? null : parseListen(o.metrics, '$.metrics'),
+    cluster: o.cluster === undefined || o.cluster === null ? null : parseClusterMode(o.cluster, vms),
   };
+}
+
+function parseClusterMode(v: unknown, vms: VmConfig[]): ClusterConfig {
+  if (vms.length > 0) fail('$.vms', 'must be empty in cluster mode: the VMs live in etcd (vrg cluster protect)');
+  return parseCluster(v, '$.cluster');
 }
 
 export async function loadConfig(file: string): Promise<GatewayConfig> {

@@ -1,4 +1,5 @@
 import { EventEmitter } from 'node:events';
+import { join } from 'node:path';
 import { BufferRing, type BufferRingStats } from '../../core/buffer-ring.js';
 import { nodeFiles, type Files } from '../../core/files.js';
 import { withTimeout, type TimerHandle } from '../../core/clock.js';
@@ -85,6 +86,22 @@ export interface ProductionGatewayOptions {
   cbtGranularityBytes?: number;
   /** SnapshotsOnly: take a snapshot this often (0: only on demand). */
   snapshotIntervalMs?: number;
+  /**
+   * Cluster mode: called before each write is taken; throws (CLUSTER_FENCED) while this gateway may not act for
+   * the VM (its etcd lease is not surely alive), so a fenced owner never writes a source volume.
+   */
+  writeGuard?: ((vmUuid: string) => void) | null;
+}
+
+/** Cluster mode: how a VM whose ownership this gateway took starts (src/cluster). */
+export interface AdoptOptions {
+  /** The ownership's fencing token, carried in every batch. */
+  fencingToken: number;
+  /**
+   * 'new': never replicated (a full initial sync); 'check': a previous owner died, so a consistency check
+   * (source = truth, a staged repair) rebuilds DR; 'clean': a planned hand-over left DR equal to the source.
+   */
+  start: 'new' | 'check' | 'clean';
 }
 
 const digestRequestTimeoutMs = 120_000;
@@ -154,6 +171,7 @@ export class ProductionGateway extends EventEmitter {
       syncDegradeAfterMs: options.syncDegradeAfterMs ?? config.protection.syncDegradeAfterMs,
       cbtGranularityBytes: options.cbtGranularityBytes ?? config.protection.cbtGranularityBytes,
       snapshotIntervalMs: options.snapshotIntervalMs ?? config.protection.snapshotIntervalMs,
+      writeGuard: options.writeGuard ?? null,
     });
     await gw.files.mkdir(config.dataDir);
     gw.secrets = await LinkSecretStore.open(config.dataDir, gw.files);
@@ -194,6 +212,50 @@ export class ProductionGateway extends EventEmitter {
     for (const v of vm.config.volumes) this.byVolume.delete(v.volUuid);
     await vm.close(true);
     this.deps.logger.info({ vmUuid }, 'VM protection removed');
+  }
+
+  /**
+   * Cluster mode: starts serving a VM this gateway now owns, as a new seq stream (its DR side starts one too):
+   * whatever an earlier ownership left here goes first (its writes are on the source: the journal is its WAL).
+   */
+  async adoptVm(p: VmProtection, o: AdoptOptions): Promise<void> {
+    if (this.closed) throw vrgError(ErrorCode.CLOSED, 'gateway is closed');
+    if (this.vms.has(p.vmUuid)) throw vrgError(ErrorCode.CONFIG_INVALID, `VM ${p.vmUuid} is already protected`, { vmUuid: p.vmUuid });
+    const cbtDir = join(this.config.dataDir, 'cbt', p.vmUuid);
+    await this.files.rm(cbtDir);
+    await this.files.rm(join(this.config.dataDir, 'journal', p.vmUuid));
+    // An existing state directory: not a new VM, so nothing is marked for a full copy.
+    if (o.start !== 'new') await this.files.mkdir(cbtDir);
+    const vm = await this.openVm(p, undefined, o.fencingToken);
+    if (o.start === 'check') vm.feed({ type: 'checkRequested', reason: 'cluster-takeover' });
+    this.link?.connection?.close(); // the DR side's next Resume covers the VM
+  }
+
+  /**
+   * Cluster mode, a planned move: the VM takes no more writes, everything written is acknowledged by DR, then
+   * it is removed here. Resolves with whether DR equals the source (in queue, nothing unacknowledged): only
+   * then may the next owner skip the check. On error (VRG_TIMEOUT) the VM takes writes again.
+   */
+  async handOverVm(vmUuid: string, timeoutMs: number): Promise<{ clean: boolean; lastSeq: number }> {
+    const vm = this.vm(vmUuid);
+    if (this.frozen.has(vmUuid)) throw vrgError(ErrorCode.FAILOVER_IN_PROGRESS, `VM ${vmUuid} is moving already`, { vmUuid });
+    this.frozen.set(vmUuid, this.deps.clock.setTimer(timeoutMs, () => undefined));
+    let clean = false;
+    try {
+      await withTimeout(this.deps.clock, timeoutMs, (async () => {
+        await vm.intake.idle();
+        if (!vm.shipper.connected || vm.state.name !== 'queue') return;
+        await vm.shipper.waitAcked(vm.journal.lastSeq);
+        clean = vm.state.name === 'queue' && vm.shipper.ackedSeq >= vm.journal.lastSeq;
+      })(), `VM ${vmUuid}: its writes were not all acknowledged by DR within ${timeoutMs} ms`);
+    } catch (err) {
+      this.frozen.get(vmUuid)?.cancel();
+      this.frozen.delete(vmUuid);
+      throw err;
+    }
+    const lastSeq = vm.journal.lastSeq;
+    await this.removeVm(vmUuid); // with its journal and bitmaps
+    return { clean, lastSeq };
   }
 
   /** Pairs with a DR gateway (null: unpairs; the link stops). */
@@ -310,6 +372,7 @@ export class ProductionGateway extends EventEmitter {
 
   async write(volUuid: string, offset: number, data: Uint8Array): Promise<void> {
     const { vm, index } = this.volume(volUuid);
+    this.opts.writeGuard?.(vm.vmUuid);
     if (this.frozen.has(vm.vmUuid)) throw this.frozenError(vm.vmUuid);
     if (!vm.shipper.connected && !this.diverged.has(vm.vmUuid)) await this.noteDiverged(vm);
     return vm.intake.submit({ volumeIndex: index, offset, kind: RecordKind.WRITE, length: data.byteLength, data });
@@ -317,6 +380,7 @@ export class ProductionGateway extends EventEmitter {
 
   async writeZeroes(volUuid: string, offset: number, length: number): Promise<void> {
     const { vm, index } = this.volume(volUuid);
+    this.opts.writeGuard?.(vm.vmUuid);
     if (this.frozen.has(vm.vmUuid)) throw this.frozenError(vm.vmUuid);
     if (!vm.shipper.connected && !this.diverged.has(vm.vmUuid)) await this.noteDiverged(vm);
     return vm.intake.submit({ volumeIndex: index, offset, kind: RecordKind.ZERO, length, data: null });
@@ -324,6 +388,7 @@ export class ProductionGateway extends EventEmitter {
 
   async trim(volUuid: string, offset: number, length: number): Promise<void> {
     const { vm, index } = this.volume(volUuid);
+    this.opts.writeGuard?.(vm.vmUuid);
     if (this.frozen.has(vm.vmUuid)) throw this.frozenError(vm.vmUuid);
     if (!vm.shipper.connected && !this.diverged.has(vm.vmUuid)) await this.noteDiverged(vm);
     return vm.intake.submit({ volumeIndex: index, offset, kind: RecordKind.TRIM, length, data: null });
@@ -551,7 +616,7 @@ export class ProductionGateway extends EventEmitter {
     await this.runMarker?.markClean().catch((err) => this.deps.logger.warn({ err }, 'could not mark the run clean'));
   }
 
-  private async openVm(p: VmProtection, generation?: number): Promise<ProtectedVm> {
+  private async openVm(p: VmProtection, generation?: number, fencingToken = 0): Promise<ProtectedVm> {
     if (this.vms.has(p.vmUuid)) throw vrgError(ErrorCode.CONFIG_INVALID, `VM ${p.vmUuid} is already protected`, { vmUuid: p.vmUuid });
     const seen = new Set<string>();
     for (const v of p.volumes) {
@@ -564,6 +629,7 @@ export class ProductionGateway extends EventEmitter {
     const role = await loadVmRole(this.config.dataDir, p.vmUuid, 'source', this.files);
     if (generation !== undefined) role.generation = generation;
     vm.shipper.generation = role.generation;
+    vm.shipper.fencingToken = fencingToken;
     this.roles.set(p.vmUuid, role);
     if (role.divergedAtMs !== undefined) this.diverged.set(p.vmUuid, role.divergedAtMs);
     this.vms.set(p.vmUuid, vm);
@@ -830,6 +896,11 @@ export class ProductionGateway extends EventEmitter {
       vm.shipper.fault = `VM ${vm.vmUuid}: generation ${own} here, ${peerGeneration} on ${conn.peer.gatewayId}`;
       this.deps.logger.error({ vmUuid: vm.vmUuid, peerGeneration, generation: own }, vm.shipper.fault);
       return;
+    }
+    // Cluster mode: DR's position is not in this journal's stream (its state for the VM went, or another
+    // ownership's stream is there): the cluster member starts the VM afresh, with a check.
+    if (vm.shipper.fencingToken > 0 && (appliedSeq > vm.journal.writtenSeq || appliedSeq < vm.journal.firstSeq - 1)) {
+      this.emit('streamLost', vm.vmUuid);
     }
     vm.shipper.attach(conn, appliedSeq);
     if (vm.shipper.fault === null) vm.attached(appliedSeq);

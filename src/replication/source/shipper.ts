@@ -79,6 +79,8 @@ export class Shipper {
   private sentMaxSeq = 0;
   /** The VM's generation on this side (vm-role.ts), carried in every batch. */
   generation = 1;
+  /** Cluster mode: this owner's fencing token for the VM (src/cluster), carried in every batch; 0: a single pair. */
+  fencingToken = 0;
 
   constructor(
     private readonly vmUuid: string,
@@ -254,6 +256,7 @@ export class Shipper {
       })),
       producedAtMs: last.timestampMs,
       generation: this.generation,
+      fencingToken: this.fencingToken,
     };
     const seq = conn.allocSendSeq();
     this.shippedSeq = last.seq;

@@ -61,6 +61,8 @@ export interface DrStatus {
   role: 'dr';
   connected: boolean;
   linkPort: number;
+  /** Cluster mode: batches refused for a stale fencing token. */
+  fenceRefusals: number;
   vms: DrVmStatus[];
 }
 
@@ -79,9 +81,21 @@ export interface DrDiagnostics {
   }>;
 }
 
+/**
+ * Cluster mode (src/cluster): whose batches a VM takes. Each batch carries its owner's fencing token; the guard
+ * refuses (FENCING_TOKEN_STALE) a token older than the newest seen for the VM, so an owner that lost its VM
+ * (paused, partitioned) never writes after its successor started.
+ */
+export interface FenceGuard {
+  /** Returns (or resolves) if a batch of `token` may be logged; throws (or rejects) FENCING_TOKEN_STALE if not. */
+  admit(vmUuid: string, token: number): void | Promise<void>;
+}
+
 export interface DrGatewayOptions {
   /** false: no listener (a production site's target side, on the connection its production gateway dials). */
   listen?: boolean;
+  /** Cluster mode: checks each batch's fencing token before it is logged (absent: a single pair, no tokens). */
+  fence?: FenceGuard;
   /** Where the role files are (default config.dataDir). */
   roleDataDir?: string;
 }
@@ -112,12 +126,16 @@ export class DrGateway extends EventEmitter {
   /** Rotated link secrets (link-secrets.ts); null until open() read them. */
   private secrets: LinkSecretStore | null = null;
   private secretOps: Promise<void> = Promise.resolve();
+  private readonly fence: FenceGuard | null;
+  /** Batches the fence refused (each closed the link). */
+  private fenceRefusals = 0;
 
   private constructor(readonly config: GatewayConfig, private readonly deps: GatewayDeps, opts: DrGatewayOptions) {
     super();
     this.roleDir = opts.roleDataDir ?? config.dataDir;
     this.files = deps.files ?? nodeFiles;
     this.listening = opts.listen !== false;
+    this.fence = opts.fence ?? null;
     const resume = (): Resume => this.resumeEntries();
     this.server = new LinkServer({
       transport: deps.transport, gatewayId: config.gatewayId, role: 'dr', secret: config.link.secret,
@@ -206,14 +224,23 @@ export class DrGateway extends EventEmitter {
     if (this.listening) this.conn?.close();
   }
 
-  async removeVm(vmUuid: string): Promise<void> {
+  /**
+   * Stops protecting a VM and removes its DR state. `settleMs` > 0 (a cluster hand-over): its log is first applied
+   * to the targets and checkpointed, or VRG_TIMEOUT with the VM closed and its state kept (a later open replays
+   * it), so the next holder of the targets finds every acknowledged write on them.
+   */
+  async removeVm(vmUuid: string, settleMs = 0): Promise<void> {
     const vm = this.vms.get(vmUuid);
     if (!vm) throw vrgError(ErrorCode.VM_NOT_FOUND, `no protected VM ${vmUuid}`, { vmUuid });
     this.vms.delete(vmUuid);
     this.conn?.close();
     await this.dropTestClone(vm); // the VM's protection goes: so does a test failover of it
     await this.idle();
-    await vm.close(0);
+    await vm.close(settleMs);
+    if (settleMs > 0 && vm.checkpointSeq < vm.durableSeq) {
+      throw vrgError(ErrorCode.TIMEOUT, `VM ${vmUuid}: its DR log was not applied to the targets within ${settleMs} ms`,
+        { vmUuid, checkpointSeq: vm.checkpointSeq, durableSeq: vm.durableSeq });
+    }
     await this.files.rm(vm.dir);
   }
 
@@ -462,6 +489,7 @@ export class DrGateway extends EventEmitter {
       role: 'dr',
       connected: this.conn !== null,
       linkPort: this.linkPort,
+      fenceRefusals: this.fenceRefusals,
       vms: [...this.vms.values()].map((vm) => ({
         vmUuid: vm.config.vmUuid, appliedSeq: vm.appliedSeq, durableSeq: vm.durableSeq, checkpointSeq: vm.checkpointSeq,
         ...vm.status(), bytesApplied: vm.bytesApplied, recordsApplied: vm.recordsApplied, duplicatesSkipped: vm.duplicatesSkipped,
@@ -617,8 +645,10 @@ export class DrGateway extends EventEmitter {
       try {
         const vm = this.vms.get(opened.batch.vmUuid);
         if (!vm) throw vrgError(ErrorCode.VM_NOT_FOUND, `batch for unknown VM ${opened.batch.vmUuid}`);
+        if (this.fence) await this.admit(opened.batch);
         await vm.accept(opened.batch, opened.data, opened.receivedNs);
       } catch (err) {
+        if (isVrgError(err, ErrorCode.FENCING_TOKEN_STALE)) this.fenceRefusals++;
         this.deps.logger.error({ err }, 'batch refused');
         conn.close(err as Error);
         return;
@@ -626,6 +656,12 @@ export class DrGateway extends EventEmitter {
         this.linkRing.release(opened.into);
       }
     }
+  }
+
+  /** Synchronous when the guard knows the token: no turn is lost on the common path. */
+  private async admit(batch: WriteBatch): Promise<void> {
+    const admitted = this.fence!.admit(batch.vmUuid, batch.fencingToken ?? 0);
+    if (admitted) await admitted;
   }
 
   /** One ACK per VM per turn, however many log commits completed in it. */
