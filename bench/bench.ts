@@ -14,6 +14,7 @@ import { benchFloor, formatFloorBench } from './floor-bench.js';
 import { benchNbd, formatNbdBench } from './nbd-bench.js';
 import { benchWan, formatWanBench } from './wan-bench.js';
 import { benchProtection, formatProtectionBench } from './protection-bench.js';
+import { benchClusterScale, formatClusterScaleBench } from './cluster-scale-bench.js';
 
 // `npm run bench`: one run on this machine, side by side: the codec per worker beside `lz4 -b1` and
 // `openssl speed` on the same data, and end-to-end Async replication of a realistic disk image (an ext4
@@ -134,13 +135,15 @@ async function main(): Promise<void> {
   await rm(join(workDir, 'wan'), { recursive: true, force: true });
   process.stdout.write('protection: initial sync, consistency check, CBT resync...\n');
   const protection = await benchProtection({ imagePath: image, workDir: join(workDir, 'protection') });
+  // Opt-in (it needs the etcd binary, ~30 s): 4 + 4 gateways' cluster loops against a real etcd.
+  const cluster = process.env.VRG_BENCH_CLUSTER === '1' ? await benchClusterScale() : null;
   const result = {
-    at: new Date().toISOString(), machine: { cores: (await import('node:os')).cpus().length }, codec, e2e: Object.fromEntries(rows), nbd, floor, wan, protection,
+    at: new Date().toISOString(), machine: { cores: (await import('node:os')).cpus().length }, codec, e2e: Object.fromEntries(rows), nbd, floor, wan, protection, cluster,
   };
   const file = join(root, 'bench', 'results', `bench-${result.at.replaceAll(':', '-')}.json`);
   await writeFile(file, JSON.stringify(result, null, 2));
   const charts = await writeCharts({ nbd, protection }, file.replace(/\.json$/, ''));
-  process.stdout.write(`${table(codec, rows)}\n\n${formatNbdBench(nbd)}\n\n${formatFloorBench(floor)}\n\n${formatWanBench(wan)}\n\n${formatProtectionBench(protection)}\n\nresult: ${file}\ncharts: ${charts.filter((f) => f.endsWith('.svg')).join(' ')} (and .png)\n`);
+  process.stdout.write(`${table(codec, rows)}\n\n${formatNbdBench(nbd)}\n\n${formatFloorBench(floor)}\n\n${formatWanBench(wan)}\n\n${formatProtectionBench(protection)}${cluster ? `\n\n${formatClusterScaleBench(cluster)}` : ''}\n\nresult: ${file}\ncharts: ${charts.filter((f) => f.endsWith('.svg')).join(' ')} (and .png)\n`);
   await rm(join(workDir, 'e2e'), { recursive: true, force: true });
 }
 

@@ -130,6 +130,28 @@ t.test('cluster registry with a real etcd', needs('etcd'), async (t) => {
     t.same((await b.owners()).map((o) => o.memberId), ['gw-b', 'gw-b', 'gw-b']);
   });
 
+  t.test('a crashed member (abandon: no renewal, no revoke) keeps its VMs until its lease ends; then they are claimable', async (t) => {
+    // A 5 s TTL: the claims right after the crash land well inside it even on a loaded machine.
+    const a = registry('crash', 'gw-a', { leaseTtlSec: 5 });
+    const b = registry('crash', 'gw-b');
+    await Promise.all([a.join(), b.join()]);
+    const vms = [uuid(1), uuid(2)];
+    for (const vm of vms) await b.putVm(vm, { name: vm });
+    const oldTokens = new Map<string, number>();
+    for (const vm of vms) oldTokens.set(vm, await a.claim(vm));
+
+    a.abandon();
+    t.notOk(a.live, 'the crashed member does not count itself live');
+    t.equal(await codeOf(a.claim(uuid(1))), ErrorCode.CLUSTER_FENCED, 'nor may it act');
+    for (const vm of vms) t.equal(await codeOf(b.claim(vm)), ErrorCode.CLUSTER_NOT_OWNER, `right after the crash ${vm.slice(-1)} is still a's`);
+    t.same((await b.members()).map((m) => m.id).sort(), ['gw-a', 'gw-b'], "a's member key outlives the crash");
+    t.same((await b.owners()).map((o) => o.memberId), ['gw-a', 'gw-a'], 'and so do its owner keys');
+
+    await until(async () => (await b.owners()).length === 0, 20_000, "a's lease to expire", () => etcd.log());
+    t.same((await b.members()).map((m) => m.id), ['gw-b'], 'the lease took the member key with it');
+    for (const vm of vms) t.ok(await b.claim(vm) > oldTokens.get(vm)!, `b owns ${vm.slice(-1)} after the TTL, under a higher token`);
+  });
+
   t.test('placement rounds over 3 members balance 30 VMs 10/10/10; a draining member ends with none', async (t) => {
     const members = ['gw-a', 'gw-b', 'gw-c'].map((id) => registry('place', id, { leaseTtlSec: 10 }));
     await Promise.all(members.map((m) => m.join()));

@@ -177,6 +177,21 @@ export class EtcdRegistry extends EventEmitter<{ lost: [VrgError] }> {
   }
 
   /**
+   * Stop renewing without revoking: what a crashed process leaves behind. The member and owner keys stay until
+   * etcd ends the lease a TTL after the last renewal; only then may others claim this member's VMs. For the
+   * scale bench and the takeover tests; a gateway that stops on purpose calls leave() or close().
+   */
+  abandon(): void {
+    if (this.state === 'closed') return;
+    this.state = 'closed';
+    this.expiryTimer?.cancel();
+    this.validUntilNs = 0n;
+    this.lease?.release();
+    this.lease = null;
+    this.client.close();
+  }
+
+  /**
    * Own `vmUuid`: its fencing token. Idempotent for the owner (so a claim that timed out, and may have landed,
    * is retried safely); CLUSTER_NOT_OWNER when another member owns it, VM_NOT_FOUND when the site has no such VM.
    */
