@@ -111,7 +111,7 @@ const messages = {
   })],
   WriteBatch: [m.encodeWriteBatch, m.decodeWriteBatch, fc.record({
     vmUuid: str, firstSeq: u64, volumeUuids: fc.array(str, { maxLength: 4 }), records: fc.array(record, { maxLength: 4 }),
-    producedAtMs: u64, generation: u64,
+    producedAtMs: u64, generation: u64, fencingToken: u64,
   })],
   WriteRecord: [m.encodeWriteRecord, m.decodeWriteRecord, record],
   Ack: [m.encodeAck, m.decodeAck, fc.record({ vmUuid: str, durableSeq: u64 })],

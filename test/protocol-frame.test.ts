@@ -23,7 +23,7 @@ const keys: DirectionKeys = { key: randomBytes(16), salt: randomBytes(4) };
 
 function batch(n: number): WriteBatch {
   return {
-    vmUuid: 'vm-1', firstSeq: 2 ** 40, volumeUuids: ['vol-a', 'vol-b'], producedAtMs: 1_700_000_000_000, generation: 2,
+    vmUuid: 'vm-1', firstSeq: 2 ** 40, volumeUuids: ['vol-a', 'vol-b'], producedAtMs: 1_700_000_000_000, generation: 2, fencingToken: 2 ** 33,
     records: Array.from({ length: n }, (_, i) => ({
       volumeIndex: i % 2, offset: i * 4096 + 2 ** 45, length: 4096, kind: 1, codec: i % 2, storedLength: 100,
     })),

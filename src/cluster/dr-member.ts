@@ -124,7 +124,7 @@ export class DrMember {
     }
     const fence = await reg.raiseFence(vmUuid, w.token);
     if (fence > w.token) {
-      this.o.logger.warn({ vmUuid, token: w.token, fence }, 'cluster: a newer owner of the VM was seen; not opening it for this one');
+      this.o.logger.warn({ vmUuid, fencingToken: w.token, fence }, 'cluster: a newer owner of the VM was seen; not opening it for this one');
       await reg.release(vmUuid);
       return;
     }
@@ -138,7 +138,7 @@ export class DrMember {
       throw err;
     }
     await appendFile(join(this.o.dataDir, 'fencing.jsonl'), `${JSON.stringify({ vmUuid, token: w.token, prodId: w.prodId, atMs: this.o.clock.nowMs(), member: reg.memberId })}\n`);
-    this.o.logger.info({ vmUuid, token: w.token, prodId: w.prodId }, 'cluster: DR serving VM');
+    this.o.logger.info({ vmUuid, fencingToken: w.token, prodId: w.prodId }, 'cluster: DR serving VM');
   }
 
   /** Applies the VM's log to its targets (bounded), closes it, and gives its DR key back. */
@@ -151,7 +151,7 @@ export class DrMember {
       if (!isVrgError(err, ErrorCode.VM_NOT_FOUND)) throw err;
     }
     if (this.o.registry.live) await this.o.registry.release(vmUuid).catch(() => undefined);
-    this.o.logger.info({ vmUuid, token: h.token, prodId: h.prodId }, 'cluster: DR no longer serves VM');
+    this.o.logger.info({ vmUuid, fencingToken: h.token, prodId: h.prodId }, 'cluster: DR no longer serves VM');
   }
 
   private async publish(): Promise<void> {

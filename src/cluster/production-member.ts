@@ -151,7 +151,7 @@ export class ProductionMember {
       this.served.delete(vmUuid);
       throw err;
     });
-    this.o.logger.info({ vmUuid, token, start, from: custody?.memberId ?? null }, 'cluster: serving VM');
+    this.o.logger.info({ vmUuid, fencingToken: token, start, from: custody?.memberId ?? null }, 'cluster: serving VM');
   }
 
   /** A new stream for a VM whose DR side lost it: the source is the truth, a check rebuilds DR. */
@@ -162,7 +162,7 @@ export class ProductionMember {
       this.served.delete(vmUuid);
       throw err;
     });
-    this.o.logger.warn({ vmUuid, token }, 'cluster: the DR side holds none of the VM\'s stream; restarted with a check');
+    this.o.logger.warn({ vmUuid, fencingToken: token }, 'cluster: the DR side holds none of the VM\'s stream; restarted with a check');
   }
 
   /** Stops serving a VM without a hand-over (ownership lost): writes stop at once, DR is checked by the next owner. */

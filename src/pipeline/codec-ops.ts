@@ -172,6 +172,7 @@ function plainBatch(b: WriteBatch): WriteBatch {
     })),
     producedAtMs: b.producedAtMs,
     generation: b.generation ?? 0,
+    fencingToken: b.fencingToken ?? 0,
   };
 }
 

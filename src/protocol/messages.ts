@@ -5,11 +5,10 @@ import protobuf from 'protobufjs';
 import { ErrorCode, VrgError, vrgError } from '../core/errors.js';
 
 // Typed codecs for the link messages of proto/link.proto (the wire layout is protobuf, proto3).
-// 64-bit fields decode as JS numbers (protobufjs without Long) and must be safe integers.
+// 64-bit fields decode as JS numbers (toObject with longs: Number) and must be safe integers. protobufjs is
+// shared with etcd3's gRPC stack, whose int64 lease ids need Long: it is configured per call, never globally.
 // Decoding garbage throws VRG_FRAME_MALFORMED; encoding an out-of-range value throws VRG_INVALID_ARGUMENT.
 
-(protobuf.util as { Long: unknown }).Long = undefined;
-protobuf.configure();
 
 function findProto(): string {
   let dir = dirname(fileURLToPath(import.meta.url));
@@ -91,7 +90,7 @@ function makeCodec<T extends object>(name: string): { encode(obj: T): Uint8Array
     decode(buf: Uint8Array): T {
       let obj: Record<string, unknown>;
       try {
-        obj = type.toObject(type.decode(buf), { defaults: true, arrays: true });
+        obj = type.toObject(type.decode(buf), { defaults: true, arrays: true, longs: Number });
       } catch (err) {
         if (err instanceof VrgError) throw err;
         throw vrgError(ErrorCode.FRAME_MALFORMED, `malformed ${name}: ${(err as Error).message}`, undefined, err);

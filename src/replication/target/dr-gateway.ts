@@ -12,7 +12,7 @@ import { LinkSecretStore } from '../../link/link-secrets.js';
 import type { PeerSecretLookup } from '../../link/handshake.js';
 import { FrameType, type RawFrame } from '../../protocol/frame.js';
 import { declaredPlainBytes } from '../../pipeline/codec.js';
-import { encodeAck, encodeCheckDigests, type CheckRequest, type Rekey, type Resume, type VmState, type WriteBatch } from '../../protocol/messages.js';
+import { encodeAck, encodeCheckDigests, encodeResume, type CheckRequest, type Rekey, type Resume, type VmState, type WriteBatch } from '../../protocol/messages.js';
 import { digestVolume } from '../../volume/region-digests.js';
 import { openVolume } from '../../volume/open-volume.js';
 import type { Volume } from '../../volume/volume.js';
@@ -220,8 +220,10 @@ export class DrGateway extends EventEmitter {
     vm.generation = role.generation;
     this.vms.set(vmc.vmUuid, vm);
     // A peer dialing in learns the new VM's position at its next handshake; a shared connection (no listener:
-    // production-site.ts) gets a Resume frame from the site instead.
-    if (this.listening) this.conn?.close();
+    // production-site.ts) gets a Resume frame from the site instead. Cluster mode (a fence): a Resume frame
+    // on the live link, whose other VMs keep shipping.
+    if (this.fence) this.conn?.sendControl(FrameType.RESUME, encodeResume(this.resumeEntries()));
+    else if (this.listening) this.conn?.close();
   }
 
   /**
