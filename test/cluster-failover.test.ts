@@ -5,7 +5,7 @@ import type { GatewayChild } from '../src/cli/gateway-child.js';
 import type { IpcMessage } from '../src/cli/gateway-process.js';
 import { startEtcd } from './lib/etcd.js';
 import {
-  allReplicating, fencingLog, layout, missingAcked, prodStatus, sameBytes, sourcePath, StampedLoad, startMember, targetPath, writeVmFiles,
+  allReplicating, drStatus, fencingLog, layout, missingAcked, prodStatus, sameBytes, sourcePath, StampedLoad, startMember, targetPath, writeVmFiles,
   type ClusterLayout,
 } from './lib/cluster.js';
 import { needs } from './lib/tools.js';
@@ -128,4 +128,25 @@ t.test('cluster: SIGKILL of a production gateway moves its VMs; all identical on
   missing = 0;
   for (let i = 1; i <= vmCount; i++) missing += await missingAcked(targetPath(l, i), load2.acked.get(i)!);
   t.equal(missing, 0, 'every write acknowledged around the drain is on DR');
+
+  // A DR gateway dies: the other one opens its VMs' targets once its lease ends, and each VM's owner starts a
+  // new stream there with a check (the dead member's DR log is on its own disk).
+  const drBefore = await drStatus(l);
+  const drVictim = drIds.find((id) => drBefore.vms.some((v) => v.owner === id))!;
+  const drMoved = drBefore.vms.filter((v) => v.owner === drVictim).map((v) => v.vmUuid);
+  const load3 = new StampedLoad(l, 1536);
+  load3.start();
+  await until(() => load3.writes > 100, 60_000, 'the load to run before the DR kill');
+  const drKilledAt = Date.now();
+  await members.get(drVictim)!.kill();
+  members.delete(drVictim);
+  await until(async () => (await drStatus(l)).vms.every((v) => v.owner !== null && v.owner !== drVictim), ttlSec * 1000 + 60_000,
+    'the surviving DR gateway to open the dead one\'s VMs', () => explain(l));
+  t.comment(`${drMoved.length} VMs opened on the surviving DR gateway ${Date.now() - drKilledAt} ms after the SIGKILL of ${drVictim}`);
+  await until(() => load3.writes > 400, 60_000, 'the load to go on after the DR kill');
+  await load3.stop();
+  await converge(t, l, 'after the DR kill');
+  missing = 0;
+  for (let i = 1; i <= vmCount; i++) missing += await missingAcked(targetPath(l, i), load3.acked.get(i)!);
+  t.equal(missing, 0, 'every write acknowledged around the DR kill is on DR');
 });

@@ -1,10 +1,11 @@
 import { appendFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Clock, TimerHandle } from '../core/clock.js';
-import { ErrorCode, isVrgError, vrgError } from '../core/errors.js';
+import { ErrorCode, isVrgError } from '../core/errors.js';
 import type { Logger } from '../core/log.js';
 import { parseVmSettings } from '../replication/config.js';
 import type { DrGateway, FenceGuard } from '../replication/target/dr-gateway.js';
+import { FenceBook, type Ownership } from './fence-book.js';
 import type { EtcdRegistry, VmReport } from './etcd-registry.js';
 import { pairMembers } from './pairing.js';
 import { RoundRunner } from './round-runner.js';
@@ -37,14 +38,11 @@ export interface DrMemberOptions {
   readonly settleTimeoutMs?: number;
 }
 
-interface Held {
-  readonly prodId: string;
-  readonly token: number;
-}
+type Held = Ownership;
 
 export class DrMember {
   private readonly engines = new Map<string, DrGateway>();
-  private readonly held = new Map<string, Held>();
+  private readonly held = new FenceBook();
   private readonly runner: RoundRunner;
   private reportTimer: TimerHandle | null = null;
 
@@ -65,7 +63,7 @@ export class DrMember {
   async close(): Promise<void> {
     this.reportTimer?.cancel();
     await this.runner.stop();
-    for (const vmUuid of [...this.held.keys()]) await this.remove(vmUuid, this.o.settleTimeoutMs ?? 60_000).catch(() => undefined);
+    for (const [vmUuid] of this.held.entries()) await this.remove(vmUuid, this.o.settleTimeoutMs ?? 60_000).catch(() => undefined);
     for (const e of this.engines.values()) await e.close();
     await this.o.registry.close();
     await this.o.peers.close();
@@ -76,25 +74,11 @@ export class DrMember {
     return [...this.engines].map(([prodId, engine]) => ({ prodId, engine }));
   }
 
-  private guard(prodId: string): FenceGuard {
-    return {
-      admit: (vmUuid, token) => {
-        const h = this.held.get(vmUuid);
-        if (h !== undefined && h.prodId === prodId && token === h.token) return;
-        if (h !== undefined && token < h.token) {
-          throw vrgError(ErrorCode.FENCING_TOKEN_STALE, `VM ${vmUuid}: fencing token ${token} is older than ${h.token}, its owner's now`,
-            { vmUuid, token, newest: h.token });
-        }
-        throw vrgError(ErrorCode.CLUSTER_NOT_OWNER, `VM ${vmUuid} is not open here for the owner with token ${token} (yet)`, { vmUuid, token });
-      },
-    };
-  }
-
   private async round(): Promise<void> {
     const reg = this.o.registry;
     if (!reg.live) {
       // Fenced: another DR member may take the targets once the lease is gone, so stop writing them now.
-      for (const vmUuid of [...this.held.keys()]) await this.remove(vmUuid, 0).catch(() => undefined);
+      for (const [vmUuid] of this.held.entries()) await this.remove(vmUuid, 0).catch(() => undefined);
       await reg.join();
       this.runner.kick();
       return;
@@ -102,14 +86,14 @@ export class DrMember {
     const [prods, drs, owners] = await Promise.all([this.o.peers.members(), reg.members(), this.o.peers.owners()]);
     const pairs = pairMembers(prods.map((m) => m.id), drs.map((m) => m.id));
     const mine = new Set(prods.filter((m) => pairs.get(m.id) === reg.memberId).map((m) => m.id));
-    for (const prodId of mine) if (!this.engines.has(prodId)) this.engines.set(prodId, await this.o.openEngine(prodId, this.guard(prodId)));
+    for (const prodId of mine) if (!this.engines.has(prodId)) this.engines.set(prodId, await this.o.openEngine(prodId, this.held.guard(prodId)));
     await this.publish();
     const wanted = new Map<string, Held>(owners.filter((x) => mine.has(x.memberId)).map((x) => [x.vmUuid, { prodId: x.memberId, token: x.token }]));
-    for (const [vmUuid, h] of [...this.held]) {
+    for (const [vmUuid, h] of this.held.entries()) {
       const w = wanted.get(vmUuid);
       if (w === undefined || w.prodId !== h.prodId || w.token !== h.token) await this.remove(vmUuid, this.o.settleTimeoutMs ?? 60_000);
     }
-    for (const [vmUuid, w] of wanted) if (!this.held.has(vmUuid)) await this.open(vmUuid, w);
+    for (const [vmUuid, w] of wanted) if (this.held.get(vmUuid) === undefined) await this.open(vmUuid, w);
   }
 
   /** Opens a VM's targets in its owner's engine, once this member holds its DR key and the fence allows. */

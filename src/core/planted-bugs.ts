@@ -8,6 +8,7 @@ export const plantableBugs = [
   'sync-ack-early', // Sync acknowledges a write once journaled, without waiting for DR
   'apply-out-of-order', // DR applies each chunk of direct writes to its targets last first
   'skip-staged-commit', // DR commits a staged pass (resync, repair) without applying what it staged
+  'fence-admits-stale', // a cluster DR engine takes batches of an older fencing token (a stale owner) for its VM
 ] as const;
 export type PlantedBug = (typeof plantableBugs)[number];
 

@@ -123,6 +123,8 @@ export class ProductionGateway extends EventEmitter {
   private peerCfg: PeerConfig | null = null;
   private everConnected = false;
   private lastLinkError: string | null = null;
+  /** The last link error's code; the peer's own code when the peer closed the link (e.g. a stale fencing token). */
+  private lastLinkErrorCode: string | null = null;
   private readonly vms = new Map<string, ProtectedVm>();
   /** Each VM's role state here (vm-role.ts): its generation, and whether it took writes while disconnected. */
   private readonly roles = new Map<string, VmRoleState>();
@@ -326,11 +328,11 @@ export class ProductionGateway extends EventEmitter {
     this.rekeyTimer = this.deps.clock.setTimer(everyMs, tick);
   }
 
-  peerStatus(): { host: string; port: number; connected: boolean; everConnected: boolean; lastError: string | null; rttMs: number | null } | null {
+  peerStatus(): { host: string; port: number; connected: boolean; everConnected: boolean; lastError: string | null; lastErrorCode: string | null; rttMs: number | null } | null {
     if (this.peerCfg === null) return null;
     return {
       host: this.peerCfg.host, port: this.peerCfg.port, connected: this.conn !== null,
-      everConnected: this.everConnected, lastError: this.lastLinkError, rttMs: this.conn?.rttMs ?? null,
+      everConnected: this.everConnected, lastError: this.lastLinkError, lastErrorCode: this.lastLinkErrorCode, rttMs: this.conn?.rttMs ?? null,
     };
   }
 
@@ -926,7 +928,11 @@ export class ProductionGateway extends EventEmitter {
     if (err) this.deps.logger.warn({ err: { code: (err as { code?: string }).code, message: err.message } }, 'link down');
     const wasUp = this.conn !== null;
     this.conn = null;
-    if (err) this.lastLinkError = `${(err as { code?: string }).code ?? 'ERROR'}: ${err.message}`;
+    if (err) {
+      this.lastLinkError = `${(err as { code?: string }).code ?? 'ERROR'}: ${err.message}`;
+      const e = err as { code?: string; details?: { peerCode?: unknown } };
+      this.lastLinkErrorCode = typeof e.details?.peerCode === 'string' ? e.details.peerCode : e.code ?? null;
+    }
     for (const [id, w] of this.digestWaiters) {
       w.timer.cancel();
       w.reject(vrgError(ErrorCode.CONNECTION_CLOSED, 'link went down during a consistency check'));
