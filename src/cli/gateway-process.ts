@@ -163,20 +163,7 @@ export async function startCommand(configPath: string): Promise<void> {
   };
   logger.info({ gatewayId: config.gatewayId, role: config.role }, 'gateway started');
   if (plantedBugs().length > 0) logger.error({ plantedBugs: plantedBugs() }, 'VRG_PLANTED_BUG is set: this gateway runs with bugs planted for a checker test');
-  const send = (m: IpcMessage): void => {
-    if (process.send && process.connected) process.send(m);
-  };
-  let stopping = false;
-  const stop = async (): Promise<void> => {
-    if (stopping) return;
-    stopping = true;
-    await close();
-    logger.info('gateway stopped');
-    process.exit(0);
-  };
-  process.on('SIGTERM', () => void stop());
-  process.on('SIGINT', () => void stop());
-  process.on('disconnect', () => void stop());
+  const send = stopOnSignals(close, logger);
   clearInterval(openingKeepAlive); // from here the IPC channel's listeners (or the servers) hold the process
   send({
     type: 'ready', role: config.role,
@@ -242,24 +229,29 @@ export async function startCommand(configPath: string): Promise<void> {
   };
 }
 
-/** Cluster mode: the member runs until a signal; a parent (a test) may ask for its status over IPC. */
-async function startClusterCommand(config: GatewayConfig, logger: Logger): Promise<void> {
-  const openingKeepAlive = setInterval(() => {}, 60_000);
-  const gw = await openClusterGateway(config, logger);
-  const send = (m: IpcMessage): void => {
-    if (process.send && process.connected) process.send(m);
-  };
+/** SIGTERM, SIGINT or the parent going: close, then exit 0. Returns the IPC sender (a no-op without a parent). */
+function stopOnSignals(close: () => Promise<void>, logger: Logger): (m: IpcMessage) => void {
   let stopping = false;
   const stop = async (): Promise<void> => {
     if (stopping) return;
     stopping = true;
-    await gw.close();
+    await close();
     logger.info('gateway stopped');
     process.exit(0);
   };
   process.on('SIGTERM', () => void stop());
   process.on('SIGINT', () => void stop());
   process.on('disconnect', () => void stop());
+  return (m) => {
+    if (process.send && process.connected) process.send(m);
+  };
+}
+
+/** Cluster mode: the member runs until a signal; a parent (a test) may ask for its status over IPC. */
+async function startClusterCommand(config: GatewayConfig, logger: Logger): Promise<void> {
+  const openingKeepAlive = setInterval(() => {}, 60_000);
+  const gw = await openClusterGateway(config, logger);
+  const send = stopOnSignals(() => gw.close(), logger);
   process.on('message', (req: IpcRequest) => {
     if (req.type !== 'status') return send({ type: 'error', code: ErrorCode.INVALID_ARGUMENT, message: `a cluster member takes no ${req.type} request` });
     const cpu = process.cpuUsage();
