@@ -1,4 +1,4 @@
-import { mkdir } from 'node:fs/promises';
+import { mkdir, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import t, { type Test } from 'tap';
 import type { GatewayChild } from '../src/cli/gateway-child.js';
@@ -128,6 +128,31 @@ t.test('cluster: SIGKILL of a production gateway moves its VMs; all identical on
   missing = 0;
   for (let i = 1; i <= vmCount; i++) missing += await missingAcked(targetPath(l, i), load2.acked.get(i)!);
   t.equal(missing, 0, 'every write acknowledged around the drain is on DR');
+
+  // A paused owner (SIGSTOP past its lease): its VMs move; resumed, it finds itself fenced and takes no write
+  // for them (its NBD agents get errors and reconnect to the successor), rejoins, and the site rebalances.
+  t.equal((await vrg('cluster', 'drain', '--etcd', l.etcd, '--site', 'prod', '--member', drained, '--off')).code, 0, 'vrg cluster drain --off');
+  await until(async () => (await prodStatus(l)).vms.filter((v) => v.owner === drained).length === vmCount / 2, 120_000,
+    'the undrained gateway to take half the VMs back', () => explain(l));
+  const paused = members.get('prod-1')!;
+  const load4 = new StampedLoad(l, 1280);
+  load4.start();
+  await until(() => load4.writes > 100, 60_000, 'the load to run before the pause');
+  paused.proc.kill('SIGSTOP');
+  await new Promise((r) => setTimeout(r, (ttlSec + 2) * 1000));
+  await until(async () => (await prodStatus(l)).vms.every((v) => v.owner === drained), 60_000,
+    'the paused gateway\'s VMs to move to the other one', () => explain(l));
+  paused.proc.kill('SIGCONT');
+  await until(async () => (await prodStatus(l)).vms.filter((v) => v.owner === 'prod-1').length === vmCount / 2, 120_000,
+    'the resumed gateway to rejoin and get VMs again', () => explain(l));
+  await until(() => load4.writes > 500, 60_000, 'the load to go on after the pause');
+  await load4.stop();
+  await converge(t, l, 'after the pause');
+  missing = 0;
+  for (let i = 1; i <= vmCount; i++) missing += await missingAcked(targetPath(l, i), load4.acked.get(i)!);
+  t.equal(missing, 0, 'every write acknowledged around the pause is on DR: the paused owner acknowledged none it could not keep');
+  const pausedLog = await readFile(join(l.dir, 'prod-1.log'), 'utf8');
+  t.ok(pausedLog.includes('cluster lease lost'), 'the resumed gateway knew it was fenced');
 
   // A DR gateway dies: the other one opens its VMs' targets once its lease ends, and each VM's owner starts a
   // new stream there with a check (the dead member's DR log is on its own disk).

@@ -64,7 +64,7 @@ function batchFor(lengths: number[], storedLengths: number[], codecs: number[]):
     ({ volumeIndex: 1, offset: 4096, length, kind, codec: RecordCodec.RAW, storedLength: 0 });
   records.splice(1, 0, extra(TRIM, 8192));
   records.splice(3, 0, extra(ZERO, 65536), extra(BARRIER, 0));
-  return { vmUuid: 'vm-1', firstSeq: 7, volumeUuids: ['vol-a', 'vol-b'], records, producedAtMs: 1234, generation: 3 };
+  return { vmUuid: 'vm-1', firstSeq: 7, volumeUuids: ['vol-a', 'vol-b'], records, producedAtMs: 1234, generation: 3, fencingToken: 11 };
 }
 
 type Asserts = Pick<typeof t, 'ok' | 'fail'>;
