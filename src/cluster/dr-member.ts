@@ -84,7 +84,7 @@ export class DrMember {
       return;
     }
     const [prods, drs, owners] = await Promise.all([this.o.peers.members(), reg.members(), this.o.peers.owners()]);
-    const pairs = pairMembers(prods.map((m) => m.id), drs.map((m) => m.id));
+    const pairs = pairMembers(prods, drs.map((m) => m.id));
     const mine = new Set(prods.filter((m) => pairs.get(m.id) === reg.memberId).map((m) => m.id));
     for (const prodId of mine) if (!this.engines.has(prodId)) this.engines.set(prodId, await this.o.openEngine(prodId, this.held.guard(prodId)));
     await this.publish();

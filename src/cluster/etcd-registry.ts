@@ -14,6 +14,8 @@ import { ErrorCode, isVrgError, vrgError, type VrgError } from '../core/errors.j
 //   /vrg/<site>/fence/<vmUuid>      no lease; DR site: the newest fencing token seen for the VM (16 digits, so
 //                                   etcd's byte-wise compare is numeric); it only rises (raiseFence()).
 //   /vrg/<site>/drain/<memberId>    no lease; "1": an operator asked the member to drain (vrg cluster drain).
+//   /vrg/<site>/recheck/<vmUuid>    no lease; a fenced member may have written the VM's source after its lease
+//                                   ended: the VM's owner checks it again (production-member.ts).
 //
 // Ownership is created only if absent (one etcd transaction), so each VM has at most one owner. The FENCING
 // TOKEN of an ownership is its owner key's create revision: etcd's revision only rises, so a later owner of a
@@ -50,6 +52,8 @@ export interface MemberStats {
   readonly writeRateBytesPerSec: number;
   /** DR: the link port of this member's engine for each production member it pairs with. */
   readonly links?: Readonly<Record<string, number>>;
+  /** Production: the DR member it links to now (pairing.ts keeps pairs sticky). */
+  readonly drPeer?: string;
   readonly vms?: Readonly<Record<string, VmReport>>;
 }
 
@@ -283,6 +287,24 @@ export class EtcdRegistry extends EventEmitter<{ lost: [VrgError] }> {
 
   async drainRequested(memberId: string): Promise<boolean> {
     return (await this.request(`read drain of ${memberId}`, this.client.get(this.root + 'drain/' + memberId).string())) !== null;
+  }
+
+  /** Asks the VM's owner, whoever it is now, to check the VM again. */
+  async requestRecheck(vmUuid: string): Promise<void> {
+    checkName('vmUuid', vmUuid);
+    const doc = JSON.stringify({ memberId: this.memberId, atMs: this.clock.nowMs() });
+    await this.request(`ask for a recheck of ${vmUuid}`, this.client.put(this.root + 'recheck/' + vmUuid).value(doc).exec());
+  }
+
+  /** The VMs some member asked to be checked again. */
+  async rechecks(): Promise<string[]> {
+    const prefix = this.root + 'recheck/';
+    return (await this.request('list rechecks', this.client.getAll().prefix(prefix).keys())).map((k) => k.slice(prefix.length));
+  }
+
+  async clearRecheck(vmUuid: string): Promise<void> {
+    checkName('vmUuid', vmUuid);
+    await this.request(`clear the recheck of ${vmUuid}`, this.client.delete().key(this.root + 'recheck/' + vmUuid).exec());
   }
 
   get isDraining(): boolean {

@@ -43,9 +43,12 @@ export class ProductionMember {
   private readonly engine: ProductionGateway;
   private readonly registry: EtcdRegistry;
   private readonly served = new Map<string, Served>();
-  private readonly restarts = new Set<string>();
+  /** VMs whose DR stream went, with the seq DR holds of them (0: none). */
+  private readonly restarts = new Map<string, number>();
   private readonly runner: RoundRunner;
   private drPeer: { id: string; host: string; port: number } | null = null;
+  /** The DR member the pairing rule gives this member (published: pairs are sticky), linked or not yet. */
+  private pairedWith: string | null = null;
   private reportTimer: TimerHandle | null = null;
   private lastBytesIn = new Map<string, { bytes: number; atMs: number; rate: number }>();
 
@@ -57,8 +60,8 @@ export class ProductionMember {
       o.logger.error({ err: err.message }, 'cluster lease lost: this gateway stops serving its VMs');
       this.runner.kick();
     });
-    o.engine.on('streamLost', (vmUuid: string) => {
-      this.restarts.add(vmUuid);
+    o.engine.on('streamLost', (vmUuid: string, drSeq: number) => {
+      this.restarts.set(vmUuid, drSeq);
       this.runner.kick();
     });
   }
@@ -101,29 +104,56 @@ export class ProductionMember {
       handOver: (vmUuid) => this.handOver(vmUuid),
     });
     await this.serveOwned();
+    await this.recheck();
   }
 
+  /**
+   * Fenced: its VMs may have owners already. A source write of a group that passed the write guard before a
+   * pause can still land after the pause, behind its successor's check: once every VM here is closed (no write
+   * in flight), their owners are asked to check them again.
+   */
   private async rejoin(): Promise<void> {
-    for (const vmUuid of [...this.served.keys()]) await this.drop(vmUuid);
+    const dropped = [...this.served.keys()];
+    for (const vmUuid of dropped) await this.drop(vmUuid);
+    for (const vmUuid of dropped) await this.registry.requestRecheck(vmUuid);
     await this.registry.join();
     this.runner.kick();
+  }
+
+  /** A VM some fenced member may have written behind this owner's back: checked again once in queue. */
+  private async recheck(): Promise<void> {
+    const states = new Map(this.engine.status().vms.map((v) => [v.vmUuid, v.replication.state]));
+    for (const vmUuid of await this.registry.rechecks()) {
+      if (!this.served.has(vmUuid) || states.get(vmUuid) !== 'queue') continue;
+      this.engine.requestCheck(vmUuid);
+      await this.registry.clearRecheck(vmUuid);
+      this.o.logger.warn({ vmUuid }, 'cluster: a fenced member may have written the VM\'s source late; checking it again');
+    }
   }
 
   /** Links the engine to this member's DR member; a different one than before holds none of the streams. */
   private async follow(): Promise<void> {
     const [prods, drs] = await Promise.all([this.registry.members(), this.o.peers.members()]);
     const me = this.registry.memberId;
-    const drId = pairMembers(prods.map((m) => m.id), drs.map((m) => m.id)).get(me) ?? null;
+    // This member's own choice counts as published at once (its record catches up in the report below).
+    const self = { id: me, ...(this.pairedWith ? { drPeer: this.pairedWith } : {}) };
+    const drId = pairMembers(prods.map((m) => (m.id === me ? self : m)), drs.map((m) => m.id)).get(me) ?? null;
+    const repaired = drId !== this.pairedWith;
+    this.pairedWith = drId;
     const dr = drs.find((m) => m.id === drId);
     const port = dr?.links?.[me];
     const next = dr && port !== undefined ? { id: dr.id, host: dr.linkHost, port } : null;
     const same = (a: typeof next, b: typeof next): boolean => a?.id === b?.id && a?.host === b?.host && a?.port === b?.port;
-    if (same(next, this.drPeer)) return;
+    if (same(next, this.drPeer)) {
+      if (repaired) await this.report();
+      return;
+    }
     const movedDr = this.drPeer !== null && next !== null && next.id !== this.drPeer.id;
     this.o.logger.info({ from: this.drPeer, to: next }, 'cluster: DR member for this gateway');
     this.drPeer = next;
     this.engine.setPeer(next === null ? null : { host: next.host, port: next.port });
-    if (movedDr) for (const vmUuid of this.served.keys()) this.restarts.add(vmUuid);
+    if (movedDr) for (const vmUuid of this.served.keys()) this.restarts.set(vmUuid, 0);
+    await this.report();
   }
 
   /** Serves exactly the VMs this member owns under its lease; restarts the ones whose DR stream went. */
@@ -135,7 +165,9 @@ export class ProductionMember {
       if (mine.get(vmUuid) !== this.served.get(vmUuid)!.token) await this.drop(vmUuid);
     }
     for (const [vmUuid, token] of mine) {
-      if (this.restarts.delete(vmUuid) && this.served.has(vmUuid)) await this.restart(vmUuid, token);
+      const drSeq = this.restarts.get(vmUuid);
+      this.restarts.delete(vmUuid);
+      if (drSeq !== undefined && this.served.has(vmUuid)) await this.restart(vmUuid, token, drSeq);
       if (!this.served.has(vmUuid)) await this.adopt(vmUuid, token);
     }
   }
@@ -154,15 +186,18 @@ export class ProductionMember {
     this.o.logger.info({ vmUuid, fencingToken: token, start, from: custody?.memberId ?? null }, 'cluster: serving VM');
   }
 
-  /** A new stream for a VM whose DR side lost it: the source is the truth, a check rebuilds DR. */
-  private async restart(vmUuid: string, token: number): Promise<void> {
+  /**
+   * A new stream for a VM whose DR side holds none of this one's (its DR member changed or lost its state, or
+   * holds a longer one): it continues after what DR holds, and the source, the truth, is checked against DR.
+   */
+  private async restart(vmUuid: string, token: number, drSeq: number): Promise<void> {
     const settings = this.engine.vmConfigs().find((v) => v.vmUuid === vmUuid)!;
     await this.engine.removeVm(vmUuid);
-    await this.engine.adoptVm(settings, { fencingToken: token, start: 'check' }).catch((err: unknown) => {
+    await this.engine.adoptVm(settings, { fencingToken: token, start: 'check', drAheadSeq: drSeq }).catch((err: unknown) => {
       this.served.delete(vmUuid);
       throw err;
     });
-    this.o.logger.warn({ vmUuid, fencingToken: token }, 'cluster: the DR side holds none of the VM\'s stream; restarted with a check');
+    this.o.logger.warn({ vmUuid, fencingToken: token, drSeq }, 'cluster: the DR side holds none of the VM\'s stream; restarted with a check');
   }
 
   /** Stops serving a VM without a hand-over (ownership lost): writes stop at once, DR is checked by the next owner. */
@@ -210,6 +245,7 @@ export class ProductionMember {
       vms[v.vmUuid] = { state: r.state, mode: r.mode, lagBytes: r.bytesBehind, lagSeconds: r.secondsBehind, token: this.served.get(v.vmUuid)?.token ?? 0 };
     }
     for (const vm of this.lastBytesIn.keys()) if (!(vm in vms)) this.lastBytesIn.delete(vm);
-    await this.registry.report({ vmCount: st.vms.length, writeRateBytesPerSec: Math.round(rate), vms });
+    await this.registry.report({ vmCount: st.vms.length, writeRateBytesPerSec: Math.round(rate), vms,
+      ...(this.pairedWith ? { drPeer: this.pairedWith } : {}) });
   }
 }

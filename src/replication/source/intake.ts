@@ -127,6 +127,11 @@ export class Intake {
       cbt?: IntakeCbt;
       /** Times the stages of each journaled group (`latency`); without it nothing is timed. */
       clock?: Clock;
+      /**
+       * Cluster mode: throws while this gateway may not write the VM's source (its lease not surely alive), checked
+       * again right before a group's source write, since a pause may fall between the submit and that write.
+       */
+      sourceGuard?: () => void;
     },
   ) {}
 
@@ -313,6 +318,7 @@ export class Intake {
     const sourceDone = logged.then(async (a) => {
       await sourceTurn;
       if (a === null) await this.trackInBitmap(group);
+      this.opts.sourceGuard?.();
       await applyInOrder(group.map((op) => toVolumeOp(this.volumes[op.volumeIndex]!, op)));
       if (a !== null) this.sourceAppliedSeq = Math.max(this.sourceAppliedSeq, a.lastSeq);
     });

@@ -2,7 +2,7 @@ import { EventEmitter } from 'node:events';
 import { join } from 'node:path';
 import { BufferRing, type BufferRingStats } from '../../core/buffer-ring.js';
 import { nodeFiles, type Files } from '../../core/files.js';
-import { withTimeout, type TimerHandle } from '../../core/clock.js';
+import { sleep, withTimeout, type TimerHandle } from '../../core/clock.js';
 import type { LatencySummary } from '../../core/latency-histogram.js';
 import { limits } from '../../core/limits.js';
 import { assert } from '../../core/assert.js';
@@ -24,6 +24,7 @@ export type { GatewayDeps } from '../gateway-deps.js';
 import { ProtectedVm, type ProtectedVmDiagnostics, type ProtectedVmHooks } from './protected-vm.js';
 import { lagAlarmChanges, type LagAlarmKind } from './lag-alarms.js';
 import { openRunMarker, type RunMarker } from './run-marker.js';
+import { saveDrAhead } from './dr-ahead.js';
 import { loadVmRole, saveVmRole, wireGeneration, type VmRoleState } from '../vm-role.js';
 import { encodeFailoverReady, type FailoverRequest, type ResumeVm } from '../../protocol/messages.js';
 
@@ -102,6 +103,11 @@ export interface AdoptOptions {
    * (source = truth, a staged repair) rebuilds DR; 'clean': a planned hand-over left DR equal to the source.
    */
   start: 'new' | 'check' | 'clean';
+  /**
+   * DR holds a stream of the VM up to this seq that this side no longer has: the new journal starts after it
+   * (filler barriers, as after a host crash: dr-ahead.ts) and the check on attach reconciles the images.
+   */
+  drAheadSeq?: number;
 }
 
 const digestRequestTimeoutMs = 120_000;
@@ -228,6 +234,7 @@ export class ProductionGateway extends EventEmitter {
     await this.files.rm(join(this.config.dataDir, 'journal', p.vmUuid));
     // An existing state directory: not a new VM, so nothing is marked for a full copy.
     if (o.start !== 'new') await this.files.mkdir(cbtDir);
+    if (o.drAheadSeq !== undefined && o.drAheadSeq > 0) await saveDrAhead(cbtDir, { aboveSeq: 0, skipToSeq: o.drAheadSeq }, this.files);
     // Attached from the DR side's latest Resume if it has the VM already, else from the Resume frame it
     // sends once it opens it (the link stays up: other VMs keep shipping).
     const vm = await this.openVm(p, undefined, o.fencingToken);
@@ -243,27 +250,26 @@ export class ProductionGateway extends EventEmitter {
     const vm = this.vm(vmUuid);
     if (this.frozen.has(vmUuid)) throw vrgError(ErrorCode.FAILOVER_IN_PROGRESS, `VM ${vmUuid} is moving already`, { vmUuid });
     this.frozen.set(vmUuid, this.deps.clock.setTimer(timeoutMs, () => undefined));
-    let clean = false;
-    try {
-      // The link may be down for a moment (the DR side reconnects): wait for it, bounded.
-      await withTimeout(this.deps.clock, timeoutMs, (async () => {
-        await vm.intake.idle();
-        await vm.settled();
-        await vm.shipper.waitAcked(vm.journal.lastSeq);
-      })(), `VM ${vmUuid}: its writes were not all acknowledged by DR within ${timeoutMs} ms`);
-      clean = vm.state.name === 'queue' && vm.shipper.ackedSeq >= vm.journal.lastSeq;
-    } catch (err) {
-      // DR unreachable for the whole bound: the move goes on, and the next owner checks the VM.
-      if (!isVrgError(err, ErrorCode.TIMEOUT)) {
-        this.frozen.get(vmUuid)?.cancel();
-        this.frozen.delete(vmUuid);
-        throw err;
-      }
-      this.deps.logger.warn({ vmUuid, err: err.message }, 'hand-over: DR did not acknowledge everything; the next owner checks the VM');
-    }
+    const clean = await this.drainForHandOver(vm, timeoutMs);
+    if (!clean) this.deps.logger.warn({ vmUuid }, 'hand-over: DR did not acknowledge everything; the next owner checks the VM');
     const lastSeq = vm.journal.lastSeq;
     await this.removeVm(vmUuid); // with its journal and bitmaps
     return { clean, lastSeq };
+  }
+
+  /**
+   * Waits (bounded) until the frozen VM is in queue with nothing running and DR acknowledged its last record,
+   * through link reconnects; false at once when its stream cannot be shipped (a shipper fault), or at the bound.
+   */
+  private async drainForHandOver(vm: ProtectedVm, timeoutMs: number): Promise<boolean> {
+    const deadlineMs = this.deps.clock.nowMs() + timeoutMs;
+    for (;;) {
+      await vm.intake.idle();
+      const last = vm.journal.lastSeq;
+      if (vm.state.name === 'queue' && !vm.busy && vm.shipper.ackedSeq >= last) return true;
+      if (vm.shipper.fault !== null || this.deps.clock.nowMs() >= deadlineMs || this.closed) return false;
+      await Promise.race([vm.shipper.waitAcked(last), sleep(this.deps.clock, 100)]);
+    }
   }
 
   /** Pairs with a DR gateway (null: unpairs; the link stops). */
@@ -674,6 +680,7 @@ export class ProductionGateway extends EventEmitter {
       writeBack: () => this.writeBack,
       compression: this.config.link.compression,
       linkRing: this.linkRing,
+      ...(this.opts.writeGuard ? { sourceGuard: () => this.opts.writeGuard!(vmUuid) } : {}),
     };
   }
 
@@ -908,7 +915,7 @@ export class ProductionGateway extends EventEmitter {
     // Cluster mode: DR's position is not in this journal's stream (its state for the VM went, or another
     // ownership's stream is there): the cluster member starts the VM afresh, with a check.
     if (vm.shipper.fencingToken > 0 && (appliedSeq > vm.journal.writtenSeq || appliedSeq < vm.journal.firstSeq - 1)) {
-      this.emit('streamLost', vm.vmUuid);
+      this.emit('streamLost', vm.vmUuid, appliedSeq);
     }
     vm.shipper.attach(conn, appliedSeq);
     if (vm.shipper.fault === null) vm.attached(appliedSeq);

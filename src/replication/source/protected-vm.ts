@@ -61,6 +61,8 @@ export interface ProtectedVmHooks {
   compression?: CompressionSetting;
   /** The gateway's ring for batches and sealed frames (shared by its VMs). */
   linkRing?: BufferRing;
+  /** Cluster mode: throws while the gateway may not write this VM's source (Intake's sourceGuard). */
+  sourceGuard?: () => void;
 }
 
 /** A run that stopped on an error is retried after this, doubling up to runRetryMaxMs. */
@@ -156,6 +158,7 @@ export class ProtectedVm {
       clock: hooks.clock,
     });
     this.intake = new Intake(journal, volumes, {
+      ...(hooks.sourceGuard ? { sourceGuard: hooks.sourceGuard } : {}),
       writeBack: () => hooks.writeBack?.() === true,
       waitForRoom: hooks.waitForRoom,
       onCommitted: () => this.shipper.notify(),
@@ -623,6 +626,11 @@ export class ProtectedVm {
   // ---- status -------------------------------------------------------------------------------------------
 
   /** Resolves once the VM is in queue with no resync, check or snapshot running (or closed). */
+  /** A resync, check or repair runs now. */
+  get busy(): boolean {
+    return (this.resyncRun ?? this.checkRun ?? this.repairRun) !== null || this.snapshotWanted;
+  }
+
   async settled(): Promise<void> {
     for (;;) {
       const busy = this.resyncRun ?? this.checkRun ?? this.repairRun;
