@@ -83,7 +83,7 @@ export class ProductionMember {
   async close(): Promise<void> {
     this.reportTimer?.cancel();
     await this.runner.stop();
-    for (const vmUuid of [...this.served.keys()]) await this.drop(vmUuid);
+    for (const vmUuid of [...this.served.keys()]) await this.drop(vmUuid, false);
     await this.registry.close();
     await this.o.peers.close();
   }
@@ -107,15 +107,8 @@ export class ProductionMember {
     await this.recheck();
   }
 
-  /**
-   * Fenced: its VMs may have owners already. A source write of a group that passed the write guard before a
-   * pause can still land after the pause, behind its successor's check: once every VM here is closed (no write
-   * in flight), their owners are asked to check them again.
-   */
   private async rejoin(): Promise<void> {
-    const dropped = [...this.served.keys()];
-    for (const vmUuid of dropped) await this.drop(vmUuid);
-    for (const vmUuid of dropped) await this.registry.requestRecheck(vmUuid);
+    for (const vmUuid of [...this.served.keys()]) await this.drop(vmUuid);
     await this.registry.join();
     this.runner.kick();
   }
@@ -200,12 +193,18 @@ export class ProductionMember {
     this.o.logger.warn({ vmUuid, fencingToken: token, drSeq }, 'cluster: the DR side holds none of the VM\'s stream; restarted with a check');
   }
 
-  /** Stops serving a VM without a hand-over (ownership lost): writes stop at once, DR is checked by the next owner. */
-  private async drop(vmUuid: string): Promise<void> {
+  /**
+   * Stops serving a VM without a hand-over (its ownership is lost: fenced, or taken over): writes stop at once.
+   * A source write of a group that passed the write guard before a pause can still land after it, behind the
+   * successor's check: once the VM is closed here (no write in flight), its owner is asked to check it again.
+   * `recheck` false: this member is leaving, its lease still alive (its successor checks the VM anyway).
+   */
+  private async drop(vmUuid: string, recheck = true): Promise<void> {
     this.served.delete(vmUuid);
     await this.engine.removeVm(vmUuid).catch((err: Error) => {
       if (!isVrgError(err, ErrorCode.VM_NOT_FOUND)) throw err;
     });
+    if (recheck) await this.registry.requestRecheck(vmUuid);
     this.o.logger.warn({ vmUuid }, 'cluster: no longer the VM\'s owner; stopped serving it');
   }
 

@@ -132,6 +132,8 @@ export class ProductionGateway extends EventEmitter {
   /** The last link error's code; the peer's own code when the peer closed the link (e.g. a stale fencing token). */
   private lastLinkErrorCode: string | null = null;
   private readonly vms = new Map<string, ProtectedVm>();
+  /** Cluster mode: VM instances whose DR stream was reported lost ('streamLost'). */
+  private readonly streamLost = new WeakSet<ProtectedVm>();
   /** Each VM's role state here (vm-role.ts): its generation, and whether it took writes while disconnected. */
   private readonly roles = new Map<string, VmRoleState>();
   /** VMs that took writes while disconnected (vmUuid → since), and the one write noting it durably. */
@@ -914,7 +916,9 @@ export class ProductionGateway extends EventEmitter {
     }
     // Cluster mode: DR's position is not in this journal's stream (its state for the VM went, or another
     // ownership's stream is there): the cluster member starts the VM afresh, with a check.
-    if (vm.shipper.fencingToken > 0 && (appliedSeq > vm.journal.writtenSeq || appliedSeq < vm.journal.firstSeq - 1)) {
+    // Once per VM instance: each reconnect would say it again, and the restart replaces the instance.
+    if (vm.shipper.fencingToken > 0 && (appliedSeq > vm.journal.writtenSeq || appliedSeq < vm.journal.firstSeq - 1) && !this.streamLost.has(vm)) {
+      this.streamLost.add(vm);
       this.emit('streamLost', vm.vmUuid, appliedSeq);
     }
     vm.shipper.attach(conn, appliedSeq);
