@@ -40,6 +40,16 @@ async function converge(t: Test, l: ClusterLayout, what: string): Promise<void> 
   t.pass(`${what}: every VM owned, in queue, no lag, target identical to source`);
 }
 
+/** The load goes on to `writesMin`, stops; then every VM converges and holds every write it acknowledged. */
+async function endLoad(t: Test, l: ClusterLayout, load: StampedLoad, writesMin: number, what: string): Promise<void> {
+  await until(() => load.writes > writesMin, 60_000, `the load to go on ${what}`);
+  await load.stop();
+  await converge(t, l, what);
+  let missing = 0;
+  for (let i = 1; i <= vmCount; i++) missing += await missingAcked(targetPath(l, i), load.acked.get(i)!);
+  t.equal(missing, 0, `${what}: every acknowledged write (${load.writes}, ${load.failures} failed and retried elsewhere) is on DR`);
+}
+
 t.test('cluster: SIGKILL of a production gateway moves its VMs; all identical on DR; tokens only rise; a drain resyncs nothing', needs('etcd'), async (t) => {
   const dir = t.testdir();
   for (const d of ['source', 'target']) await mkdir(join(dir, d));
@@ -83,13 +93,7 @@ t.test('cluster: SIGKILL of a production gateway moves its VMs; all identical on
     return victimVms.every((vm) => s.vms.find((v) => v.vmUuid === vm)?.state === 'queue');
   }, 120_000, 'the moved VMs to be checked and back in queue', () => explain(l));
   t.comment(`moved VMs checked and replicating ${Date.now() - killedAt} ms after the SIGKILL`);
-  await until(() => load.writes > 600, 60_000, 'the load to go on after the takeover');
-  await load.stop();
-  await converge(t, l, 'after the takeover');
-
-  let missing = 0;
-  for (let i = 1; i <= vmCount; i++) missing += await missingAcked(targetPath(l, i), load.acked.get(i)!);
-  t.equal(missing, 0, `every acknowledged write (${load.writes}, ${load.failures} failed and retried elsewhere) is on DR`);
+  await endLoad(t, l, load, 600, 'after the takeover');
 
   const log = await fencingLog(l, drIds);
   const byVm = new Map<string, number[]>();
@@ -108,15 +112,13 @@ t.test('cluster: SIGKILL of a production gateway moves its VMs; all identical on
   const drained = 'prod-3';
   const before = await prodStatus(l);
   const drainedVms = before.vms.filter((v) => v.owner === drained).map((v) => v.vmUuid);
-  const load2 = new StampedLoad(l, 1024);
+  const load2 = new StampedLoad(l, 512);
   load2.start();
   const r = await vrg('cluster', 'drain', '--etcd', l.etcd, '--site', 'prod', '--member', drained);
   t.equal(r.code, 0, 'vrg cluster drain');
   await until(async () => (await prodStatus(l)).vms.every((v) => v.owner !== drained && v.owner !== null), 120_000,
     'the drained gateway\'s VMs to move', () => explain(l));
-  await until(() => load2.writes > 300, 60_000, 'the load to go on after the drain');
-  await load2.stop();
-  await converge(t, l, 'after the drain');
+  await endLoad(t, l, load2, 300, 'after the drain');
   const survivor = members.get('prod-1')!;
   const st = await survivor.request<Status>({ type: 'status' }, 'status');
   const moved = st.status.vms.filter((v) => drainedVms.includes(v.vmUuid));
@@ -125,9 +127,6 @@ t.test('cluster: SIGKILL of a production gateway moves its VMs; all identical on
     Object.values(v.replication.transitions).some((n) => n > 0));
   t.same(resynced.map((v) => v.vmUuid), [], 'a drained VM starts on its new owner with no resync and no check');
   if (resynced.length > 0) t.comment(JSON.stringify(resynced[0]!.replication));
-  missing = 0;
-  for (let i = 1; i <= vmCount; i++) missing += await missingAcked(targetPath(l, i), load2.acked.get(i)!);
-  t.equal(missing, 0, 'every write acknowledged around the drain is on DR');
 
   // A paused owner (SIGSTOP past its lease): its VMs move; resumed, it finds itself fenced and takes no write
   // for them (its NBD agents get errors and reconnect to the successor), rejoins, and the site rebalances.
@@ -135,7 +134,7 @@ t.test('cluster: SIGKILL of a production gateway moves its VMs; all identical on
   await until(async () => (await prodStatus(l)).vms.filter((v) => v.owner === drained).length === vmCount / 2, 120_000,
     'the undrained gateway to take half the VMs back', () => explain(l));
   const paused = members.get('prod-1')!;
-  const load4 = new StampedLoad(l, 1280);
+  const load4 = new StampedLoad(l, 1024);
   load4.start();
   await until(() => load4.writes > 100, 60_000, 'the load to run before the pause');
   paused.proc.kill('SIGSTOP');
@@ -145,12 +144,8 @@ t.test('cluster: SIGKILL of a production gateway moves its VMs; all identical on
   paused.proc.kill('SIGCONT');
   await until(async () => (await prodStatus(l)).vms.filter((v) => v.owner === 'prod-1').length === vmCount / 2, 120_000,
     'the resumed gateway to rejoin and get VMs again', () => explain(l));
-  await until(() => load4.writes > 500, 60_000, 'the load to go on after the pause');
-  await load4.stop();
-  await converge(t, l, 'after the pause');
-  missing = 0;
-  for (let i = 1; i <= vmCount; i++) missing += await missingAcked(targetPath(l, i), load4.acked.get(i)!);
-  t.equal(missing, 0, 'every write acknowledged around the pause is on DR: the paused owner acknowledged none it could not keep');
+  // The paused owner acknowledged none it could not keep.
+  await endLoad(t, l, load4, 500, 'after the pause');
   const pausedLog = await readFile(join(l.dir, 'prod-1.log'), 'utf8');
   t.ok(pausedLog.includes('cluster lease lost'), 'the resumed gateway knew it was fenced');
 
@@ -168,10 +163,5 @@ t.test('cluster: SIGKILL of a production gateway moves its VMs; all identical on
   await until(async () => (await drStatus(l)).vms.every((v) => v.owner !== null && v.owner !== drVictim), ttlSec * 1000 + 60_000,
     'the surviving DR gateway to open the dead one\'s VMs', () => explain(l));
   t.comment(`${drMoved.length} VMs opened on the surviving DR gateway ${Date.now() - drKilledAt} ms after the SIGKILL of ${drVictim}`);
-  await until(() => load3.writes > 400, 60_000, 'the load to go on after the DR kill');
-  await load3.stop();
-  await converge(t, l, 'after the DR kill');
-  missing = 0;
-  for (let i = 1; i <= vmCount; i++) missing += await missingAcked(targetPath(l, i), load3.acked.get(i)!);
-  t.equal(missing, 0, 'every write acknowledged around the DR kill is on DR');
+  await endLoad(t, l, load3, 400, 'after the DR kill');
 });

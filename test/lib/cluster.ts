@@ -76,8 +76,8 @@ export class StampedLoad {
   private stopped = false;
   private readonly loops: Promise<void>[] = [];
 
-  /** fromBlock: where each VM's writer starts (a second load writes blocks the first did not). */
-  constructor(private readonly l: ClusterLayout, private readonly fromBlock = 0) {}
+  /** Each VM's writer writes blocks [fromBlock, fromBlock + blocks): loads of one test take disjoint ranges. */
+  constructor(private readonly l: ClusterLayout, private readonly fromBlock = 0, private readonly blocks = 512) {}
 
   start(): void {
     for (let i = 1; i <= this.l.vmCount; i++) this.loops.push(this.run(i));
@@ -90,14 +90,14 @@ export class StampedLoad {
 
   /** One VM's writer: the next unwritten block, through its owner's intake; a failure reconnects to the owner now. */
   private async run(i: number): Promise<void> {
-    const blocks = this.l.volumeBytes / blockBytes;
+    const end = Math.min(this.l.volumeBytes / blockBytes, this.fromBlock + this.blocks);
     const acked = new Map<number, Buffer>();
     const tried = new Set<number>();
     this.acked.set(i, acked);
     this.attempted.set(i, tried);
     let next = this.fromBlock;
     let client: NbdClient | null = null;
-    while (!this.stopped && next < blocks) {
+    while (!this.stopped && next < end) {
       try {
         client ??= await this.connect(i);
         const data = stamp(i, next);

@@ -6,7 +6,7 @@ import { sleep, withTimeout, type TimerHandle } from '../../core/clock.js';
 import type { LatencySummary } from '../../core/latency-histogram.js';
 import { limits } from '../../core/limits.js';
 import { assert } from '../../core/assert.js';
-import { ErrorCode, isVrgError, vrgError } from '../../core/errors.js';
+import { ErrorCode, vrgError } from '../../core/errors.js';
 import { RecordKind } from '../../journal/journal.js';
 import type { LinkConnection } from '../../link/connection.js';
 import { LinkClient } from '../../link/link-client.js';
