@@ -107,7 +107,7 @@ const messages = {
   Hello: [m.encodeHello, m.decodeHello, fc.record({ protocolVersion: u32, gatewayId: str, nonce: bytes, role: str })],
   Auth: [m.encodeAuth, m.decodeAuth, fc.record({ transcriptHash: bytes })],
   Resume: [m.encodeResume, m.decodeResume, fc.record({
-    vms: fc.array(fc.record({ vmUuid: str, appliedSeq: u64, generation: u64, role: str, splitBrain: fc.boolean() }), { maxLength: 4 }),
+    vms: fc.array(fc.record({ vmUuid: str, appliedSeq: u64, generation: u64, role: str, splitBrain: fc.boolean(), fencingToken: u64 }), { maxLength: 4 }),
   })],
   WriteBatch: [m.encodeWriteBatch, m.decodeWriteBatch, fc.record({
     vmUuid: str, firstSeq: u64, volumeUuids: fc.array(str, { maxLength: 4 }), records: fc.array(record, { maxLength: 4 }),

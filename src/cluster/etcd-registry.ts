@@ -18,9 +18,10 @@ import { ErrorCode, isVrgError, vrgError, type VrgError } from '../core/errors.j
 //                                   ended: the VM's owner checks it again (production-member.ts).
 //
 // Ownership is created only if absent (one etcd transaction), so each VM has at most one owner. The FENCING
-// TOKEN of an ownership is its owner key's create revision: etcd's revision only rises, so a later owner of a
+// TOKEN of an ownership is its owner key's mod revision: etcd's revision only rises, so a later owner of a
 // VM always holds a higher token than every earlier one, and a receiver that remembers the highest token seen
-// can refuse an older owner's work.
+// can refuse an older owner's work. The owner may renew() its key for a new token: a new seq stream of the VM
+// (its DR side then starts one too).
 //
 // A member acts only while it is sure its lease lives: it counts the lease as ending TTL seconds after the send
 // of the last keep-alive etcd answered (etcd renews on receipt, so never earlier). Once that passes, or etcd
@@ -76,7 +77,7 @@ export interface Custody {
 export interface OwnerRecord {
   readonly vmUuid: string;
   readonly memberId: string;
-  /** The fencing token: the owner key's create revision. */
+  /** The fencing token: the owner key's mod revision (its creation, or the owner's last renew()). */
   readonly token: number;
 }
 
@@ -212,10 +213,23 @@ export class EtcdRegistry extends EventEmitter<{ lost: [VrgError] }> {
     if (txn.succeeded) return Number(txn.header.revision);
     const owner = txn.responses[0]?.response_range.kvs[0];
     if (owner !== undefined) {
-      if (this.ours(owner)) return Number(owner.create_revision);
+      if (this.ours(owner)) return Number(owner.mod_revision);
       throw vrgError(ErrorCode.CLUSTER_NOT_OWNER, `VM ${vmUuid} is owned by member ${owner.value.toString()}`, { vmUuid, owner: owner.value.toString() });
     }
     throw vrgError(ErrorCode.VM_NOT_FOUND, `site ${this.options.site} has no VM ${vmUuid}`, { vmUuid });
+  }
+
+  /** A new fencing token for a VM this member owns under its current lease (else CLUSTER_NOT_OWNER). */
+  async renew(vmUuid: string): Promise<number> {
+    checkName('vmUuid', vmUuid);
+    this.assertLive();
+    const key = this.ownerKey(vmUuid);
+    const txn = await this.request(`renew VM ${vmUuid}`, this.client
+      .if(key, 'Value', '==', this.memberId).and(key, 'Lease', '==', this.leaseId)
+      .then(this.client.put(key).value(this.memberId).lease(this.leaseId))
+      .commit());
+    if (!txn.succeeded) throw vrgError(ErrorCode.CLUSTER_NOT_OWNER, `member ${this.memberId} does not own VM ${vmUuid}`, { vmUuid });
+    return Number(txn.header.revision);
   }
 
   /**
@@ -436,7 +450,7 @@ export class EtcdRegistry extends EventEmitter<{ lost: [VrgError] }> {
   }
 
   private ownerRecord(kv: IKeyValue): OwnerRecord {
-    return { vmUuid: kv.key.toString().slice(this.root.length + 'owners/'.length), memberId: kv.value.toString(), token: Number(kv.create_revision) };
+    return { vmUuid: kv.key.toString().slice(this.root.length + 'owners/'.length), memberId: kv.value.toString(), token: Number(kv.mod_revision) };
   }
 
   private eventOf(type: 'put' | 'delete', kv: IKeyValue): ClusterEvent | null {

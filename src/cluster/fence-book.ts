@@ -39,6 +39,10 @@ export class FenceBook {
   /** The guard of the engine that serves production member `prodId`. */
   guard(prodId: string): FenceGuard {
     return {
+      tokenOf: (vmUuid) => {
+        const o = this.open.get(vmUuid);
+        return o !== undefined && o.prodId === prodId ? o.token : 0;
+      },
       admit: (vmUuid, token) => {
         const o = this.open.get(vmUuid);
         const stale = o !== undefined && token < o.token;

@@ -43,8 +43,8 @@ export class ProductionMember {
   private readonly engine: ProductionGateway;
   private readonly registry: EtcdRegistry;
   private readonly served = new Map<string, Served>();
-  /** VMs whose DR stream went, with the seq DR holds of them (0: none). */
-  private readonly restarts = new Map<string, number>();
+  /** VMs whose DR stream went. */
+  private readonly restarts = new Set<string>();
   private readonly runner: RoundRunner;
   private drPeer: { id: string; host: string; port: number } | null = null;
   /** The DR member the pairing rule gives this member (published: pairs are sticky), linked or not yet. */
@@ -60,8 +60,8 @@ export class ProductionMember {
       o.logger.error({ err: err.message }, 'cluster lease lost: this gateway stops serving its VMs');
       this.runner.kick();
     });
-    o.engine.on('streamLost', (vmUuid: string, drSeq: number) => {
-      this.restarts.set(vmUuid, drSeq);
+    o.engine.on('streamLost', (vmUuid: string) => {
+      this.restarts.add(vmUuid);
       this.runner.kick();
     });
   }
@@ -145,7 +145,7 @@ export class ProductionMember {
     this.o.logger.info({ from: this.drPeer, to: next }, 'cluster: DR member for this gateway');
     this.drPeer = next;
     this.engine.setPeer(next === null ? null : { host: next.host, port: next.port });
-    if (movedDr) for (const vmUuid of this.served.keys()) this.restarts.set(vmUuid, 0);
+    if (movedDr) for (const vmUuid of this.served.keys()) this.restarts.add(vmUuid);
     await this.report();
   }
 
@@ -158,10 +158,8 @@ export class ProductionMember {
       if (mine.get(vmUuid) !== this.served.get(vmUuid)!.token) await this.drop(vmUuid);
     }
     for (const [vmUuid, token] of mine) {
-      const drSeq = this.restarts.get(vmUuid);
-      this.restarts.delete(vmUuid);
-      if (drSeq !== undefined && this.served.has(vmUuid)) await this.restart(vmUuid, token, drSeq);
-      if (!this.served.has(vmUuid)) await this.adopt(vmUuid, token);
+      if (this.restarts.delete(vmUuid) && this.served.has(vmUuid)) await this.restart(vmUuid);
+      else if (!this.served.has(vmUuid)) await this.adopt(vmUuid, token);
     }
   }
 
@@ -181,16 +179,20 @@ export class ProductionMember {
 
   /**
    * A new stream for a VM whose DR side holds none of this one's (its DR member changed or lost its state, or
-   * holds a longer one): it continues after what DR holds, and the source, the truth, is checked against DR.
+   * holds another stream): under a renewed token, so DR reopens it as a new stream too (never reusing seqs of
+   * the old one), and the source, the truth, is checked against DR.
    */
-  private async restart(vmUuid: string, token: number, drSeq: number): Promise<void> {
+  private async restart(vmUuid: string): Promise<void> {
     const settings = this.engine.vmConfigs().find((v) => v.vmUuid === vmUuid)!;
+    this.served.delete(vmUuid);
     await this.engine.removeVm(vmUuid);
-    await this.engine.adoptVm(settings, { fencingToken: token, start: 'check', drAheadSeq: drSeq }).catch((err: unknown) => {
+    const token = await this.registry.renew(vmUuid);
+    this.served.set(vmUuid, { token });
+    await this.engine.adoptVm(settings, { fencingToken: token, start: 'check' }).catch((err: unknown) => {
       this.served.delete(vmUuid);
       throw err;
     });
-    this.o.logger.warn({ vmUuid, fencingToken: token, drSeq }, 'cluster: the DR side holds none of the VM\'s stream; restarted with a check');
+    this.o.logger.warn({ vmUuid, fencingToken: token }, 'cluster: the DR side holds none of the VM\'s stream; restarted under a new token with a check');
   }
 
   /**

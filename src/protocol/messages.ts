@@ -27,7 +27,11 @@ const lookup = (name: string): protobuf.Type => root.lookupType(`vrg.link.${name
 export interface Hello { protocolVersion: number; gatewayId: string; nonce: Buffer; role: string }
 export interface Auth { transcriptHash: Buffer }
 /** generation and role: absent (0, '') from a peer older than roles, read as 1 and 'target'. */
-export interface ResumeVm { vmUuid: string; appliedSeq: number; generation?: number; role?: string; splitBrain?: boolean }
+export interface ResumeVm {
+  vmUuid: string; appliedSeq: number; generation?: number; role?: string; splitBrain?: boolean;
+  /** Cluster mode: the ownership (fencing token) whose stream DR holds; 0 or absent: a single pair. */
+  fencingToken?: number;
+}
 export interface Resume { vms: ResumeVm[] }
 export interface WriteRecord {
   volumeIndex: number; offset: number; length: number; kind: number; codec: number; storedLength: number;

@@ -914,8 +914,14 @@ export class ProductionGateway extends EventEmitter {
       this.deps.logger.error({ vmUuid: vm.vmUuid, peerGeneration, generation: own }, vm.shipper.fault);
       return;
     }
-    // Cluster mode: DR's position is not in this journal's stream (its state for the VM went, or another
-    // ownership's stream is there): the cluster member starts the VM afresh, with a check.
+    // Cluster mode: DR holds another ownership's stream of the VM (it reopens the VM for this one's token and
+    // says so in a Resume frame): wait for it.
+    if (vm.shipper.fencingToken > 0 && (at.fencingToken ?? 0) !== vm.shipper.fencingToken) {
+      this.deps.logger.debug({ vmUuid: vm.vmUuid, drToken: at.fencingToken ?? 0, token: vm.shipper.fencingToken }, 'DR holds another ownership\'s stream');
+      return;
+    }
+    // Cluster mode: DR's position is not in this journal's stream (its state for the VM went): the cluster
+    // member starts the VM afresh under a new token, with a check.
     // Once per VM instance: each reconnect would say it again, and the restart replaces the instance.
     if (vm.shipper.fencingToken > 0 && (appliedSeq > vm.journal.writtenSeq || appliedSeq < vm.journal.firstSeq - 1) && !this.streamLost.has(vm)) {
       this.streamLost.add(vm);

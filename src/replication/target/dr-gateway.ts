@@ -89,6 +89,8 @@ export interface DrDiagnostics {
 export interface FenceGuard {
   /** Returns (or resolves) if a batch of `token` may be logged; throws (or rejects) FENCING_TOKEN_STALE if not. */
   admit(vmUuid: string, token: number): void | Promise<void>;
+  /** The token the VM is open for here (0: none), told in the Resume so an owner attaches only to its own stream. */
+  tokenOf(vmUuid: string): number;
 }
 
 export interface DrGatewayOptions {
@@ -154,6 +156,7 @@ export class DrGateway extends EventEmitter {
         ...[...this.vms.values()].map((vm) => ({
           vmUuid: vm.config.vmUuid, appliedSeq: vm.durableSeq, generation: vm.generation + (vm.promoting ? 1 : 0),
           role: vm.promoting ? 'source' : 'target',
+          ...(this.fence ? { fencingToken: this.fence.tokenOf(vm.config.vmUuid) } : {}),
         })),
         ...[...this.promoted.values()].map(({ role }) => ({
           vmUuid: role.vmUuid, appliedSeq: role.fromSeq ?? 0, generation: role.generation, role: 'source',
