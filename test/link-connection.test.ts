@@ -17,7 +17,7 @@ import {
 
 const secret = randomBytes(32);
 // generation and role travel with each VM (issue 14): vm-2 was promoted on DR.
-const resume: Resume = { vms: [{ vmUuid: 'vm-1', appliedSeq: 41, generation: 1, role: 'target', splitBrain: false }, { vmUuid: 'vm-2', appliedSeq: 0, generation: 2, role: 'source', splitBrain: false }] };
+const resume: Resume = { vms: [{ vmUuid: 'vm-1', appliedSeq: 41, generation: 1, role: 'target', splitBrain: false, fencingToken: 0 }, { vmUuid: 'vm-2', appliedSeq: 0, generation: 2, role: 'source', splitBrain: false, fencingToken: 0 }] };
 const QUIET = { heartbeatIntervalMs: 1_000_000, heartbeatTimeoutMs: 1_000_000 };
 
 function opts(role: 'production' | 'dr', extra: Partial<LinkOptions> = {}): LinkOptions {
