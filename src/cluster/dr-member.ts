@@ -38,8 +38,6 @@ export interface DrMemberOptions {
   readonly settleTimeoutMs?: number;
 }
 
-type Held = Ownership;
-
 export class DrMember {
   private readonly engines = new Map<string, DrGateway>();
   private readonly held = new FenceBook();
@@ -88,7 +86,7 @@ export class DrMember {
     const mine = new Set(prods.filter((m) => pairs.get(m.id) === reg.memberId).map((m) => m.id));
     for (const prodId of mine) if (!this.engines.has(prodId)) this.engines.set(prodId, await this.o.openEngine(prodId, this.held.guard(prodId)));
     await this.publish();
-    const wanted = new Map<string, Held>(owners.filter((x) => mine.has(x.memberId)).map((x) => [x.vmUuid, { prodId: x.memberId, token: x.token }]));
+    const wanted = new Map<string, Ownership>(owners.filter((x) => mine.has(x.memberId)).map((x) => [x.vmUuid, { prodId: x.memberId, token: x.token }]));
     for (const [vmUuid, h] of this.held.entries()) {
       const w = wanted.get(vmUuid);
       if (w === undefined || w.prodId !== h.prodId || w.token !== h.token) await this.remove(vmUuid, this.o.settleTimeoutMs ?? 60_000);
@@ -97,7 +95,7 @@ export class DrMember {
   }
 
   /** Opens a VM's targets in its owner's engine, once this member holds its DR key and the fence allows. */
-  private async open(vmUuid: string, w: Held): Promise<void> {
+  private async open(vmUuid: string, w: Ownership): Promise<void> {
     const reg = this.o.registry;
     try {
       await reg.claim(vmUuid);

@@ -24,7 +24,6 @@ export type { GatewayDeps } from '../gateway-deps.js';
 import { ProtectedVm, type ProtectedVmDiagnostics, type ProtectedVmHooks } from './protected-vm.js';
 import { lagAlarmChanges, type LagAlarmKind } from './lag-alarms.js';
 import { openRunMarker, type RunMarker } from './run-marker.js';
-import { saveDrAhead } from './dr-ahead.js';
 import { loadVmRole, saveVmRole, wireGeneration, type VmRoleState } from '../vm-role.js';
 import { encodeFailoverReady, type FailoverRequest, type ResumeVm } from '../../protocol/messages.js';
 
@@ -103,11 +102,6 @@ export interface AdoptOptions {
    * (source = truth, a staged repair) rebuilds DR; 'clean': a planned hand-over left DR equal to the source.
    */
   start: 'new' | 'check' | 'clean';
-  /**
-   * DR holds a stream of the VM up to this seq that this side no longer has: the new journal starts after it
-   * (filler barriers, as after a host crash: dr-ahead.ts) and the check on attach reconciles the images.
-   */
-  drAheadSeq?: number;
 }
 
 const digestRequestTimeoutMs = 120_000;
@@ -236,7 +230,6 @@ export class ProductionGateway extends EventEmitter {
     await this.files.rm(join(this.config.dataDir, 'journal', p.vmUuid));
     // An existing state directory: not a new VM, so nothing is marked for a full copy.
     if (o.start !== 'new') await this.files.mkdir(cbtDir);
-    if (o.drAheadSeq !== undefined && o.drAheadSeq > 0) await saveDrAhead(cbtDir, { aboveSeq: 0, skipToSeq: o.drAheadSeq }, this.files);
     // Attached from the DR side's latest Resume if it has the VM already, else from the Resume frame it
     // sends once it opens it (the link stays up: other VMs keep shipping).
     const vm = await this.openVm(p, undefined, o.fencingToken);
