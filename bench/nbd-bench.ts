@@ -96,7 +96,9 @@ export interface NbdBenchOptions {
   only?: NbdTargetName[];
 }
 
-const jobNames: NbdJobName[] = ['seq64k', 'rand4k'];
+/** VRG_BENCH_JOBS=seq64k (or rand4k) runs one job only: a profile of one access pattern. */
+const jobNames: NbdJobName[] = (['seq64k', 'rand4k'] as NbdJobName[])
+  .filter((j) => !process.env.VRG_BENCH_JOBS || process.env.VRG_BENCH_JOBS.split(',').includes(j));
 
 // ---------------------------------------------------------------------------------------------------------
 // Processes: every one started here is tracked and killed at the end (and on exit, should the bench crash).
@@ -220,7 +222,8 @@ interface JobPlan {
 }
 
 function planJobs(volumeBytes: number, seconds: number): JobPlan {
-  const seqBytes = Math.min(512 * MiB, volumeBytes / 2);
+  // VRG_BENCH_SEQ_BYTES: a longer sequential job, to see what start-up (JIT warm-up) costs per GB.
+  const seqBytes = Math.min(Number(process.env.VRG_BENCH_SEQ_BYTES ?? 512 * MiB), volumeBytes / 2);
   const randBytes = Math.min(256 * MiB, volumeBytes / 4);
   return {
     common: ['--ioengine=nbd', '--iodepth=16', '--buffer_compress_percentage=50', '--refill_buffers', '--eta=never'],
@@ -608,7 +611,7 @@ export function withTimeout<T>(p: Promise<T>, ms: number, what: string): Promise
 
 export async function benchNbd(opts: NbdBenchOptions): Promise<NbdBenchResult> {
   const started = Date.now();
-  const volumeBytes = opts.sizeBytes ?? GiB;
+  const volumeBytes = opts.sizeBytes ?? Number(process.env.VRG_BENCH_VOLUME_BYTES ?? GiB);
   const plan = planJobs(volumeBytes, opts.seconds ?? 10);
   const dir = resolve(opts.workDir);
   await mkdir(dir, { recursive: true });
