@@ -1,4 +1,5 @@
-import { mkdir, open, readdir, readFile, rename, rm, stat, unlink } from 'node:fs/promises';
+import { mkdir, open, readdir, readFile, rename, rm, stat, unlink, type FileHandle } from 'node:fs/promises';
+import { inlineWriteBytesMax, writeFullySync } from './write-fully.js';
 
 // The engine's local files (journals, DR logs, stages, bitmaps, state files) go through this interface, as
 // its volumes go through Volume and its link through Transport: in production it is node:fs, in the
@@ -35,8 +36,35 @@ export interface Files {
   stat(path: string): Promise<{ size: number; isDirectory(): boolean }>;
 }
 
+/** node's FileHandle, with small writes made inline (see inlineWriteBytesMax): journals and DR logs write groups. */
+class NodeFileHandle implements FileHandleLike {
+  constructor(private readonly fh: FileHandle) {}
+
+  read(buffer: Uint8Array, offset: number, length: number, position: number): Promise<{ bytesRead: number }> {
+    return this.fh.read(buffer, offset, length, position);
+  }
+
+  async write(buffer: Uint8Array, offset: number, length: number, position: number): Promise<{ bytesWritten: number }> {
+    if (length > inlineWriteBytesMax) return this.fh.write(buffer, offset, length, position);
+    return { bytesWritten: writeFullySync(this.fh.fd, [buffer.subarray(offset, offset + length)], position) };
+  }
+
+  async writev(buffers: Uint8Array[], position: number): Promise<{ bytesWritten: number }> {
+    let total = 0;
+    for (const b of buffers) total += b.byteLength;
+    if (total > inlineWriteBytesMax) return this.fh.writev(buffers, position);
+    return { bytesWritten: writeFullySync(this.fh.fd, buffers, position) };
+  }
+
+  datasync(): Promise<void> { return this.fh.datasync(); }
+  sync(): Promise<void> { return this.fh.sync(); }
+  truncate(length: number): Promise<void> { return this.fh.truncate(length); }
+  stat(): Promise<{ size: number }> { return this.fh.stat(); }
+  close(): Promise<void> { return this.fh.close(); }
+}
+
 export const nodeFiles: Files = {
-  open: (path, flags, mode) => open(path, flags, mode),
+  open: async (path, flags, mode) => new NodeFileHandle(await open(path, flags, mode)),
   mkdir: async (path) => {
     await mkdir(path, { recursive: true });
   },

@@ -1,3 +1,4 @@
+import { writevSync } from 'node:fs';
 import { assert } from './assert.js';
 import type { FileHandleLike } from './files.js';
 
@@ -9,6 +10,29 @@ export async function writeFully(fh: FileHandleLike, bufs: Uint8Array[], positio
   let rest = bufs;
   while (done < total) {
     const { bytesWritten } = await fh.writev(rest, position + done);
+    assert(bytesWritten > 0, 'writev made progress');
+    done += bytesWritten;
+    if (done < total) rest = skipBytes(rest, bytesWritten);
+  }
+  return total;
+}
+
+/**
+ * Page-cache writes up to this many bytes are made on the calling thread. A write through libuv's pool costs two
+ * thread wake-ups, more CPU than the copy itself on this kind of machine (measured: a 64 KiB pwrite 12 µs of CPU
+ * inline, 28 µs through the pool; 4 KiB 3 against 12), and the event loop waits about a millisecond at most
+ * for 8 MiB. Reads, fdatasync and larger writes stay on the pool: they may wait for the disk.
+ */
+export const inlineWriteBytesMax = 8 * 1024 * 1024;
+
+/** writeFully on the calling thread, for a file descriptor (see inlineWriteBytesMax). Throws node's fs errors. */
+export function writeFullySync(fd: number, bufs: Uint8Array[], position: number): number {
+  let total = 0;
+  for (const b of bufs) total += b.byteLength;
+  let done = 0;
+  let rest = bufs;
+  while (done < total) {
+    const bytesWritten = writevSync(fd, rest, position + done);
     assert(bytesWritten > 0, 'writev made progress');
     done += bytesWritten;
     if (done < total) rest = skipBytes(rest, bytesWritten);
