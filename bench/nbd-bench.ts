@@ -72,7 +72,7 @@ export interface NbdTargetResult {
 
 export interface NbdBenchResult {
   volumeBytes: number;
-  fio: { version: string | null; common: string[]; jobs: Record<NbdJobName, string[]> };
+  fio: { version: string | null; common: string[]; jobs: Record<NbdJobName, string[]>; warmUp: string[] };
   targets: Record<NbdTargetName, NbdTargetResult>;
   /** VRG MB/s divided by the peer's MB/s, per job (IOPS ratios are the same number). */
   ratios: Record<NbdJobName, {
@@ -219,6 +219,8 @@ export async function sparseFile(path: string, bytes: number): Promise<void> {
 interface JobPlan {
   common: string[];
   jobs: Record<NbdJobName, string[]>;
+  /** Run against every target before its measured jobs, unmeasured (see warmUp). */
+  warmUp: string[];
 }
 
 function planJobs(volumeBytes: number, seconds: number): JobPlan {
@@ -234,6 +236,9 @@ function planJobs(volumeBytes: number, seconds: number): JobPlan {
       rand4k: ['--name=rand4k', '--rw=randwrite', '--bs=4k', `--size=${volumeBytes}`, `--io_size=${randBytes}`,
         `--runtime=${seconds}`],
     },
+    // 128 MiB of 64 KiB writes in the volume's last quarter, clear of the sequential job's blocks.
+    warmUp: ['--name=warmup', '--rw=write', '--bs=64k', `--offset=${(volumeBytes / 4) * 3}`, `--size=${Math.min(128 * MiB, volumeBytes / 4)}`,
+      `--runtime=${3 * seconds}`],
   };
 }
 
@@ -247,8 +252,9 @@ interface FioWrite {
   clat_ns: { percentile?: Record<string, number> };
 }
 
-async function runFio(plan: JobPlan, job: NbdJobName, uri: string, outPath: string, timeoutMs: number): Promise<FioFigures> {
-  const args = [...plan.common, ...plan.jobs[job], `--uri=${uri}`, '--output-format=json', `--output=${outPath}`];
+async function runFio(plan: JobPlan, job: NbdJobName | 'warmUp', uri: string, outPath: string, timeoutMs: number): Promise<FioFigures> {
+  const jobArgs = job === 'warmUp' ? plan.warmUp : plan.jobs[job];
+  const args = [...plan.common, ...jobArgs, `--uri=${uri}`, '--output-format=json', `--output=${outPath}`];
   const r = await capture('fio', args, timeoutMs);
   if (r.code !== 0) throw new Error(`fio ${job} on ${uri} exited ${r.code}: ${r.out.trim().slice(-500)}`);
   const text = await readFile(outPath, 'utf8');
@@ -266,6 +272,18 @@ async function runFio(plan: JobPlan, job: NbdJobName, uri: string, outPath: stri
 
 /** CPU-seconds of the last fio job's own process (usr + sys % of its run time). */
 let lastFioCpuSeconds = 0;
+
+/**
+ * Every target takes the warm-up job (and its DR copy catches up) before its measured ones, as a steady-state
+ * measurement does (fio's ramp_time): a gateway just started would otherwise spend part of the first window
+ * compiling its hot paths (V8's optimizing compiler ran about 0.6 CPU-s per gateway in a 512 MiB job). The
+ * native targets (QEMU) take it too, so every row starts the same way.
+ */
+async function warmUp(ctx: Ctx, uri: string, outPath: string, sync?: () => Promise<void>): Promise<void> {
+  if (process.env.VRG_BENCH_WARMUP === '0') return; // to see what it changes
+  await runFio(ctx.plan, 'warmUp', uri, outPath, ctx.fioTimeoutMs);
+  if (sync) await sync();
+}
 
 /**
  * Runs one fio job against a target, then `sync` (until the DR copy has every write), inside a CPU window over
@@ -410,6 +428,7 @@ async function targetQemuNbd(ctx: Ctx, r: NbdTargetResult, cache: 'writeback' | 
     join(ctx.dir, `qemu-nbd-${cache}.log`));
   try {
     await waitListening(port, p, 'qemu-nbd');
+    await warmUp(ctx, `nbd://127.0.0.1:${port}/disk`, join(ctx.dir, `qemu-nbd-${cache}-warmup.json`));
     for (const job of jobNames) {
       r.jobs[job] = await measuredFio(ctx, job, `nbd://127.0.0.1:${port}/disk`, join(ctx.dir, `qemu-nbd-${cache}-${job}.json`), [p.pid!]);
     }
@@ -442,6 +461,7 @@ async function targetIntakeOnly(ctx: Ctx, r: NbdTargetResult): Promise<void> {
   const server = new NbdServer({ exports: () => [exp] });
   try {
     const port = await server.listen('127.0.0.1', 0);
+    await warmUp(ctx, `nbd://127.0.0.1:${port}/disk`, join(ctx.dir, 'intake-only-warmup.json'));
     for (const job of jobNames) {
       r.jobs[job] = await measuredFio(ctx, job, `nbd://127.0.0.1:${port}/disk`, join(ctx.dir, `intake-only-${job}.json`), [process.pid]);
     }
@@ -484,6 +504,8 @@ async function targetQemuMirror(ctx: Ctx, r: NbdTargetResult, copyMode: 'backgro
     // writes through the export are mirrored; the DR compare at the end proves it.
     await qmp.execute('blockdev-mirror', { 'job-id': 'm0', device: 'src', target: 'dr', sync: 'full', 'copy-mode': copyMode });
     await qmp.waitEvent('BLOCK_JOB_READY', (e) => e.data?.device === 'm0', 60_000);
+    const warmQmp = qmp;
+    await warmUp(ctx, `nbd://127.0.0.1:${port}/disk`, join(ctx.dir, `${tag}-warmup.json`), () => mirrorSynced(warmQmp, 'm0', 120_000));
     for (const job of jobNames) {
       const q = qmp;
       r.jobs[job] = await measuredFio(ctx, job, `nbd://127.0.0.1:${port}/disk`, join(ctx.dir, `${tag}-${job}.json`),
@@ -551,10 +573,12 @@ async function targetVrg(ctx: Ctx, r: NbdTargetResult, mode: 'async' | 'sync', w
     const vol = prodCfg.vms[0]!.volumes[0]!;
     // The initial sync of the (sparse) source and the check after it, before measuring.
     await withTimeout(prod.request({ type: 'drain' }, 'drained'), 300_000, 'initial sync');
+    const drain = async (): Promise<void> => { await withTimeout(prod.request({ type: 'drain' }, 'drained'), 300_000, 'drain'); };
+    await warmUp(ctx, `nbd://127.0.0.1:${ready.nbdPort}/${vol.volUuid}`, join(ctx.dir, `vrg-${mode}-warmup.json`), drain);
     for (const job of jobNames) {
       await Promise.all([prod, dr].map((g) => g.request({ type: 'status', resetLatency: true }, 'status')));
       r.jobs[job] = await measuredFio(ctx, job, `nbd://127.0.0.1:${ready.nbdPort}/${vol.volUuid}`, join(ctx.dir, `vrg-${mode}${writeBack ? '-writeback' : ''}-${job}.json`),
-        [prod.proc.pid!, dr.proc.pid!], { gateways: [prod, dr], sync: async () => { await withTimeout(prod.request({ type: 'drain' }, 'drained'), 300_000, 'drain'); } });
+        [prod.proc.pid!, dr.proc.pid!], { gateways: [prod, dr], sync: drain });
       r.jobs[job]!.stages = await latencyStages(prod, dr);
     }
     const [ps, ds] = [await prod.request<StatusReply>({ type: 'status' }, 'status'), await dr.request<StatusReply>({ type: 'status' }, 'status')];
