@@ -535,12 +535,15 @@ type Ready = Extract<IpcMessage, { type: 'ready' }>;
 
 // The VRG rows force LZ4 on every frame (link.compression "always"), as the CPU target is stated; the
 // adaptive default ("auto") would send raw frames on an idle loopback link.
+/** VRG_BENCH_SYNC_COMPRESSION: the Sync row's link.compression (always, auto, never). */
+const syncCompression = process.env.VRG_BENCH_SYNC_COMPRESSION ?? 'always';
+
 export function vrgConfig(role: 'production' | 'dr', dir: string, linkPort: number, secret: string, volumeBytes: number, mode: 'async' | 'sync',
     writeBack = false) {
   const vmUuid = '7d2f3a90-5b1e-4c8d-9e0f-1a2b3c4d5e6f';
   return {
     role, gatewayId: `bench-${role}`, dataDir: join(dir, role), codecThreads: 1,
-    link: { host: '127.0.0.1', port: linkPort, secret, compression: 'always' },
+    link: { host: '127.0.0.1', port: linkPort, secret, compression: mode === 'sync' ? syncCompression : 'always' },
     // Port 0: the gateway picks a free port and reports it in its `ready` message.
     nbd: { host: '127.0.0.1', port: 0 },
     journalCapacityBytes: 1024 * MiB,

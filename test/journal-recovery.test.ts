@@ -17,7 +17,7 @@ function makeRecords(rnd: ReturnType<typeof seededRandom>, n: number, maxPayload
 }
 
 function segFiles(dir: string): string[] {
-  return readdirSync(dir).filter((n) => n.endsWith('.vrgj')).sort();
+  return readdirSync(dir).filter((n) => n.startsWith('seg-') && n.endsWith('.vrgj')).sort();
 }
 
 function captureLogger(): { logger: Logger; warnings: Record<string, unknown>[] } {

@@ -17,11 +17,16 @@ function makeRecords(rnd: ReturnType<typeof seededRandom>, n: number, maxPayload
 }
 
 function segFiles(dir: string): string[] {
-  return readdirSync(dir).filter((n) => n.endsWith('.vrgj')).sort();
+  return readdirSync(dir).filter((n) => n.startsWith('seg-') && n.endsWith('.vrgj')).sort();
 }
 
 function dirBytes(dir: string): number {
   return segFiles(dir).reduce((s, n) => s + statSync(join(dir, n)).size, 0);
+}
+
+/** Every journal file: segments and spares (trimmed segments kept for reuse). */
+function filesBytes(dir: string): number {
+  return readdirSync(dir).filter((n) => n.endsWith('.vrgj')).reduce((s, n) => s + statSync(join(dir, n)).size, 0);
 }
 
 t.test('empty directory starts at seq 1 with one segment', async (t) => {
@@ -141,6 +146,8 @@ t.test('trim deletes only fully acknowledged non-active segments', async (t) => 
   t.ok(durable < firstSeqs[3]! - 1);
   await j.trim(durable);
   t.same(segFiles(dir), files.slice(2), 'segments 1 and 2 deleted, the third kept');
+  t.equal(readdirSync(dir).filter((n) => n.startsWith('spare-')).length, 2, 'the two kept as spares');
+  t.equal(j.filesBytes, filesBytes(dir), 'filesBytes = bytes of every journal file');
   t.equal(j.firstSeq, durable + 1);
   t.equal(j.usedBytes, dirBytes(dir));
   t.equal(j.availableBytes, cap - j.usedBytes);
@@ -275,9 +282,53 @@ t.test('interleaved appends, reads and trims', async (t) => {
   t.equal(rest.length, j.lastSeq - shipped, 'the unshipped tail is all there');
   for (const g of rest) if (!g.payload.equals(all.get(g.seq)!)) t.fail(`seq ${g.seq} differs`);
   t.ok(j.stats.segmentsDeleted > 5, 'old segments were deleted along the way');
+  t.ok(j.stats.segmentsReused > 0, 'and new segments reused their files');
   await j.trim(j.lastSeq);
   t.equal(segFiles(dir).length, 1, 'only the active segment is left');
-  t.equal(j.usedBytes, dirBytes(dir));
+  t.ok(j.usedBytes <= dirBytes(dir), 'a reused file may be longer than its records (stale ones of lower seqs)');
+  t.equal(j.filesBytes, filesBytes(dir), 'filesBytes = bytes of every journal file');
+  t.ok(j.filesBytes <= 1 << 20, 'the journal files stay within capacityBytes');
+  const lastSeq = j.lastSeq;
+  await j.close();
+  t.equal(dirBytes(dir), j.usedBytes, 'at close the active file is cut to its records');
+  const k = await Journal.open({ dir, capacityBytes: 1 << 20, segmentBytes: 3000 });
+  t.equal(k.lastSeq, lastSeq, 'reopened at the same seq');
+  t.equal(k.stats.tailsCut, 0, 'nothing to cut after a clean close');
+  await k.close();
+});
+
+t.test('a reused segment with stale records past a crash replays up to its own records', async (t) => {
+  const dir = t.testdir();
+  const rnd = seededRandom(22);
+  const opts = { dir, capacityBytes: 1 << 20, segmentBytes: 4096, cacheBytes: 0 };
+  let j = await Journal.open(opts);
+  const payloads = new Map<number, Buffer>();
+  const append = async (n: number): Promise<void> => {
+    for (let i = 0; i < n; i++) {
+      const recs = makeRecords(rnd, 1, 1000);
+      const r = await j.append(recs);
+      payloads.set(r.firstSeq, recs[0]!.payload);
+    }
+  };
+  await append(30);
+  await j.trim(j.lastSeq); // the full segments become spares
+  const spares = readdirSync(dir).filter((n) => n.startsWith('spare-'));
+  t.equal(spares.length, 2);
+  await append(2); // the active segment fills (4 records of ~1 KiB) and rolls into a reused file
+  await append(2);
+  t.ok(j.stats.segmentsReused >= 1, 'a spare was reused');
+  const active = segFiles(dir).at(-1)!;
+  const before = statSync(join(dir, active)).size;
+  // A crash: the process dies without close(), so the reused file keeps its stale tail.
+  const lastSeq = j.lastSeq;
+  const activeRecordsBytes = j.usedBytes - (dirBytes(dir) - before);
+  t.ok(before > activeRecordsBytes, `the reused file (${before} bytes) is longer than its records (${activeRecordsBytes})`);
+  j = await Journal.open(opts);
+  t.equal(j.lastSeq, lastSeq, 'every durable record is found, none of the stale ones');
+  t.equal(j.stats.tailsCut, 1, 'the stale tail is cut as a torn one would be');
+  t.equal(statSync(join(dir, active)).size, activeRecordsBytes, 'down to its records');
+  for (const r of await j.read(j.firstSeq, Infinity)) t.ok(r.payload.equals(payloads.get(r.seq)!), `seq ${r.seq} reads back`);
+  t.equal((await j.append(makeRecords(rnd, 1, 10))).firstSeq, lastSeq + 1, 'appends continue after them');
   await j.close();
 });
 

@@ -5,6 +5,20 @@ import { HEADER_BYTES, RECORD_MAGIC, RECORD_MAGIC_V1, crcMatches, decodeHeader, 
 
 const NAME_RE = /^seg-(\d{16})\.vrgj$/;
 
+const SPARE_RE = /^spare-(\d{16})\.vrgj$/;
+
+/**
+ * A trimmed segment kept for reuse (see Journal's spares): its name carries the first seq it held. Its records are
+ * stale: every seq in it is below any the journal will write again.
+ */
+export function spareName(oldFirstSeq: number): string {
+  return `spare-${String(oldFirstSeq).padStart(16, '0')}.vrgj`;
+}
+
+export function isSpareName(name: string): boolean {
+  return SPARE_RE.test(name);
+}
+
 export function segmentName(firstSeq: number): string {
   return `seg-${String(firstSeq).padStart(16, '0')}.vrgj`;
 }
@@ -48,10 +62,12 @@ export interface Segment {
   fh: Promise<FileHandleLike> | null;
   readers: number;
   dropped: boolean;
+  /** The file's length when it became this segment (a reused spare's; 0 for a new file): stale bytes may lie past `size`. */
+  fileBytes: number;
 }
 
 export function newSegment(dir: string, firstSeq: number): Segment {
-  return { firstSeq, path: join(dir, segmentName(firstSeq)), size: 0, offsets: new OffsetIndex(), fh: null, readers: 0, dropped: false };
+  return { firstSeq, path: join(dir, segmentName(firstSeq)), size: 0, offsets: new OffsetIndex(), fh: null, readers: 0, dropped: false, fileBytes: 0 };
 }
 
 /** Seq after the segment's last record. */
