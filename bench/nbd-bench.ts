@@ -236,8 +236,9 @@ function planJobs(volumeBytes: number, seconds: number): JobPlan {
       rand4k: ['--name=rand4k', '--rw=randwrite', '--bs=4k', `--size=${volumeBytes}`, `--io_size=${randBytes}`,
         `--runtime=${seconds}`],
     },
-    // 128 MiB of 64 KiB writes in the volume's last quarter, clear of the sequential job's blocks.
-    warmUp: ['--name=warmup', '--rw=write', '--bs=64k', `--offset=${(volumeBytes / 4) * 3}`, `--size=${Math.min(128 * MiB, volumeBytes / 4)}`,
+    // 128 MiB (VRG_BENCH_WARMUP_BYTES) of 64 KiB writes in the volume's last quarter, clear of the sequential job's blocks.
+    warmUp: ['--name=warmup', '--rw=write', '--bs=64k', `--offset=${(volumeBytes / 4) * 3}`,
+      `--size=${Math.min(Number(process.env.VRG_BENCH_WARMUP_BYTES ?? 128 * MiB), volumeBytes / 4)}`,
       `--runtime=${3 * seconds}`],
   };
 }

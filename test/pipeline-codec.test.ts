@@ -331,3 +331,16 @@ t.test('closed codecs reject', async (t) => {
   await inline.close();
   await expectCode(t, inline.compressRecords({ data: Buffer.alloc(1), lengths: [1] }, true), [ErrorCode.CLOSED], 'inline');
 });
+
+t.test('the plain bytes a frame header declares, read before authentication, match the full decode', async (t) => {
+  const { declaredPlainBytes } = await import('../src/pipeline/codec-ops.js');
+  const rec = (kind: number, length: number): WriteRecord => ({ volumeIndex: 0, offset: 2 ** 40, length, kind, codec: 0, storedLength: 0 });
+  const batch = (records: WriteRecord[]): Uint8Array => encodeWriteBatch({
+    vmUuid: 'vm', firstSeq: 2 ** 33, volumeUuids: ['v'], records, producedAtMs: 1,
+  });
+  // WRITE 1, TRIM 2, ZERO 3, RESYNC 5: only WRITE and RESYNC carry data.
+  t.equal(declaredPlainBytes(batch([rec(1, 65536), rec(2, 2 ** 31), rec(3, 4096), rec(5, 1 * MiB)])), 65536 + MiB, 'data-carrying kinds only');
+  t.equal(declaredPlainBytes(batch([])), 0, 'no records');
+  t.equal(declaredPlainBytes(batch([rec(1, batchPlainBytesMax), rec(1, 1)])), 0, 'over batchPlainBytesMax: 0');
+  t.equal(declaredPlainBytes(Buffer.from([0xff, 0xff, 0xff, 0xff, 0x0f])), 0, 'not a WriteBatch: 0');
+});

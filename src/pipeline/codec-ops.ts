@@ -2,7 +2,7 @@ import { systemClock } from '../core/clock.js';
 import { ErrorCode, isVrgError, vrgError } from '../core/errors.js';
 import { limits } from '../core/limits.js';
 import { encodeFrame, FRAME_OVERHEAD_BYTES, frameHeaderBytesMax, FrameType, openFrame, parseFrame, type DirectionKeys } from '../protocol/frame.js';
-import { decodeWriteBatch, encodeWriteBatch, type WriteBatch } from '../protocol/messages.js';
+import { decodeWriteBatch, encodeWriteBatch, peekWriteBatchRecords, type WriteBatch } from '../protocol/messages.js';
 import { RecordCodec, type CompressResult, type ShipResult, type StageSample } from './codec-types.js';
 import { lz4Decode, lz4Encode, lz4EncodeBound } from './lz4-native.js';
 
@@ -225,14 +225,14 @@ function isU32(v: unknown): v is number {
  * batchPlainBytesMax (the worker then refuses the frame, or builds its data in a buffer of its own).
  */
 export function declaredPlainBytes(header: Uint8Array): number {
-  let batch: WriteBatch;
+  let records: Array<{ kind: number; length: number }>;
   try {
-    batch = decodeWriteBatch(header);
+    records = peekWriteBatchRecords(header);
   } catch {
     return 0;
   }
   let plain = 0;
-  for (const r of batch.records ?? []) if (carriesData(r.kind) && Number.isSafeInteger(r.length) && r.length > 0) plain += r.length;
+  for (const r of records) if (carriesData(r.kind) && Number.isSafeInteger(r.length) && r.length > 0) plain += r.length;
   return plain <= batchPlainBytesMax ? plain : 0;
 }
 
