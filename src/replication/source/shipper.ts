@@ -53,7 +53,13 @@ export class Shipper {
   /** Compress the next batch (when the VM allows it): auto follows what bounds the link (compression-policy.ts). */
   compression: CompressionState;
   /** A batch from leaving the journal (sealed, sent, DR log durable) to its ack: the link's share of a Sync write. */
-  readonly latency = { 'batch taken -> DR ack': new LatencyHistogram() };
+  readonly latency = {
+    /** Compressed and sealed in the codec pool (its queue included). */
+    'batch taken -> sealed': new LatencyHistogram(),
+    /** The socket has taken the whole frame (behind earlier frames in the link). */
+    'batch taken -> on the socket': new LatencyHistogram(),
+    'batch taken -> DR ack': new LatencyHistogram(),
+  };
   /** Highest seq the DR side reported durable. */
   ackedSeq = 0;
   /** Journal time of the newest acknowledged record (for lag / RPO). */
@@ -261,7 +267,11 @@ export class Shipper {
     const seq = conn.allocSendSeq();
     this.shippedSeq = last.seq;
     this.sentMaxSeq = Math.max(this.sentMaxSeq, last.seq);
-    this.inFlight.push({ lastSeq: last.seq, bytes: payloadBytes, producedAtMs: last.timestampMs, takenNs: this.opts.clock?.monotonicNs() ?? 0n });
+    const takenNs = this.opts.clock?.monotonicNs() ?? 0n;
+    const stage = (name: 'batch taken -> sealed' | 'batch taken -> on the socket'): void => {
+      if (this.opts.clock) this.latency[name].record(elapsedMs(this.opts.clock, takenNs));
+    };
+    this.inFlight.push({ lastSeq: last.seq, bytes: payloadBytes, producedAtMs: last.timestampMs, takenNs });
     this.inFlightBytes += payloadBytes;
     this.stats.framesSent++;
     this.stats.recordsSent += records.length;
@@ -274,9 +284,13 @@ export class Shipper {
     this.codec.shipBatch({ keys: conn.sendKeys, seq, batch, payload, encrypt: this.opts.encrypt(), compress, into }).then(
       (out) => {
         free(payload);
+        stage('batch taken -> sealed');
         this.stats.bytesSent += out.storedBytes;
         if (this.opts.compress()) this.compression = observe(this.compression, this.observeLink(conn));
-        conn.sendSealed(seq, out.frame, () => free(into));
+        conn.sendSealed(seq, out.frame, () => {
+          stage('batch taken -> on the socket');
+          free(into);
+        });
       },
       (err) => {
         free(payload);
