@@ -65,7 +65,11 @@ export interface NbdTargetResult {
   verified: boolean | null;
   verifyDetail: string | null;
   /** VRG only: peak RSS and CPU seconds of the two gateway processes over the whole target run. */
-  processes?: { productionRssPeakMiB: number; drRssPeakMiB: number; productionCpuSeconds: number; drCpuSeconds: number };
+  processes?: {
+    productionRssPeakMiB: number; drRssPeakMiB: number; productionCpuSeconds: number; drCpuSeconds: number;
+    /** At the end of the run: RSS, the main thread's V8 heap, external and ArrayBuffer memory (MiB). */
+    productionMemoryMiB?: Record<string, number>; drMemoryMiB?: Record<string, number>;
+  };
   /** VRG only: the pooled buffers at the end of the run (peak use, and how often they had no room). */
   rings?: Record<string, unknown>;
 }
@@ -590,6 +594,7 @@ async function targetVrg(ctx: Ctx, r: NbdTargetResult, mode: 'async' | 'sync', w
     r.rings = await ringFigures(prod, dr);
     r.processes = {
       productionRssPeakMiB: ps.process.rssPeakBytes / MiB, drRssPeakMiB: ds.process.rssPeakBytes / MiB,
+      productionMemoryMiB: memoryMiB(ps.process.memory), drMemoryMiB: memoryMiB(ds.process.memory),
       productionCpuSeconds: cpu(ps.process), drCpuSeconds: cpu(ds.process),
     };
     const codes = [await stopGateway(prod), await stopGateway(dr)];
@@ -603,6 +608,10 @@ async function targetVrg(ctx: Ctx, r: NbdTargetResult, mode: 'async' | 'sync', w
     if (process.env.VRG_BENCH_KEEP) await cp(dir, join(process.env.VRG_BENCH_KEEP, `vrg-${mode}${writeBack ? '-writeback' : ''}`), { recursive: true });
     await rm(dir, { recursive: true, force: true });
   }
+}
+
+function memoryMiB(m: NodeJS.MemoryUsage | undefined): Record<string, number> | undefined {
+  return m && Object.fromEntries(Object.entries(m).map(([k, v]) => [k, Math.round((v / MiB) * 10) / 10]));
 }
 
 /** The gateways' latency histograms for the job just measured (reset at its start). */

@@ -92,6 +92,8 @@ export interface ProcessFigures {
   eluActiveMs: number;
   eluIdleMs: number;
   codec: CodecStats;
+  /** process.memoryUsage() now (main thread's V8 heap; external and ArrayBuffer bytes of the whole process). */
+  memory?: NodeJS.MemoryUsage;
 }
 
 /** Counts V8 garbage collection on the main thread from now on. */
@@ -188,6 +190,7 @@ export async function startCommand(configPath: string): Promise<void> {
       const figures: ProcessFigures = {
         rssPeakBytes: peakRssBytes(), cpuUserUs: cpu.user, cpuSystemUs: cpu.system,
         gcMs: gc.ms, gcCount: gc.count, eluActiveMs: elu.active, eluIdleMs: elu.idle, codec: codec.stats(),
+        memory: process.memoryUsage(),
       };
       send({ type: 'status', status: (site ?? prodSite!).status(), load: progress, process: figures });
       if (req.resetLatency) gw.resetLatency();

@@ -35,11 +35,12 @@ export const limits = {
   /**
    * Production: the ring batches are assembled and frames sealed in (held until the socket has taken them).
    * DR: the ring frames are received into and opened into (held until applied). Beyond it, buffers of their own.
-   * About twice the peak the seq64k bench uses (6-9 MiB production, 6 MiB DR): every byte of a ring ends up
-   * resident as it cycles, and each gateway keeps under 256 MiB RSS (issue 12).
+   * About twice the peak the seq64k bench uses (4-9 MiB production, 4.7-6 MiB DR): every byte of a ring ends up
+   * resident as it cycles, and each gateway keeps under 256 MiB RSS (issue 12; DR 32 -> 16 MiB took its peak
+   * RSS from 254-261 to 247-254 MiB with no refusals).
    */
   linkRingBytesProduction: 16 * MiB,
-  linkRingBytesDr: 32 * MiB,
+  linkRingBytesDr: 16 * MiB,
   /** NBD: WRITE payloads spanning received chunks are assembled here until answered (all clients of a server). */
   nbdPayloadRingBytes: 8 * MiB,
   /**
