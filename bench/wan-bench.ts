@@ -10,7 +10,7 @@ import type { IpcMessage } from '../src/cli/gateway-process.js';
 import { GiB, MiB } from '../src/core/limits.js';
 import { startCpuWindow, type CpuWindow } from './cpu-meter.js';
 import {
-  capture, mirrorSynced, Qmp, sparseFile, startDaemon, stopDaemon, stopGateway, track, vrgConfig, which, withTimeout,
+  benchCodecThreads, capture, mirrorSynced, Qmp, sparseFile, startDaemon, stopDaemon, stopGateway, track, vrgConfig, which, withTimeout,
 } from './nbd-bench.js';
 
 // The WAN-shaped row (issue 12, deliverable 5): production and DR in two network namespaces joined by a veth
@@ -446,7 +446,7 @@ export async function benchWan(opts: WanBenchOptions): Promise<WanBenchResult> {
   const [rateMbit, volumeBytes, burstBytes] = [opts.rateMbit ?? 1000, opts.volumeBytes ?? 4 * GiB, opts.burstBytes ?? 2 * GiB];
   const vrgCompression = opts.vrgCompression ?? 'auto';
   const targets: Record<WanTargetName, WanTargetResult> = {
-    vrg: emptyTarget(`VRG Async: production gateway (NBD intake) and DR gateway in two namespaces, link over the shaped veth, link.compression ${vrgCompression}, lz4 + aes, 1 codec thread`),
+    vrg: emptyTarget(`VRG Async: production gateway (NBD intake) and DR gateway in two namespaces, link over the shaped veth, link.compression ${vrgCompression}, lz4 + aes, codecThreads ${benchCodecThreads}`),
     qemuMirror: emptyTarget('qemu-storage-daemon NBD export + blockdev-mirror copy-mode=background -> qemu-nbd in the DR namespace, over the shaped veth'),
   };
   const result: WanBenchResult = {

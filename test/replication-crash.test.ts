@@ -17,8 +17,8 @@ import { drainChild, watchChild } from './lib/process-pair.js';
 const MiB = 1024 * 1024;
 type Status = IpcMessage & { type: 'status'; status: unknown; load: LoadProgress };
 
-async function setup(dir: string) {
-  const json = pairConfigJson({ dir, volumeSizeBytes: 64 * MiB });
+async function setup(dir: string, codecThreads?: number) {
+  const json = pairConfigJson({ dir, volumeSizeBytes: 64 * MiB, ...(codecThreads !== undefined ? { codecThreads } : {}) });
   const files = { prod: join(dir, 'production.json'), dr: join(dir, 'dr.json') };
   await writeFile(files.dr, JSON.stringify(json.dr));
   const env = { ...process.env, VRG_LOG_LEVEL: 'debug' };
@@ -63,9 +63,9 @@ declare global {
   }
 }
 
-t.test('production gateway SIGKILLed mid-load loses no acknowledged write', async (t) => {
+for (const codecThreads of [1, 0]) t.test(`production gateway SIGKILLed mid-load loses no acknowledged write (codecThreads ${codecThreads})`, async (t) => {
   const dir = t.testdir();
-  const { json, startDr, startProd, load } = await setup(dir);
+  const { json, startDr, startProd, load } = await setup(dir, codecThreads);
   const dr = await startDr();
   let prod = await startProd();
   const acked = new Set<number>();

@@ -10,7 +10,7 @@ import { systemRandom } from '../core/random.js';
 import { tcpTransport } from '../link/transport.js';
 import { loadNbdTlsCredentials, nbdTls } from '../nbd/nbd-tls.js';
 import { NbdServer } from '../nbd/nbd-server.js';
-import { PoolCodec } from '../pipeline/codec.js';
+import { gatewayCodec } from '../pipeline/codec.js';
 import type { ClusterConfig, GatewayConfig } from '../replication/config.js';
 import type { GatewayDeps } from '../replication/gateway-deps.js';
 import { productionExports } from '../replication/nbd-exports.js';
@@ -41,7 +41,7 @@ function registries(config: GatewayConfig, c: ClusterConfig, nbdUrl?: string): {
 export function openClusterGateway(config: GatewayConfig, logger: Logger): Promise<ClusterGateway> {
   const files = nodeFiles;
   return openLocked(config.dataDir, files, async (lock) => {
-    const codec = new PoolCodec({ threads: config.codecThreads, transferInputs: true });
+    const codec = gatewayCodec(config.codecThreads);
     const deps: GatewayDeps = { clock: systemClock, random: systemRandom, transport: tcpTransport, codec, logger, files };
     const gw = config.role === 'production' ? await openProduction(config, deps) : await openDr(config, deps);
     return {

@@ -6,7 +6,7 @@ import { ErrorCode, vrgError } from '../core/errors.js';
 import { createLogger, type Logger } from '../core/log.js';
 import { systemRandom } from '../core/random.js';
 import { tcpTransport } from '../link/transport.js';
-import { PoolCodec, type CodecStats } from '../pipeline/codec.js';
+import { gatewayCodec, type Codec, type CodecStats } from '../pipeline/codec.js';
 import { loadConfig, type GatewayConfig } from '../replication/config.js';
 import { loadNbdTlsCredentials, nbdTls } from '../nbd/nbd-tls.js';
 import { NbdServer } from '../nbd/nbd-server.js';
@@ -110,9 +110,9 @@ function watchGc(): { ms: number; count: number } {
 }
 
 export async function openGateway(config: GatewayConfig, logger: Logger):
-    Promise<{ gw: Gateway; site: DrSite | null; prodSite: ProductionSite | null; codec: PoolCodec; nbdPort: number | null; close(): Promise<void> }> {
+    Promise<{ gw: Gateway; site: DrSite | null; prodSite: ProductionSite | null; codec: Codec & { stats(): CodecStats }; nbdPort: number | null; close(): Promise<void> }> {
   // Every input the engine hands the pool is a fresh buffer it never touches again: move, do not copy.
-  const codec = new PoolCodec({ threads: config.codecThreads, transferInputs: true });
+  const codec = gatewayCodec(config.codecThreads);
   const deps = { clock: systemClock, random: systemRandom, transport: tcpTransport, codec, logger };
   // DR: the DR gateway and the VMs failed over to it (served as their source).
   // Production: its source VMs and the ones it became the target of (failback).

@@ -5,3 +5,16 @@ export type { Codec, CodecStats, CompressInput, CompressResult, OpenResult, Open
 export { InlineCodec } from './inline-codec.js';
 export { PoolCodec, codecWorkerFilename, type PoolCodecOptions } from './pool-codec.js';
 export { batchPlainBytesMax, declaredPlainBytes, shipBoundBytes } from './codec-ops.js';
+
+import type { Codec, CodecStats } from './codec-types.js';
+import { InlineCodec } from './inline-codec.js';
+import { PoolCodec } from './pool-codec.js';
+
+/**
+ * The gateway's codec for config.codecThreads: that many piscina workers, or 0 for the event loop's own thread
+ * (no hand-off between threads: on a small host with a busy link the cheaper choice, at the cost of the loop
+ * being busy for each batch's compression and encryption).
+ */
+export function gatewayCodec(threads: number): Codec & { stats(): CodecStats } {
+  return threads === 0 ? new InlineCodec() : new PoolCodec({ threads, transferInputs: true });
+}

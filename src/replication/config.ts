@@ -12,7 +12,7 @@ import { compressionSettings, type CompressionSetting } from './compression-poli
 //   "dataDir": "/var/lib/vrg",                        // journal, DR state
 //   "link": { "host": "127.0.0.1", "port": 7001,      // DR: where to listen; production: the DR peer
 //             "secret": "<hex, >= 16 bytes>" },
-//   "codecThreads": 1,
+//   "codecThreads": 1,                                 // 0: the codec runs on the event loop's thread
 //   "journalCapacityBytes": 1073741824,               // production: the journals; DR: the DR logs (split per VM)
 //   "vms": [ { "vmUuid": "...", "vmName": "...", "compressOption": 1, "encryptOption": 1,
 //              "volumes": [ { "volUuid": "...", "url": "/data/disk0.img", "sizeBytes": 1073741824 } ] } ],
@@ -305,7 +305,7 @@ export function parseConfig(raw: unknown): GatewayConfig {
       rekeyIntervalSeconds: int(link, 'rekeyIntervalSeconds', '$.link', 0, 365 * 86_400, 0) },
     protection: parseProtection(o.protection, '$.protection'),
     intake: parseIntake(o.intake, '$.intake'),
-    codecThreads: int(o, 'codecThreads', '$', 1, 16, 1),
+    codecThreads: int(o, 'codecThreads', '$', 0, 16, 1),
     journalCapacityBytes: int(o, 'journalCapacityBytes', '$', 2 * MiB, Number.MAX_SAFE_INTEGER, 1024 * MiB),
     nbd: o.nbd === undefined || o.nbd === null ? null : parseNbdListen(o.nbd, '$.nbd'),
     vms,

@@ -17,6 +17,8 @@ import { drained, pairState, stallTimeoutMs } from './wait.js';
 
 export interface PairOptions {
   dir: string;
+  /** Process pairs: the gateways' codecThreads (0: the codec on the event loop). */
+  codecThreads?: number;
   compress?: 0 | 1;
   encrypt?: 0 | 1;
   volumeSizeBytes?: number;
@@ -51,7 +53,7 @@ export function pairConfigJson(o: PairOptions, secret = randomBytes(32).toString
     sizeBytes: o.volumeSizeBytes ?? 16 * 1024 * 1024,
   }));
   const base = (role: string, side: string) => ({
-    role, gatewayId: `test-${role}`, dataDir: join(o.dir, role),
+    role, gatewayId: `test-${role}`, dataDir: join(o.dir, role), ...(o.codecThreads !== undefined ? { codecThreads: o.codecThreads } : {}),
     link: { host: '127.0.0.1', port: 0, secret, compression: o.compression ?? 'auto', rateBytesPerSec: role === 'production' ? o.linkRateBytesPerSec ?? 0 : 0 },
     journalCapacityBytes: o.journalCapacityBytes ?? 256 * 1024 * 1024,
     vms: [{ vmUuid, vmName: 'vm', compressOption: o.compress ?? 1, encryptOption: o.encrypt ?? 1, volumes: vols(side), ...(o.mode ? { mode: o.mode } : {}) }],
