@@ -100,7 +100,9 @@ t.test('pair two gateways and a volume through JSON-RPC only: writes replicate; 
   const pv = await until(async () => {
     const v = (await p.rpc.ok('ListActivePairedVolumes')).volumes;
     return v[0]?.volumePairs[0].remoteReplication.state === 'Active' ? v : null;
-  }, 20_000, 'pair Active');
+    // The initial sync and its check run first (the write above went in during them): under a full suite's load
+    // this took over 20 s once; the VM's state says where it was if it ever does not get there.
+  }, 45_000, 'pair Active', () => ({ vm: prod(p).vmStatus(vmUuid), diagnostics: prod(p).diagnostics() }));
   t.equal(pv.length, 1);
   t.match(pv[0], { access: 'readWrite', volumeID: src.volumeID, name: 'src', totalSize: 4 * MiB, status: 'active', blockSize: 4096, sliceCount: 1 });
   t.match(pv[0].volumePairs[0], { clusterPairID: done.clusterPairID, remoteVolumeID: dst.volumeID, remoteVolumeName: 'dst', volumePairUUID: vmUuid,
