@@ -111,7 +111,6 @@ function watchGc(): { ms: number; count: number } {
 
 export async function openGateway(config: GatewayConfig, logger: Logger):
     Promise<{ gw: Gateway; site: DrSite | null; prodSite: ProductionSite | null; codec: Codec & { stats(): CodecStats }; nbdPort: number | null; close(): Promise<void> }> {
-  // Every input the engine hands the pool is a fresh buffer it never touches again: move, do not copy.
   const codec = gatewayCodec(config.codecThreads);
   const deps = { clock: systemClock, random: systemRandom, transport: tcpTransport, codec, logger };
   // DR: the DR gateway and the VMs failed over to it (served as their source).

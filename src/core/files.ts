@@ -1,5 +1,5 @@
 import { mkdir, open, readdir, readFile, rename, rm, stat, unlink, type FileHandle } from 'node:fs/promises';
-import { inlineWriteBytesMax, writeFullySync } from './write-fully.js';
+import { writeAt } from './write-fully.js';
 
 // The engine's local files (journals, DR logs, stages, bitmaps, state files) go through this interface, as
 // its volumes go through Volume and its link through Transport: in production it is node:fs, in the
@@ -36,7 +36,7 @@ export interface Files {
   stat(path: string): Promise<{ size: number; isDirectory(): boolean }>;
 }
 
-/** node's FileHandle, with small writes made inline (see inlineWriteBytesMax): journals and DR logs write groups. */
+/** node's FileHandle, its writes made whole by writeAt (small ones inline): journals and DR logs write groups. */
 class NodeFileHandle implements FileHandleLike {
   constructor(private readonly fh: FileHandle) {}
 
@@ -45,15 +45,11 @@ class NodeFileHandle implements FileHandleLike {
   }
 
   async write(buffer: Uint8Array, offset: number, length: number, position: number): Promise<{ bytesWritten: number }> {
-    if (length > inlineWriteBytesMax) return this.fh.write(buffer, offset, length, position);
-    return { bytesWritten: writeFullySync(this.fh.fd, [buffer.subarray(offset, offset + length)], position) };
+    return { bytesWritten: await writeAt(this.fh, [buffer.subarray(offset, offset + length)], position) };
   }
 
   async writev(buffers: Uint8Array[], position: number): Promise<{ bytesWritten: number }> {
-    let total = 0;
-    for (const b of buffers) total += b.byteLength;
-    if (total > inlineWriteBytesMax) return this.fh.writev(buffers, position);
-    return { bytesWritten: writeFullySync(this.fh.fd, buffers, position) };
+    return { bytesWritten: await writeAt(this.fh, buffers, position) };
   }
 
   datasync(): Promise<void> { return this.fh.datasync(); }

@@ -25,10 +25,20 @@ export async function writeFully(fh: FileHandleLike, bufs: Uint8Array[], positio
  * where they do not delay a Sync frame's receipt (Sync seq64k p99 27.9 ms with an 8 MiB bound, 23.2 with 1 MiB).
  * Reads and fdatasync stay on the pool: they may wait for the disk.
  */
-export const inlineWriteBytesMax = 1024 * 1024;
+const inlineWriteBytesMax = 1024 * 1024;
 
-/** writeFully on the calling thread, for a file descriptor (see inlineWriteBytesMax). Throws node's fs errors. */
-export function writeFullySync(fd: number, bufs: Uint8Array[], position: number): number {
+/**
+ * Writes all of `bufs` at `position` of a file node opened (it has an fd): on the calling thread up to
+ * inlineWriteBytesMax, through libuv's pool beyond. Resolves to the bytes written; rejects with node's fs errors.
+ */
+export async function writeAt(fh: FileHandleLike & { fd: number }, bufs: Uint8Array[], position: number): Promise<number> {
+  let total = 0;
+  for (const b of bufs) total += b.byteLength;
+  return total <= inlineWriteBytesMax ? writeFullySync(fh.fd, bufs, position) : writeFully(fh, bufs, position);
+}
+
+/** writeFully on the calling thread, for a file descriptor. */
+function writeFullySync(fd: number, bufs: Uint8Array[], position: number): number {
   let total = 0;
   for (const b of bufs) total += b.byteLength;
   let done = 0;

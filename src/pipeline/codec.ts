@@ -16,5 +16,6 @@ import { PoolCodec } from './pool-codec.js';
  * being busy for each batch's compression and encryption).
  */
 export function gatewayCodec(threads: number): Codec & { stats(): CodecStats } {
+  // Every input the engine hands the pool is a fresh buffer it never touches again: move, do not copy.
   return threads === 0 ? new InlineCodec() : new PoolCodec({ threads, transferInputs: true });
 }

@@ -1,7 +1,6 @@
 import { mkdir, open, readFile, stat, type FileHandle } from 'node:fs/promises';
 import { dirname } from 'node:path';
-import { assert } from '../core/assert.js';
-import { inlineWriteBytesMax, writeFully, writeFullySync } from '../core/write-fully.js';
+import { writeAt } from '../core/write-fully.js';
 import { ErrorCode, vrgError } from '../core/errors.js';
 import { MiB } from '../core/limits.js';
 import { isUnsupported, native as loadedNative, type NativeOps } from './native.js';
@@ -131,23 +130,13 @@ export class FileVolume implements Volume {
 
   async write(offset: number, data: Uint8Array): Promise<void> {
     this.check(offset, data.byteLength);
-    if (data.byteLength <= inlineWriteBytesMax) {
-      writeFullySync(this.fh.fd, [data], offset);
-      return;
-    }
-    let done = 0;
-    while (done < data.byteLength) {
-      const { bytesWritten } = await this.fh.write(data, done, data.byteLength - done, offset + done);
-      assert(bytesWritten > 0, 'pwrite made progress');
-      done += bytesWritten;
-    }
+    await writeAt(this.fh, [data], offset);
   }
 
   async writev(offset: number, datas: readonly Uint8Array[]): Promise<void> {
     const length = datas.reduce((n, d) => n + d.byteLength, 0);
     this.check(offset, length);
-    if (length <= inlineWriteBytesMax) writeFullySync(this.fh.fd, [...datas], offset);
-    else await writeFully(this.fh, [...datas], offset);
+    await writeAt(this.fh, [...datas], offset);
   }
 
   /**
