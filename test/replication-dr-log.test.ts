@@ -7,7 +7,7 @@ import type { LoadOptions } from '../src/cli/load-generator.js';
 import type { DrStatus } from '../src/replication/target/dr-gateway.js';
 import { pairConfigJson, startPair } from './lib/pair.js';
 import { ackedWritesMissing, drainChild, processPair, watchChild } from './lib/process-pair.js';
-import { startAgent } from './lib/agents.js';
+import { startAgent, type Agent } from './lib/agents.js';
 import { freePort } from './lib/ports.js';
 import { needs } from './lib/tools.js';
 import { drained } from './lib/wait.js';
@@ -30,14 +30,25 @@ const MiB = 1024 * 1024;
 type Status = IpcMessage & { type: 'status'; status: unknown; load: LoadProgress };
 
 /** nbdkit serving `file` on two threads with every write delayed (a slow DR target: the log runs ahead of it). */
-async function slowTarget(t: Test, file: string, sizeBytes: number, delayWriteMs: number, port?: number): Promise<string> {
-  const fh = await open(file, 'w');
+async function slowTarget(t: Test, file: string, sizeBytes: number, delayWriteMs: number, port?: number): Promise<Agent> {
+  const fh = await open(file, 'a');
   await fh.truncate(sizeBytes);
   await fh.close();
-  const agent = await startAgent(t, 'nbdkit', (p, pid) => ['-f', '-P', pid, '--exit-with-parent', '-t', '2', '-p', String(p),
+  return startAgent(t, 'nbdkit', (p, pid) => ['-f', '-P', pid, '--exit-with-parent', '-t', '2', '-p', String(p),
     '-i', '127.0.0.1', '--filter=delay', '--filter=blocksize-policy', 'file', `file=${file}`, `delay-write=${delayWriteMs}ms`,
     'blocksize-maximum=65536', 'blocksize-preferred=4096', 'blocksize-minimum=1'], port);
-  return agent.url;
+}
+
+/**
+ * nbdkit 1.32's delay filter can abort (SIGABRT, "aborting sleep because of connection close") when its client
+ * is killed in the middle of a delayed write. Its host would start it again, as this does, on the same port and
+ * file: the writes it lost were never acknowledged to DR, whose log replay writes them again.
+ */
+async function restartIfAborted(t: Test, agent: Agent, file: string, sizeBytes: number, delayWriteMs: number): Promise<Agent> {
+  await new Promise((r) => setTimeout(r, 100)); // an abort follows the client's death by a moment
+  if (!agent.exited()) return agent;
+  t.comment(`the write agent ended (${agent.stderr().trim()}); started again on port ${agent.port}`);
+  return slowTarget(t, file, sizeBytes, delayWriteMs, agent.port);
 }
 
 async function drStatus(dr: { request<T>(m: unknown, type: string): Promise<T> }): Promise<DrStatus['vms'][number]> {
@@ -49,8 +60,8 @@ t.test('Sync: DR SIGKILLed between its log append and the apply replays the log 
   const volumeBytes = 64 * MiB;
   await mkdir(join(dir, 'target'), { recursive: true });
   const targetFile = join(dir, 'target', 'slow.img');
-  const url = await slowTarget(t, targetFile, volumeBytes, 40);
-  const json = pairConfigJson({ dir, volumeSizeBytes: volumeBytes, volumes: 1, drUrls: [url] });
+  let agent = await slowTarget(t, targetFile, volumeBytes, 40);
+  const json = pairConfigJson({ dir, volumeSizeBytes: volumeBytes, volumes: 1, drUrls: [agent.url] });
   (json.prod.vms[0] as Record<string, unknown>).mode = 'sync';
   const { startDr, startProd } = processPair(dir, json);
   let dr = await startDr();
@@ -73,9 +84,11 @@ t.test('Sync: DR SIGKILLed between its log append and the apply replays the log 
   // Both sites go at once: what DR acknowledged must come back from its log alone.
   await dr.kill();
   await prod.kill();
+  agent = await restartIfAborted(t, agent, targetFile, volumeBytes, 40);
   // Killed again as soon as it is up: only the replay at open can have brought the targets up to the log.
   dr = await startDr();
   await dr.kill();
+  agent = await restartIfAborted(t, agent, targetFile, volumeBytes, 40);
   const lines = (await readFile(join(dir, 'dr.log'), 'utf8')).split('\n').filter(Boolean).map((l) => JSON.parse(l) as Record<string, unknown>);
   const replay = lines.find((l) => l.msg === 'dr log: applying what the log holds past the checkpoint');
   t.ok(replay && Number(replay.toSeq) >= at.durableSeq, `the replay covers everything acknowledged before the kill: ${JSON.stringify(replay)}`);
