@@ -89,7 +89,7 @@ export interface ProtectedVmDiagnostics {
   lastRunStopped: { run: string; why: string; atMs: number } | null;
   lastTransition: State['lastTransition'];
   transitions: State['transitions'];
-  journal: { firstSeq: number; lastSeq: number; writtenSeq: number; appendedSeq: number; usedBytes: number; capacityBytes: number; cache: ReturnType<Journal['cacheStats']> };
+  journal: { firstSeq: number; lastSeq: number; writtenSeq: number; appendedSeq: number; usedBytes: number; capacityBytes: number; filesBytes: number; cache: ReturnType<Journal['cacheStats']>; counters: Journal['stats'] };
   checkpointSeq: number;
   intake: IntakeDiagnostics;
   shipper: ShipperDiagnostics;
@@ -673,7 +673,7 @@ export class ProtectedVm {
       },
       journal: {
         firstSeq: j.firstSeq, lastSeq: j.lastSeq, writtenSeq: j.writtenSeq, appendedSeq: j.appendedSeq,
-        usedBytes: j.usedBytes, capacityBytes: j.capacityBytes, cache: j.cacheStats(),
+        usedBytes: j.usedBytes, capacityBytes: j.capacityBytes, filesBytes: j.filesBytes, cache: j.cacheStats(), counters: j.stats,
       },
       lastRunStopped: this.lastRunStopped,
       lastTransition: this.state.lastTransition,

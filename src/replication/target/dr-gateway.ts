@@ -21,6 +21,7 @@ import type { AlarmEvent, VmReplicationStatus } from '../control.js';
 import { stateNumber, type Mode, type StateName } from '../protection-state.js';
 import { answerRekey, promoteIfNext } from '../link-rekey.js';
 import { DrVm } from './dr-vm.js';
+import type { JournalCounters } from '../../journal/journal.js';
 import { TestClone, testExportName } from './test-clone.js';
 import { loadVmRole, saveVmRole, type VmRoleState } from '../vm-role.js';
 import type { GatewayDeps } from '../gateway-deps.js';
@@ -77,6 +78,7 @@ export interface DrDiagnostics {
   receiving: boolean;
   vms: Array<{
     vmUuid: string; appliedSeq: number; durableSeq: number; checkpointSeq: number; loggedSeq: number; logUsedBytes: number;
+    logFilesBytes: number; logCounters: JournalCounters;
     stageActive: boolean; stagedBytes: number; targetError: string | null;
   }>;
 }
@@ -516,7 +518,7 @@ export class DrGateway extends EventEmitter {
       linkRing: this.linkRing.stats(),
       vms: [...this.vms.values()].map((vm) => ({
         vmUuid: vm.config.vmUuid, appliedSeq: vm.appliedSeq, durableSeq: vm.durableSeq, checkpointSeq: vm.checkpointSeq,
-        loggedSeq: vm.loggedSeq, logUsedBytes: vm.log.usedBytes,
+        loggedSeq: vm.loggedSeq, logUsedBytes: vm.log.usedBytes, logFilesBytes: vm.log.filesBytes, logCounters: vm.log.stats,
         stageActive: vm.stage.active, stagedBytes: vm.stage.stagedBytes, targetError: vm.targetError,
       })),
     };
