@@ -227,6 +227,15 @@ interface JobPlan {
   warmUp: string[];
 }
 
+/**
+ * VRG_BENCH_PREFILL=1: the warm-up writes the whole volume first. On this VM a page-cache page the guest has not
+ * touched lately costs about 3 CPU-s per GiB to write the first time (the balloon's free page reporting hands
+ * free memory back to the host, and the next touch faults there), against 0.15-0.25 for an overwrite; a sparse
+ * volume written once charges that to every target, and most to the slowest, whose run outlasts the memory
+ * freed just before it.
+ */
+const prefill = process.env.VRG_BENCH_PREFILL === '1';
+
 function planJobs(volumeBytes: number, seconds: number): JobPlan {
   // VRG_BENCH_SEQ_BYTES: a longer sequential job, to see what start-up (JIT warm-up) costs per GB.
   const seqBytes = Math.min(Number(process.env.VRG_BENCH_SEQ_BYTES ?? 512 * MiB), volumeBytes / 2);
@@ -240,10 +249,13 @@ function planJobs(volumeBytes: number, seconds: number): JobPlan {
       rand4k: ['--name=rand4k', '--rw=randwrite', '--bs=4k', `--size=${volumeBytes}`, `--io_size=${randBytes}`,
         `--runtime=${seconds}`],
     },
-    // 128 MiB (VRG_BENCH_WARMUP_BYTES) of 64 KiB writes in the volume's last quarter, clear of the sequential job's blocks.
-    warmUp: ['--name=warmup', '--rw=write', '--bs=64k', `--offset=${(volumeBytes / 4) * 3}`,
-      `--size=${Math.min(Number(process.env.VRG_BENCH_WARMUP_BYTES ?? 128 * MiB), volumeBytes / 4)}`,
-      `--runtime=${3 * seconds}`],
+    warmUp: prefill
+      // The whole volume, so the measured jobs write over allocated, cached blocks as on a VM disk in use.
+      ? ['--name=warmup', '--rw=write', '--bs=256k', '--offset=0', `--size=${volumeBytes}`, `--runtime=${6 * seconds}`]
+      // 128 MiB (VRG_BENCH_WARMUP_BYTES) of 64 KiB writes in the volume's last quarter, clear of the sequential job's blocks.
+      : ['--name=warmup', '--rw=write', '--bs=64k', `--offset=${(volumeBytes / 4) * 3}`,
+        `--size=${Math.min(Number(process.env.VRG_BENCH_WARMUP_BYTES ?? 128 * MiB), volumeBytes / 4)}`,
+        `--runtime=${3 * seconds}`],
   };
 }
 
@@ -285,7 +297,7 @@ let lastFioCpuSeconds = 0;
  * native targets (QEMU) take it too, so every row starts the same way.
  */
 async function warmUp(ctx: Ctx, uri: string, outPath: string, sync?: () => Promise<void>): Promise<void> {
-  if (process.env.VRG_BENCH_WARMUP === '0') return; // to see what it changes
+  if (process.env.VRG_BENCH_WARMUP === '0' && !prefill) return; // to see what it changes
   await runFio(ctx.plan, 'warmUp', uri, outPath, ctx.fioTimeoutMs);
   if (sync) await sync();
 }
@@ -641,6 +653,9 @@ async function ringFigures(prod: GatewayChild, dr: GatewayChild): Promise<Record
   return {
     productionLink: p.linkRing, drLink: d.linkRing,
     journalCaches: p.vms.map((vm) => ({ vmUuid: vm.vmUuid, ...vm.journal.cache })),
+    // Segment reuse: a reused file's pages are overwritten in the page cache, a new one's are first writes.
+    journals: p.vms.map((vm) => ({ vmUuid: vm.vmUuid, filesBytes: vm.journal.filesBytes, ...vm.journal.counters })),
+    drLogs: d.vms.map((vm) => ({ vmUuid: vm.vmUuid, filesBytes: vm.logFilesBytes, ...vm.logCounters })),
   };
 }
 
