@@ -228,13 +228,13 @@ interface JobPlan {
 }
 
 /**
- * VRG_BENCH_PREFILL=1: the warm-up writes the whole volume first. On this VM a page-cache page the guest has not
+ * The warm-up writes the whole volume first (VRG_BENCH_PREFILL=0: only 128 MiB, onto a sparse volume). On this VM a page-cache page the guest has not
  * touched lately costs about 3 CPU-s per GiB to write the first time (the balloon's free page reporting hands
  * free memory back to the host, and the next touch faults there), against 0.15-0.25 for an overwrite; a sparse
  * volume written once charges that to every target, and most to the slowest, whose run outlasts the memory
  * freed just before it.
  */
-const prefill = process.env.VRG_BENCH_PREFILL === '1';
+const prefill = process.env.VRG_BENCH_PREFILL !== '0';
 
 function planJobs(volumeBytes: number, seconds: number): JobPlan {
   // VRG_BENCH_SEQ_BYTES: a longer sequential job, to see what start-up (JIT warm-up) costs per GB.

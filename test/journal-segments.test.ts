@@ -313,7 +313,7 @@ t.test('a reused segment with stale records past a crash replays up to its own r
   await append(30);
   await j.trim(j.lastSeq); // the full segments become spares
   const spares = readdirSync(dir).filter((n) => n.startsWith('spare-'));
-  t.equal(spares.length, 2);
+  t.ok(spares.length >= 2, `the full segments became spares (${spares.length})`);
   await append(2); // the active segment fills (4 records of ~1 KiB) and rolls into a reused file
   await append(2);
   t.ok(j.stats.segmentsReused >= 1, 'a spare was reused');
