@@ -147,6 +147,17 @@ for (const [codecName, make] of codecs) {
         const payload = mixed ? Buffer.concat([lz4.subarray(0, n), ds.data.subarray(ds.lengths[0]!)]) : Buffer.from(ds.data);
         const before = Buffer.from(payload);
         const out = await codec.shipBatch({ keys, seq, batch: raw, payload, encrypt: true, compress });
+        const parts: Buffer[] = [];
+        for (let i = 0, at = 0; i < raw.records.length; at += raw.records[i]!.storedLength, i++) {
+          parts.push(payload.subarray(at, at + raw.records[i]!.storedLength));
+        }
+        if (codec.takesParts) {
+          const fromParts = await codec.shipBatch({ keys, seq, batch: raw, payload: parts, encrypt: true, compress });
+          t.ok(Buffer.from(fromParts.frame).equals(out.frame), `${label}: one buffer per record seals the same frame`);
+        } else {
+          await expectCode(t, codec.shipBatch({ keys, seq, batch: raw, payload: parts, encrypt: true, compress }),
+            [ErrorCode.INVALID_ARGUMENT], `${label}: the worker codec wants one buffer`);
+        }
         const opened = await codec.openBatch({ keys, expectedSeq: seq, frame: out.frame });
         seq++;
         t.ok(opened.data.equals(ds.data), `${label}: DR gets the journal's bytes`);
@@ -165,6 +176,12 @@ for (const [codecName, make] of codecs) {
     const bad = batchFor([100], [100], [RecordCodec.RAW]);
     await expectCode(t, codec.shipBatch({ keys, seq, batch: bad, payload: Buffer.alloc(99), encrypt: true, compress: true }),
       [ErrorCode.FRAME_MALFORMED, ErrorCode.INVALID_ARGUMENT], 'records longer than the payload');
+    if (codec.takesParts) {
+      await expectCode(t, codec.shipBatch({ keys, seq, batch: bad, payload: [Buffer.alloc(99)], encrypt: true, compress: true }),
+        [ErrorCode.INVALID_ARGUMENT], 'a part shorter than its record');
+      await expectCode(t, codec.shipBatch({ keys, seq, batch: bad, payload: [], encrypt: true, compress: false }),
+        [ErrorCode.INVALID_ARGUMENT], 'a part missing');
+    }
   });
 
   t.test(`${codecName}: one flipped bit is rejected`, async (t) => {

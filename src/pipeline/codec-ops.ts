@@ -100,21 +100,24 @@ export function compressRecords(data: Buffer, lengths: readonly number[], compre
 /**
  * Compresses a batch at ship time and seals it: the journal keeps writes as they arrived (RAW), so the
  * intake's ack path does no compression; here each RAW data record becomes LZ4 when that is strictly smaller.
- * `payload` holds the records' stored bytes back to back, as `batch.records[i].storedLength` says.
+ * `payload` holds the records' stored bytes back to back, as `batch.records[i].storedLength` says, or is one
+ * buffer per record (the inline codec reads the journal's cached payloads where they are).
  */
-export function shipBatch(keys: DirectionKeys, seq: number, batch: WriteBatch, payload: Buffer, encrypt: boolean, compress: boolean,
-    into?: Buffer): Timed<ShipResult> {
-  validateBatch(batch, payload.length);
+export function shipBatch(keys: DirectionKeys, seq: number, batch: WriteBatch, payload: Buffer | readonly Buffer[], encrypt: boolean,
+    compress: boolean, into?: Buffer): Timed<ShipResult> {
+  const parts = Buffer.isBuffer(payload) ? null : payload;
+  const total = parts ? partsBytes(batch, parts) : payload.length;
+  validateBatch(batch, total);
   const samples: StageSample[] = [];
-  let stored = payload;
   let records = batch.records;
+  let stored: Buffer;
   if (compress) {
     const t0 = now();
-    const work = scratchOf(payload.length);
+    const work = scratchOf(total);
     let inPos = 0;
     let outPos = 0;
-    records = batch.records.map((r) => {
-      const src = payload.subarray(inPos, inPos + r.storedLength);
+    records = batch.records.map((r, i) => {
+      const src = parts ? parts[i]! : (payload as Buffer).subarray(inPos, inPos + r.storedLength);
       inPos += r.storedLength;
       // Capacity len - 1: LZ4 returns 0 unless the block is strictly smaller than the record.
       const n = r.codec === RecordCodec.RAW && carriesData(r.kind) && src.length > 1
@@ -128,10 +131,35 @@ export function shipBatch(keys: DirectionKeys, seq: number, batch: WriteBatch, p
       return r;
     });
     stored = work.subarray(0, outPos);
-    samples.push({ stage: 'compress', bytesIn: payload.length, bytesOut: outPos, ns: since(t0) });
+    samples.push({ stage: 'compress', bytesIn: total, bytesOut: outPos, ns: since(t0) });
+  } else if (parts) {
+    stored = scratchOf(total).subarray(0, total);
+    let at = 0;
+    for (const b of parts) {
+      stored.set(b, at);
+      at += b.byteLength;
+    }
+  } else {
+    stored = payload as Buffer;
   }
   const sealed = sealBatch(keys, seq, encodeWriteBatch({ ...batch, records }), stored, encrypt, into);
   return { value: { frame: sealed.value, storedBytes: stored.length }, samples: [...samples, ...sealed.samples] };
+}
+
+/** The bytes of a payload given per record, each part as long as its record's storedLength. */
+function partsBytes(batch: WriteBatch, parts: readonly Buffer[]): number {
+  const records = batch.records ?? [];
+  if (parts.length !== records.length) {
+    throw vrgError(ErrorCode.INVALID_ARGUMENT, 'one payload part per record', { parts: parts.length, records: records.length });
+  }
+  let total = 0;
+  for (let i = 0; i < parts.length; i++) {
+    if (parts[i]!.byteLength !== records[i]!.storedLength) {
+      throw vrgError(ErrorCode.INVALID_ARGUMENT, 'a payload part differs from its record\'s storedLength', { record: i });
+    }
+    total += parts[i]!.byteLength;
+  }
+  return total;
 }
 
 /**

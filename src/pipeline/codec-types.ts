@@ -32,9 +32,12 @@ export interface SealTask {
 export interface ShipTask {
   keys: DirectionKeys;
   seq: number;
-  /** Records as journaled: storedLength bytes each in `payload`, back to back. */
+  /**
+   * Records as journaled: storedLength bytes each in `payload`, back to back; or, to a codec that `takesParts`,
+   * one buffer per record (read in the call: they may be the journal cache's, reused once trimmed).
+   */
   batch: WriteBatch;
-  payload: Buffer;
+  payload: Buffer | readonly Buffer[];
   encrypt: boolean;
   compress: boolean;
   /**
@@ -68,6 +71,8 @@ export interface Codec {
   compressRecords(input: CompressInput, compress: boolean): Promise<CompressResult>;
   sealBatch(t: SealTask): Promise<Buffer>;
   shipBatch(t: ShipTask): Promise<ShipResult>;
+  /** shipBatch takes a batch's payload as one buffer per record, read before it returns (no copy to assemble it). */
+  readonly takesParts: boolean;
   openBatch(t: OpenTask): Promise<OpenResult>;
   close(): Promise<void>;
 }

@@ -5,6 +5,7 @@ import * as ops from './codec-ops.js';
 
 /** The codec on the calling thread (simulator, unit tests, single-core setups). */
 export class InlineCodec implements Codec {
+  readonly takesParts = true;
   private readonly acc = new StatsAccumulator();
   private closed = false;
 

@@ -35,6 +35,7 @@ export function codecWorkerFilename(): string {
 
 /** The codec on a piscina pool: one task per batch, buffers moved both ways, bounded queue with caller backpressure. */
 export class PoolCodec implements Codec {
+  readonly takesParts = false;
   private readonly pool: Piscina;
   private readonly capacity: number;
   private readonly transferInputs: boolean;
@@ -73,6 +74,7 @@ export class PoolCodec implements Codec {
   }
 
   async shipBatch(t: ShipTask): Promise<ShipResult> {
+    if (!Buffer.isBuffer(t.payload)) throw vrgError(ErrorCode.INVALID_ARGUMENT, 'the worker codec takes a batch payload as one buffer');
     const payload = this.outgoing(t.payload);
     const task: CodecTask = {
       op: 'ship', keys: wireKeys(t.keys), seq: t.seq, batch: t.batch, payload, encrypt: t.encrypt, compress: t.compress,

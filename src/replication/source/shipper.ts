@@ -243,14 +243,11 @@ export class Shipper {
   private sendBatch(conn: LinkConnection, records: JournalRecord[]): void {
     const payloadBytes = records.reduce((n, r) => n + r.payload.byteLength, 0);
     const ring = this.opts.ring;
-    const payload = (payloadBytes > 0 ? ring?.tryAlloc(payloadBytes) : null) ?? Buffer.allocUnsafeSlow(payloadBytes);
     const into = ring?.tryAlloc(shipBoundBytes(payloadBytes, records.length, this.volumeUuids.length)) ?? undefined;
     const free = (b: Buffer | undefined): void => ring?.release(b);
-    let at = 0;
-    for (const r of records) {
-      payload.set(r.payload, at);
-      at += r.payload.byteLength;
-    }
+    // A codec on this thread reads the records where the journal holds them; a worker gets them in one buffer.
+    const parts = this.codec.takesParts ? records.map((r) => r.payload) : null;
+    const payload = parts ? undefined : assemble(records, payloadBytes, ring);
     const last = records[records.length - 1]!;
     const batch = {
       vmUuid: this.vmUuid,
@@ -281,7 +278,7 @@ export class Shipper {
       this.stats.plainBytesSent += r.length;
       if (compress) this.stats.plainBytesCompressOn += r.length;
     }
-    this.codec.shipBatch({ keys: conn.sendKeys, seq, batch, payload, encrypt: this.opts.encrypt(), compress, into }).then(
+    this.codec.shipBatch({ keys: conn.sendKeys, seq, batch, payload: parts ?? payload!, encrypt: this.opts.encrypt(), compress, into }).then(
       (out) => {
         free(payload);
         stage('batch taken -> sealed');
@@ -316,6 +313,17 @@ const linkQueuedBytesHigh = limits.batchBytesTarget;
 
 /** Frames in flight beyond which a batch is sent only once full. */
 const partialFramesInFlightMax = 2;
+
+/** A batch's payloads back to back, in a block of the ring when it has room. */
+function assemble(records: JournalRecord[], payloadBytes: number, ring: BufferRing | undefined): Buffer {
+  const payload = (payloadBytes > 0 ? ring?.tryAlloc(payloadBytes) : null) ?? Buffer.allocUnsafeSlow(payloadBytes);
+  let at = 0;
+  for (const r of records) {
+    payload.set(r.payload, at);
+    at += r.payload.byteLength;
+  }
+  return payload;
+}
 
 function isFull(records: JournalRecord[]): boolean {
   const bytes = records.reduce((n, r) => n + r.payload.byteLength, 0);
