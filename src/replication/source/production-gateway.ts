@@ -561,6 +561,8 @@ export class ProductionGateway extends EventEmitter {
       rttMs: this.conn?.rttMs ?? null,
       vms: [...this.vms.values()].map((vm) => {
         const behind = Math.max(0, vm.journal.lastSeq - vm.shipper.ackedSeq);
+        // The lag alarms as of these figures, not of the last tick: a reader never sees 0 s behind with the RPO alarm up.
+        this.checkLagAlarms(vm);
         return {
           vmUuid: vm.vmUuid,
           lastSeq: vm.journal.lastSeq,
