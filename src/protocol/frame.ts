@@ -4,6 +4,7 @@ import { crc32c } from '../core/checksum.js';
 import { ErrorCode, vrgError } from '../core/errors.js';
 import { bugPlanted } from '../core/planted-bugs.js';
 import { limits } from '../core/limits.js';
+import { nativeGcm } from './gcm.js';
 
 // The link frame:
 //  0  u32be bodyLen     bytes after this field (≤ frameBytesMax)
@@ -130,6 +131,12 @@ export function encodeFrame(
     return out;
   }
   checkKeys(seal.keys);
+  if (seal.encrypt && nativeGcm) {
+    const tagAt = payloadAt + payload.byteLength;
+    const iv = ivFor(seal.keys, f.seq);
+    nativeGcm.gcmSeal(seal.keys.key, iv, out.subarray(0, payloadAt), payload, out.subarray(payloadAt, tagAt), out.subarray(tagAt, tagAt + FRAME_TAG_BYTES));
+    return out;
+  }
   const cipher = createCipheriv('aes-128-gcm', seal.keys.key, ivFor(seal.keys, f.seq), { authTagLength: FRAME_TAG_BYTES });
   cipher.setAAD(out.subarray(0, payloadAt));
   if (seal.encrypt) {
@@ -156,6 +163,13 @@ export function openFrame(f: RawFrame, keys: DirectionKeys, expectedSeq: number)
   }
   checkKeys(keys);
   const headerEnd = FRAME_PREFIX_BYTES + f.header.length;
+  if ((f.flags & FrameFlags.ENCRYPTED) !== 0 && nativeGcm) {
+    // Into a buffer of its own: the frame's bytes stay as received (it may be opened again, or logged).
+    const payload = Buffer.allocUnsafeSlow(f.payload.length);
+    const ok = nativeGcm.gcmOpen(keys.key, ivFor(keys, f.seq), f.bytes.subarray(0, headerEnd), f.payload, payload, f.tag);
+    if (!ok && !bugPlanted('accept-bad-tag')) throw authFailed(f);
+    return { header: f.header, payload };
+  }
   const decipher = createDecipheriv('aes-128-gcm', keys.key, ivFor(keys, f.seq), { authTagLength: FRAME_TAG_BYTES });
   decipher.setAuthTag(f.tag);
   decipher.setAAD(f.bytes.subarray(0, headerEnd));
@@ -170,10 +184,13 @@ export function openFrame(f: RawFrame, keys: DirectionKeys, expectedSeq: number)
     decipher.final();
   } catch (err) {
     if (bugPlanted('accept-bad-tag')) return { header: f.header, payload };
-    throw vrgError(ErrorCode.FRAME_AUTH_FAILED, `frame type ${f.type} seq ${f.seq} failed authentication`,
-      { type: f.type, seq: f.seq }, err);
+    throw authFailed(f, err);
   }
   return { header: f.header, payload };
+}
+
+function authFailed(f: RawFrame, cause?: unknown): Error {
+  return vrgError(ErrorCode.FRAME_AUTH_FAILED, `frame type ${f.type} seq ${f.seq} failed authentication`, { type: f.type, seq: f.seq }, cause);
 }
 
 function malformed(msg: string): Error {

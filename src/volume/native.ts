@@ -1,11 +1,9 @@
-// Loader for the project's N-API addon (native/src/vrg_native.cc): the Linux calls Node's fs does not expose.
-// `npm install` builds native/build/Release/vrg_native.node (package.json "install" script); when the build
-// failed, the platform is not Linux, or VRG_NATIVE=0 is set, `native` is null and callers use plain JS instead.
+// The volume layer's view of the project's addon (core/native-addon.ts): the Linux calls Node's fs does not
+// expose. `native` is null when the addon is not there, and callers use plain JS instead.
 
-import { existsSync } from 'node:fs';
-import { createRequire } from 'node:module';
-import { dirname, join } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { loadAddon, type NativeStatus } from '../core/native-addon.js';
+
+export type { NativeStatus };
 
 /** What the addon exports. Offsets/lengths are non-negative safe integers; the promises run on the thread pool. */
 export interface NativeOps {
@@ -36,16 +34,6 @@ export interface NativeError extends Error {
   syscall: string;
 }
 
-export interface NativeStatus {
-  loaded: boolean;
-  /** Where the addon is (or would be) loaded from. */
-  path: string;
-  /** Why it is not loaded. */
-  error?: string;
-}
-
-const addonName = 'vrg_native';
-const addonVersion = 1;
 const functionNames = ['punchHole', 'zeroRange', 'seekData', 'seekHole', 'blockDeviceSize', 'discard', 'isBlockDevice'];
 
 /** True for the errors that mean "this file or device cannot do that": the caller falls back to plain I/O. */
@@ -54,37 +42,10 @@ export function isUnsupported(err: unknown): boolean {
   return code === 'EOPNOTSUPP' || code === 'ENOTSUP' || code === 'ENOSYS' || code === 'ENOTTY' || code === 'EINVAL';
 }
 
-/** The project root: the first directory above this module holding native/binding.gyp (src/ or dist/src/). */
-function findAddonPath(): string | null {
-  let dir = dirname(fileURLToPath(import.meta.url));
-  for (;;) {
-    if (existsSync(join(dir, 'native', 'binding.gyp'))) return join(dir, 'native', 'build', 'Release', `${addonName}.node`);
-    const up = dirname(dir);
-    if (up === dir) return null;
-    dir = up;
-  }
-}
-
 /** Loads the addon afresh (the module-level `native` is this, evaluated once with process.env). */
 export function loadNative(env: NodeJS.ProcessEnv = process.env): { native: NativeOps | null; status: NativeStatus } {
-  const path = findAddonPath();
-  if (path === null) return { native: null, status: { loaded: false, path: '', error: 'native/binding.gyp not found above ' + import.meta.url } };
-  if (env.VRG_NATIVE === '0') return { native: null, status: { loaded: false, path, error: 'disabled by VRG_NATIVE=0' } };
-  if (process.platform !== 'linux') return { native: null, status: { loaded: false, path, error: `not supported on ${process.platform}` } };
-  if (!existsSync(path)) {
-    return { native: null, status: { loaded: false, path, error: 'not built (npm install builds it with node-gyp and a C++ toolchain)' } };
-  }
-  try {
-    const mod = createRequire(import.meta.url)(path) as Record<string, unknown>;
-    if (mod.addon !== addonName || mod.version !== addonVersion) {
-      throw new Error(`unexpected addon ${String(mod.addon)} v${String(mod.version)}, want ${addonName} v${addonVersion}`);
-    }
-    const missing = functionNames.filter((n) => typeof mod[n] !== 'function');
-    if (missing.length > 0) throw new Error(`addon lacks ${missing.join(', ')}`);
-    return { native: mod as unknown as NativeOps, status: { loaded: true, path } };
-  } catch (err) {
-    return { native: null, status: { loaded: false, path, error: (err as Error).message } };
-  }
+  const { addon, status } = loadAddon(functionNames, env);
+  return { native: addon as unknown as NativeOps | null, status };
 }
 
 const loaded = loadNative();
