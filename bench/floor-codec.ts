@@ -1,4 +1,5 @@
 import { createCipheriv, createDecipheriv, randomFillSync } from 'node:crypto';
+import { nativeGcm } from '../src/protocol/gcm.js';
 import { lz4Decode, lz4Encode, lz4EncodeBound } from '../src/pipeline/lz4-native.js';
 
 // The floor program's codec and frame, shared by the inline path, the codec worker and the codec-alone run.
@@ -99,12 +100,19 @@ function ivFor(iv: Buffer, salt: Buffer, seq: number): Buffer {
 }
 
 /**
- * Seals stage[0, usedBytes) as frame `seq`: the wire buffers prefix, ciphertext, tag. node:crypto has no
- * update-into-buffer, so the ciphertext is the one fresh buffer per frame (sent as is, never copied).
+ * Seals stage[0, usedBytes) as frame `seq`: the wire buffers prefix, ciphertext, tag. The ciphertext is the one
+ * fresh buffer per frame (sent as is, never copied); the addon's GCM writes it without zero-filling it first,
+ * as VRG's frames are sealed (node:crypto's update() when the addon is not built).
  */
 export function sealFrame(stage: Buffer, usedBytes: number, count: number, seq: number, keys: FloorKeys, iv: Buffer): Buffer[] {
   const prefix = Buffer.allocUnsafe(PREFIX_BYTES);
   writePrefix(prefix, PREFIX_BYTES - 4 + usedBytes + TAG_BYTES, count, seq);
+  if (nativeGcm) {
+    const ciphertext = Buffer.allocUnsafeSlow(usedBytes);
+    const tag = Buffer.allocUnsafe(TAG_BYTES);
+    nativeGcm.gcmSeal(keys.key, ivFor(iv, keys.salt, seq), prefix, stage.subarray(0, usedBytes), ciphertext, tag);
+    return [prefix, ciphertext, tag];
+  }
   const cipher = createCipheriv('aes-128-gcm', keys.key, ivFor(iv, keys.salt, seq), { authTagLength: TAG_BYTES });
   cipher.setAAD(prefix);
   const ciphertext = cipher.update(stage.subarray(0, usedBytes));
@@ -112,10 +120,14 @@ export function sealFrame(stage: Buffer, usedBytes: number, count: number, seq: 
   return [prefix, ciphertext, cipher.getAuthTag()];
 }
 
-/** Authenticates and decrypts a frame given as its prefix, body and tag; throws on a bad tag or seq. */
+/** Authenticates and decrypts a frame given as its prefix, body and tag (the addon: in place); throws on a bad tag or seq. */
 export function openFrame(prefix: Buffer, body: Buffer, tag: Buffer, seq: number, keys: FloorKeys, iv: Buffer): Buffer {
   const got = readU64(prefix, 8);
   if (got !== seq) throw new Error(`frame seq ${got}, expected ${seq}`);
+  if (nativeGcm) {
+    if (!nativeGcm.gcmOpen(keys.key, ivFor(iv, keys.salt, seq), prefix, body, body, tag)) throw new Error(`frame ${seq} failed authentication`);
+    return body;
+  }
   const decipher = createDecipheriv('aes-128-gcm', keys.key, ivFor(iv, keys.salt, seq), { authTagLength: TAG_BYTES });
   decipher.setAAD(prefix);
   decipher.setAuthTag(tag);
