@@ -561,8 +561,9 @@ export class ProductionGateway extends EventEmitter {
       rttMs: this.conn?.rttMs ?? null,
       vms: [...this.vms.values()].map((vm) => {
         const behind = Math.max(0, vm.journal.lastSeq - vm.shipper.ackedSeq);
+        const replication = vm.status();
         // The lag alarms as of these figures, not of the last tick: a reader never sees 0 s behind with the RPO alarm up.
-        this.checkLagAlarms(vm);
+        this.checkLagAlarms(vm, replication.secondsBehind);
         return {
           vmUuid: vm.vmUuid,
           lastSeq: vm.journal.lastSeq,
@@ -583,7 +584,7 @@ export class ProductionGateway extends EventEmitter {
             switches: vm.shipper.compression.switches,
           },
           fault: vm.shipper.fault,
-          replication: vm.status(),
+          replication,
           latency: vm.latencySummary(),
           lagAlarms: [...(this.lagAlarms.get(vm.vmUuid) ?? [])],
         };
@@ -726,10 +727,10 @@ export class ProductionGateway extends EventEmitter {
   }
 
   /** RPO and journal thresholds (config protection.rpoAlarmSeconds / journalAlarmPercent): raise and clear. */
-  private checkLagAlarms(vm: ProtectedVm): void {
+  private checkLagAlarms(vm: ProtectedVm, secondsBehind = vm.status().secondsBehind): void {
     let raised = this.lagAlarms.get(vm.vmUuid);
     if (raised === undefined) this.lagAlarms.set(vm.vmUuid, raised = new Set());
-    const figures = { secondsBehind: vm.status().secondsBehind, journalUsedBytes: vm.journal.usedBytes, journalCapacityBytes: vm.journal.capacityBytes };
+    const figures = { secondsBehind, journalUsedBytes: vm.journal.usedBytes, journalCapacityBytes: vm.journal.capacityBytes };
     for (const c of lagAlarmChanges(raised, figures, this.config.protection)) {
       if (c.raised) raised.add(c.kind);
       else raised.delete(c.kind);

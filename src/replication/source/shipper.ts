@@ -246,8 +246,7 @@ export class Shipper {
     const into = ring?.tryAlloc(shipBoundBytes(payloadBytes, records.length, this.volumeUuids.length)) ?? undefined;
     const free = (b: Buffer | undefined): void => ring?.release(b);
     // A codec on this thread reads the records where the journal holds them; a worker gets them in one buffer.
-    const parts = this.codec.takesParts ? records.map((r) => r.payload) : null;
-    const payload = parts ? undefined : assemble(records, payloadBytes, ring);
+    const assembled = this.codec.takesParts ? undefined : assemble(records, payloadBytes, ring);
     const last = records[records.length - 1]!;
     const batch = {
       vmUuid: this.vmUuid,
@@ -278,9 +277,9 @@ export class Shipper {
       this.stats.plainBytesSent += r.length;
       if (compress) this.stats.plainBytesCompressOn += r.length;
     }
-    this.codec.shipBatch({ keys: conn.sendKeys, seq, batch, payload: parts ?? payload!, encrypt: this.opts.encrypt(), compress, into }).then(
+    this.codec.shipBatch({ keys: conn.sendKeys, seq, batch, payload: assembled ?? records.map((r) => r.payload), encrypt: this.opts.encrypt(), compress, into }).then(
       (out) => {
-        free(payload);
+        free(assembled);
         stage('batch taken -> sealed');
         this.stats.bytesSent += out.storedBytes;
         if (this.opts.compress()) this.compression = observe(this.compression, this.observeLink(conn));
@@ -290,7 +289,7 @@ export class Shipper {
         });
       },
       (err) => {
-        free(payload);
+        free(assembled);
         free(into);
         conn.close(err as Error);
       },
