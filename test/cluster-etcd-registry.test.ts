@@ -115,8 +115,13 @@ t.test('cluster registry with a real etcd', needs('etcd'), async (t) => {
     t.match(await lost, { code: ErrorCode.CLUSTER_FENCED }, 'a learns it lost its lease');
     t.notOk(a.live);
     await until(async () => (await b.owners()).length === 0, 15_000, "a's owner keys to expire", () => etcd.log());
-    t.ok(vms.every((vm) => events.some((e) => e.kind === 'owner' && e.type === 'delete' && e.vmUuid === vm)), 'b saw each owner key go');
-    t.ok(events.some((e) => e.kind === 'member' && e.type === 'delete' && e.memberId === 'gw-a'), "b saw a's member key go");
+    // etcd sends watch events after the revision commits, so a read can see the keys gone before b's watch
+    // hears of it: wait for the events, bounded.
+    const sawOwnersGo = () => vms.every((vm) => events.some((e) => e.kind === 'owner' && e.type === 'delete' && e.vmUuid === vm));
+    const sawMemberGo = () => events.some((e) => e.kind === 'member' && e.type === 'delete' && e.memberId === 'gw-a');
+    await until(() => sawOwnersGo() && sawMemberGo(), 10_000, "b's watch to deliver the deletes", () => events).catch(() => undefined);
+    t.ok(sawOwnersGo(), 'b saw each owner key go');
+    t.ok(sawMemberGo(), "b saw a's member key go");
     for (const vm of vms) t.ok(await b.claim(vm) > oldTokens.get(vm)!, `b owns ${vm.slice(-1)} under a higher token than a's`);
 
     t.equal(await codeOf(a.claim(uuid(1))), ErrorCode.CLUSTER_FENCED, 'the stale owner may not claim');
