@@ -61,6 +61,8 @@ export interface FloorBenchResult {
   workDir: string;
   volumeBytes: number;
   fioBytes: number;
+  /** Images and journal written once before the run (floorPrefill), or sparse and empty. */
+  prefilled: boolean;
   codec: CodecAloneResult | { error: string };
   runs: FloorRun[];
   seconds: number;
@@ -168,6 +170,32 @@ async function sparseFile(path: string, bytes: number): Promise<void> {
   await truncate(path, bytes);
 }
 
+/**
+ * A file of `bytes` written once (one byte pattern) and fsynced: the floor's steady state, as nbd-bench's
+ * whole-volume warm-up is VRG's and VRG's journal reuses its segment files. On this VM the first write of a
+ * page-cache page costs about ten times an overwrite (see nbd-bench's prefill), which a sparse file charges to
+ * every block the measured job writes.
+ */
+async function prefilledFile(path: string, bytes: number): Promise<void> {
+  await rm(path, { force: true });
+  const fh = await open(path, 'wx');
+  try {
+    const chunk = Buffer.alloc(4 * MiB, 0x5a);
+    for (let at = 0; at < bytes; at += chunk.length) await fh.write(chunk, 0, Math.min(chunk.length, bytes - at), at);
+    await fh.sync();
+  } finally {
+    await fh.close();
+  }
+}
+
+/** VRG_BENCH_PREFILL=0: sparse images and an empty journal, as before the warm-up (see prefilledFile). */
+export const floorPrefill = process.env.VRG_BENCH_PREFILL !== '0';
+
+/** Room for the journal: fio's bytes, a record head per 64 KiB write and the group heads, rounded up. */
+function journalFileBytes(fioBytes: number): number {
+  return Math.ceil((fioBytes * 1.125) / MiB) * MiB;
+}
+
 /** Byte-for-byte comparison of two files over `bytes`, 8 MiB at a time. */
 async function compareFiles(a: string, b: string, bytes: number): Promise<NonNullable<FloorRun['verified']>> {
   const [fa, fb] = [await open(a, 'r'), await open(b, 'r')];
@@ -251,9 +279,15 @@ async function runVariant(ctx: Ctx, mode: FloorMode): Promise<FloorRun> {
   const dir = join(ctx.workDir, `floor-${mode}`);
   await rm(dir, { recursive: true, force: true });
   await mkdir(dir, { recursive: true });
-  const [source, drImage] = [join(dir, 'source.img'), join(dir, 'dr.img')];
-  await sparseFile(source, ctx.volumeBytes);
-  await sparseFile(drImage, ctx.volumeBytes);
+  const [source, drImage, journal] = [join(dir, 'source.img'), join(dir, 'dr.img'), join(dir, 'journal.bin')];
+  if (floorPrefill) {
+    // Identical content on both sides, so the comparison after the run still covers the whole volume.
+    for (const f of [source, drImage]) await prefilledFile(f, ctx.volumeBytes);
+    await prefilledFile(journal, journalFileBytes(ctx.fioBytes));
+  } else {
+    for (const f of [source, drImage]) await sparseFile(f, ctx.volumeBytes);
+    await sparseFile(journal, 0);
+  }
   const run: FloorRun = { mode };
   let pair: Pair | null = null;
   try {
@@ -297,7 +331,10 @@ export async function benchFloor(opts: FloorBenchOptions): Promise<FloorBenchRes
   const codec = await runCodec(ctx, opts.codecBytes ?? 512 * MiB);
   const runs: FloorRun[] = [];
   for (const mode of opts.modes ?? ['inline', 'worker', 'none']) runs.push(await runVariant(ctx, mode));
-  return { fioVersion, workDir: ctx.workDir, volumeBytes: ctx.volumeBytes, fioBytes: ctx.fioBytes, codec, runs, seconds: (Date.now() - started) / 1000 };
+  return {
+    fioVersion, workDir: ctx.workDir, volumeBytes: ctx.volumeBytes, fioBytes: ctx.fioBytes, prefilled: floorPrefill, codec, runs,
+    seconds: (Date.now() - started) / 1000,
+  };
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -383,7 +420,7 @@ function targetLines(runs: FloorRun[]): string[] {
 export function formatFloorBench(r: FloorBenchResult): string {
   const lines = [
     `Floor benchmark: ${r.fioVersion ?? 'fio ?'} nbd engine, 64 KiB sequential writes, QD 16, 50% compressible, refill_buffers,`,
-    `${(r.fioBytes / MiB).toFixed(0)} MiB onto a ${(r.volumeBytes / MiB).toFixed(0)} MiB sparse volume (busy % = the whole machine in the window).`,
+    `${(r.fioBytes / MiB).toFixed(0)} MiB onto a ${(r.volumeBytes / MiB).toFixed(0)} MiB ${r.prefilled ? 'volume and a journal file written once before' : 'sparse volume, into an empty journal file'} (busy % = the whole machine in the window).`,
     '',
     ...codecLines(r.codec),
     '',

@@ -268,7 +268,7 @@ export async function startProduction(cfg: ProductionConfig): Promise<Production
   const keys: FloorKeys = { key: Buffer.from(cfg.keyHex, 'hex'), salt: Buffer.from(cfg.saltHex, 'hex') };
   const pool = new SlotPool(slotCount, slotBytes, cfg.mode === 'worker');
   const imageFd = openSync(cfg.sourcePath, 'r+');
-  const journalFd = openSync(cfg.journalPath, 'w');
+  const journalFd = openSync(cfg.journalPath, 'r+'); // the bench made it: empty, or written once (floorPrefill)
   const link = await connectLink(cfg.drPort);
   const codec = cfg.mode === 'inline' ? inlineCodec(keys) : cfg.mode === 'worker' ? workerCodec(keys, pool) : noCodec();
   let writes = 0;
