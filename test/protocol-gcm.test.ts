@@ -90,6 +90,32 @@ t.test('an encrypted frame is standard AES-128-GCM: node:crypto opens what encod
   t.throws(() => openFrame(parseFrame(flipped), keys, seq), { code: ErrorCode.FRAME_AUTH_FAILED }, 'a flipped tag bit is refused');
 });
 
+t.test('an authenticated-only frame (ack, control, unencrypted VM) is GCM over header and payload as AAD', async (t) => {
+  const keys: DirectionKeys = { key: randomBytes(16), salt: randomBytes(4) };
+  const header = Buffer.from('ack header');
+  for (const size of [0, 1, 4096, 300_000]) {
+    const payload = randomBytes(size);
+    const seq = 99 + size;
+    const frame = encodeFrame({ type: FrameType.WRITE_BATCH, seq, header, payload }, { keys, encrypt: false });
+    const raw = parseFrame(frame);
+    t.ok(raw.payload.equals(payload), `${size} B: the payload travels in clear`);
+    const iv = Buffer.concat([keys.salt, Buffer.alloc(4), Buffer.from([0, 0, 0, 0])]);
+    iv.writeUInt32BE(seq, 8);
+    const c = createCipheriv('aes-128-gcm', keys.key, iv, { authTagLength: 16 });
+    c.setAAD(frame.subarray(0, 16 + header.length));
+    if (size > 0) c.setAAD(payload);
+    c.final();
+    t.ok(c.getAuthTag().equals(raw.tag!), `${size} B: node:crypto's tag over header then payload`);
+    t.ok(openFrame(raw, keys, seq).payload.equals(payload), `${size} B: openFrame accepts it`);
+    // A header byte, the payload's last byte (when there is one), a tag byte.
+    for (const at of size > 0 ? [16 + 2, frame.length - 17, frame.length - 1] : [16 + 2, frame.length - 1]) {
+      const bad = Buffer.from(frame);
+      bad[at]! ^= 1;
+      t.throws(() => openFrame(parseFrame(bad), keys, seq), { code: ErrorCode.FRAME_AUTH_FAILED }, `${size} B: a flipped bit at ${at} is refused`);
+    }
+  }
+});
+
 if (nativeGcm !== null) {
   t.test('the frame tests with node:crypto instead of the addon (VRG_NATIVE=0, child process)', async (t) => {
     t.spawn(process.execPath, [...process.execArgv, fileURLToPath(import.meta.url)],

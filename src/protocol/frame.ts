@@ -87,6 +87,8 @@ function cipherInto(c: { update(b: Buffer): Buffer }, src: Uint8Array, dst: Buff
   }
 }
 
+const empty = new Uint8Array(0);
+
 /** Frames smaller than this (control frames) are not worth a ring block. */
 export const pooledFrameBytesMin = 16 * 1024;
 
@@ -131,10 +133,18 @@ export function encodeFrame(
     return out;
   }
   checkKeys(seal.keys);
-  if (seal.encrypt && nativeGcm) {
+  if (nativeGcm) {
     const tagAt = payloadAt + payload.byteLength;
     const iv = ivFor(seal.keys, f.seq);
-    nativeGcm.gcmSeal(seal.keys.key, iv, out.subarray(0, payloadAt), payload, out.subarray(payloadAt, tagAt), out.subarray(tagAt, tagAt + FRAME_TAG_BYTES));
+    const tag = out.subarray(tagAt, tagAt + FRAME_TAG_BYTES);
+    if (seal.encrypt) {
+      nativeGcm.gcmSeal(seal.keys.key, iv, out.subarray(0, payloadAt), payload, out.subarray(payloadAt, tagAt), tag);
+    } else {
+      // Authenticated only (acks, control frames, a VM without encryption): the payload is AAD after the
+      // header, as node:crypto's second setAAD() below makes it.
+      out.set(payload, payloadAt);
+      nativeGcm.gcmSeal(seal.keys.key, iv, out.subarray(0, tagAt), empty, empty, tag);
+    }
     return out;
   }
   const cipher = createCipheriv('aes-128-gcm', seal.keys.key, ivFor(seal.keys, f.seq), { authTagLength: FRAME_TAG_BYTES });
@@ -163,7 +173,14 @@ export function openFrame(f: RawFrame, keys: DirectionKeys, expectedSeq: number)
   }
   checkKeys(keys);
   const headerEnd = FRAME_PREFIX_BYTES + f.header.length;
-  if ((f.flags & FrameFlags.ENCRYPTED) !== 0 && nativeGcm) {
+  const encrypted = (f.flags & FrameFlags.ENCRYPTED) !== 0;
+  if (nativeGcm && !encrypted && payloadFollowsHeader(f, headerEnd)) {
+    // Authenticated only: header and payload, back to back in the frame's bytes, are together the AAD.
+    const ok = nativeGcm.gcmOpen(keys.key, ivFor(keys, f.seq), f.bytes.subarray(0, headerEnd + f.payload.length), empty, empty, f.tag);
+    if (!ok && !bugPlanted('accept-bad-tag')) throw authFailed(f);
+    return { header: f.header, payload: f.payload };
+  }
+  if (nativeGcm && encrypted) {
     // Into a buffer of its own: the frame's bytes stay as received (it may be opened again, or logged).
     const payload = Buffer.allocUnsafeSlow(f.payload.length);
     const ok = nativeGcm.gcmOpen(keys.key, ivFor(keys, f.seq), f.bytes.subarray(0, headerEnd), f.payload, payload, f.tag);
@@ -174,7 +191,7 @@ export function openFrame(f: RawFrame, keys: DirectionKeys, expectedSeq: number)
   decipher.setAuthTag(f.tag);
   decipher.setAAD(f.bytes.subarray(0, headerEnd));
   let payload = f.payload;
-  if ((f.flags & FrameFlags.ENCRYPTED) !== 0) {
+  if (encrypted) {
     payload = Buffer.allocUnsafeSlow(f.payload.length);
     cipherInto(decipher, f.payload, payload, 0);
   } else if (f.payload.length > 0) {
@@ -187,6 +204,11 @@ export function openFrame(f: RawFrame, keys: DirectionKeys, expectedSeq: number)
     throw authFailed(f, err);
   }
   return { header: f.header, payload };
+}
+
+/** decodeFrame's views: the payload starts in `bytes` where the header ends. */
+function payloadFollowsHeader(f: RawFrame, headerEnd: number): boolean {
+  return f.payload.buffer === f.bytes.buffer && f.payload.byteOffset === f.bytes.byteOffset + headerEnd;
 }
 
 function authFailed(f: RawFrame, cause?: unknown): Error {
