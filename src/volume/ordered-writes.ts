@@ -39,7 +39,15 @@ export async function applyInOrder(ops: readonly VolumeOp[]): Promise<void> {
 }
 
 /** A write op, or consecutive writes to one volume that continue each other (applied as one pwritev). */
-type MergedOp = VolumeOp & { parts?: Uint8Array[] };
+interface MergedOp {
+  volume: Volume;
+  offset: number;
+  data: Uint8Array | null;
+  length: number;
+  kind: VolumeOp['kind'];
+  /** The merged writes' data in order; null for a single op. */
+  parts: Uint8Array[] | null;
+}
 
 /**
  * Merges runs of writes where each starts where the previous one ended on the same volume: a sequential
@@ -52,11 +60,11 @@ function mergeContiguous(ops: readonly VolumeOp[]): MergedOp[] {
     const last = out[out.length - 1];
     if (last && op.kind === 'write' && last.kind === 'write' && last.volume === op.volume && last.volume.writev !== undefined &&
         last.offset + last.length === op.offset && last.length + op.length <= mergedWriteBytesMax) {
-      (last.parts ??= [last.data!]).push(op.data!);
+      (last.parts ??= [last.data!]).push(op.data!); // a field every MergedOp has: no new shape mid-run
       last.length += op.length;
       continue;
     }
-    out.push({ ...op });
+    out.push({ volume: op.volume, offset: op.offset, data: op.data, length: op.length, kind: op.kind, parts: null });
   }
   return out;
 }
