@@ -9,6 +9,8 @@
 //   blockDeviceSize(fd)                       -> Promise<number>  ioctl BLKGETSIZE64
 //   discard(fd, offset, length)               -> Promise<void>     ioctl BLKDISCARD
 //   isBlockDevice(fd)                         -> boolean           fstat S_ISBLK (synchronous)
+//   dropCache(fd, offset, length)             -> Promise<void>     posix_fadvise(DONTNEED): starts writeback of the
+//        range's dirty pages and drops its clean ones from the page cache (advisory; nothing changes on disk)
 //   gcmSeal(key, iv, aad, src, dst, tag)      -> undefined         AES-128-GCM of src into dst, the tag into tag
 //   gcmOpen(key, iv, aad, src, dst, tag)      -> boolean           the inverse; true iff the tag verifies
 //        Synchronous, on the calling thread: a 1 MiB frame takes well under a millisecond, less than a hop to
@@ -253,6 +255,19 @@ Napi::Value Discard(const Napi::CallbackInfo& info) {
   });
 }
 
+Napi::Value DropCache(const Napi::CallbackInfo& info) {
+  int fd;
+  int64_t offset, length;
+  if (!ArgRange(info, &fd, &offset, &length)) return info.Env().Undefined();
+  return Queue(info.Env(), ResultKind::Void, [=]() {
+    Outcome o;
+    o.syscall = "posix_fadvise";
+    if (length == 0) return o;
+    o.err = posix_fadvise(fd, offset, length, POSIX_FADV_DONTNEED);  // returns the error number, not -1
+    return o;
+  });
+}
+
 Napi::Value IsBlockDevice(const Napi::CallbackInfo& info) {
   int fd;
   if (!ArgFd(info, 0, &fd)) return info.Env().Undefined();
@@ -341,6 +356,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("blockDeviceSize", Napi::Function::New(env, BlockDeviceSize, "blockDeviceSize"));
   exports.Set("discard", Napi::Function::New(env, Discard, "discard"));
   exports.Set("isBlockDevice", Napi::Function::New(env, IsBlockDevice, "isBlockDevice"));
+  exports.Set("dropCache", Napi::Function::New(env, DropCache, "dropCache"));
 #ifdef VRG_HAVE_GCM
   exports.Set("gcmSeal", Napi::Function::New(env, GcmSeal, "gcmSeal"));
   exports.Set("gcmOpen", Napi::Function::New(env, GcmOpen, "gcmOpen"));

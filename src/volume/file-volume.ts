@@ -2,7 +2,8 @@ import { mkdir, open, readFile, stat, type FileHandle } from 'node:fs/promises';
 import { dirname } from 'node:path';
 import { writeAt } from '../core/write-fully.js';
 import { ErrorCode, vrgError } from '../core/errors.js';
-import { MiB } from '../core/limits.js';
+import { limits, MiB } from '../core/limits.js';
+import { DropBehind, type DropBehindStats } from './drop-behind.js';
 import { isUnsupported, native as loadedNative, type NativeOps } from './native.js';
 import { checkVolumeRange, type DataRange, type Volume, type WriteZeroesOptions } from './volume.js';
 
@@ -16,6 +17,11 @@ export interface FileVolumeOptions {
   create?: boolean;
   /** The addon to use; defaults to the loaded one (null when absent or VRG_NATIVE=0). Tests pass null. */
   native?: NativeOps | null;
+  /**
+   * Drop-behind window (src/volume/drop-behind.ts): written pages leave the page cache once written back;
+   * default limits.volumeDropBehindBytes, 0 keeps them. Needs the addon (posix_fadvise).
+   */
+  dropBehindBytes?: number;
 }
 
 /**
@@ -32,6 +38,7 @@ export interface FileVolumeOptions {
 export class FileVolume implements Volume {
   private closed = false;
   private readonly inflight = new Set<Promise<unknown>>();
+  private dropBehind: DropBehind | null = null;
 
   private constructor(
     readonly url: string,
@@ -47,7 +54,7 @@ export class FileVolume implements Volume {
     const nat = opts.native === undefined ? loadedNative : opts.native;
     const existing = await stat(path).catch(() => null);
     if (existing?.isBlockDevice() || (existing === null && path.startsWith('/dev/'))) {
-      return FileVolume.openBlockDevice(path, opts.sizeBytes, nat);
+      return FileVolume.openBlockDevice(path, opts.sizeBytes, nat, opts.dropBehindBytes);
     }
     let fh: FileHandle;
     try {
@@ -63,7 +70,7 @@ export class FileVolume implements Volume {
     const st = await fh.stat();
     if (st.isBlockDevice()) { // replaced by a device between stat and open
       await fh.close();
-      return FileVolume.openBlockDevice(path, opts.sizeBytes, nat);
+      return FileVolume.openBlockDevice(path, opts.sizeBytes, nat, opts.dropBehindBytes);
     }
     let size = st.size;
     if (opts.sizeBytes !== undefined && size < opts.sizeBytes) {
@@ -74,10 +81,21 @@ export class FileVolume implements Volume {
       await fh.truncate(opts.sizeBytes);
       size = opts.sizeBytes;
     }
-    return new FileVolume(path, size, false, fh, nat);
+    return new FileVolume(path, size, false, fh, nat).withDropBehind(opts.dropBehindBytes);
   }
 
-  private static async openBlockDevice(path: string, sizeBytes: number | undefined, nat: NativeOps | null): Promise<FileVolume> {
+  private withDropBehind(windowBytes = limits.volumeDropBehindBytes): this {
+    const nat = this.native;
+    if (nat && windowBytes > 0) this.dropBehind = new DropBehind((o, l) => nat.dropCache(this.fh.fd, o, l), { windowBytes });
+    return this;
+  }
+
+  /** Drop-behind's counters; null when it is off. */
+  get dropBehindStats(): DropBehindStats | null {
+    return this.dropBehind ? { ...this.dropBehind.stats } : null;
+  }
+
+  private static async openBlockDevice(path: string, sizeBytes: number | undefined, nat: NativeOps | null, dropBehindBytes?: number): Promise<FileVolume> {
     let fh: FileHandle;
     try {
       fh = await open(path, 'r+');
@@ -89,7 +107,7 @@ export class FileVolume implements Volume {
       if (!st.isBlockDevice()) throw new Error('not a block device');
       const size = nat ? await nat.blockDeviceSize(fh.fd) : await sysfsBlockDeviceSize(st.rdev);
       if (sizeBytes !== undefined && size < sizeBytes) throw new Error(`device is ${size} bytes, expected ${sizeBytes}`);
-      return new FileVolume(path, size, true, fh, nat);
+      return new FileVolume(path, size, true, fh, nat).withDropBehind(dropBehindBytes);
     } catch (err) {
       await fh.close();
       throw vrgError(ErrorCode.VOLUME_IO, `cannot use block device ${path}: ${(err as Error).message}`, { path }, err);
@@ -131,12 +149,14 @@ export class FileVolume implements Volume {
   async write(offset: number, data: Uint8Array): Promise<void> {
     this.check(offset, data.byteLength);
     await writeAt(this.fh, [data], offset);
+    this.dropBehind?.wrote(offset, data.byteLength);
   }
 
   async writev(offset: number, datas: readonly Uint8Array[]): Promise<void> {
     const length = datas.reduce((n, d) => n + d.byteLength, 0);
     this.check(offset, length);
     await writeAt(this.fh, [...datas], offset);
+    this.dropBehind?.wrote(offset, length);
   }
 
   /**
@@ -237,13 +257,16 @@ export class FileVolume implements Volume {
 
   async flush(): Promise<void> {
     if (this.closed) throw vrgError(ErrorCode.CLOSED, `volume ${this.url} is closed`);
+    const written = this.dropBehind?.takeAll() ?? [];
     await this.fh.datasync();
+    this.dropBehind?.synced(written);
   }
 
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
     await Promise.allSettled([...this.inflight]);
+    await this.dropBehind?.idle();
     await this.fh.close();
   }
 }

@@ -23,6 +23,11 @@ export interface NativeOps {
   blockDeviceSize(fd: number): Promise<number>;
   /** ioctl(BLKDISCARD): the device may deallocate the range; it need not read back as zeros. */
   discard(fd: number, offset: number, length: number): Promise<void>;
+  /**
+   * posix_fadvise(DONTNEED): starts writeback of the range's dirty pages and drops its clean ones from the page
+   * cache. Advisory: the file's content is unchanged.
+   */
+  dropCache(fd: number, offset: number, length: number): Promise<void>;
   /** fstat S_ISBLK, synchronous. */
   isBlockDevice(fd: number): boolean;
 }
@@ -34,7 +39,7 @@ export interface NativeError extends Error {
   syscall: string;
 }
 
-const functionNames = ['punchHole', 'zeroRange', 'seekData', 'seekHole', 'blockDeviceSize', 'discard', 'isBlockDevice'];
+const functionNames = ['punchHole', 'zeroRange', 'seekData', 'seekHole', 'blockDeviceSize', 'discard', 'isBlockDevice', 'dropCache'];
 
 /** True for the errors that mean "this file or device cannot do that": the caller falls back to plain I/O. */
 export function isUnsupported(err: unknown): boolean {
