@@ -48,3 +48,34 @@ t.test('the cache ring stays bounded: evicted payloads give their room back, the
   t.equal(j.cacheStats().ring!.usedBytes, 0, 'trimmed: every block is back');
   await j.close();
 });
+
+t.test('pinned reads from disk land in the read ring, bounded, and give it back on release', async (t) => {
+  const dir = await mkdtemp(join(tmpdir(), 'vrg-jcache-'));
+  t.teardown(() => rm(dir, { recursive: true, force: true }));
+  const readRingBytes = 640 * 1024; // two reads of 4 records (payloads and headers), not three
+  const j = await Journal.open({ dir, capacityBytes: 64 << 20, cacheBytes: 0, readRingBytes });
+  for (let i = 0; i < 32; i++) await j.append([write(i * 65536, Buffer.alloc(65536, i + 1))]);
+  t.equal(j.cacheStats().readRing, null, 'no ring until a pinned read needs the disk');
+  const a = await j.readPinned(1, 256 * 1024);
+  const b = await j.readPinned(5, 256 * 1024);
+  const ring = j.cacheStats().readRing!;
+  t.ok(ring.usedBytes >= 512 * 1024 && ring.usedBytes <= ring.capacityBytes, `two batches held: ${ring.usedBytes} bytes`);
+  const c = await j.readPinned(9, 256 * 1024); // no room left: a buffer of its own, the ring does not grow
+  t.equal(j.stats.readsOutsideRing, 1, 'the third read found the ring full');
+  t.ok(j.cacheStats().readRing!.usedBytesPeak <= readRingBytes, 'the ring never grew past its size');
+  for (const { records } of [a, b, c]) {
+    t.equal(records.length, 4);
+    for (const r of records) t.ok(r.payload.every((x) => x === r.seq), `record ${r.seq} intact while pinned`);
+  }
+  a.release();
+  a.release(); // twice is harmless
+  b.release();
+  c.release();
+  t.equal(j.cacheStats().readRing!.usedBytes, 0, 'released: every block is back');
+  const d = await j.readPinned(13, 256 * 1024);
+  t.ok(d.records.every((r) => r.payload.every((x) => x === r.seq)), 'the reused ring reads the next records right');
+  d.release();
+  await j.read(1, 1 << 20);
+  t.equal(j.cacheStats().readRing!.usedBytes, 0, 'a plain read() (its caller may keep the records) never uses the ring');
+  await j.close();
+});

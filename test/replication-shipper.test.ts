@@ -31,8 +31,16 @@ function heldJournal(lastSeq: number) {
       for (let seq = from; seq <= Math.min(opts.upToSeq ?? journal.lastSeq, journal.lastSeq); seq++) out.push(record(seq));
       return out;
     },
+    // The shipper pins its reads (a backlog read from disk lands in the journal's read ring) and releases each.
+    async readPinned(from: number, maxBytes: number, opts: { upToSeq?: number } = {}): Promise<{ records: JournalRecord[]; release: () => void }> {
+      pinned++;
+      const records = await journal.read(from, maxBytes, opts);
+      let held = true;
+      return { records, release: () => { if (held) pinned--; held = false; } };
+    },
   };
-  return { journal, releaseReads: () => { for (const r of held.splice(0)) r(); }, pendingReads: () => held.length };
+  let pinned = 0;
+  return { journal, releaseReads: () => { for (const r of held.splice(0)) r(); }, pendingReads: () => held.length, pinnedReads: () => pinned };
 }
 
 function fakeConnection(name: string) {
@@ -51,7 +59,7 @@ function fakeConnection(name: string) {
 const tick = () => new Promise((r) => setImmediate(r));
 
 t.test('a connection attached while the previous one\'s journal read is outstanding gets the records', async (t) => {
-  const { journal, releaseReads, pendingReads } = heldJournal(3);
+  const { journal, releaseReads, pendingReads, pinnedReads } = heldJournal(3);
   const shipper = new Shipper('vm', ['vol-0'], journal as unknown as Journal, new InlineCodec(), {
     encrypt: () => false, compress: () => false, onAcked: () => undefined, logger: silentLogger,
   });
@@ -71,6 +79,7 @@ t.test('a connection attached while the previous one\'s journal read is outstand
   t.same(first.sent, [], 'nothing went to the closed connection');
   t.equal(second.sent.length, 1, 'the records went to the new connection');
   t.equal(shipper.diagnostics().shippedSeq, 3, 'shipped up to the journal end');
+  t.equal(pinnedReads(), 0, 'every read the pump pinned was released, the abandoned one too');
 });
 
 t.test('records that become durable while the pump is finishing are shipped', async (t) => {

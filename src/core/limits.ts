@@ -33,6 +33,11 @@ export const limits = {
   /** The cache a journal has unless told otherwise: a VM's shipping backlog beyond it is read back from disk. */
   journalCacheBytesDefault: 16 * MiB,
   /**
+   * Per journal, made on its first pinned read from disk: a backlog beyond the cache is read back into it (a
+   * shipper batch, limits.batchBytesTarget, or a DR apply chunk, limits.drApplyChunkBytes, at a time).
+   */
+  journalReadRingBytes: 8 * MiB,
+  /**
    * Production: the ring batches are assembled and frames sealed in (held until the socket has taken them).
    * DR: the ring frames are received into and opened into (held until applied). Beyond it, buffers of their own.
    * About twice the peak the seq64k bench uses (4-9 MiB production, 4.7-6 MiB DR): every byte of a ring ends up
@@ -41,8 +46,12 @@ export const limits = {
    */
   linkRingBytesProduction: 16 * MiB,
   linkRingBytesDr: 16 * MiB,
-  /** NBD: WRITE payloads spanning received chunks are assembled here until answered (all clients of a server). */
-  nbdPayloadRingBytes: 8 * MiB,
+  /**
+   * NBD: WRITE payloads spanning received chunks are assembled here until answered (all clients of a server).
+   * Room for a queue of 16 writes of 1 MiB with some to spare: at 8 MiB, 45 % of the WAN row's 1 MiB writes
+   * found none and had a buffer of their own (922 MiB of new ArrayBuffers per 2 GiB, GC by external memory).
+   */
+  nbdPayloadRingBytes: 20 * MiB,
   /**
    * Records shipped to DR may run this far beyond the journal's durable seq (shipping overlaps the local
    * fdatasync). After a host crash production skips this many seqs (filler barriers), so it never reuses a

@@ -11,6 +11,7 @@ import {
   type JournalRecord, type JournalRecordInput,
 } from './record-codec.js';
 import { RecordCache } from './record-cache.js';
+import { BufferRing, type BufferRingStats } from '../core/buffer-ring.js';
 import {
   findIntactRecordFrom, fsyncDir, isSpareName, newSegment, parseSegmentName, recordBytesAt, scanSegment, segmentEnd, spareName,
   type ScanResult, type Segment,
@@ -29,6 +30,8 @@ export interface JournalOptions {
   groupCommitBytes?: number;
   /** In-memory cache of recent records for read() (default limits.journalCacheBytesDefault, at most journalCacheBytesMax; 0 disables). */
   cacheBytes?: number;
+  /** Ring that readPinned() reads records back from disk into (default limits.journalReadRingBytes; 0: a buffer per read). */
+  readRingBytes?: number;
   /** Where the segment files live (default node:fs). */
   files?: Files;
 }
@@ -46,6 +49,8 @@ export interface JournalCounters {
   segmentsReused: number;
   recordsReadFromCache: number;
   recordsReadFromDisk: number;
+  /** Pinned disk reads that found no room in the read ring and had a buffer of their own. */
+  readsOutsideRing: number;
   tailsCut: number;
 }
 
@@ -95,7 +100,7 @@ export class Journal {
   private readonly cache: RecordCache;
   private readonly counters: JournalCounters = {
     recordsAppended: 0, payloadBytesAppended: 0, bytesWritten: 0, commits: 0, segmentsCreated: 0,
-    segmentsDeleted: 0, segmentsReused: 0, recordsReadFromCache: 0, recordsReadFromDisk: 0, tailsCut: 0,
+    segmentsDeleted: 0, segmentsReused: 0, recordsReadFromCache: 0, recordsReadFromDisk: 0, readsOutsideRing: 0, tailsCut: 0,
   };
   private segments: Segment[] = [];
   private first = 1; // lowest seq still needed
@@ -113,8 +118,8 @@ export class Journal {
   private unsyncedBytes = 0;
   private trimChain: Promise<void> = Promise.resolve();
   private readonly reads = new Set<Promise<unknown>>();
-  /** readPinned() results not yet released: their payloads must not be freed. */
-  private pins = 0;
+  private readonly readRingBytes: number;
+  private readRing: BufferRing | null = null;
   private state: 'open' | 'closing' | 'closed' = 'open';
   private closing: Promise<void> | null = null;
   private failure: VrgError | null = null;
@@ -133,7 +138,8 @@ export class Journal {
     this.groupCommitBytes = opts.groupCommitBytes ?? limits.groupCommitBytesMax;
     this.clock = opts.clock ?? systemClock;
     this.logger = opts.logger ?? silentLogger;
-    this.cache = new RecordCache(opts.cacheBytes ?? limits.journalCacheBytesDefault, () => this.reads.size > 0 || this.pins > 0);
+    this.readRingBytes = opts.readRingBytes ?? limits.journalReadRingBytes;
+    this.cache = new RecordCache(opts.cacheBytes ?? limits.journalCacheBytesDefault);
     const bad = (what: string): VrgError => vrgError(ErrorCode.CONFIG_INVALID, `journal: ${what}`, { dir: opts.dir });
     if (typeof opts.dir !== 'string' || opts.dir === '') throw bad('dir is required');
     if (!Number.isSafeInteger(this.capacityBytes) || this.capacityBytes <= 0) throw bad('capacityBytes must be a positive integer');
@@ -174,8 +180,8 @@ export class Journal {
    */
   get shippableSeq(): number { return Math.min(this.writtenSeq, this.last + limits.shipAheadRecordsMax); }
   /** The record cache's ring (null without a cache) and the payloads it could not hold. */
-  cacheStats(): { ring: ReturnType<RecordCache['ringStats']>; heldOutsideRing: number; cachedBytes: number } {
-    return { ring: this.cache.ringStats(), heldOutsideRing: this.cache.heldOutsideRing, cachedBytes: this.cache.bytes };
+  cacheStats(): { ring: ReturnType<RecordCache['ringStats']>; heldOutsideRing: number; cachedBytes: number; readRing: BufferRingStats | null } {
+    return { ring: this.cache.ringStats(), heldOutsideRing: this.cache.heldOutsideRing, cachedBytes: this.cache.bytes, readRing: this.readRing?.stats() ?? null };
   }
 
   /** Highest seq append() has assigned (written or not yet). */
@@ -453,8 +459,38 @@ export class Journal {
    * fromSeq > upToSeq. A seq below firstSeq (trimmed) is VRG_INVALID_ARGUMENT.
    */
   async read(fromSeq: number, maxBytes: number, opts: { upToSeq?: number } = {}): Promise<JournalRecord[]> {
+    return this.readTracked(fromSeq, maxBytes, opts.upToSeq, null);
+  }
+
+  /**
+   * read(), with payloads that stay valid until `release()`: for a caller that writes them out across I/O waits
+   * (DR's applier) or sends them on before it next waits (the shipper). Cache blocks evicted meanwhile are freed
+   * only after the release. What comes from disk is read into the journal's read ring (when it has room), and
+   * the release gives that back: the shipper reading a backlog off the disk allocates nothing per batch.
+   */
+  async readPinned(fromSeq: number, maxBytes: number, opts: { upToSeq?: number } = {}): Promise<{ records: JournalRecord[]; release: () => void }> {
+    const pin = this.cache.pin();
+    let held = true;
+    const blocks: Buffer[] = [];
+    const release = (): void => {
+      if (!held) return;
+      held = false;
+      for (const b of blocks) this.readRing!.free(b); // blocks only ever holds the ring's own
+      blocks.length = 0;
+      this.cache.unpin(pin);
+    };
+    try {
+      return { records: await this.readTracked(fromSeq, maxBytes, opts.upToSeq, blocks), release };
+    } catch (err) {
+      release();
+      throw err;
+    }
+  }
+
+  /** `blocks`: where read-ring blocks of disk reads are listed for the caller to free (null: no ring, GC-owned). */
+  private async readTracked(fromSeq: number, maxBytes: number, upToSeq: number | undefined, blocks: Buffer[] | null): Promise<JournalRecord[]> {
     if (this.state !== 'open') throw vrgError(ErrorCode.CLOSED, 'journal is closed', { dir: this.dir });
-    const upTo = opts.upToSeq ?? this.last;
+    const upTo = upToSeq ?? this.last;
     if (!Number.isSafeInteger(fromSeq) || fromSeq < 1 || !(maxBytes >= 0) || !Number.isSafeInteger(upTo) || upTo > this.writtenSeq) {
       throw vrgError(ErrorCode.INVALID_ARGUMENT, 'journal read: bad fromSeq, maxBytes or upToSeq', {
         fromSeq, maxBytes, upToSeq: upTo, writtenSeq: this.writtenSeq,
@@ -463,48 +499,25 @@ export class Journal {
     if (fromSeq < this.first) {
       throw vrgError(ErrorCode.INVALID_ARGUMENT, 'journal read: seq was trimmed', { fromSeq, firstSeq: this.first });
     }
-    const p = this.readRange(fromSeq, maxBytes, upTo);
+    const p = this.readRange(fromSeq, maxBytes, upTo, blocks);
     this.reads.add(p);
     try {
       return await p;
     } finally {
       this.reads.delete(p);
-      this.settleReads();
     }
   }
 
-  /**
-   * read(), with payloads that stay valid until `release()`: for a caller that writes them out across I/O waits
-   * (DR's applier) instead of copying them first. Cache blocks evicted meanwhile are freed only after the release.
-   */
-  async readPinned(fromSeq: number, maxBytes: number): Promise<{ records: JournalRecord[]; release: () => void }> {
-    this.pins++;
-    let held = true;
-    const release = (): void => {
-      if (!held) return;
-      held = false;
-      this.pins--;
-      this.settleReads();
-    };
-    try {
-      return { records: await this.read(fromSeq, maxBytes), release };
-    } catch (err) {
-      release();
-      throw err;
-    }
-  }
-
-  private settleReads(): void {
-    if (this.reads.size === 0 && this.pins === 0) this.cache.readsDone();
-  }
-
-  private async readRange(fromSeq: number, maxBytes: number, upTo: number): Promise<JournalRecord[]> {
+  private async readRange(fromSeq: number, maxBytes: number, upTo: number, blocks: Buffer[] | null): Promise<JournalRecord[]> {
     const out: JournalRecord[] = [];
     let payloadBytes = 0;
     let seq = fromSeq;
+    let fromCache = false;
     while (seq <= upTo && seq >= this.first) {
       const cached = this.cache.get(seq);
+      if (!cached && fromCache) break; // cached records only after the last disk wait (RecordCache's free rule)
       if (cached) {
+        fromCache = true;
         if (out.length > 0 && payloadBytes + cached.payload.length > maxBytes) break;
         out.push(cached);
         payloadBytes += cached.payload.length;
@@ -512,7 +525,7 @@ export class Journal {
         seq++;
         continue;
       }
-      const recs = await this.readFromDisk(seq, maxBytes - payloadBytes, out.length === 0, upTo);
+      const recs = await this.readFromDisk(seq, maxBytes - payloadBytes, out.length === 0, upTo, blocks);
       if (recs.length === 0) break;
       for (const r of recs) {
         out.push(r);
@@ -537,7 +550,7 @@ export class Journal {
   }
 
   /** Records of one segment from `seq`, read back with one pread and CRC-checked. Stops where the cache begins. */
-  private async readFromDisk(seq: number, budget: number, atLeastOne: boolean, upTo: number): Promise<JournalRecord[]> {
+  private async readFromDisk(seq: number, budget: number, atLeastOne: boolean, upTo: number, blocks: Buffer[] | null): Promise<JournalRecord[]> {
     const seg = this.findSegment(seq);
     const end = Math.min(segmentEnd(seg), upTo + 1, this.cache.firstSeq);
     const i0 = seq - seg.firstSeq;
@@ -553,7 +566,7 @@ export class Journal {
     }
     if (i === i0) return [];
     const start = seg.offsets.get(i0);
-    const buf = await this.preadSegment(seg, start, bytes);
+    const buf = await this.preadSegment(seg, start, bytes, blocks);
     const out: JournalRecord[] = [];
     let at = 0;
     for (let k = i0; k < i; k++) {
@@ -572,12 +585,12 @@ export class Journal {
     return out;
   }
 
-  private async preadSegment(seg: Segment, position: number, length: number): Promise<Buffer> {
+  private async preadSegment(seg: Segment, position: number, length: number, blocks: Buffer[] | null): Promise<Buffer> {
     seg.readers++;
     try {
       seg.fh ??= this.files.open(seg.path, 'r');
       const fh = await seg.fh;
-      const buf = Buffer.allocUnsafe(length);
+      const buf = this.readBuffer(length, blocks);
       let got = 0;
       while (got < length) {
         const { bytesRead } = await fh.read(buf, got, length - got, position + got);
@@ -591,6 +604,20 @@ export class Journal {
       seg.readers--;
       if (seg.dropped && seg.readers === 0) await closeSegment(seg);
     }
+  }
+
+  /** A read-ring block listed in `blocks` (freed by the caller's release), or a buffer of its own. */
+  private readBuffer(length: number, blocks: Buffer[] | null): Buffer {
+    if (blocks === null || this.readRingBytes === 0) return Buffer.allocUnsafe(length);
+    // Made on the first pinned disk read: a journal whose reads all hit the cache never touches it.
+    this.readRing ??= new BufferRing({ capacityBytes: this.readRingBytes });
+    const block = this.readRing.tryAlloc(length);
+    if (block === null) {
+      this.counters.readsOutsideRing++;
+      return Buffer.allocUnsafe(length);
+    }
+    blocks.push(block);
+    return block;
   }
 
   // ---- trim --------------------------------------------------------------------------------------------------------

@@ -11,23 +11,26 @@ import { HEADER_BYTES, type JournalRecord } from './record-codec.js';
  * are promoted to V8's old space, whose growth forces full collections of the whole heap; the ring does not
  * grow. A payload that finds no room is copied into a buffer of its own.
  *
- * An evicted payload's block is freed only once no read() is in flight and the current macrotask has ended:
- * read() callers use (copy) the records it returns before they next wait on I/O.
+ * An evicted payload's block is freed once the current macrotask has ended and no pin taken before its
+ * eviction is still held. Why that is enough: a journal read takes cached records only in its last synchronous
+ * stretch (after its last disk wait), and read() callers use (copy) the records before they next wait on I/O;
+ * readPinned() callers, who keep them across waits, hold a pin from before their read until they release it.
  */
 export class RecordCache {
   private items: (JournalRecord | undefined)[] = [];
   private head = 0;
   bytes = 0;
   private readonly ring: BufferRing | null;
-  private retired: Buffer[] = [];
+  /** Evicted blocks in eviction order, each with the stamp of its eviction. */
+  private retired: Array<{ payload: Buffer; stamp: number }> = [];
   private retireScheduled = false;
-  /** A free was put off because reads held records; readsDone() picks it up. */
-  private freeDeferred = false;
+  /** Advances at every pin and every eviction: a pin can hold a block only if it is older than the eviction. */
+  private stamp = 0;
+  private readonly pins = new Set<number>();
   /** Payloads copied into buffers of their own for want of ring room. */
   heldOutsideRing = 0;
 
-  /** `readsInFlight` says whether a read may still hold records. */
-  constructor(readonly bytesMax: number, private readonly readsInFlight: () => boolean = () => false) {
+  constructor(readonly bytesMax: number) {
     // Slack beyond bytesMax for payloads appended and not yet written (not in the cache yet).
     this.ring = bytesMax > 0 ? new BufferRing({ capacityBytes: bytesMax + ringSlackBytes(bytesMax) }) : null;
   }
@@ -103,16 +106,21 @@ export class RecordCache {
     }
   }
 
-  private retire(payload: Buffer): void {
-    if (!this.ring?.owns(payload)) return;
-    this.retired.push(payload);
-    this.scheduleFree();
+  /** Records returned from now on stay valid until unpin(token), evicted or not. */
+  pin(): number {
+    const token = ++this.stamp;
+    this.pins.add(token);
+    return token;
   }
 
-  /** No read holds records any more: free what was retired meanwhile (after this macrotask, as always). */
-  readsDone(): void {
-    if (!this.freeDeferred) return;
-    this.freeDeferred = false;
+  unpin(token: number): void {
+    assert(this.pins.delete(token), `pin ${token} is held`);
+    if (this.retired.length > 0) this.scheduleFree();
+  }
+
+  private retire(payload: Buffer): void {
+    if (!this.ring?.owns(payload)) return;
+    this.retired.push({ payload, stamp: ++this.stamp });
     this.scheduleFree();
   }
 
@@ -121,11 +129,12 @@ export class RecordCache {
     this.retireScheduled = true;
     setImmediate(() => {
       this.retireScheduled = false;
-      if (this.readsInFlight()) {
-        this.freeDeferred = true; // not a setImmediate respin: that would keep the event loop from ever idling
-        return;
-      }
-      for (const b of this.retired.splice(0)) this.ring!.free(b); // retire() kept only the ring's own
+      let oldestPin = Infinity;
+      for (const p of this.pins) oldestPin = Math.min(oldestPin, p);
+      // Evicted before every pin still held was taken: nobody can hold these (the rest wait for an unpin).
+      let n = 0;
+      while (n < this.retired.length && this.retired[n]!.stamp < oldestPin) this.ring!.free(this.retired[n++]!.payload);
+      this.retired.splice(0, n);
     });
   }
 }

@@ -54,6 +54,14 @@ function scratchOf(size: number): Buffer {
   return scratch;
 }
 
+// Per-thread scratch for a batch's decrypted payload, on its way to decompressRecords (a second one: shipBatch's
+// output may still sit in `scratch` when a process opens as well as ships, as the simulator does).
+let openScratch: Buffer = Buffer.allocUnsafeSlow(0);
+function openScratchOf(size: number): Buffer {
+  if (openScratch.length < size) openScratch = Buffer.allocUnsafeSlow(Math.max(size, 2 * openScratch.length));
+  return openScratch;
+}
+
 /**
  * Compresses records laid back to back in `data`. Output layout: stored bytes of record 0, record 1, ... back to back;
  * a record is LZ4 (one LZ4 block) when that is strictly smaller than its length, RAW (its bytes verbatim) otherwise.
@@ -309,7 +317,8 @@ function decompressRecords(batch: WriteBatch, payload: Buffer, plainTotal: numbe
 export function openBatch(keys: DirectionKeys, expectedSeq: number, frameBytes: Buffer, into?: Buffer): Timed<{ batch: WriteBatch; data: Buffer }> {
   const t0 = now();
   const raw = parseFrame(frameBytes); // exactly one complete frame, views into frameBytes
-  const { header, payload } = openFrame(raw, keys, expectedSeq);
+  // The plaintext is a temporary: decompressRecords copies every record out of it before this returns.
+  const { header, payload } = openFrame(raw, keys, expectedSeq, openScratchOf(raw.payload.length));
   if (raw.type !== FrameType.WRITE_BATCH) {
     throw vrgError(ErrorCode.FRAME_UNEXPECTED, 'not a WRITE_BATCH frame', { type: raw.type });
   }

@@ -160,11 +160,18 @@ export function encodeFrame(
   return out;
 }
 
+/** Where a payload of `bytes` is decrypted: the caller's buffer when it is long enough, else one of its own. */
+function plainBuffer(bytes: number, plainInto: Buffer | undefined): Buffer {
+  return plainInto && plainInto.length >= bytes ? plainInto.subarray(0, bytes) : Buffer.allocUnsafeSlow(bytes);
+}
+
 /**
  * Authenticates a sealed frame (and decrypts an ENCRYPTED payload) before returning anything.
  * VRG_FRAME_SEQUENCE when f.seq !== expectedSeq; VRG_FRAME_AUTH_FAILED on a missing or bad tag.
+ * `plainInto`: where an ENCRYPTED payload is decrypted when it is large enough (a caller's scratch, for a
+ * plaintext it consumes at once); else into a buffer of its own. The frame's bytes stay as received either way.
  */
-export function openFrame(f: RawFrame, keys: DirectionKeys, expectedSeq: number): { header: Buffer; payload: Buffer } {
+export function openFrame(f: RawFrame, keys: DirectionKeys, expectedSeq: number, plainInto?: Buffer): { header: Buffer; payload: Buffer } {
   if ((f.flags & FrameFlags.SEALED) === 0 || f.tag === null || f.tag.length !== FRAME_TAG_BYTES) {
     throw vrgError(ErrorCode.FRAME_AUTH_FAILED, `frame type ${f.type} seq ${f.seq} is not sealed`, { type: f.type, seq: f.seq });
   }
@@ -181,8 +188,7 @@ export function openFrame(f: RawFrame, keys: DirectionKeys, expectedSeq: number)
     return { header: f.header, payload: f.payload };
   }
   if (nativeGcm && encrypted) {
-    // Into a buffer of its own: the frame's bytes stay as received (it may be opened again, or logged).
-    const payload = Buffer.allocUnsafeSlow(f.payload.length);
+    const payload = plainBuffer(f.payload.length, plainInto);
     const ok = nativeGcm.gcmOpen(keys.key, ivFor(keys, f.seq), f.bytes.subarray(0, headerEnd), f.payload, payload, f.tag);
     if (!ok && !bugPlanted('accept-bad-tag')) throw authFailed(f);
     return { header: f.header, payload };
@@ -192,7 +198,7 @@ export function openFrame(f: RawFrame, keys: DirectionKeys, expectedSeq: number)
   decipher.setAAD(f.bytes.subarray(0, headerEnd));
   let payload = f.payload;
   if (encrypted) {
-    payload = Buffer.allocUnsafeSlow(f.payload.length);
+    payload = plainBuffer(f.payload.length, plainInto);
     cipherInto(decipher, f.payload, payload, 0);
   } else if (f.payload.length > 0) {
     decipher.setAAD(f.payload);

@@ -228,15 +228,21 @@ export class Shipper {
     while (this.conn !== null && !this.paused && this.windowOpen() && this.shippedSeq < this.journal.shippableSeq) {
       const conn = this.conn;
       const from = this.shippedSeq + 1;
-      const records = await this.journal.read(from, limits.batchBytesTarget, { upToSeq: this.journal.shippableSeq });
-      if (conn !== this.conn) return;
-      if (from !== this.shippedSeq + 1) continue; // an ack skipped us ahead meanwhile
-      assert(records.length > 0 && records[0]!.seq === from, 'journal read is consecutive');
-      const batch = capPlainBytes(records);
-      // A batch short of its target waits while others are in flight: it fills meanwhile, so a trickle of
-      // small writes does not become a frame (and a DR fsync) per write. The next ack sends it.
-      if (this.inFlight.length >= partialFramesInFlightMax && !isFull(batch)) return;
-      this.sendBatch(conn, batch);
+      // Pinned: a backlog read back from disk lands in the journal's read ring, given back once sendBatch has
+      // copied the payloads into the frame (or the batch buffer for the workers), before anything waits.
+      const { records, release } = await this.journal.readPinned(from, limits.batchBytesTarget, { upToSeq: this.journal.shippableSeq });
+      try {
+        if (conn !== this.conn) return;
+        if (from !== this.shippedSeq + 1) continue; // an ack skipped us ahead meanwhile
+        assert(records.length > 0 && records[0]!.seq === from, 'journal read is consecutive');
+        const batch = capPlainBytes(records);
+        // A batch short of its target waits while others are in flight: it fills meanwhile, so a trickle of
+        // small writes does not become a frame (and a DR fsync) per write. The next ack sends it.
+        if (this.inFlight.length >= partialFramesInFlightMax && !isFull(batch)) return;
+        this.sendBatch(conn, batch);
+      } finally {
+        release();
+      }
     }
   }
 
