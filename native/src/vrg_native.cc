@@ -18,6 +18,11 @@
 //        is the one Node links (its EVP symbols), so nothing is allocated or zero-filled per call, where
 //        node:crypto's update() allocates a zeroed output buffer that is then copied. Left out when the build
 //        has no OpenSSL headers; the JS side then uses node:crypto.
+//   crc32c(data, seed)                        -> number            CRC32C (Castagnoli) of data, chained from seed
+//        (crc32c(b, crc32c(a)) === crc32c(a ++ b)), the same value as @node-rs/crc32. SSE4.2's crc32 instruction
+//        on three interleaved streams with the partial CRCs combined by shift tables: one stream waits on the
+//        instruction's 3-cycle latency (8 GB/s here), three keep it busy every cycle (21 GB/s). Exported only on
+//        x86-64 CPUs with SSE4.2; the JS side uses @node-rs/crc32 elsewhere.
 //   addon                                     -> 'vrg_native', version -> 1 (the loader checks both)
 //
 // The promise-returning calls run on libuv's thread pool (Napi::AsyncWorker), so large ranges do not block the
@@ -39,6 +44,11 @@
 #include <sys/ioctl.h>
 #include <sys/stat.h>
 #include <unistd.h>
+
+#if defined(__x86_64__)
+#include <nmmintrin.h>
+#define VRG_HAVE_CRC32C 1
+#endif
 
 #if __has_include(<openssl/evp.h>)
 #include <openssl/evp.h>
@@ -346,6 +356,93 @@ Napi::Value GcmOpen(const Napi::CallbackInfo& info) {
 }
 #endif
 
+#ifdef VRG_HAVE_CRC32C
+// The CRC register as the crc32 instruction keeps it (no pre/post inversion) over n bytes, one stream.
+__attribute__((target("sse4.2"))) uint32_t Crc32cOneStream(uint32_t reg, const uint8_t* p, size_t n) {
+  while (n > 0 && (reinterpret_cast<uintptr_t>(p) & 7) != 0) {
+    reg = _mm_crc32_u8(reg, *p++);
+    n--;
+  }
+  uint64_t r64 = reg;
+  for (; n >= 8; p += 8, n -= 8) {
+    uint64_t w;
+    std::memcpy(&w, p, 8);
+    r64 = _mm_crc32_u64(r64, w);
+  }
+  reg = static_cast<uint32_t>(r64);
+  while (n-- > 0) reg = _mm_crc32_u8(reg, *p++);
+  return reg;
+}
+
+// The register is linear in (register, data): reg(r, A ++ B) = shift_|B|(reg(r, A)) ^ reg(0, B), where
+// shift_n(r) = reg(r, n zero bytes). shift_n is a 32x32 bit matrix, kept as four byte-indexed tables; its columns
+// are computed by running the instruction over n zeros from each single-bit register (done once at load).
+struct CrcShift {
+  uint32_t table[4][256];
+};
+
+constexpr size_t kCrcStreamBytes = 4096;  // each of the three streams' share of a 12 KiB step
+CrcShift crcShift1;  // past one stream's bytes
+CrcShift crcShift2;  // past two
+
+void MakeCrcShift(CrcShift* s, size_t zeroBytes) {
+  std::string zeros(zeroBytes, '\0');
+  uint32_t column[32];
+  for (int bit = 0; bit < 32; bit++) {
+    column[bit] = Crc32cOneStream(1u << bit, reinterpret_cast<const uint8_t*>(zeros.data()), zeroBytes);
+  }
+  for (int k = 0; k < 4; k++) {
+    for (int b = 0; b < 256; b++) {
+      uint32_t v = 0;
+      for (int j = 0; j < 8; j++) {
+        if ((b >> j) & 1) v ^= column[k * 8 + j];
+      }
+      s->table[k][b] = v;
+    }
+  }
+}
+
+inline uint32_t ApplyCrcShift(const CrcShift& s, uint32_t r) {
+  return s.table[0][r & 0xff] ^ s.table[1][(r >> 8) & 0xff] ^ s.table[2][(r >> 16) & 0xff] ^ s.table[3][r >> 24];
+}
+
+__attribute__((target("sse4.2"))) uint32_t Crc32cRegister(uint32_t reg, const uint8_t* p, size_t n) {
+  constexpr size_t L = kCrcStreamBytes;
+  for (; n >= 3 * L; p += 3 * L, n -= 3 * L) {
+    uint64_t a = reg, b = 0, c = 0;
+    for (size_t i = 0; i < L; i += 8) {
+      uint64_t wa, wb, wc;
+      std::memcpy(&wa, p + i, 8);
+      std::memcpy(&wb, p + L + i, 8);
+      std::memcpy(&wc, p + 2 * L + i, 8);
+      a = _mm_crc32_u64(a, wa);
+      b = _mm_crc32_u64(b, wb);
+      c = _mm_crc32_u64(c, wc);
+    }
+    reg = ApplyCrcShift(crcShift2, static_cast<uint32_t>(a)) ^ ApplyCrcShift(crcShift1, static_cast<uint32_t>(b)) ^
+          static_cast<uint32_t>(c);
+  }
+  return Crc32cOneStream(reg, p, n);
+}
+
+Napi::Value Crc32c(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (info.Length() < 2 || !info[0].IsTypedArray() || info[0].As<Napi::TypedArray>().TypedArrayType() != napi_uint8_array || !info[1].IsNumber()) {
+    Napi::TypeError::New(env, "crc32c: (data: Uint8Array, seed: number)").ThrowAsJavaScriptException();
+    return env.Undefined();
+  }
+  Napi::Uint8Array data = info[0].As<Napi::Uint8Array>();
+  double seedNumber = info[1].As<Napi::Number>().DoubleValue();
+  if (!(seedNumber >= 0 && seedNumber <= 4294967295.0) || std::floor(seedNumber) != seedNumber) {
+    Napi::RangeError::New(env, "crc32c: seed must be a uint32").ThrowAsJavaScriptException();
+    return env.Undefined();
+  }
+  uint32_t seed = static_cast<uint32_t>(seedNumber);
+  uint32_t reg = Crc32cRegister(~seed, data.Data(), data.ByteLength());
+  return Napi::Number::New(env, static_cast<double>(~reg));
+}
+#endif
+
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("addon", Napi::String::New(env, "vrg_native"));
   exports.Set("version", Napi::Number::New(env, 2));
@@ -357,6 +454,13 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("discard", Napi::Function::New(env, Discard, "discard"));
   exports.Set("isBlockDevice", Napi::Function::New(env, IsBlockDevice, "isBlockDevice"));
   exports.Set("dropCache", Napi::Function::New(env, DropCache, "dropCache"));
+#ifdef VRG_HAVE_CRC32C
+  if (__builtin_cpu_supports("sse4.2")) {
+    MakeCrcShift(&crcShift1, kCrcStreamBytes);
+    MakeCrcShift(&crcShift2, 2 * kCrcStreamBytes);
+    exports.Set("crc32c", Napi::Function::New(env, Crc32c, "crc32c"));
+  }
+#endif
 #ifdef VRG_HAVE_GCM
   exports.Set("gcmSeal", Napi::Function::New(env, GcmSeal, "gcmSeal"));
   exports.Set("gcmOpen", Napi::Function::New(env, GcmOpen, "gcmOpen"));
