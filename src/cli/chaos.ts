@@ -348,8 +348,11 @@ function sampleDr(x: { seed: number; prod: Side; dr: Side; drAt: Endpoint; load:
         // A staged pass (resync, repair) runs: DR holds its writes durably but shows the image from before
         // the pass until the commit, by design (a torn pass is never visible). Sync's promise is for queue,
         // and for a VM that stayed in Sync during the read. A failing DR target holds what it got, DR's log
-        // the rest (durably: that is the promise; the replica shows the targets).
-        const exempt = before.prodState !== 'queue' || after.prodState !== 'queue' || before.targetError !== null || after.targetError !== null;
+        // the rest (durably: that is the promise; the replica shows the targets). Production is back in queue
+        // once it has journaled a pass's commit, and DR shows the pass only once that commit has reached it:
+        // a production killed in between comes back in queue with the commit still to ship.
+        const exempt = before.prodState !== 'queue' || after.prodState !== 'queue' || before.targetError !== null || after.targetError !== null ||
+          before.drStaging || after.drStaging;
         if (exempt || !x.sync.holdsFor(ackedBefore)) {
           x.report.drReads.syncExempt++;
           continue;
@@ -362,7 +365,7 @@ function sampleDr(x: { seed: number; prod: Side; dr: Side; drAt: Endpoint; load:
 }
 
 /** Both sides' replication positions now, for a violation's message (what a reader needs to tell a cause). */
-async function pairState(prod: Side, dr: Side): Promise<{ prodState: string | null; targetError: string | null; text: string }> {
+async function pairState(prod: Side, dr: Side): Promise<{ prodState: string | null; targetError: string | null; drStaging: boolean; text: string }> {
   type S = Extract<IpcMessage, { type: 'status' }>;
   type D = Extract<IpcMessage, { type: 'diagnostics' }>;
   const ask = <T extends IpcMessage>(side: Side, req: { type: 'status' | 'diagnostics' }): Promise<T | null> => (side.up && side.child
@@ -370,10 +373,10 @@ async function pairState(prod: Side, dr: Side): Promise<{ prodState: string | nu
     : Promise.resolve(null));
   const [p, d] = await Promise.all([ask<S>(prod, { type: 'status' }), ask<D>(dr, { type: 'diagnostics' })]);
   const pv = (p?.status as { vms?: Array<{ lastSeq: number; ackedSeq: number; replication: { state: string } }> } | undefined)?.vms?.[0];
-  const dv = (d?.diagnostics as { vms?: Array<{ durableSeq: number; appliedSeq: number; targetError: string | null }> } | undefined)?.vms?.[0];
+  const dv = (d?.diagnostics as { vms?: Array<{ durableSeq: number; appliedSeq: number; stageActive: boolean; targetError: string | null }> } | undefined)?.vms?.[0];
   const prodText = pv ? `production ${pv.replication.state}, journal ${pv.lastSeq}, DR acked ${pv.ackedSeq}` : 'production not answering';
-  const drText = dv ? `DR durable ${dv.durableSeq}, applied ${dv.appliedSeq}${dv.targetError ? `, target error ${dv.targetError}` : ''}` : 'DR not answering';
-  return { prodState: pv?.replication.state ?? null, targetError: dv?.targetError ?? null, text: `${prodText}; ${drText}` };
+  const drText = dv ? `DR durable ${dv.durableSeq}, applied ${dv.appliedSeq}${dv.stageActive ? ', a pass staged' : ''}${dv.targetError ? `, target error ${dv.targetError}` : ''}` : 'DR not answering';
+  return { prodState: pv?.replication.state ?? null, targetError: dv?.targetError ?? null, drStaging: dv?.stageActive ?? false, text: `${prodText}; ${drText}` };
 }
 
 /** No fault left: the pair drains; production holds every acknowledged write and DR equals it. */
