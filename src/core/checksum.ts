@@ -6,7 +6,7 @@ import { loadAddon } from './native-addon.js';
 // version 2 on, the data path's checksum. Both chain: crc(b, crc(a)) === crc(a ++ b).
 //
 // CRC32C comes from the project's addon where it is built (x86-64 with SSE4.2: three interleaved streams of the
-// crc32 instruction, 21 GB/s here), else from @node-rs/crc32 (one stream, 4.5 GB/s here), with the same values.
+// crc32 instruction, 22.7 GB/s on 1 MiB here), else from @node-rs/crc32 (5.0 GB/s here), with the same values.
 // Every journal byte is checksummed when it is appended and again when it is read back or replayed.
 
 type Crc32cFn = (data: Uint8Array, seed: number) => number;

@@ -21,8 +21,9 @@ export class RecordCache {
   private head = 0;
   bytes = 0;
   private readonly ring: BufferRing | null;
-  /** Evicted blocks in eviction order, each with the stamp of its eviction. */
-  private retired: Array<{ payload: Buffer; stamp: number }> = [];
+  /** Evicted blocks in eviction order, and the stamp of each one's eviction (parallel: no object per eviction). */
+  private retired: Buffer[] = [];
+  private retiredStamps: number[] = [];
   private retireScheduled = false;
   /** Advances at every pin and every eviction: a pin can hold a block only if it is older than the eviction. */
   private stamp = 0;
@@ -120,7 +121,8 @@ export class RecordCache {
 
   private retire(payload: Buffer): void {
     if (!this.ring?.owns(payload)) return;
-    this.retired.push({ payload, stamp: ++this.stamp });
+    this.retired.push(payload);
+    this.retiredStamps.push(++this.stamp);
     this.scheduleFree();
   }
 
@@ -133,8 +135,9 @@ export class RecordCache {
       for (const p of this.pins) oldestPin = Math.min(oldestPin, p);
       // Evicted before every pin still held was taken: nobody can hold these (the rest wait for an unpin).
       let n = 0;
-      while (n < this.retired.length && this.retired[n]!.stamp < oldestPin) this.ring!.free(this.retired[n++]!.payload);
+      while (n < this.retired.length && this.retiredStamps[n]! < oldestPin) this.ring!.free(this.retired[n++]!);
       this.retired.splice(0, n);
+      this.retiredStamps.splice(0, n);
     });
   }
 }

@@ -47,20 +47,22 @@ export function toOwned(b: Uint8Array): Buffer {
   return out;
 }
 
-// Per-thread scratch for compression output (reused; each worker has its own module instance).
-let scratch: Buffer = Buffer.allocUnsafeSlow(0);
-function scratchOf(size: number): Buffer {
-  if (scratch.length < size) scratch = Buffer.allocUnsafeSlow(Math.max(size, 2 * scratch.length));
-  return scratch;
+/** A per-thread buffer for temporaries, grown (at least doubling) when a call needs more; each worker has its own. */
+function scratchBuffer(): (size: number) => Buffer {
+  let buf = Buffer.allocUnsafeSlow(0);
+  return (size) => {
+    if (buf.length < size) buf = Buffer.allocUnsafeSlow(Math.max(size, 2 * buf.length));
+    return buf;
+  };
 }
 
-// Per-thread scratch for a batch's decrypted payload, on its way to decompressRecords (a second one: shipBatch's
-// output may still sit in `scratch` when a process opens as well as ships, as the simulator does).
-let openScratch: Buffer = Buffer.allocUnsafeSlow(0);
-function openScratchOf(size: number): Buffer {
-  if (openScratch.length < size) openScratch = Buffer.allocUnsafeSlow(Math.max(size, 2 * openScratch.length));
-  return openScratch;
-}
+/** Compression output, on its way to sealBatch. */
+const scratchOf = scratchBuffer();
+/**
+ * A batch's decrypted payload, on its way to decompressRecords: a second buffer, as shipBatch's output may
+ * still sit in the first when a process opens as well as ships (the simulator does).
+ */
+const openScratchOf = scratchBuffer();
 
 /**
  * Compresses records laid back to back in `data`. Output layout: stored bytes of record 0, record 1, ... back to back;
