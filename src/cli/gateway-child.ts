@@ -59,8 +59,18 @@ export class GatewayChild {
         reject(new Error(`${this.role} gateway is not running`));
         return;
       }
-      this.waiters.push({ type: reply, resolve: resolve as (m: IpcMessage) => void, reject });
-      if (req) this.proc.send(req);
+      const waiter = { type: reply, resolve: resolve as (m: IpcMessage) => void, reject };
+      this.waiters.push(waiter);
+      // A gateway that died before its exit was seen (a chaos kill) closes the channel under the send: that
+      // rejects this request; without the callback it would be an 'error' event nobody listens to (EPIPE).
+      if (req) {
+        this.proc.send(req, (err) => {
+          if (!err) return;
+          const i = this.waiters.indexOf(waiter);
+          if (i >= 0) this.waiters.splice(i, 1);
+          reject(new Error(`${this.role} gateway: request ${req.type} not sent: ${err.message}`));
+        });
+      }
     });
   }
 
